@@ -1,0 +1,63 @@
+"""decortask: a task queue as easy as a decorator, as reliable as the broker allows."""
+
+from __future__ import annotations
+
+from .app import Decortask, current_app
+from .context import TaskContext, get_task_context, task_log
+from .errors import (
+    ArgumentEncodingError,
+    BrokerUnavailable,
+    ConfigurationError,
+    DecortaskError,
+    DuplicateTaskError,
+    IllegalTransition,
+    MessageError,
+    PayloadTooLargeError,
+    Retry,
+    StoreError,
+    TaskCancelled,
+    TaskDefinitionError,
+    TaskFailed,
+    TaskNotDone,
+    UnknownTaskError,
+    WaitTimeout,
+)
+from .handle import TaskHandle, TaskResult
+from .registry import registry
+from .states import TaskStatus
+from .task import Task, task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # defining and calling tasks
+    "Task",
+    "TaskContext",
+    "TaskHandle",
+    "TaskResult",
+    "TaskStatus",
+    "get_task_context",
+    "task",
+    "task_log",
+    # configuration
+    "Decortask",
+    "current_app",
+    "registry",
+    # errors
+    "ArgumentEncodingError",
+    "BrokerUnavailable",
+    "ConfigurationError",
+    "DecortaskError",
+    "DuplicateTaskError",
+    "IllegalTransition",
+    "MessageError",
+    "PayloadTooLargeError",
+    "Retry",
+    "StoreError",
+    "TaskCancelled",
+    "TaskDefinitionError",
+    "TaskFailed",
+    "TaskNotDone",
+    "UnknownTaskError",
+    "WaitTimeout",
+]

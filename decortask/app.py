@@ -1,0 +1,132 @@
+"""Decortask: settings plus the lazily opened transport and store; and the current (default) app."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .config import Settings
+from .registry import Registry, registry
+from .security import mask_url
+from .store import TaskStore, open_store
+
+if TYPE_CHECKING:
+    from .handle import TaskHandle
+    from .task import Task
+    from .transport import BrokerTransport
+
+_default_lock = threading.Lock()
+_default_app: Decortask | None = None
+
+
+class Decortask:
+    """A configured decortask: broker, store and settings. Connections open on first use, never at import.
+
+    Args:
+        broker_url: overrides `DECORTASK_BROKER_URL` (default `sqlite:///decortask.db`).
+        store_url: overrides `DECORTASK_STORE_URL` (default: the same SQLite file).
+        set_default: make this the app `.delay()` uses when none is given (the newest one wins).
+        **settings: any other `Settings` field, e.g. `default_queue="billing"`.
+    """
+
+    def __init__(
+        self,
+        broker_url: str | None = None,
+        store_url: str | None = None,
+        *,
+        set_default: bool = True,
+        **settings: Any,
+    ) -> None:
+        self.settings = Settings.load({"broker_url": broker_url, "store_url": store_url, **settings})
+        self.registry: Registry = registry
+        self._lock = threading.RLock()
+        self._transport: BrokerTransport | None = None
+        self._store: TaskStore | None = None
+        if set_default:
+            self.set_default()
+
+    def __repr__(self) -> str:
+        return f"<Decortask broker={self.broker_url_masked} store={self.store_url_masked}>"
+
+    @property
+    def broker_url_masked(self) -> str:
+        return mask_url(self.settings.broker_url)
+
+    @property
+    def store_url_masked(self) -> str:
+        return mask_url(self.settings.store_url)
+
+    def set_default(self) -> Decortask:
+        """Make this the current app for `.delay()`, handles and the worker."""
+        global _default_app
+        with _default_lock:
+            _default_app = self
+        return self
+
+    @property
+    def transport(self) -> BrokerTransport:
+        if self._transport is None:
+            with self._lock:
+                if self._transport is None:
+                    from .transport import BrokerTransport
+
+                    self._transport = BrokerTransport(self.settings.broker_url, self.settings)
+        return self._transport
+
+    @property
+    def store(self) -> TaskStore:
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    self._store = open_store(self.settings.store_url)
+        return self._store
+
+    def close(self) -> None:
+        """Close broker connections and the store; the app reopens them if used again."""
+        with self._lock:
+            transport, store = self._transport, self._store
+            self._transport = self._store = None
+        if transport is not None:
+            transport.close()
+        if store is not None:
+            store.close()
+
+    def handle(self, task_id: str, name: str | None = None) -> TaskHandle[Any]:
+        """A handle for an existing task id."""
+        from .handle import TaskHandle
+
+        if name is None:
+            record = self.store.get(task_id)
+            name = record.name if record is not None else "?"
+        return TaskHandle(self, task_id, name)
+
+    def send_task(
+        self,
+        task: Task[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        **options: Any,
+    ) -> TaskHandle[Any]:
+        """Validate, record and publish one call (what `.delay()`/`.apply_async()` do)."""
+        from .producer import send_task
+
+        return send_task(self, task, args, kwargs, **options)
+
+
+def current_app() -> Decortask:
+    """The app `.delay()` uses: the newest `Decortask(...)`, else one built from the environment."""
+    global _default_app
+    app = _default_app
+    if app is None:
+        with _default_lock:
+            if _default_app is None:
+                _default_app = Decortask(set_default=False)
+            app = _default_app
+    return app
+
+
+def reset_default_app() -> None:
+    """Forget the current app (tests use this between cases)."""
+    global _default_app
+    with _default_lock:
+        _default_app = None

@@ -1,0 +1,114 @@
+"""Settings: from keyword arguments, then `DECORTASK_*` environment variables, then defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigurationError
+
+DEFAULT_URL = "sqlite:///decortask.db"
+ENV_PREFIX = "DECORTASK_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything an app can be configured with. Times are seconds.
+
+    Attributes:
+        broker_url: where messages go (`amqp://`, `redis://`, `sqlite:///file.db`, `memory://`).
+        store_url: where task records live (`sqlite:///file.db`, `redis://`, `memory://`).
+        default_queue: queue for tasks that name none.
+        result_ttl: how long records of `persist=False` tasks are kept after they end.
+        history_ttl: how long records of persistent tasks are kept after they end.
+        max_payload_bytes: largest encoded message accepted at `.delay()` and on receipt.
+        confirm_timeout: how long a publish waits for the broker's confirm (AMQP).
+        publish_retries: how many times a failed publish is retried before `BrokerUnavailable`.
+        sqlite_lease: seconds a delivered-but-unacked message on the embedded broker stays invisible
+            without its worker renewing the lease (a killed worker's messages come back after it).
+        scheduler_interval: how often a worker looks for due delayed work.
+        prefetch_multiplier: messages a worker holds per pool slot.
+    """
+
+    broker_url: str = DEFAULT_URL
+    store_url: str = DEFAULT_URL
+    default_queue: str = "default"
+    result_ttl: float = 3600.0
+    history_ttl: float = 7 * 24 * 3600.0
+    max_payload_bytes: int = 1024 * 1024
+    confirm_timeout: float = 10.0
+    publish_retries: int = 3
+    sqlite_lease: float = 30.0
+    scheduler_interval: float = 0.2
+    prefetch_multiplier: int = 1
+
+    @classmethod
+    def load(
+        cls, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Build settings: explicit `overrides` win over `DECORTASK_*` variables, which win over defaults."""
+        env = os.environ if env is None else env
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for name, spec in known.items():
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is not None and raw != "":
+                values[name] = _coerce(name, spec.type, raw)
+        for name, value in (overrides or {}).items():
+            if name not in known:
+                raise ConfigurationError(
+                    f"unknown setting {name!r}; known settings: {', '.join(sorted(known))}"
+                )
+            if value is not None:
+                values[name] = value
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for name in ("result_ttl", "history_ttl", "confirm_timeout", "sqlite_lease", "scheduler_interval"):
+            if float(getattr(self, name)) <= 0:
+                raise ConfigurationError(f"setting {name} must be > 0, got {getattr(self, name)!r}")
+        if self.max_payload_bytes < 1024:
+            raise ConfigurationError("setting max_payload_bytes must be at least 1024")
+        if self.prefetch_multiplier < 1:
+            raise ConfigurationError("setting prefetch_multiplier must be >= 1")
+        if not self.default_queue:
+            raise ConfigurationError("setting default_queue must not be empty")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(name: str, kind: Any, raw: str) -> Any:
+    kind_name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    try:
+        if kind_name == "float":
+            return float(raw)
+        if kind_name == "int":
+            return int(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"environment variable {ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind_name}"
+        ) from None
+    return raw
+
+
+def sqlite_path(url: str) -> Path:
+    """The file a `sqlite://` URL names, SQLAlchemy style.
+
+    `sqlite:///rel/path.db` is relative to the working directory, `sqlite:////abs/path.db` is absolute.
+    """
+    prefix = "sqlite://"
+    if not url.lower().startswith(prefix):
+        raise ConfigurationError(f"{url!r} is not a sqlite:// URL")
+    rest = url[len(prefix) :].split("?", 1)[0]
+    if not rest.startswith("/") or rest == "/":
+        raise ConfigurationError(
+            f"sqlite URL {url!r} names no file: write sqlite:///relative.db or sqlite:////absolute/path.db"
+        )
+    return Path(rest[1:]).expanduser()

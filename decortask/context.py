@@ -1,0 +1,105 @@
+"""TaskContext, `get_task_context()` and `task_log()`: what a running task can see of itself."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import DecortaskError
+from .security import mask_text
+from .store.base import LogLine
+
+logger = logging.getLogger("decortask.task")
+
+_current: ContextVar[TaskContext | None] = ContextVar("decortask_task_context", default=None)
+
+
+@dataclass
+class TaskContext:
+    """Injected into a task whose parameter is annotated `TaskContext`; also `get_task_context()`.
+
+    Attributes:
+        task_id: the task's id.
+        name: the registered task name.
+        attempt: which attempt this is, starting at 1.
+        queue: the queue the message came from.
+        tags: the tags given at `.apply_async(tags=...)`.
+        worker_id: the worker running this attempt ("local" for a direct call).
+    """
+
+    task_id: str
+    name: str
+    attempt: int = 1
+    queue: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    worker_id: str = "local"
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _log_sink: Callable[[LogLine], None] | None = field(default=None, repr=False)
+    _progress_sink: Callable[[float, str | None], None] | None = field(default=None, repr=False)
+
+    def should_stop(self) -> bool:
+        """True once the task should wind down: cancellation, time limit or worker shutdown."""
+        return self._stop.is_set()
+
+    def request_stop(self) -> None:
+        """Ask this task to stop cooperatively (what cancellation and shutdown call)."""
+        self._stop.set()
+
+    def set_progress(self, progress: float, message: str | None = None) -> None:
+        """Record progress between 0.0 and 1.0, with an optional message, readable from the handle."""
+        if not 0.0 <= float(progress) <= 1.0:
+            raise ValueError(f"progress must be between 0.0 and 1.0, got {progress!r}")
+        if self._progress_sink is not None:
+            self._progress_sink(float(progress), message)
+
+    def log(self, message: str, **extra: Any) -> None:
+        """Same as `task_log()` for this task."""
+        line = LogLine(ts=time.time(), message=mask_text(str(message)), attempt=self.attempt, extra=extra)
+        logger.info("[%s %s] %s", self.name, self.task_id, line.message)
+        if self._log_sink is not None:
+            self._log_sink(line)
+
+
+def get_task_context() -> TaskContext:
+    """The context of the task running in this thread or coroutine.
+
+    Raises:
+        DecortaskError: when called outside a running task.
+    """
+    ctx = _current.get()
+    if ctx is None:
+        raise DecortaskError(
+            "get_task_context() was called outside a running task; call it from inside a @task function"
+        )
+    return ctx
+
+
+def current_task_context() -> TaskContext | None:
+    """The running task's context, or None outside a task."""
+    return _current.get()
+
+
+def task_log(message: str, **extra: Any) -> None:
+    """Log a line that is stored with the running task (and shown by the CLI and dashboard).
+
+    Outside a task the line goes to the `decortask.task` logger only. `extra` values must be JSON.
+    """
+    ctx = _current.get()
+    if ctx is None:
+        logger.info("%s", mask_text(str(message)))
+        return
+    ctx.log(message, **extra)
+
+
+def activate(ctx: TaskContext) -> Any:
+    """Make `ctx` current; returns the token for `deactivate`."""
+    return _current.set(ctx)
+
+
+def deactivate(token: Any) -> None:
+    _current.reset(token)

@@ -1,0 +1,97 @@
+"""Every error decortask raises derives from `DecortaskError`.
+
+Each message says what went wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class DecortaskError(Exception):
+    """Root of every decortask error."""
+
+
+class ConfigurationError(DecortaskError):
+    """A setting, URL or option is invalid."""
+
+
+class TaskDefinitionError(ConfigurationError):
+    """`@task` was given an unknown option or a bad value."""
+
+
+class DuplicateTaskError(TaskDefinitionError):
+    """Two tasks were registered under one name."""
+
+
+class UnknownTaskError(DecortaskError, LookupError):
+    """No task is registered under a name."""
+
+
+class ArgumentEncodingError(DecortaskError, TypeError):
+    """A task argument or result cannot be encoded as JSON."""
+
+
+class PayloadTooLargeError(DecortaskError, ValueError):
+    """An encoded message is larger than `max_payload_bytes`."""
+
+
+class MessageError(DecortaskError):
+    """A received message cannot be accepted; `reason` is the dead-letter reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class BrokerUnavailable(DecortaskError, ConnectionError):
+    """The broker could not be reached within the retry budget."""
+
+
+class StoreError(DecortaskError):
+    """The state store failed or holds something unexpected."""
+
+
+class IllegalTransition(StoreError):
+    """A state change the semantics contract forbids; always a bug."""
+
+
+class TaskNotDone(DecortaskError):
+    """A handle was asked for a result before the task reached a terminal state."""
+
+
+class WaitTimeout(DecortaskError, TimeoutError):
+    """`wait()`/`get()` gave up before the task finished."""
+
+
+class TaskFailed(DecortaskError):
+    """The task ended FAILED or INTERRUPTED; carries the remote error as strings."""
+
+    def __init__(
+        self,
+        task_id: str,
+        status: str,
+        reason: str | None,
+        error_type: str | None,
+        error_message: str | None,
+        traceback: str | None,
+    ) -> None:
+        what = f"{error_type}: {error_message}" if error_type else (reason or status)
+        super().__init__(f"task {task_id} ended {status}: {what}")
+        self.task_id = task_id
+        self.status = status
+        self.reason = reason
+        self.error_type = error_type
+        self.error_message = error_message
+        self.remote_traceback = traceback
+
+
+class TaskCancelled(DecortaskError):
+    """The task ended CANCELLED."""
+
+
+class Retry(DecortaskError):
+    """Raise inside a task to ask for another attempt, optionally after `delay` seconds."""
+
+    def __init__(self, delay: float | None = None, message: str = "retry requested") -> None:
+        super().__init__(message)
+        self.delay = delay

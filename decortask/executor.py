@@ -1,0 +1,331 @@
+"""Runs one decoded message to its next state and returns an Outcome; never touches the broker.
+
+The receipt rules of DESIGN §2 live here: the store is consulted before anything runs, claims are
+compare-and-set, and the store is written before the caller acks (write, then ack).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .context import TaskContext, activate, deactivate
+from .errors import ArgumentEncodingError, StoreError
+from .message import Message, encode_json_value
+from .security import mask_text
+from .states import CLAIMABLE, TaskStatus
+from .store.base import ScheduleEntry, TaskRecord
+
+if TYPE_CHECKING:
+    from .app import Decortask
+    from .task import Task
+
+logger = logging.getLogger("decortask.worker")
+T = TypeVar("T")
+
+
+class Settle(str, Enum):
+    """What the consumer thread does with the delivery once the executor is done."""
+
+    ACK = "ack"
+    REQUEUE = "requeue"
+    DEAD_LETTER = "dead_letter"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The executor's verdict for one delivery."""
+
+    settle: Settle
+    status: TaskStatus | None = None
+    reason: str | None = None
+    detail: str = ""
+    ran: bool = False
+
+
+class Executor:
+    """Executes messages for one worker identity against the app's store and registry."""
+
+    def __init__(
+        self,
+        app: Decortask,
+        worker_id: str,
+        owner_alive: Callable[[str], bool] | None = None,
+        store_retry_seconds: float = 10.0,
+    ) -> None:
+        self.app = app
+        self.worker_id = worker_id
+        self.owner_alive = owner_alive or (lambda owner: True)
+        self.store_retry_seconds = store_retry_seconds
+
+    # -- receipt rules -------------------------------------------------------------------------------------
+
+    def execute(self, message: Message, queue: str) -> Outcome:
+        """Apply the receipt rules, run the task if they allow it, write the next state."""
+        store = self.app.store
+        record = self._write(lambda: store.get(message.id))
+        if record is None:
+            # Published by another producer (or the schedule entry raced its record): record it now.
+            record = self._write(lambda: store.create(_record_from_message(message, queue, self.app)))
+            if record.id != message.id:
+                logger.info("task %s skipped: idempotency key held by task %s", message.id, record.id)
+                return Outcome(Settle.ACK, record.status, "duplicate")
+        if record.status.terminal:
+            logger.info(
+                "duplicate delivery of task %s (already %s): acked, not run", record.id, record.status
+            )
+            return Outcome(Settle.ACK, record.status, "duplicate")
+        task = self.app.registry.find(message.task)
+        if record.status is TaskStatus.RUNNING:
+            return self._receive_running(record, message, queue, task)
+        if record.status in CLAIMABLE:
+            if message.attempt <= record.attempt:
+                logger.info(
+                    "stale delivery of task %s attempt %d (record at attempt %d): acked, not run",
+                    record.id,
+                    message.attempt,
+                    record.attempt,
+                )
+                return Outcome(Settle.ACK, record.status, "stale")
+            return self._start(record, message, queue, task, attempt=message.attempt)
+        return Outcome(Settle.ACK, record.status, "unexpected_state")
+
+    def _receive_running(
+        self, record: TaskRecord, message: Message, queue: str, task: Task[Any, Any] | None
+    ) -> Outcome:
+        if record.owner is not None and self.owner_alive(record.owner):
+            logger.info("task %s is already running on %s: duplicate delivery acked", record.id, record.owner)
+            return Outcome(Settle.ACK, record.status, "duplicate")
+        # The owner died mid-task: the task was interrupted, and its opt-in decides what happens next.
+        if task is not None and task.options.requeue_on_interrupt:
+            logger.warning(
+                "task %s lost its worker %s; running attempt %d", record.id, record.owner, record.attempt + 1
+            )
+            return self._start(record, message, queue, task, attempt=record.attempt + 1)
+        done = self._finish(
+            record.id,
+            record.attempt,
+            TaskStatus.INTERRUPTED,
+            expect=TaskStatus.RUNNING,
+            reason="worker_lost",
+            error_message=f"worker {record.owner} died while running attempt {record.attempt}",
+        )
+        logger.warning(
+            "task %s interrupted: worker %s was lost (not opted in to requeue)", record.id, record.owner
+        )
+        return Outcome(Settle.ACK, TaskStatus.INTERRUPTED if done else None, "worker_lost")
+
+    # -- running -------------------------------------------------------------------------------------------
+
+    def _start(
+        self, record: TaskRecord, message: Message, queue: str, task: Task[Any, Any] | None, attempt: int
+    ) -> Outcome:
+        store = self.app.store
+        now = time.time()
+        if message.expires is not None and message.expires <= now:
+            self._finish(
+                record.id, record.attempt, TaskStatus.CANCELLED, expect=record.status, reason="expired"
+            )
+            logger.info("task %s expired before it ran: CANCELLED (expired)", record.id)
+            return Outcome(Settle.ACK, TaskStatus.CANCELLED, "expired")
+        if task is None:
+            detail = self.app.registry.unknown_message(message.task)
+            self._finish(
+                record.id,
+                record.attempt,
+                TaskStatus.FAILED,
+                expect=record.status,
+                reason="unregistered_task",
+                error_type="UnknownTaskError",
+                error_message=detail,
+            )
+            logger.error("task %s dead-lettered: %s", record.id, detail)
+            return Outcome(Settle.DEAD_LETTER, TaskStatus.FAILED, "unregistered_task", detail)
+        claimed = self._write(
+            lambda: store.transition(
+                record.id,
+                TaskStatus.RUNNING,
+                expect={record.status},
+                expect_attempt=record.attempt,
+                attempt=attempt,
+                owner=self.worker_id,
+                started_at=now,
+                finished_at=None,
+            )
+        )
+        if claimed is None:
+            logger.info("task %s was claimed elsewhere first: acked, not run", record.id)
+            return Outcome(Settle.ACK, None, "lost_claim")
+        return self._run(claimed, message, queue, task)
+
+    def _run(self, record: TaskRecord, message: Message, queue: str, task: Task[Any, Any]) -> Outcome:
+        store = self.app.store
+        attempt = record.attempt
+        try:
+            bound = task.bind_arguments(tuple(message.args), message.kwargs)
+        except TypeError as exc:
+            self._finish(
+                record.id,
+                attempt,
+                TaskStatus.FAILED,
+                reason="bad_arguments",
+                error_type="TypeError",
+                error_message=mask_text(str(exc)),
+            )
+            logger.error("task %s failed: bad arguments for %s", record.id, task.name)
+            return Outcome(Settle.ACK, TaskStatus.FAILED, "bad_arguments", ran=False)
+        ctx = TaskContext(
+            task_id=record.id,
+            name=task.name,
+            attempt=attempt,
+            queue=queue,
+            tags=dict(message.tags),
+            worker_id=self.worker_id,
+            _log_sink=lambda line: store.append_log(record.id, line),
+            _progress_sink=lambda progress, text: store.set_progress(record.id, progress, text),
+        )
+        kwargs = dict(bound.kwargs)
+        if task.context_param is not None:
+            kwargs[task.context_param] = ctx
+        token = activate(ctx)
+        try:
+            value = task.fn(*bound.args, **kwargs)
+            if inspect.isawaitable(value):
+                value = asyncio.run(_await(value))
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            return self._failed(record, message, task, exc)
+        finally:
+            deactivate(token)
+        try:
+            result = encode_json_value(value, "the return value")
+        except ArgumentEncodingError as exc:
+            self._finish(
+                record.id,
+                attempt,
+                TaskStatus.FAILED,
+                reason="result_not_serializable",
+                error_type="ArgumentEncodingError",
+                error_message=str(exc),
+            )
+            return Outcome(Settle.ACK, TaskStatus.FAILED, "result_not_serializable", ran=True)
+        ttl = self.app.settings.history_ttl if task.options.persist else self.app.settings.result_ttl
+        self._finish(record.id, attempt, TaskStatus.SUCCESS, result=result, expires_at=time.time() + ttl)
+        return Outcome(Settle.ACK, TaskStatus.SUCCESS, ran=True)
+
+    def _failed(
+        self, record: TaskRecord, message: Message, task: Task[Any, Any], exc: BaseException
+    ) -> Outcome:
+        attempt = record.attempt
+        error: dict[str, Any] = {
+            "error_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+            "error_message": mask_text(str(exc)),
+            "traceback": mask_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__))),
+        }
+        delay = task.options.retry_policy.next_delay(attempt, exc)
+        if delay is not None:
+            now = time.time()
+            nxt = Message(**{**message.__dict__, "attempt": attempt + 1, "eta": now + delay})
+            entry = ScheduleEntry(
+                id=f"{record.id}:{attempt + 1}",
+                task_id=record.id,
+                queue=record.queue,
+                due_at=now + delay,
+                body=nxt.encode().decode(),
+                priority=message.priority,
+            )
+            done = self._write(
+                lambda: self.app.store.transition(
+                    record.id,
+                    TaskStatus.RETRYING,
+                    expect={TaskStatus.RUNNING},
+                    expect_attempt=attempt,
+                    schedule=entry,
+                    scheduled_for=entry.due_at,
+                    **error,
+                )
+            )
+            if done is not None:
+                logger.info(
+                    "task %s attempt %d failed (%s); retry in %.2f s",
+                    record.id,
+                    attempt,
+                    error["error_type"],
+                    delay,
+                )
+                return Outcome(Settle.ACK, TaskStatus.RETRYING, ran=True)
+            return Outcome(Settle.ACK, None, "lost_claim", ran=True)
+        ttl = self.app.settings.history_ttl if task.options.persist else self.app.settings.result_ttl
+        self._finish(record.id, attempt, TaskStatus.FAILED, expires_at=time.time() + ttl, **error)
+        logger.warning("task %s failed on attempt %d: %s", record.id, attempt, error["error_type"])
+        return Outcome(Settle.ACK, TaskStatus.FAILED, ran=True)
+
+    # -- store writes --------------------------------------------------------------------------------------
+
+    def _finish(
+        self,
+        task_id: str,
+        attempt: int,
+        status: TaskStatus,
+        *,
+        expect: TaskStatus = TaskStatus.RUNNING,
+        **changes: Any,
+    ) -> TaskRecord | None:
+        changes.setdefault("finished_at", time.time())
+        if status.terminal and "expires_at" not in changes:
+            changes["expires_at"] = time.time() + self.app.settings.history_ttl
+        done = self._write(
+            lambda: self.app.store.transition(
+                task_id, status, expect={expect}, expect_attempt=attempt, **changes
+            )
+        )
+        if done is None:
+            logger.warning(
+                "task %s changed while attempt %d ran; its %s was not recorded", task_id, attempt, status
+            )
+        return done
+
+    def _write(self, step: Callable[[], T]) -> T:
+        """Run a store call, retrying while the store is busy or briefly unreachable."""
+        deadline = time.monotonic() + self.store_retry_seconds
+        pause = 0.05
+        while True:
+            try:
+                return step()
+            except StoreError as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                logger.warning("store write failed (%s); retrying", mask_text(str(exc)))
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+
+
+async def _await(value: Any) -> Any:
+    return await value
+
+
+def _record_from_message(message: Message, queue: str, app: Decortask) -> TaskRecord:
+    now = time.time()
+    return TaskRecord(
+        id=message.id,
+        name=message.task,
+        queue=queue,
+        status=TaskStatus.PENDING,
+        created_at=message.created_at or now,
+        updated_at=now,
+        args=message.args,
+        kwargs=message.kwargs,
+        tags=message.tags,
+        idempotency_key=message.idempotency_key,
+        priority=message.priority,
+        parent_id=message.parent_id,
+        root_id=message.root_id,
+    )

@@ -1,0 +1,199 @@
+"""The wire envelope (DESIGN §5): a versioned JSON object, validated field by field on receipt."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ArgumentEncodingError, MessageError, PayloadTooLargeError
+
+VERSION = 1
+CONTENT_TYPE = "application/json"
+CONTENT_ENCODING = "utf-8"
+
+
+@dataclass(frozen=True)
+class Message:
+    """One task invocation as it travels through the broker.
+
+    Times (`eta`, `expires`, `created_at`) are UNIX seconds (UTC). `attempt` is the attempt this message
+    delivers, starting at 1.
+    """
+
+    id: str
+    task: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    attempt: int = 1
+    eta: float | None = None
+    expires: float | None = None
+    created_at: float = 0.0
+    idempotency_key: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    priority: int = 0
+    parent_id: str | None = None
+    root_id: str | None = None
+    workflow: dict[str, Any] | None = None
+    v: int = VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": self.v,
+            "id": self.id,
+            "task": self.task,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "attempt": self.attempt,
+            "eta": self.eta,
+            "expires": self.expires,
+            "created_at": self.created_at,
+            "idempotency_key": self.idempotency_key,
+            "tags": self.tags,
+            "priority": self.priority,
+            "parent_id": self.parent_id,
+            "root_id": self.root_id,
+            "workflow": self.workflow,
+        }
+
+    def encode(self, max_bytes: int | None = None) -> bytes:
+        """The JSON body; raises `ArgumentEncodingError` naming the offending argument, or
+        `PayloadTooLargeError` past `max_bytes`."""
+        try:
+            body = json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            where = (
+                find_unencodable(self.args, "args") or find_unencodable(self.kwargs, "kwargs") or "a field"
+            )
+            raise ArgumentEncodingError(
+                f"task {self.task}: {where} cannot be sent as JSON ({exc}); pass JSON types only "
+                "(str, int, float, bool, None, list, dict with str keys), e.g. an id instead of an object"
+            ) from None
+        data = body.encode(CONTENT_ENCODING)
+        if max_bytes is not None and len(data) > max_bytes:
+            raise PayloadTooLargeError(
+                f"task {self.task}: message is {len(data)} bytes, over the {max_bytes}-byte limit "
+                "(max_payload_bytes); store large data elsewhere and pass a reference"
+            )
+        return data
+
+
+def find_unencodable(value: Any, path: str) -> str | None:
+    """The path of the first value inside `value` that JSON cannot carry faithfully, or None."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path} (a non-finite float)"
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = find_unencodable(item, f"{path}[{index}]")
+            if found:
+                return found
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{path} (key {key!r} is not a str)"
+            found = find_unencodable(item, f"{path}[{key!r}]")
+            if found:
+                return found
+        return None
+    return f"{path} (a {type(value).__name__})"
+
+
+def encode_json_value(value: Any, what: str) -> Any:
+    """Check that `value` survives JSON unchanged in kind; returns it. Used for results."""
+    where = find_unencodable(value, what)
+    if where is not None:
+        raise ArgumentEncodingError(f"{where} cannot be stored as JSON; return JSON types only")
+    return value
+
+
+_OPTIONAL_FLOAT = ("eta", "expires")
+_OPTIONAL_STR = ("idempotency_key", "parent_id", "root_id")
+
+
+def decode(body: bytes | str, content_type: str | None, max_bytes: int | None = None) -> Message:
+    """Parse and validate a received body; raises `MessageError` with the dead-letter reason."""
+    if content_type is not None and content_type.split(";", 1)[0].strip().lower() != CONTENT_TYPE:
+        raise MessageError("content_type_not_allowed", f"content type {content_type!r} is never deserialized")
+    if max_bytes is not None and len(body) > max_bytes:
+        raise MessageError("payload_too_large", f"{len(body)} bytes is over the {max_bytes}-byte limit")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MessageError("decode_error", f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise MessageError("invalid_envelope", "body must be a JSON object")
+    version = data.get("v")
+    if type(version) is not int:
+        raise MessageError("invalid_envelope", "field 'v' must be an integer")
+    if version != VERSION:
+        raise MessageError("unsupported_version", f"envelope version {version} is not supported (this is v1)")
+    return Message(
+        v=version,
+        id=_field(data, "id", str, required=True),
+        task=_field(data, "task", str, required=True),
+        args=_field(data, "args", list, default=[]),
+        kwargs=_field(data, "kwargs", dict, default={}),
+        attempt=_attempt(data),
+        eta=_number(data, "eta"),
+        expires=_number(data, "expires"),
+        created_at=_number(data, "created_at") or 0.0,
+        idempotency_key=_field(data, "idempotency_key", str),
+        tags=_tags(data),
+        priority=_priority(data),
+        parent_id=_field(data, "parent_id", str),
+        root_id=_field(data, "root_id", str),
+        workflow=_field(data, "workflow", dict),
+    )
+
+
+def _field(data: dict[str, Any], name: str, kind: type, required: bool = False, default: Any = None) -> Any:
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise MessageError("invalid_envelope", f"field {name!r} is missing")
+        return default
+    if type(value) is not kind:
+        raise MessageError("invalid_envelope", f"field {name!r} must be a {kind.__name__}")
+    if kind is str and required and not value:
+        raise MessageError("invalid_envelope", f"field {name!r} must not be empty")
+    return value
+
+
+def _number(data: dict[str, Any], name: str) -> float | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MessageError("invalid_envelope", f"field {name!r} must be a number (UNIX seconds) or null")
+    return float(value)
+
+
+def _attempt(data: dict[str, Any]) -> int:
+    value = data.get("attempt", 1)
+    if type(value) is not int or value < 1:
+        raise MessageError("invalid_envelope", "field 'attempt' must be an integer >= 1")
+    return value
+
+
+def _priority(data: dict[str, Any]) -> int:
+    value = data.get("priority", 0)
+    if value is None:
+        return 0
+    if type(value) is not int or not 0 <= value <= 9:
+        raise MessageError("invalid_envelope", "field 'priority' must be an integer 0..9")
+    return value
+
+
+def _tags(data: dict[str, Any]) -> dict[str, str]:
+    value = data.get("tags")
+    if value is None:
+        return {}
+    if type(value) is not dict or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise MessageError("invalid_envelope", "field 'tags' must be an object of strings")
+    return value

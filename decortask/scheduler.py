@@ -1,0 +1,63 @@
+"""Publishes delayed work (countdown, eta, retry delays) when it falls due.
+
+Delayed work is never held unacked in a worker's memory: it waits in the store's schedule, and every
+worker runs this loop. Claims are atomic with a lease, so two workers never publish one entry at once;
+a worker that dies mid-publish lets its lease lapse and another one publishes the entry (the receipt
+rules turn a rare double publish into a skipped duplicate).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from .states import TaskStatus
+
+if TYPE_CHECKING:
+    from .app import Decortask
+
+logger = logging.getLogger("decortask.scheduler")
+
+CLAIM_LEASE = 30.0
+BATCH = 200
+
+
+class Scheduler:
+    """One worker's view of the shared schedule."""
+
+    def __init__(self, app: Decortask, owner: str) -> None:
+        self.app = app
+        self.owner = owner
+
+    def tick(self, now: float | None = None) -> int:
+        """Publish every entry due by `now`; returns how many were published."""
+        store = self.app.store
+        published = 0
+        while True:
+            entries = store.claim_due(now if now is not None else time.time(), BATCH, self.owner, CLAIM_LEASE)
+            if not entries:
+                return published
+            items = []
+            done_ids = []
+            for entry in entries:
+                record = store.get(entry.task_id)
+                if record is not None and (record.status.terminal or record.status is TaskStatus.RUNNING):
+                    # Cancelled (or otherwise settled) while it waited: nothing to publish.
+                    done_ids.append(entry.id)
+                    continue
+                items.append((entry.body.encode(), entry.queue, entry.priority, None))
+                done_ids.append(entry.id)
+            if items:
+                self.app.transport.publish_many(items)
+            for entry in entries:
+                store.transition(
+                    entry.task_id,
+                    TaskStatus.PENDING,
+                    expect={TaskStatus.SCHEDULED, TaskStatus.RETRYING},
+                    scheduled_for=None,
+                )
+            store.remove_schedule(done_ids)
+            published += len(items)
+            if len(entries) < BATCH:
+                return published

@@ -1,0 +1,30 @@
+"""State stores: where every task's record and the schedule of delayed work live."""
+
+from __future__ import annotations
+
+from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, TaskStore
+
+__all__ = ["LogLine", "ScheduleEntry", "TaskQuery", "TaskRecord", "TaskStore", "open_store"]
+
+
+def open_store(url: str) -> TaskStore:
+    """Open the store a URL names: `sqlite:///path.db`, `redis://host:port/db` or `memory://`."""
+    from ..errors import ConfigurationError
+    from ..security import mask_url
+
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "memory":
+        from .memory import MemoryStore
+
+        return MemoryStore(url)
+    if scheme == "sqlite":
+        from .sqlite import SQLiteStore
+
+        return SQLiteStore(url)
+    if scheme in ("redis", "rediss"):
+        from .redis import RedisStore
+
+        return RedisStore(url)
+    raise ConfigurationError(
+        f"unknown store URL {mask_url(url)!r}: use sqlite:///path.db, redis://host:6379/0 or memory://"
+    )

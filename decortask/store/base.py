@@ -1,0 +1,286 @@
+"""The state store protocol, the task record, and what every backend shares.
+
+A store keeps one `TaskRecord` per task and the schedule of delayed work (countdown, eta, retry delays).
+Every backend passes `tests/store_contract.py`. Timestamps are UNIX seconds (float, UTC).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ..states import HOLDS_IDEMPOTENCY_KEY, TaskStatus
+
+#: Fields a caller may set through `TaskStore.transition(..., **changes)`.
+MUTABLE_FIELDS = frozenset(
+    {
+        "reason",
+        "attempt",
+        "result",
+        "error_type",
+        "error_message",
+        "traceback",
+        "owner",
+        "started_at",
+        "finished_at",
+        "scheduled_for",
+        "expires_at",
+        "progress",
+        "progress_message",
+    }
+)
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One `task_log()` line, stored with its task."""
+
+    ts: float
+    message: str
+    attempt: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ts": self.ts, "message": self.message, "attempt": self.attempt, "extra": self.extra}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LogLine:
+        return cls(
+            ts=float(data["ts"]),
+            message=str(data["message"]),
+            attempt=int(data.get("attempt", 0)),
+            extra=dict(data.get("extra") or {}),
+        )
+
+
+@dataclass
+class TaskRecord:
+    """Everything the store knows about one task.
+
+    `attempt` counts attempts started so far: 0 while PENDING, 1 during and after the first run.
+    `result`, `args` and `kwargs` are JSON values; errors are kept as strings only (never re-imported).
+    """
+
+    id: str
+    name: str
+    queue: str
+    status: TaskStatus
+    created_at: float
+    updated_at: float
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+    attempt: int = 0
+    result: Any = None
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    logs: list[LogLine] = field(default_factory=list)
+    progress: float | None = None
+    progress_message: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    owner: str | None = None
+    priority: int = 0
+    persist: bool = True
+    scheduled_for: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; `from_dict` inverts it exactly."""
+        data = dataclasses.asdict(self)
+        data["status"] = self.status.value
+        data["logs"] = [line.to_dict() for line in self.logs]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskRecord:
+        values = dict(data)
+        values["status"] = TaskStatus(values["status"])
+        values["logs"] = [LogLine.from_dict(line) for line in values.get("logs") or []]
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> TaskRecord:
+        return cls.from_dict(json.loads(text))
+
+    @property
+    def holds_idempotency_key(self) -> bool:
+        return self.status in HOLDS_IDEMPOTENCY_KEY
+
+
+@dataclass(frozen=True)
+class ScheduleEntry:
+    """Delayed work: a ready-to-publish message body that becomes due at `due_at`.
+
+    `id` is unique per (task, attempt) so re-scheduling the same attempt twice keeps one entry.
+    """
+
+    id: str
+    task_id: str
+    queue: str
+    due_at: float
+    body: str
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class TaskQuery:
+    """Filters and paging for `TaskStore.list_tasks`; newest first."""
+
+    statuses: frozenset[TaskStatus] | None = None
+    name: str | None = None
+    queue: str | None = None
+    created_after: float | None = None
+    created_before: float | None = None
+    limit: int = 50
+    offset: int = 0
+
+
+@runtime_checkable
+class TaskStore(Protocol):
+    """What the producer, worker, handle and CLI need from a state store.
+
+    Implementations must be safe to call from several threads of one process; the SQLite and Redis ones
+    are also safe across processes (and Redis across hosts).
+    """
+
+    url: str
+
+    def create(self, record: TaskRecord) -> TaskRecord:
+        """Insert `record` and return it.
+
+        If `record.idempotency_key` is set and another task holding that key exists (status in
+        HOLDS_IDEMPOTENCY_KEY), insert nothing and return that task's record instead. Atomic.
+        Raises `StoreError` if a record with the same id already exists.
+        """
+        ...
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        """The record, or None if unknown (or expired)."""
+        ...
+
+    def delete(self, task_id: str) -> None:
+        """Remove a record (and its idempotency key); used when a publish fails after the record was written."""
+        ...
+
+    def transition(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        *,
+        expect: Iterable[TaskStatus] | None = None,
+        expect_attempt: int | None = None,
+        schedule: ScheduleEntry | None = None,
+        **changes: Any,
+    ) -> TaskRecord | None:
+        """Atomically move a task to `status` and set `changes` (names from MUTABLE_FIELDS).
+
+        Compare-and-set: when `expect` is given the current status must be in it, and when `expect_attempt`
+        is given the current attempt must equal it; otherwise nothing changes and None is returned.
+        None is also returned for an unknown task. An expected transition that the state machine forbids
+        raises `IllegalTransition` (via `states.check_transition`). With `schedule`, the entry is
+        written in the same atomic step. Returns the updated record.
+        """
+        ...
+
+    def append_log(self, task_id: str, line: LogLine) -> None:
+        """Append one log line to the task's record."""
+        ...
+
+    def set_progress(self, task_id: str, progress: float, message: str | None = None) -> None:
+        """Record progress (0.0..1.0) and an optional message."""
+        ...
+
+    def list_tasks(self, query: TaskQuery) -> list[TaskRecord]:
+        """Records matching `query`, newest first, paged by limit/offset."""
+        ...
+
+    def count_tasks(self, query: TaskQuery) -> int:
+        """How many records match `query` (ignoring limit/offset)."""
+        ...
+
+    def add_schedule(self, entry: ScheduleEntry) -> None:
+        """Write a schedule entry (replacing one with the same id)."""
+        ...
+
+    def claim_due(self, now: float, limit: int, owner: str, lease: float) -> list[ScheduleEntry]:
+        """Atomically claim up to `limit` entries with due_at <= now, oldest due first.
+
+        A claimed entry is invisible to other claimers for `lease` seconds; the claimer publishes it and then
+        calls `remove_schedule`. If the claimer dies, the lease lapses and another worker claims it again.
+        """
+        ...
+
+    def remove_schedule(self, entry_ids: Sequence[str]) -> None:
+        """Delete schedule entries (after their messages were published)."""
+        ...
+
+    def count_schedule(self, queues: Iterable[str] | None = None) -> int:
+        """Entries waiting (claimed or not), optionally only for `queues`."""
+        ...
+
+    def next_due(self, queues: Iterable[str] | None = None) -> float | None:
+        """Earliest due_at among waiting entries, or None."""
+        ...
+
+    def purge_expired(self, now: float) -> int:
+        """Delete terminal records whose expires_at has passed; returns how many."""
+        ...
+
+    def close(self) -> None:
+        """Release connections. Safe to call twice."""
+        ...
+
+
+def apply_transition(
+    record: TaskRecord,
+    status: TaskStatus,
+    expect: Iterable[TaskStatus] | None,
+    expect_attempt: int | None,
+    changes: dict[str, Any],
+    now: float,
+) -> TaskRecord | None:
+    """The compare-and-set every backend runs inside its own atomic step.
+
+    Returns the new record, or None when the expectation does not hold. Backends load the current record,
+    call this, and write the result back without letting another writer in between.
+    """
+    from ..states import check_transition
+
+    if expect is not None and record.status not in set(expect):
+        return None
+    if expect_attempt is not None and record.attempt != expect_attempt:
+        return None
+    unknown = set(changes) - MUTABLE_FIELDS
+    if unknown:
+        raise ValueError(
+            f"cannot set {sorted(unknown)} through transition(); allowed: {sorted(MUTABLE_FIELDS)}"
+        )
+    check_transition(record.id, record.status, status)
+    updated = dataclasses.replace(record, status=status, updated_at=now, **changes)
+    return updated
+
+
+def matches(record: TaskRecord, query: TaskQuery) -> bool:
+    """Whether `record` passes `query`'s filters (paging aside); for backends that filter in Python."""
+    if query.statuses is not None and record.status not in query.statuses:
+        return False
+    if query.name is not None and record.name != query.name:
+        return False
+    if query.queue is not None and record.queue != query.queue:
+        return False
+    if query.created_after is not None and record.created_at < query.created_after:
+        return False
+    return not (query.created_before is not None and record.created_at >= query.created_before)

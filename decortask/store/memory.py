@@ -1,0 +1,156 @@
+"""In-process store for tests and `memory://`: the reference behaviour for the other backends."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from ..errors import StoreError
+from ..states import TERMINAL, TaskStatus
+from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, apply_transition, matches
+
+
+class MemoryStore:
+    """A dict behind one lock. Records are copied in and out so callers never share state."""
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._lock = threading.RLock()
+        self._records: dict[str, TaskRecord] = {}
+        self._keys: dict[str, str] = {}
+        self._schedule: dict[str, ScheduleEntry] = {}
+        self._claims: dict[str, float] = {}
+
+    def create(self, record: TaskRecord) -> TaskRecord:
+        with self._lock:
+            if record.id in self._records:
+                raise StoreError(f"task {record.id} already exists; task ids must be unique")
+            key = record.idempotency_key
+            if key is not None:
+                holder = self._records.get(self._keys.get(key, ""))
+                if holder is not None and holder.holds_idempotency_key:
+                    return _copy(holder)
+                self._keys[key] = record.id
+            self._records[record.id] = _copy(record)
+            return _copy(record)
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        with self._lock:
+            record = self._records.get(task_id)
+            return _copy(record) if record is not None else None
+
+    def delete(self, task_id: str) -> None:
+        with self._lock:
+            record = self._records.pop(task_id, None)
+            key = record.idempotency_key if record is not None else None
+            if key is not None and self._keys.get(key) == task_id:
+                del self._keys[key]
+
+    def transition(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        *,
+        expect: Iterable[TaskStatus] | None = None,
+        expect_attempt: int | None = None,
+        schedule: ScheduleEntry | None = None,
+        **changes: Any,
+    ) -> TaskRecord | None:
+        with self._lock:
+            current = self._records.get(task_id)
+            if current is None:
+                return None
+            updated = apply_transition(current, status, expect, expect_attempt, changes, time.time())
+            if updated is None:
+                return None
+            self._records[task_id] = updated
+            if schedule is not None:
+                self._schedule[schedule.id] = schedule
+                self._claims.pop(schedule.id, None)
+            return _copy(updated)
+
+    def append_log(self, task_id: str, line: LogLine) -> None:
+        with self._lock:
+            record = self._records.get(task_id)
+            if record is not None:
+                record.logs.append(line)
+
+    def set_progress(self, task_id: str, progress: float, message: str | None = None) -> None:
+        with self._lock:
+            record = self._records.get(task_id)
+            if record is not None:
+                record.progress = progress
+                record.progress_message = message
+
+    def list_tasks(self, query: TaskQuery) -> list[TaskRecord]:
+        with self._lock:
+            found = [r for r in self._records.values() if matches(r, query)]
+        found.sort(key=lambda r: r.created_at, reverse=True)
+        return [_copy(r) for r in found[query.offset : query.offset + query.limit]]
+
+    def count_tasks(self, query: TaskQuery) -> int:
+        with self._lock:
+            return sum(1 for r in self._records.values() if matches(r, query))
+
+    def add_schedule(self, entry: ScheduleEntry) -> None:
+        with self._lock:
+            self._schedule[entry.id] = entry
+            self._claims.pop(entry.id, None)
+
+    def claim_due(self, now: float, limit: int, owner: str, lease: float) -> list[ScheduleEntry]:
+        with self._lock:
+            due = sorted(
+                (
+                    e
+                    for e in self._schedule.values()
+                    if e.due_at <= now and self._claims.get(e.id, 0.0) <= now
+                ),
+                key=lambda e: e.due_at,
+            )[:limit]
+            for entry in due:
+                self._claims[entry.id] = now + lease
+            return due
+
+    def remove_schedule(self, entry_ids: Sequence[str]) -> None:
+        with self._lock:
+            for entry_id in entry_ids:
+                self._schedule.pop(entry_id, None)
+                self._claims.pop(entry_id, None)
+
+    def count_schedule(self, queues: Iterable[str] | None = None) -> int:
+        wanted = set(queues) if queues is not None else None
+        with self._lock:
+            return sum(1 for e in self._schedule.values() if wanted is None or e.queue in wanted)
+
+    def next_due(self, queues: Iterable[str] | None = None) -> float | None:
+        wanted = set(queues) if queues is not None else None
+        with self._lock:
+            dues = [e.due_at for e in self._schedule.values() if wanted is None or e.queue in wanted]
+        return min(dues) if dues else None
+
+    def purge_expired(self, now: float) -> int:
+        with self._lock:
+            gone = [
+                r.id
+                for r in self._records.values()
+                if r.status in TERMINAL and r.expires_at is not None and r.expires_at <= now
+            ]
+            for task_id in gone:
+                self.delete(task_id)
+            return len(gone)
+
+    def close(self) -> None:
+        return None
+
+
+def _copy(record: TaskRecord) -> TaskRecord:
+    return replace(
+        record,
+        args=list(record.args),
+        kwargs=dict(record.kwargs),
+        logs=list(record.logs),
+        tags=dict(record.tags),
+    )

@@ -1,0 +1,304 @@
+"""`@task` and `Task`: a decorated function that runs locally when called and remotely via `.delay()`."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
+
+from .context import TaskContext
+from .errors import TaskDefinitionError
+from .registry import registry
+from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from .app import Decortask
+    from .handle import TaskHandle
+
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Validated `@task(...)` options; see docs/tasks.md for each one."""
+
+    name: str
+    retries: int = 0
+    delay: float = 0.0
+    backoff: float = 1.0
+    max_delay: float | None = None
+    jitter: float = 0.0
+    retry_on: tuple[type[BaseException], ...] = ()
+    dont_retry_on: tuple[type[BaseException], ...] = ()
+    persist: bool = True
+    requeue_on_interrupt: bool = False
+    must_complete: bool = False
+    queue: str | None = None
+    priority: int = 0
+    timeout: float | None = None
+    expires: float | None = None
+    retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+_OPTION_NAMES = [
+    "retries",
+    "delay",
+    "backoff",
+    "max_delay",
+    "jitter",
+    "retry_on",
+    "dont_retry_on",
+    "persist",
+    "requeue_on_interrupt",
+    "must_complete",
+    "name",
+    "queue",
+    "priority",
+    "timeout",
+    "expires",
+]
+
+
+def _fail(option: str, expected: str, value: Any) -> TaskDefinitionError:
+    return TaskDefinitionError(f"@task option {option}={value!r} is invalid: expected {expected}")
+
+
+def _number(
+    option: str, value: Any, *, minimum: float, allow_none: bool = False, strict: bool = False
+) -> Any:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(option, f"a number >= {minimum}" + (" or None" if allow_none else ""), value)
+    if value < minimum or (strict and value == minimum):
+        raise _fail(option, f"a number {'>' if strict else '>='} {minimum}", value)
+    return value
+
+
+def _exceptions(option: str, value: Any) -> tuple[type[BaseException], ...]:
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    for item in items:
+        if not (isinstance(item, type) and issubclass(item, BaseException)):
+            raise _fail(option, "an exception class or a tuple of them", value)
+    return tuple(items)
+
+
+def build_options(fn: Callable[..., Any], raw: Mapping[str, Any]) -> TaskOptions:
+    """Validate decorator options; every error names the option."""
+    unknown = sorted(set(raw) - set(_OPTION_NAMES))
+    if unknown:
+        raise TaskDefinitionError(
+            f"@task got unknown option(s) {', '.join(unknown)}; known options: {', '.join(sorted(_OPTION_NAMES))}"
+        )
+    retries = raw.get("retries", 0)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise _fail("retries", "an integer >= 0", retries)
+    priority = raw.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+        raise _fail("priority", "an integer from 0 to 9 (higher runs sooner)", priority)
+    name = raw.get("name") or default_task_name(fn)
+    if not isinstance(name, str) or not name.strip():
+        raise _fail("name", "a non-empty string", name)
+    queue = raw.get("queue")
+    if queue is not None and (not isinstance(queue, str) or not queue.strip()):
+        raise _fail("queue", "a non-empty string", queue)
+    for flag in ("persist", "requeue_on_interrupt", "must_complete"):
+        if flag in raw and not isinstance(raw[flag], bool):
+            raise _fail(flag, "True or False", raw[flag])
+    jitter = _number("jitter", raw.get("jitter", 0.0), minimum=0.0)
+    if jitter > 1:
+        raise _fail("jitter", "a fraction from 0 to 1", jitter)
+    policy = RetryPolicy(
+        retries=retries,
+        delay=float(_number("delay", raw.get("delay", 0.0), minimum=0.0)),
+        backoff=float(_number("backoff", raw.get("backoff", 1.0), minimum=1.0)),
+        max_delay=_number("max_delay", raw.get("max_delay"), minimum=0.0, allow_none=True),
+        jitter=float(jitter),
+        retry_on=_exceptions("retry_on", raw.get("retry_on", ())),
+        dont_retry_on=_exceptions("dont_retry_on", raw.get("dont_retry_on", ())),
+    )
+    return TaskOptions(
+        name=name,
+        retries=retries,
+        delay=policy.delay,
+        backoff=policy.backoff,
+        max_delay=policy.max_delay,
+        jitter=policy.jitter,
+        retry_on=policy.retry_on,
+        dont_retry_on=policy.dont_retry_on,
+        persist=raw.get("persist", True),
+        requeue_on_interrupt=raw.get("requeue_on_interrupt", False),
+        must_complete=raw.get("must_complete", False),
+        queue=queue,
+        priority=priority,
+        timeout=_number("timeout", raw.get("timeout"), minimum=0.0, allow_none=True, strict=True),
+        expires=_number("expires", raw.get("expires"), minimum=0.0, allow_none=True, strict=True),
+        retry_policy=policy,
+    )
+
+
+def default_task_name(fn: Callable[..., Any]) -> str:
+    """`module.qualname`; a module run with `python -m pkg.mod` is named `pkg.mod`, not `__main__`."""
+    module = getattr(fn, "__module__", None) or "__main__"
+    if module == "__main__":
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if spec is not None and spec.name and spec.name != "__main__":
+            module = spec.name
+    return f"{module}.{fn.__qualname__}"
+
+
+def _context_parameter(fn: Callable[..., Any]) -> str | None:
+    """The name of the parameter annotated `TaskContext`, if any."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable forward refs: fall back to the annotation text
+        hints = {}
+    for param in inspect.signature(fn).parameters.values():
+        annotation = hints.get(param.name, param.annotation)
+        if annotation is TaskContext or annotation in ("TaskContext", "decortask.TaskContext"):
+            return param.name
+    return None
+
+
+class Task(Generic[P, R]):
+    """A registered task. Call it for a plain local call; `.delay()` / `.apply_async()` to enqueue."""
+
+    def __init__(self, fn: Callable[..., Any], options: TaskOptions) -> None:
+        self.fn = fn
+        self.options = options
+        self.name = options.name
+        self.context_param = _context_parameter(fn)
+        signature = inspect.signature(fn)
+        self.signature = signature.replace(
+            parameters=[p for p in signature.parameters.values() if p.name != self.context_param]
+        )
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", self.name)
+        self.__qualname__ = getattr(fn, "__qualname__", self.name)
+        self.__module__ = getattr(fn, "__module__", "")
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function here and now, like a plain call (a fresh local context is injected)."""
+        wants_context = self.context_param is not None and self.context_param not in kwargs
+        if wants_context and not (args and isinstance(args[0], TaskContext)):
+            assert self.context_param is not None
+            kwargs[self.context_param] = TaskContext(task_id="local", name=self.name)
+        result: R = self.fn(*args, **kwargs)
+        return result
+
+    def bind_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> inspect.BoundArguments:
+        """Check arguments against the signature; raises `TypeError` the way a call would."""
+        try:
+            return self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}(): {exc}") from None
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        """Enqueue with the task's default options; returns a handle."""
+        return self.apply_async(args=args, kwargs=kwargs)
+
+    def apply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: datetime | float | None = None,
+        expires: datetime | float | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        idempotency_key: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        app: Decortask | None = None,
+    ) -> TaskHandle[R]:
+        """Enqueue with per-call options.
+
+        Args:
+            args: positional arguments (JSON values).
+            kwargs: keyword arguments (JSON values).
+            countdown: run no sooner than this many seconds from now.
+            eta: run no sooner than this time (timezone-aware datetime, or UNIX seconds).
+            expires: seconds from now, or a time, after which the task is not run (CANCELLED, expired).
+            priority: 0..9, higher runs sooner where the broker supports priorities.
+            queue: overrides the task's queue.
+            idempotency_key: while a task holding this key has not failed, return its handle instead.
+            tags: string labels stored with the task.
+            app: the app to use (default: the current app).
+        """
+        from .app import current_app
+
+        return (app or current_app()).send_task(
+            self,
+            tuple(args or ()),
+            dict(kwargs or {}),
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            priority=priority,
+            queue=queue,
+            idempotency_key=idempotency_key,
+            tags=tags,
+        )
+
+
+class TaskDecorator(Protocol):
+    """What `@task(...)` with options returns."""
+
+    @overload
+    def __call__(self, fn: Callable[Concatenate[TaskContext, P], R]) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Task[P, R]: ...
+
+
+@overload
+def task(fn: Callable[Concatenate[TaskContext, P], R], /) -> Task[P, R]: ...
+@overload
+def task(fn: Callable[P, R], /) -> Task[P, R]: ...
+@overload
+def task(
+    *,
+    retries: int = ...,
+    delay: float = ...,
+    backoff: float = ...,
+    max_delay: float | None = ...,
+    jitter: float = ...,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
+    dont_retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
+    persist: bool = ...,
+    requeue_on_interrupt: bool = ...,
+    must_complete: bool = ...,
+    name: str | None = ...,
+    queue: str | None = ...,
+    priority: int = ...,
+    timeout: float | None = ...,
+    expires: float | None = ...,
+) -> TaskDecorator: ...
+def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Register a function as a task, bare (`@task`) or with options (`@task(retries=3)`).
+
+    A parameter annotated `TaskContext` receives the running task's context and is not passed by callers.
+    """
+
+    def decorate(func: Callable[..., Any]) -> Task[Any, Any]:
+        if not callable(func):
+            raise TaskDefinitionError(f"@task decorates functions, got {func!r}")
+        made: Task[Any, Any] = Task(func, build_options(func, options))
+        registry.register(made)
+        return made
+
+    if fn is not None:
+        return decorate(fn)
+    return decorate

@@ -1,0 +1,228 @@
+"""The worker: consumes, hands messages to a pool, and settles outcomes on the consumer thread.
+
+kombu channels are not thread-safe, so acks, requeues, dead letters and scheduler publishes all happen on
+the thread that owns the consumer connection; pool threads only run the executor and hand back an Outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from .errors import BrokerUnavailable, MessageError
+from .executor import Executor, Outcome, Settle
+from .message import decode
+from .pools import Pool, make_pool
+from .scheduler import Scheduler
+from .security import mask_text
+
+if TYPE_CHECKING:
+    from .app import Decortask
+    from .transport import ConsumerSession, Delivery
+
+logger = logging.getLogger("decortask.worker")
+
+HEARTBEAT_INTERVAL = 2.0
+BURST_IDLE = 0.3
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class WorkerStats:
+    received: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    skipped: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+
+
+class Worker:
+    """Consumes `queues` with `concurrency` pool slots until stopped (or, with `burst`, until idle)."""
+
+    def __init__(
+        self,
+        app: Decortask,
+        queues: Iterable[str] | None = None,
+        *,
+        concurrency: int = 4,
+        pool: str = "threads",
+        burst: bool = False,
+        worker_id: str | None = None,
+    ) -> None:
+        self.app = app
+        self.queues = list(queues or [app.settings.default_queue])
+        self.concurrency = concurrency
+        self.pool_kind = pool
+        self.burst = burst
+        self.id = worker_id or new_worker_id()
+        self.executor = Executor(app, self.id)
+        self.scheduler = Scheduler(app, self.id)
+        self.stats = WorkerStats()
+        self._stop = threading.Event()
+        self._outcomes: queue.SimpleQueue[tuple[Delivery, Future[Outcome]]] = queue.SimpleQueue()
+        self._in_flight = 0
+        self._signals = 0
+
+    # -- one message, shared with the synchronous test driver ----------------------------------------------
+
+    def process(self, delivery: Delivery) -> Outcome:
+        """Decode, validate and execute one delivery (any thread); bad input becomes a dead-letter outcome."""
+        try:
+            message = decode(delivery.body, delivery.content_type, self.app.settings.max_payload_bytes)
+        except MessageError as exc:
+            return Outcome(Settle.DEAD_LETTER, None, exc.reason, exc.detail)
+        return self.executor.execute(message, delivery.queue)
+
+    def settle(self, session: ConsumerSession, delivery: Delivery, outcome: Outcome) -> None:
+        """Ack, requeue or dead-letter on the consumer thread, after the store was written."""
+        if outcome.settle is Settle.DEAD_LETTER:
+            self.app.transport.dead_letter(delivery, outcome.reason or "unknown", outcome.detail)
+            logger.error(
+                "message on %s dead-lettered to %s.dlq: %s", delivery.queue, delivery.queue, outcome.reason
+            )
+            self.stats.dead_lettered += 1
+            session.ack(delivery)
+        elif outcome.settle is Settle.REQUEUE:
+            session.requeue(delivery)
+        else:
+            session.ack(delivery)
+        if outcome.status is not None:
+            key = outcome.status.value
+            self.stats.by_status[key] = self.stats.by_status.get(key, 0) + 1
+
+    # -- the loop ------------------------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            logger.warning("signal %d: finishing running tasks, then exiting", signum)
+            self._stop.set()
+        else:
+            logger.warning("signal %d again: still waiting for running tasks", signum)
+
+    def stop(self) -> None:
+        """Ask the loop to stop consuming and return once running tasks have finished."""
+        self._stop.set()
+
+    def run(self) -> int:
+        """Consume until stopped; returns the process exit code."""
+        pool = make_pool(self.pool_kind, self.concurrency)
+        prefetch = self.concurrency * self.app.settings.prefetch_multiplier
+        session = self.app.transport.open_consumer(self.queues, prefetch)
+        logger.info(
+            "worker %s ready: broker %s, store %s, queues %s, %d %s, %d tasks registered",
+            self.id,
+            self.app.broker_url_masked,
+            self.app.store_url_masked,
+            ",".join(self.queues),
+            self.concurrency,
+            self.pool_kind,
+            len(self.app.registry),
+        )
+        next_tick = 0.0
+        idle_since: float | None = None
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now >= next_tick:
+                    self._tick_scheduler()
+                    next_tick = now + self.app.settings.scheduler_interval
+                deliveries = self._drain(session, timeout=0.005 if self._in_flight else 0.05)
+                for delivery in deliveries:
+                    self._dispatch(pool, delivery)
+                self._settle_ready(session)
+                if self.burst:
+                    if deliveries or self._in_flight:
+                        idle_since = None
+                    elif idle_since is None:
+                        idle_since = now
+                    elif now - idle_since >= BURST_IDLE and self._nothing_left():
+                        logger.info("burst: queues and schedule are empty; exiting")
+                        break
+            session.cancel()  # stop consuming; unacked, unstarted messages go back when the channel closes
+            while self._in_flight:
+                self._settle_ready(session, block=True)
+        finally:
+            pool.shutdown(wait=True)
+            session.close()
+        return 0
+
+    def _drain(self, session: ConsumerSession, timeout: float) -> list[Delivery]:
+        try:
+            return session.drain(timeout)
+        except session.connection_errors as exc:
+            logger.warning(
+                "lost the broker %s (%s); reconnecting", self.app.broker_url_masked, mask_text(str(exc))
+            )
+            self._reconnect(session)
+            return []
+
+    def _reconnect(self, session: ConsumerSession) -> None:
+        pause = 0.5
+        while not self._stop.is_set():
+            try:
+                session.connect(retries=0)
+                logger.info("reconnected to %s", self.app.broker_url_masked)
+                return
+            except BrokerUnavailable:
+                time.sleep(pause)
+                pause = min(pause * 2, 10.0)
+
+    def _dispatch(self, pool: Pool, delivery: Delivery) -> None:
+        self.stats.received += 1
+        self._in_flight += 1
+        future = pool.submit(self.process, delivery)
+        future.add_done_callback(lambda done: self._outcomes.put((delivery, done)))
+
+    def _settle_ready(self, session: ConsumerSession, block: bool = False) -> None:
+        while self._in_flight:
+            try:
+                delivery, future = self._outcomes.get(block=block, timeout=0.5 if block else None)
+            except queue.Empty:
+                return
+            self._in_flight -= 1
+            try:
+                outcome = future.result()
+            except Exception:
+                # A bug or a store that stayed down: leave the message to the broker for another try.
+                logger.exception("executing a message failed; requeueing it")
+                outcome = Outcome(Settle.REQUEUE)
+            try:
+                self.settle(session, delivery, outcome)
+            except session.connection_errors as exc:
+                # The channel is gone; the broker redelivers the message and the receipt rules decide.
+                logger.warning(
+                    "could not settle a delivery (%s); the broker will redeliver it", type(exc).__name__
+                )
+            block = False
+
+    def _tick_scheduler(self) -> None:
+        try:
+            self.scheduler.tick()
+        except Exception as exc:
+            logger.warning("scheduler tick failed (%s); will retry", mask_text(str(exc)))
+
+    def _nothing_left(self) -> bool:
+        if any(self.app.transport.queue_size(name) for name in self.queues):
+            return False
+        return self.app.store.count_schedule(self.queues) == 0

@@ -1,0 +1,55 @@
+"""Shared fixtures: real servers on loopback, skipped locally when absent and failing under CI=true."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+REDIS_URL = os.environ.get("DECORTASK_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+AMQP_URL = os.environ.get("DECORTASK_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def require_server(name: str, host: str, port: int) -> None:
+    """Skip when a server is down on a laptop; fail under CI=true, where every server must be up."""
+    if _reachable(host, port):
+        return
+    message = f"{name} is not reachable on {host}:{port}"
+    if IN_CI:
+        pytest.fail(message + " (CI=true requires every broker; .ci/run starts them)")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    require_server("Redis", "127.0.0.1", 6379)
+    return REDIS_URL
+
+
+@pytest.fixture
+def amqp_url() -> str:
+    require_server("RabbitMQ", "127.0.0.1", 5672)
+    return AMQP_URL
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique token for queue names and key namespaces, so tests never see each other's data."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: os.PathLike[str]) -> Iterator[str]:
+    yield f"sqlite:///{os.fspath(tmp_path)}/decortask.db"
