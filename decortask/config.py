@@ -28,8 +28,11 @@ class Settings:
         max_payload_bytes: largest encoded message accepted at `.delay()` and on receipt.
         confirm_timeout: how long a publish waits for the broker's confirm (AMQP).
         publish_retries: how many times a failed publish is retried before `BrokerUnavailable`.
+        lease_timeout: a worker whose heartbeat is older than this is dead; its RUNNING tasks count as
+            interrupted (DESIGN §2 receipt rules).
         sqlite_lease: seconds a delivered-but-unacked message on the embedded broker stays invisible
             without its worker renewing the lease (a killed worker's messages come back after it).
+            Must be longer than `lease_timeout`, so a message comes back only once its owner counts as dead.
         scheduler_interval: how often a worker looks for due delayed work.
         prefetch_multiplier: messages a worker holds per pool slot.
     """
@@ -42,7 +45,8 @@ class Settings:
     max_payload_bytes: int = 1024 * 1024
     confirm_timeout: float = 10.0
     publish_retries: int = 3
-    sqlite_lease: float = 30.0
+    lease_timeout: float = 20.0
+    sqlite_lease: float = 40.0
     scheduler_interval: float = 0.2
     prefetch_multiplier: int = 1
 
@@ -70,9 +74,21 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        for name in ("result_ttl", "history_ttl", "confirm_timeout", "sqlite_lease", "scheduler_interval"):
+        for name in (
+            "result_ttl",
+            "history_ttl",
+            "confirm_timeout",
+            "lease_timeout",
+            "sqlite_lease",
+            "scheduler_interval",
+        ):
             if float(getattr(self, name)) <= 0:
                 raise ConfigurationError(f"setting {name} must be > 0, got {getattr(self, name)!r}")
+        if self.sqlite_lease <= self.lease_timeout:
+            raise ConfigurationError(
+                f"setting sqlite_lease ({self.sqlite_lease}) must be longer than lease_timeout "
+                f"({self.lease_timeout}): a message may only come back once its worker counts as dead"
+            )
         if self.max_payload_bytes < 1024:
             raise ConfigurationError("setting max_payload_bytes must be at least 1024")
         if self.prefetch_multiplier < 1:

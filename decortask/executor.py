@@ -191,12 +191,9 @@ class Executor:
             _log_sink=lambda line: store.append_log(record.id, line),
             _progress_sink=lambda progress, text: store.set_progress(record.id, progress, text),
         )
-        kwargs = dict(bound.kwargs)
-        if task.context_param is not None:
-            kwargs[task.context_param] = ctx
         token = activate(ctx)
         try:
-            value = task.fn(*bound.args, **kwargs)
+            value = task.run(ctx, bound)
             if inspect.isawaitable(value):
                 value = asyncio.run(_await(value))
         except BaseException as exc:

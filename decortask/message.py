@@ -60,16 +60,19 @@ class Message:
     def encode(self, max_bytes: int | None = None) -> bytes:
         """The JSON body; raises `ArgumentEncodingError` naming the offending argument, or
         `PayloadTooLargeError` past `max_bytes`."""
-        try:
-            body = json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-        except (TypeError, ValueError) as exc:
-            where = (
-                find_unencodable(self.args, "args") or find_unencodable(self.kwargs, "kwargs") or "a field"
-            )
+        # Checked before dumping: json.dumps would silently turn {1: "a"} into {"1": "a"}.
+        where = find_unencodable(self.args, "args") or find_unencodable(self.kwargs, "kwargs")
+        body = ""
+        if where is None:
+            try:
+                body = json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+            except (TypeError, ValueError) as exc:
+                where = f"a field ({exc})"
+        if where is not None:
             raise ArgumentEncodingError(
-                f"task {self.task}: {where} cannot be sent as JSON ({exc}); pass JSON types only "
+                f"task {self.task}: {where} cannot be sent as JSON; pass JSON types only "
                 "(str, int, float, bool, None, list, dict with str keys), e.g. an id instead of an object"
-            ) from None
+            )
         data = body.encode(CONTENT_ENCODING)
         if max_bytes is not None and len(data) > max_bytes:
             raise PayloadTooLargeError(

@@ -9,6 +9,11 @@ _USERINFO_PASSWORD = re.compile(
     r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@"
 )
 MASK = "****"
+#: `password=...`, `token: ...` and the like, in free text (exception messages, log lines).
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?i)\b(?P<key>password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|auth)(?P<sep>\s*[=:]\s*)"
+    r"(?P<value>[^\s,;&'\"]+)"
+)
 
 
 def mask_url(url: str) -> str:
@@ -27,5 +32,6 @@ def mask_url(url: str) -> str:
 
 
 def mask_text(text: str) -> str:
-    """Mask every URL password inside free text (exception messages, log lines)."""
-    return _USERINFO_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    """Mask URL passwords and `password=...`-style secrets inside free text (errors, log lines)."""
+    text = _USERINFO_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    return _SECRET_ASSIGNMENT.sub(lambda m: f"{m['key']}{m['sep']}{MASK}", text)

@@ -104,7 +104,7 @@ def build_options(fn: Callable[..., Any], raw: Mapping[str, Any]) -> TaskOptions
     priority = raw.get("priority", 0)
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
         raise _fail("priority", "an integer from 0 to 9 (higher runs sooner)", priority)
-    name = raw.get("name") or default_task_name(fn)
+    name = raw["name"] if raw.get("name") is not None else default_task_name(fn)
     if not isinstance(name, str) or not name.strip():
         raise _fail("name", "a non-empty string", name)
     queue = raw.get("queue")
@@ -192,12 +192,42 @@ class Task(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function here and now, like a plain call (a fresh local context is injected)."""
-        wants_context = self.context_param is not None and self.context_param not in kwargs
-        if wants_context and not (args and isinstance(args[0], TaskContext)):
-            assert self.context_param is not None
-            kwargs[self.context_param] = TaskContext(task_id="local", name=self.name)
-        result: R = self.fn(*args, **kwargs)
+        if (
+            self.context_param is None
+            or self.context_param in kwargs
+            or (args and isinstance(args[0], TaskContext))
+        ):
+            direct: R = self.fn(*args, **kwargs)
+            return direct
+        local = TaskContext(task_id="local", name=self.name)
+        result: R = self.run(local, self.bind_arguments(args, kwargs))
         return result
+
+    def run(self, ctx: TaskContext, bound: inspect.BoundArguments) -> Any:
+        """Call the function with arguments bound against the public signature, injecting `ctx`."""
+        if self.context_param is None:
+            return self.fn(*bound.args, **bound.kwargs)
+        positional: list[Any] = []
+        keywords: dict[str, Any] = {}
+        by_position = True
+        for param in inspect.signature(self.fn).parameters.values():
+            if param.name == self.context_param:
+                value, present = ctx, True
+            else:
+                present = param.name in bound.arguments
+                value = bound.arguments.get(param.name)
+            if param.kind is param.VAR_POSITIONAL:
+                positional.extend(value or ())
+            elif param.kind is param.VAR_KEYWORD:
+                keywords.update(value or {})
+            elif param.kind is param.KEYWORD_ONLY or not by_position:
+                if present:
+                    keywords[param.name] = value
+            elif present:
+                positional.append(value)
+            else:
+                by_position = False  # a defaulted parameter: everything after it goes by keyword
+        return self.fn(*positional, **keywords)
 
     def bind_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> inspect.BoundArguments:
         """Check arguments against the signature; raises `TypeError` the way a call would."""

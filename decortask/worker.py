@@ -71,13 +71,30 @@ class Worker:
         self.pool_kind = pool
         self.burst = burst
         self.id = worker_id or new_worker_id()
-        self.executor = Executor(app, self.id)
+        self.executor = Executor(app, self.id, owner_alive=self.owner_alive)
         self.scheduler = Scheduler(app, self.id)
         self.stats = WorkerStats()
         self._stop = threading.Event()
         self._outcomes: queue.SimpleQueue[tuple[Delivery, Future[Outcome]]] = queue.SimpleQueue()
         self._in_flight = 0
         self._signals = 0
+
+    def owner_alive(self, owner: str) -> bool:
+        """Whether the worker `owner` has sent a heartbeat within `lease_timeout`."""
+        if owner == self.id:
+            return True
+        seen = self.app.store.last_heartbeat(owner)
+        return seen is not None and time.time() - seen < self.app.settings.lease_timeout
+
+    def _heartbeat_loop(self, done: threading.Event) -> None:
+        # Its own thread, so a busy consumer loop or a slow store call never makes a live worker look dead.
+        interval = max(0.2, min(5.0, self.app.settings.lease_timeout / 4))
+        while not done.is_set():
+            try:
+                self.app.store.heartbeat(self.id, time.time())
+            except Exception as exc:
+                logger.warning("heartbeat write failed (%s)", mask_text(str(exc)))
+            done.wait(interval)
 
     # -- one message, shared with the synchronous test driver ----------------------------------------------
 
@@ -126,6 +143,11 @@ class Worker:
 
     def run(self) -> int:
         """Consume until stopped; returns the process exit code."""
+        self.app.store.heartbeat(self.id, time.time())
+        beating = threading.Event()
+        threading.Thread(
+            target=self._heartbeat_loop, args=(beating,), name="decortask-heartbeat", daemon=True
+        ).start()
         pool = make_pool(self.pool_kind, self.concurrency)
         prefetch = self.concurrency * self.app.settings.prefetch_multiplier
         session = self.app.transport.open_consumer(self.queues, prefetch)
@@ -165,6 +187,7 @@ class Worker:
         finally:
             pool.shutdown(wait=True)
             session.close()
+            beating.set()
         return 0
 
     def _drain(self, session: ConsumerSession, timeout: float) -> list[Delivery]:

@@ -9,6 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from decortask import Decortask
+from decortask.app import reset_default_app
+
 REDIS_URL = os.environ.get("DECORTASK_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 AMQP_URL = os.environ.get("DECORTASK_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -53,3 +56,12 @@ def unique() -> str:
 @pytest.fixture
 def sqlite_url(tmp_path: os.PathLike[str]) -> Iterator[str]:
     yield f"sqlite:///{os.fspath(tmp_path)}/decortask.db"
+
+
+@pytest.fixture
+def memory_app(unique: str) -> Iterator[Decortask]:
+    """An app on the in-process broker and store, with its own default queue (memory:// is process-wide)."""
+    app = Decortask("memory://", "memory://", default_queue=f"q-{unique}")
+    yield app
+    app.close()
+    reset_default_app()

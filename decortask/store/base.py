@@ -235,6 +235,14 @@ class TaskStore(Protocol):
         """Earliest due_at among waiting entries, or None."""
         ...
 
+    def heartbeat(self, worker_id: str, now: float) -> None:
+        """Record that `worker_id` was alive at `now`."""
+        ...
+
+    def last_heartbeat(self, worker_id: str) -> float | None:
+        """When `worker_id` last reported alive, or None if never (or forgotten)."""
+        ...
+
     def purge_expired(self, now: float) -> int:
         """Delete terminal records whose expires_at has passed; returns how many."""
         ...

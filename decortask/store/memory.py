@@ -23,6 +23,7 @@ class MemoryStore:
         self._keys: dict[str, str] = {}
         self._schedule: dict[str, ScheduleEntry] = {}
         self._claims: dict[str, float] = {}
+        self._heartbeats: dict[str, float] = {}
 
     def create(self, record: TaskRecord) -> TaskRecord:
         with self._lock:
@@ -130,6 +131,14 @@ class MemoryStore:
         with self._lock:
             dues = [e.due_at for e in self._schedule.values() if wanted is None or e.queue in wanted]
         return min(dues) if dues else None
+
+    def heartbeat(self, worker_id: str, now: float) -> None:
+        with self._lock:
+            self._heartbeats[worker_id] = now
+
+    def last_heartbeat(self, worker_id: str) -> float | None:
+        with self._lock:
+            return self._heartbeats.get(worker_id)
 
     def purge_expired(self, now: float) -> int:
         with self._lock:

@@ -1,0 +1,5 @@
+"""`python -m decortask ...` is the `decortask` command."""
+
+from .cli import main
+
+main()

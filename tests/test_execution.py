@@ -1,0 +1,220 @@
+"""Executing messages through the real decode -> execute -> settle path (run_pending, memory broker)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from decortask import (
+    Decortask,
+    Retry,
+    TaskContext,
+    TaskFailed,
+    TaskNotDone,
+    TaskStatus,
+    get_task_context,
+    task,
+    task_log,
+)
+from decortask.message import Message
+from decortask.testing import run_pending
+
+FAR_FUTURE = time.time() + 10 * 365 * 86400
+
+
+@task(name="exec.add")
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@task(name="exec.flaky", retries=3, delay=5.0, backoff=2.0)
+def flaky(ctx: TaskContext, succeed_on: int) -> str:
+    task_log("attempt started", attempt=ctx.attempt)
+    if ctx.attempt < succeed_on:
+        raise ConnectionError(f"attempt {ctx.attempt} failed")
+    return f"ok on {ctx.attempt}"
+
+
+@task(name="exec.boom", retries=2)
+def boom() -> None:
+    raise ValueError("password=hunter2 in amqp://u:hunter2@host//")
+
+
+@task(name="exec.picky", retries=5, dont_retry_on=(KeyError,))
+def picky() -> None:
+    raise KeyError("missing")
+
+
+@task(name="exec.asks_retry", retries=1)
+def asks_retry(ctx: TaskContext) -> int:
+    if ctx.attempt == 1:
+        raise Retry(delay=30)
+    return ctx.attempt
+
+
+@task(name="exec.reports")
+def reports(ctx: TaskContext) -> str:
+    task_log("starting", step=1)
+    ctx.set_progress(0.25, "a quarter")
+    get_task_context().log("via get_task_context")
+    return "done"
+
+
+@task(name="exec.returns_object")
+def returns_object() -> object:
+    return object()
+
+
+def test_success_stores_result_and_times(memory_app: Decortask) -> None:
+    handle = add.delay(2, 3)
+    assert run_pending(memory_app) == 1
+    record = handle.record()
+    assert (record.status, record.result, record.attempt) == (TaskStatus.SUCCESS, 5, 1)
+    assert record.started_at is not None and record.finished_at is not None
+    assert record.started_at <= record.finished_at
+    assert handle.get(timeout=1) == 5 and handle.value() == 5 and handle.done()
+
+
+def test_fails_twice_then_succeeds_with_three_attempts(memory_app: Decortask) -> None:
+    handle = flaky.delay(3)
+    run_pending(memory_app)
+    assert handle.status is TaskStatus.RETRYING  # the retry waits in the store's schedule, not in memory
+    assert memory_app.transport.queue_size(memory_app.settings.default_queue) == 0
+    run_pending(memory_app, now=FAR_FUTURE)
+    assert handle.get(timeout=1) == "ok on 3"
+    assert handle.attempts == 3
+    assert [line.extra["attempt"] for line in handle.logs] == [1, 2, 3]
+
+
+def test_retry_delays_follow_backoff(memory_app: Decortask) -> None:
+    handle = flaky.delay(99)
+    due_after = []
+    for _ in range(4):
+        run_pending(memory_app, now=FAR_FUTURE, max_tasks=1)
+        record = handle.record()
+        if record.status is TaskStatus.RETRYING:
+            assert record.scheduled_for is not None
+            due_after.append(record.scheduled_for - record.updated_at)
+    assert [round(d) for d in due_after] == [5, 10, 20]
+
+
+def test_always_failing_task_ends_failed_with_error_strings(memory_app: Decortask) -> None:
+    handle = boom.delay()
+    run_pending(memory_app, now=FAR_FUTURE)
+    run_pending(memory_app, now=FAR_FUTURE)
+    record = handle.record()
+    assert (record.status, record.attempt) == (TaskStatus.FAILED, 3)
+    assert record.error_type == "builtins.ValueError"
+    assert record.error_message is not None and "hunter2" not in record.error_message
+    assert (
+        record.traceback is not None and "Traceback" in record.traceback and "hunter2" not in record.traceback
+    )
+    with pytest.raises(TaskFailed, match="ValueError"):
+        handle.get(timeout=1)
+
+
+def test_dont_retry_on_fails_at_once(memory_app: Decortask) -> None:
+    handle = picky.delay()
+    run_pending(memory_app, now=FAR_FUTURE)
+    assert (handle.status, handle.attempts) == (TaskStatus.FAILED, 1)
+
+
+def test_raise_retry_uses_its_delay(memory_app: Decortask) -> None:
+    handle = asks_retry.delay()
+    run_pending(memory_app)
+    record = handle.record()
+    assert record.status is TaskStatus.RETRYING and record.scheduled_for is not None
+    assert 29 < record.scheduled_for - record.updated_at <= 30
+    run_pending(memory_app, now=FAR_FUTURE)
+    assert handle.get(timeout=1) == 2
+
+
+def test_logs_and_progress_are_readable_from_the_handle(memory_app: Decortask) -> None:
+    handle = reports.delay()
+    run_pending(memory_app)
+    assert [(line.message, line.extra) for line in handle.logs] == [
+        ("starting", {"step": 1}),
+        ("via get_task_context", {}),
+    ]
+    assert handle.progress == 0.25
+    assert handle.record().progress_message == "a quarter"
+
+
+def test_result_that_is_not_json_fails_the_task(memory_app: Decortask) -> None:
+    handle = returns_object.delay()
+    run_pending(memory_app)
+    assert (handle.status, handle.record().reason) == (TaskStatus.FAILED, "result_not_serializable")
+
+
+def test_handle_before_the_end_says_not_done(memory_app: Decortask) -> None:
+    handle = add.delay(1, 1)
+    with pytest.raises(TaskNotDone):
+        handle.result()
+    assert not handle.done()
+
+
+def test_countdown_runs_only_when_due(memory_app: Decortask) -> None:
+    handle = add.apply_async(args=(1, 1), countdown=3600)
+    assert run_pending(memory_app) == 0
+    assert handle.status is TaskStatus.SCHEDULED
+    assert run_pending(memory_app, now=time.time() + 3601) == 1
+    assert handle.get(timeout=1) == 2
+
+
+def test_expired_task_is_cancelled_not_run(memory_app: Decortask) -> None:
+    handle = add.apply_async(args=(1, 1), expires=0.01)
+    time.sleep(0.05)
+    run_pending(memory_app)
+    assert (handle.status, handle.record().reason) == (TaskStatus.CANCELLED, "expired")
+
+
+def test_duplicate_delivery_of_a_finished_task_is_skipped(memory_app: Decortask) -> None:
+    handle = add.delay(1, 1)
+    body = json.dumps(Message(id=handle.id, task="exec.add", args=[1, 1]).to_dict()).encode()
+    run_pending(memory_app)
+    memory_app.transport.publish(body, memory_app.settings.default_queue)
+    assert run_pending(memory_app) == 1
+    assert handle.record().attempt == 1
+
+
+def test_foreign_message_gets_a_record(memory_app: Decortask) -> None:
+    body = json.dumps(Message(id="foreign-1", task="exec.add", args=[4, 5]).to_dict()).encode()
+    memory_app.transport.publish(body, memory_app.settings.default_queue)
+    run_pending(memory_app)
+    assert memory_app.handle("foreign-1").get(timeout=1) == 9
+
+
+def test_unregistered_task_is_dead_lettered_and_failed(memory_app: Decortask) -> None:
+    queue = memory_app.settings.default_queue
+    body = json.dumps(Message(id="ghost-1", task="exec.ad", args=[1]).to_dict()).encode()
+    memory_app.transport.publish(body, queue)
+    run_pending(memory_app)
+    record = memory_app.handle("ghost-1").record()
+    assert (record.status, record.reason) == (TaskStatus.FAILED, "unregistered_task")
+    assert "did you mean 'exec.add'" in (record.error_message or "")
+    assert memory_app.transport.queue_size(queue + ".dlq") == 1
+
+
+def test_malformed_body_is_dead_lettered_with_its_bytes(memory_app: Decortask) -> None:
+    queue = memory_app.settings.default_queue
+    memory_app.transport.publish(b"{oops", queue)
+    run_pending(memory_app)
+    session = memory_app.transport.open_consumer([queue + ".dlq"], prefetch=1, consume=False)
+    try:
+        dead = session.get(queue + ".dlq")
+        assert dead is not None
+        assert dead.body == b"{oops"
+        assert dead.headers["x-decortask-reason"] == "decode_error"
+        session.ack(dead)
+    finally:
+        session.close()
+
+
+def test_bad_arguments_in_a_hand_made_message_fail_once(memory_app: Decortask) -> None:
+    body = json.dumps(Message(id="bad-args", task="exec.add", args=[1, 2, 3]).to_dict()).encode()
+    memory_app.transport.publish(body, memory_app.settings.default_queue)
+    run_pending(memory_app, now=FAR_FUTURE)
+    record = memory_app.handle("bad-args").record()
+    assert (record.status, record.reason, record.attempt) == (TaskStatus.FAILED, "bad_arguments", 1)
