@@ -274,6 +274,16 @@ class BrokerTransport:
         finally:
             conn.release()
 
+    def delete_queue(self, name: str) -> None:
+        """Delete a queue and its messages (tests and `decortask purge --delete`)."""
+        conn = self.connection()
+        try:
+            self._connect(conn, 1)
+            with contextlib.suppress(Exception):  # already gone
+                self.queue(name)(conn.default_channel).delete()
+        finally:
+            conn.release()
+
     def close(self) -> None:
         with self._lock:
             producers, self._all_producers = self._all_producers, []

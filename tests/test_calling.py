@@ -38,7 +38,7 @@ def test_delay_records_pending_and_publishes(memory_app: Decortask) -> None:
 def test_wrong_arguments_raise_type_error_in_the_caller(
     memory_app: Decortask, args: tuple[int, ...], kwargs: dict[str, int]
 ) -> None:
-    with pytest.raises(TypeError, match="calling.add"):
+    with pytest.raises(TypeError, match=r"calling\.add"):
         add.apply_async(args=args, kwargs=kwargs)
     assert memory_app.transport.queue_size(memory_app.settings.default_queue) == 0
     assert memory_app.store.count_tasks(_all()) == 0

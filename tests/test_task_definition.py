@@ -85,7 +85,7 @@ def test_duplicate_name_is_an_error() -> None:
     def first() -> None:
         return None
 
-    with pytest.raises(DuplicateTaskError, match="spec.duplicate"):
+    with pytest.raises(DuplicateTaskError, match=r"spec\.duplicate"):
 
         @task(name="spec.duplicate")
         def second() -> None:

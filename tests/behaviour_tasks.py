@@ -1,0 +1,81 @@
+"""Tasks the behaviour and fault suites run in real worker subprocesses (`-A tests.behaviour_tasks`).
+
+Names are explicit so the producer (which imports this file as `behaviour_tasks`) and the worker (which
+imports `tests.behaviour_tasks`) agree. Every execution is appended to the effects file named by
+`DECORTASK_TEST_EFFECTS`, so tests count executions instead of guessing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from decortask import TaskContext, task, task_log
+
+
+def record_effect(ctx: TaskContext, event: str) -> None:
+    path = os.environ.get("DECORTASK_TEST_EFFECTS")
+    if not path:
+        return
+    line = json.dumps({"id": ctx.task_id, "attempt": ctx.attempt, "event": event, "ts": time.time(), "pid": os.getpid()})
+    # O_APPEND writes of one short line are atomic, so concurrent workers never interleave lines.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def read_effects(path: str) -> list[dict[str, object]]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+@task(name="bt.add")
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@task(name="bt.flaky", retries=3, delay=0.3, backoff=2.0)
+def flaky(ctx: TaskContext) -> int:
+    task_log("attempt started", attempt=ctx.attempt)
+    if ctx.attempt < 3:
+        raise ConnectionError(f"attempt {ctx.attempt} failed on purpose")
+    return ctx.attempt
+
+
+@task(name="bt.always_fails", retries=1, delay=0.1)
+def always_fails() -> None:
+    raise RuntimeError("this task always fails")
+
+
+@task(name="bt.report")
+def report(ctx: TaskContext, text: str) -> str:
+    task_log("received", length=len(text))
+    ctx.set_progress(0.75, "almost there")
+    task_log("finished")
+    return text.upper()
+
+
+@task(name="bt.started_at")
+def started_at() -> float:
+    return time.time()
+
+
+@task(name="bt.sleep_opted_in", requeue_on_interrupt=True)
+def sleep_opted_in(ctx: TaskContext, seconds: float) -> str:
+    record_effect(ctx, "started")
+    time.sleep(seconds)
+    record_effect(ctx, "finished")
+    return "slept"
+
+
+@task(name="bt.sleep_not_opted_in")
+def sleep_not_opted_in(ctx: TaskContext, seconds: float) -> str:
+    record_effect(ctx, "started")
+    time.sleep(seconds)
+    record_effect(ctx, "finished")
+    return "slept"

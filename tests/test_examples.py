@@ -1,0 +1,29 @@
+"""Every example runs: the quickstart on the embedded default, with no server and no configuration."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_quickstart_runs_on_the_embedded_default(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DECORTASK_")}
+    env["PYTHONPATH"] = str(REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.quickstart"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "examples.quickstart.add: SUCCESS -> 11" in out
+    assert "examples.quickstart.add: SUCCESS -> 33" in out
+    assert "examples.quickstart.count_words: SUCCESS after 2 attempts -> 11" in out
+    assert (tmp_path / "decortask.db").exists()  # the default: one SQLite file in the working directory

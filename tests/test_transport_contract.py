@@ -1,0 +1,163 @@
+"""One contract for every transport (memory, embedded SQLite, Redis, RabbitMQ) through `BrokerTransport`."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from conftest import AMQP_URL, REDIS_URL, require_server
+
+from decortask import BrokerUnavailable, ConfigurationError
+from decortask.config import Settings
+from decortask.transport import BrokerTransport, ConsumerSession, Delivery
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis", "amqp"])
+def transport(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[BrokerTransport]:
+    kind = request.param
+    if kind == "memory":
+        url = "memory://"
+    elif kind == "sqlite":
+        url = f"sqlite:///{tmp_path}/broker.db"
+    elif kind == "redis":
+        require_server("Redis", "127.0.0.1", 6379)
+        url = REDIS_URL
+    else:
+        require_server("RabbitMQ", "127.0.0.1", 5672)
+        url = AMQP_URL
+    made = BrokerTransport(url, Settings.load({"broker_url": url}))
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def queue(transport: BrokerTransport) -> Iterator[str]:
+    name = f"contract-{uuid.uuid4().hex[:10]}"
+    yield name
+    for each in (name, name + ".dlq"):
+        transport.delete_queue(each)
+
+
+def _receive(session: ConsumerSession, count: int, timeout: float = 10.0) -> list[Delivery]:
+    got: list[Delivery] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        got.extend(session.drain(0.1))
+    return got
+
+
+def test_publish_consume_ack_round_trip(transport: BrokerTransport, queue: str) -> None:
+    transport.publish(b'{"n":1}', queue, headers={"x-test": "yes"})
+    session = transport.open_consumer([queue], prefetch=4)
+    try:
+        (delivery,) = _receive(session, 1)
+        assert delivery.body == b'{"n":1}'
+        assert delivery.content_type == "application/json"
+        assert delivery.headers["x-test"] == "yes"
+        assert delivery.queue == queue
+        session.ack(delivery)
+        assert _receive(session, 1, timeout=0.3) == []
+    finally:
+        session.close()
+    assert transport.queue_size(queue) == 0
+
+
+def test_requeue_redelivers(transport: BrokerTransport, queue: str) -> None:
+    transport.publish(b"{}", queue)
+    session = transport.open_consumer([queue], prefetch=1)
+    try:
+        (first,) = _receive(session, 1)
+        session.requeue(first)
+        (again,) = _receive(session, 1)
+        assert again.body == b"{}"
+        session.ack(again)
+    finally:
+        session.close()
+
+
+def test_unacked_messages_return_when_the_consumer_closes(transport: BrokerTransport, queue: str) -> None:
+    transport.publish_many([(b'{"n":%d}' % n, queue, 0, None) for n in range(3)])
+    session = transport.open_consumer([queue], prefetch=3)
+    assert len(_receive(session, 3)) == 3
+    session.close()
+    again = transport.open_consumer([queue], prefetch=3)
+    try:
+        bodies = sorted(d.body for d in _receive(again, 3))
+        assert bodies == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
+    finally:
+        again.close()
+
+
+def test_queue_size_and_purge(transport: BrokerTransport, queue: str) -> None:
+    transport.publish_many([(b"{}", queue, 0, None) for _ in range(5)])
+    assert transport.queue_size(queue) == 5
+    assert transport.purge(queue) == 5
+    assert transport.queue_size(queue) == 0
+
+
+def test_get_fetches_one_message_without_a_consumer(transport: BrokerTransport, queue: str) -> None:
+    transport.publish(b'{"only":1}', queue)
+    session = transport.open_consumer([queue], prefetch=1, consume=False)
+    try:
+        delivery = session.get(queue)
+        assert delivery is not None and delivery.body == b'{"only":1}'
+        session.ack(delivery)
+        assert session.get(queue) is None
+    finally:
+        session.close()
+
+
+def test_dead_letter_keeps_the_body_and_says_why(transport: BrokerTransport, queue: str) -> None:
+    transport.publish(b"\x80not-json", queue)
+    session = transport.open_consumer([queue], prefetch=1)
+    try:
+        (delivery,) = _receive(session, 1)
+        transport.dead_letter(delivery, "decode_error", "body is not valid JSON")
+        session.ack(delivery)
+    finally:
+        session.close()
+    dlq = transport.open_consumer([queue + ".dlq"], prefetch=1, consume=False)
+    try:
+        dead = dlq.get(queue + ".dlq")
+        assert dead is not None
+        assert dead.body == b"\x80not-json"
+        assert dead.headers["x-decortask-reason"] == "decode_error"
+        assert dead.headers["x-decortask-original-queue"] == queue
+        dlq.ack(dead)
+    finally:
+        dlq.close()
+
+
+def test_higher_priority_is_delivered_first(transport: BrokerTransport, queue: str) -> None:
+    if transport.scheme == "memory":
+        pytest.skip("kombu's memory transport has no priorities")
+    transport.publish(b'{"p":0}', queue, priority=0)
+    transport.publish(b'{"p":9}', queue, priority=9)
+    transport.publish(b'{"p":5}', queue, priority=5)
+    session = transport.open_consumer([queue], prefetch=1, consume=False)
+    try:
+        order = []
+        for _ in range(3):
+            delivery = session.get(queue)
+            assert delivery is not None
+            order.append(delivery.body)
+            session.ack(delivery)
+    finally:
+        session.close()
+    assert order == [b'{"p":9}', b'{"p":5}', b'{"p":0}']
+
+
+def test_unknown_scheme_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="unknown broker URL 'kafka://u:\\*\\*\\*\\*@h/'"):
+        BrokerTransport("kafka://u:sentinel@h/", Settings())
+
+
+@pytest.mark.parametrize("url", ["amqp://guest:sentinel-pw@127.0.0.1:1//", "redis://:sentinel-pw@127.0.0.1:1/0"])
+def test_unreachable_broker_raises_broker_unavailable_with_masked_url(url: str) -> None:
+    made = BrokerTransport(url, Settings.load({"broker_url": url, "publish_retries": 1}))
+    with pytest.raises(BrokerUnavailable) as caught:
+        made.publish(b"{}", "nowhere")
+    assert "sentinel-pw" not in str(caught.value)
+    assert "****" in str(caught.value)
