@@ -211,6 +211,7 @@ class Task(Generic[P, R]):
         keywords: dict[str, Any] = {}
         by_position = True
         for param in inspect.signature(self.fn).parameters.values():
+            value: Any
             if param.name == self.context_param:
                 value, present = ctx, True
             else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -53,10 +54,8 @@ class WorkerProcess:
     def signal(self, signum: int) -> None:
         """Send `signum` to the worker's whole process group (the worker and any children)."""
         assert self.process is not None
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signum)
-        except ProcessLookupError:
-            pass
 
     def kill(self) -> None:
         self.signal(signal.SIGKILL)

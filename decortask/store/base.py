@@ -1,7 +1,7 @@
 """The state store protocol, the task record, and what every backend shares.
 
 A store keeps one `TaskRecord` per task and the schedule of delayed work (countdown, eta, retry delays).
-Every backend passes `tests/store_contract.py`. Timestamps are UNIX seconds (float, UTC).
+Every backend passes `tests/test_store_contract.py`. Timestamps are UNIX seconds (float, UTC).
 """
 
 from __future__ import annotations

@@ -1,0 +1,531 @@
+"""Redis state store: many workers on many hosts share one Redis.
+
+Layout under the namespace `ns` (the URL's `?namespace=`, default `decortask`):
+
+- `ns:task:ID` record JSON without logs; `ns:logs:ID` list of log-line JSON; `ns:idem:KEY` holder task id.
+- `ns:index:created` zset of every task id scored by created_at; `ns:index:status:STATUS` the same per status;
+  `ns:index:expires` terminal task ids scored by expires_at, for `purge_expired`.
+- `ns:schedule:due` zset entry id -> due_at; `ns:schedule:queue:QUEUE` the same per queue;
+  `ns:schedule:body` hash entry id -> entry JSON; `ns:schedule:claims` zset entry id -> claimed_until;
+  `ns:schedule:owner` hash entry id -> claimer.
+- `ns:heartbeat:WORKER` last heartbeat time, expiring after a day.
+
+The Lua scripts touch keys they derive from a prefix, so this store wants plain Redis, not Redis Cluster.
+
+Read-modify-writes (transition, progress, delete, purge) are WATCH/MULTI compare-and-sets retried on conflict;
+create, append_log and the schedule operations are Lua scripts, atomic on the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import heapq
+import itertools
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, WatchError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..errors import ConfigurationError, StoreError
+from ..security import mask_url
+from ..states import HOLDS_IDEMPOTENCY_KEY, TERMINAL, TaskStatus
+from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, apply_transition, matches
+
+T = TypeVar("T")
+
+DEFAULT_NAMESPACE = "decortask"
+#: Seconds a heartbeat is kept; a worker silent for a day counts as dead either way.
+HEARTBEAT_TTL = 24 * 3600
+#: Ids fetched per round trip when listing, purging or scanning an index.
+BATCH = 200
+
+# KEYS: task, idem, logs, created index, status index, expires index.
+# ARGV: id, record JSON, created_at, expires_at or "", task key prefix, holding statuses (comma separated),
+#       then log lines. Returns {"held", holder JSON, holder id} or {"exists"} or {"ok"}.
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
+if KEYS[2] ~= '' then
+  local holder = redis.call('GET', KEYS[2])
+  if holder then
+    local body = redis.call('GET', ARGV[5] .. holder)
+    if body then
+      local status = cjson.decode(body)['status']
+      for s in string.gmatch(ARGV[6], '[^,]+') do
+        if s == status then return {'held', body, holder} end
+      end
+    end
+  end
+  redis.call('SET', KEYS[2], ARGV[1])
+end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
+if ARGV[4] ~= '' then redis.call('ZADD', KEYS[6], ARGV[4], ARGV[1]) end
+for i = 7, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+return {'ok'}
+"""
+
+# KEYS: task, logs. ARGV: line JSON. Appends only to an existing task.
+_APPEND_LOG = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RPUSH', KEYS[2], ARGV[1]) end
+"""
+
+# KEYS: due, body, claims, owner. ARGV: queue key prefix, then (id, due_at, queue, entry JSON) per entry.
+# Replaces an entry with the same id (and forgets its claim), moving it between queue indexes if needed.
+_SCHEDULE_ADD = """
+for i = 2, #ARGV, 4 do
+  local id, due, queue = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local old = redis.call('HGET', KEYS[2], id)
+  if old then
+    local old_queue = cjson.decode(old)['queue']
+    if old_queue ~= queue then redis.call('ZREM', ARGV[1] .. old_queue, id) end
+  end
+  redis.call('HSET', KEYS[2], id, ARGV[i + 3])
+  redis.call('ZADD', KEYS[1], due, id)
+  redis.call('ZADD', ARGV[1] .. queue, due, id)
+  redis.call('ZREM', KEYS[3], id)
+  redis.call('HDEL', KEYS[4], id)
+end
+"""
+
+# KEYS: due, body, claims, owner. ARGV: queue key prefix, then entry ids.
+_SCHEDULE_REMOVE = """
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local old = redis.call('HGET', KEYS[2], id)
+  if old then redis.call('ZREM', ARGV[1] .. cjson.decode(old)['queue'], id) end
+  redis.call('HDEL', KEYS[2], id)
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZREM', KEYS[3], id)
+  redis.call('HDEL', KEYS[4], id)
+end
+"""
+
+# KEYS: due, body, claims, owner. ARGV: now, limit, claimed_until, owner, batch.
+# Walks due entries oldest first, skipping those whose claim has not lapsed; returns the claimed bodies.
+_CLAIM_DUE = """
+local now, limit, batch = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[5])
+local claimed, offset = {}, 0
+while #claimed < limit do
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', offset, batch)
+  if #ids == 0 then break end
+  offset = offset + #ids
+  for _, id in ipairs(ids) do
+    local until_ = redis.call('ZSCORE', KEYS[3], id)
+    if not until_ or tonumber(until_) <= now then
+      redis.call('ZADD', KEYS[3], ARGV[3], id)
+      redis.call('HSET', KEYS[4], id, ARGV[4])
+      claimed[#claimed + 1] = redis.call('HGET', KEYS[2], id)
+      if #claimed >= limit then break end
+    end
+  end
+end
+return claimed
+"""
+
+
+class RedisStore:
+    """A `TaskStore` in Redis, safe across threads, processes and hosts."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._masked = mask_url(url)
+        client_url, self.namespace = _split_namespace(url)
+        try:
+            self._client: Any = redis.Redis.from_url(
+                client_url, decode_responses=True, socket_connect_timeout=5
+            )
+        except (ValueError, RedisError) as exc:
+            raise ConfigurationError(f"invalid Redis store URL {self._masked!r}: {exc}") from exc
+        ns = self.namespace
+        self._created = f"{ns}:index:created"
+        self._expires = f"{ns}:index:expires"
+        self._sched = [f"{ns}:schedule:{part}" for part in ("due", "body", "claims", "owner")]
+        self._queue_prefix = f"{ns}:schedule:queue:"
+        self._create_script = self._client.register_script(_CREATE)
+        self._append_script = self._client.register_script(_APPEND_LOG)
+        self._add_script = self._client.register_script(_SCHEDULE_ADD)
+        self._remove_script = self._client.register_script(_SCHEDULE_REMOVE)
+        self._claim_script = self._client.register_script(_CLAIM_DUE)
+        self._holding = ",".join(sorted(s.value for s in HOLDS_IDEMPOTENCY_KEY))
+
+    # -- keys ----------------------------------------------------------------------------------------------
+
+    def _task(self, task_id: str) -> str:
+        return f"{self.namespace}:task:{task_id}"
+
+    def _logs(self, task_id: str) -> str:
+        return f"{self.namespace}:logs:{task_id}"
+
+    def _idem(self, key: str) -> str:
+        return f"{self.namespace}:idem:{key}"
+
+    def _status(self, status: TaskStatus) -> str:
+        return f"{self.namespace}:index:status:{status.value}"
+
+    # -- records -------------------------------------------------------------------------------------------
+
+    def create(self, record: TaskRecord) -> TaskRecord:
+        key = record.idempotency_key
+        keys = [
+            self._task(record.id),
+            self._idem(key) if key is not None else "",
+            self._logs(record.id),
+            self._created,
+            self._status(record.status),
+            self._expires,
+        ]
+        expiring = record.status in TERMINAL and record.expires_at is not None
+        args = [
+            record.id,
+            _blob(record),
+            repr(record.created_at),
+            repr(record.expires_at) if expiring else "",
+            self._task(""),
+            self._holding,
+            *(json.dumps(line.to_dict(), separators=(",", ":")) for line in record.logs),
+        ]
+        with self._errors():
+            reply = self._create_script(keys=keys, args=args)
+            if reply[0] == "exists":
+                raise StoreError(f"task {record.id} already exists; task ids must be unique")
+            if reply[0] == "held":
+                return _record(reply[1], self._client.lrange(self._logs(reply[2]), 0, -1))
+        return _copy(record)
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        with self._errors():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.get(self._task(task_id))
+            pipe.lrange(self._logs(task_id), 0, -1)
+            raw, lines = pipe.execute()
+        return _record(raw, lines) if raw is not None else None
+
+    def delete(self, task_id: str) -> None:
+        self._delete_where([task_id], lambda record: True)
+
+    def transition(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        *,
+        expect: Iterable[TaskStatus] | None = None,
+        expect_attempt: int | None = None,
+        schedule: ScheduleEntry | None = None,
+        **changes: Any,
+    ) -> TaskRecord | None:
+        expected = frozenset(expect) if expect is not None else None  # an iterator must survive a retry
+        key = self._task(task_id)
+
+        def step(pipe: Any) -> TaskRecord | None:
+            raw = pipe.get(key)
+            if raw is None:
+                return None
+            current = TaskRecord.from_json(raw)
+            updated = apply_transition(current, status, expected, expect_attempt, changes, time.time())
+            if updated is None:
+                return None
+            pipe.multi()
+            pipe.set(key, _blob(updated))
+            self._reindex(pipe, current, updated)
+            if schedule is not None:
+                self._add_entries(pipe, [schedule])
+            pipe.lrange(self._logs(task_id), 0, -1)  # last, so its reply is the last one
+            lines = pipe.execute()[-1]
+            updated.logs = [LogLine.from_dict(json.loads(line)) for line in lines]
+            return updated
+
+        return self._watched([key], step)
+
+    def append_log(self, task_id: str, line: LogLine) -> None:
+        text = json.dumps(line.to_dict(), separators=(",", ":"))
+        with self._errors():
+            self._append_script(keys=[self._task(task_id), self._logs(task_id)], args=[text])
+
+    def set_progress(self, task_id: str, progress: float, message: str | None = None) -> None:
+        key = self._task(task_id)
+
+        def step(pipe: Any) -> None:
+            raw = pipe.get(key)
+            if raw is not None:
+                data = json.loads(raw)
+                data["progress"], data["progress_message"] = progress, message
+                pipe.multi()
+                pipe.set(key, json.dumps(data, separators=(",", ":")))
+                pipe.execute()
+
+        self._watched([key], step)
+
+    def list_tasks(self, query: TaskQuery) -> list[TaskRecord]:
+        if query.limit <= 0:
+            return []
+        found: list[tuple[str, str]] = []
+        skip = max(query.offset, 0)
+        start = 0
+        if query.name is None and query.queue is None and len(self._indexes(query)) == 1:
+            # Every index entry matches: let Redis skip the offset instead of loading those records.
+            start, skip = skip, 0
+        with self._errors():
+            for task_id, raw in self._scan(query, start):
+                if skip:
+                    skip -= 1
+                    continue
+                found.append((task_id, raw))
+                if len(found) >= query.limit:
+                    break
+            pipe = self._client.pipeline(transaction=False)
+            for task_id, _ in found:
+                pipe.lrange(self._logs(task_id), 0, -1)
+            logs = pipe.execute() if found else []
+        return [_record(raw, lines) for (_, raw), lines in zip(found, logs, strict=True)]
+
+    def count_tasks(self, query: TaskQuery) -> int:
+        if query.statuses is not None and not query.statuses:
+            return 0
+        with self._errors():
+            if query.name is None and query.queue is None:
+                # The indexes alone answer: no record needs loading.
+                low, high = _window(query)
+                return sum(int(self._client.zcount(index, low, high)) for index in self._indexes(query))
+            return sum(1 for _ in self._scan(query))
+
+    def purge_expired(self, now: float) -> int:
+        def expired(record: TaskRecord) -> bool:
+            return record.status in TERMINAL and record.expires_at is not None and record.expires_at <= now
+
+        removed = 0
+        while True:
+            with self._errors():
+                ids = self._client.zrangebyscore(self._expires, "-inf", repr(now), start=0, num=BATCH)
+            if not ids:
+                return removed
+            removed += self._delete_where(ids, expired, tidy_expiry=True)
+
+    # -- schedule ------------------------------------------------------------------------------------------
+
+    def add_schedule(self, entry: ScheduleEntry) -> None:
+        with self._errors():
+            self._add_entries(self._client, [entry])
+
+    def claim_due(self, now: float, limit: int, owner: str, lease: float) -> list[ScheduleEntry]:
+        if limit <= 0:
+            return []
+        with self._errors():
+            bodies = self._claim_script(
+                keys=self._sched, args=[repr(now), limit, repr(now + lease), owner, BATCH]
+            )
+        return [ScheduleEntry(**json.loads(body)) for body in bodies if body]
+
+    def remove_schedule(self, entry_ids: Sequence[str]) -> None:
+        ids = list(entry_ids)
+        with self._errors():
+            for start in range(0, len(ids), BATCH):
+                self._remove_script(keys=self._sched, args=[self._queue_prefix, *ids[start : start + BATCH]])
+
+    def count_schedule(self, queues: Iterable[str] | None = None) -> int:
+        with self._errors():
+            return sum(int(self._client.zcard(key)) for key in self._schedule_indexes(queues))
+
+    def next_due(self, queues: Iterable[str] | None = None) -> float | None:
+        dues: list[float] = []
+        with self._errors():
+            for key in self._schedule_indexes(queues):
+                first = self._client.zrange(key, 0, 0, withscores=True)
+                dues.extend(float(score) for _, score in first)
+        return min(dues) if dues else None
+
+    # -- workers -------------------------------------------------------------------------------------------
+
+    def heartbeat(self, worker_id: str, now: float) -> None:
+        with self._errors():
+            self._client.set(f"{self.namespace}:heartbeat:{worker_id}", repr(now), ex=HEARTBEAT_TTL)
+
+    def last_heartbeat(self, worker_id: str) -> float | None:
+        with self._errors():
+            value = self._client.get(f"{self.namespace}:heartbeat:{worker_id}")
+        return float(value) if value is not None else None
+
+    def close(self) -> None:
+        with contextlib.suppress(RedisError):
+            self._client.close()
+
+    # -- helpers -------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn redis-py failures into `StoreError`s that name the (masked) URL."""
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreError(
+                f"cannot reach the Redis store at {self._masked}: {exc}; check that Redis is running and "
+                "reachable from this host, and that the store URL is right"
+            ) from exc
+        except RedisError as exc:
+            raise StoreError(f"the Redis store at {self._masked} failed: {exc}") from exc
+
+    def _reindex(self, pipe: Any, old: TaskRecord, new: TaskRecord) -> None:
+        """Queue the index updates that move `old` to `new` inside a MULTI."""
+        if old.status is not new.status:
+            pipe.zrem(self._status(old.status), new.id)
+            pipe.zadd(self._status(new.status), {new.id: new.created_at})
+        if new.status in TERMINAL and new.expires_at is not None:
+            pipe.zadd(self._expires, {new.id: new.expires_at})
+        elif old.status in TERMINAL and old.expires_at is not None:
+            pipe.zrem(self._expires, new.id)
+
+    def _add_entries(self, client: Any, entries: Sequence[ScheduleEntry]) -> None:
+        args: list[Any] = [self._queue_prefix]
+        for e in entries:
+            body = json.dumps(dataclasses.asdict(e), separators=(",", ":"))
+            args.extend([e.id, repr(e.due_at), e.queue, body])
+        self._add_script(keys=self._sched, args=args, client=client)
+
+    def _delete_where(
+        self, task_ids: Sequence[str], condition: Callable[[TaskRecord], bool], *, tidy_expiry: bool = False
+    ) -> int:
+        """Atomically delete those of `task_ids` whose record passes `condition`; returns how many.
+
+        With `tidy_expiry`, the expiry index entries of the others are corrected (or dropped) in the same
+        step, so `purge_expired` never sees them again under a stale score.
+        """
+        keys = [self._task(task_id) for task_id in task_ids]
+
+        def step(pipe: Any) -> int:
+            found = zip(task_ids, pipe.mget(keys), strict=True)
+            records = {task_id: TaskRecord.from_json(raw) for task_id, raw in found if raw is not None}
+            doomed = {r.id: r for r in records.values() if condition(r)}
+            idem = [self._idem(r.idempotency_key) for r in doomed.values() if r.idempotency_key is not None]
+            holders: dict[str, str | None] = {}
+            if idem:
+                pipe.watch(*idem)
+                holders = dict(zip(idem, pipe.mget(idem), strict=True))
+            pipe.multi()
+            for record in doomed.values():
+                pipe.delete(self._task(record.id), self._logs(record.id))
+                pipe.zrem(self._created, record.id)
+                pipe.zrem(self._status(record.status), record.id)
+                pipe.zrem(self._expires, record.id)
+                key = record.idempotency_key
+                # A key another task has since taken over points at that task and stays.
+                if key is not None and holders.get(self._idem(key)) == record.id:
+                    pipe.delete(self._idem(key))
+            for task_id in task_ids if tidy_expiry else ():
+                kept = records.get(task_id)
+                if (
+                    kept is not None
+                    and task_id not in doomed
+                    and kept.status in TERMINAL
+                    and kept.expires_at is not None
+                ):
+                    pipe.zadd(self._expires, {task_id: kept.expires_at})
+                else:
+                    pipe.zrem(self._expires, task_id)
+            pipe.execute()
+            return len(doomed)
+
+        return self._watched(keys, step)
+
+    def _watched(self, keys: Sequence[str], step: Callable[[Any], T]) -> T:
+        """Run `step(pipe)` with `keys` watched, again and again until no other writer got in between.
+
+        `step` reads in immediate mode, then queues its writes after `pipe.multi()` and executes them; a
+        WatchError from that execute means a watched key changed since the read, so the read is redone.
+        """
+        with self._errors(), self._client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(*keys)
+                    return step(pipe)
+                except WatchError:
+                    continue
+
+    def _indexes(self, query: TaskQuery) -> list[str]:
+        if query.statuses is None:
+            return [self._created]
+        return [self._status(s) for s in sorted(query.statuses, key=lambda s: s.value)]
+
+    def _scan(self, query: TaskQuery, start: int = 0) -> Iterator[tuple[str, str]]:
+        """(id, record JSON) of the tasks matching `query`, newest first; `start` skips index entries."""
+        if query.statuses is not None and not query.statuses:
+            return
+        low, high = _window(query)
+        streams = [self._walk(index, low, high, start) for index in self._indexes(query)]
+        ordered = heapq.merge(*streams, key=lambda pair: pair[1], reverse=True)
+        # Paging an index by offset while others insert can show an id twice; never yield it twice.
+        seen: set[str] = set()
+        while True:
+            taken = list(itertools.islice(ordered, BATCH))
+            if not taken:
+                return
+            batch = [task_id for task_id, _ in taken if task_id not in seen]
+            seen.update(batch)
+            for task_id, raw in zip(batch, self._client.mget([self._task(t) for t in batch]), strict=True):
+                # A record deleted after its id was read from the index is simply skipped.
+                if raw is not None and matches(TaskRecord.from_json(raw), query):
+                    yield task_id, raw
+
+    def _walk(self, index: str, low: str, high: str, start: int = 0) -> Iterator[tuple[str, float]]:
+        offset = start
+        while True:
+            page = self._client.zrevrangebyscore(index, high, low, start=offset, num=BATCH, withscores=True)
+            yield from ((task_id, float(score)) for task_id, score in page)
+            if len(page) < BATCH:
+                return
+            offset += len(page)
+
+    def _schedule_indexes(self, queues: Iterable[str] | None) -> list[str]:
+        if queues is None:
+            return [self._sched[0]]
+        return [self._queue_prefix + queue for queue in sorted(set(queues))]
+
+
+def _split_namespace(url: str) -> tuple[str, str]:
+    """The URL for redis-py (without `namespace=`) and the key namespace."""
+    parts = urlsplit(url)
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    namespace = next((value for name, value in reversed(params) if name == "namespace"), DEFAULT_NAMESPACE)
+    rest = [(name, value) for name, value in params if name != "namespace"]
+    if not namespace or any(ch.isspace() for ch in namespace):
+        raise ConfigurationError(
+            f"Redis store URL {mask_url(url)!r} has an invalid namespace {namespace!r}: "
+            "use letters, digits and ':_-'"
+        )
+    return urlunsplit(parts._replace(query=urlencode(rest))), namespace
+
+
+def _window(query: TaskQuery) -> tuple[str, str]:
+    """ZSET score bounds for created_after (inclusive) and created_before (exclusive)."""
+    low = repr(query.created_after) if query.created_after is not None else "-inf"
+    high = f"({query.created_before!r}" if query.created_before is not None else "+inf"
+    return low, high
+
+
+def _blob(record: TaskRecord) -> str:
+    """The stored JSON: the record without its logs, which live in their own list."""
+    data = record.to_dict()
+    data["logs"] = []
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _copy(record: TaskRecord) -> TaskRecord:
+    return dataclasses.replace(
+        record,
+        args=list(record.args),
+        kwargs=dict(record.kwargs),
+        logs=list(record.logs),
+        tags=dict(record.tags),
+    )
+
+
+def _record(raw: str, lines: Sequence[str]) -> TaskRecord:
+    record = TaskRecord.from_json(raw)
+    record.logs = [LogLine.from_dict(json.loads(line)) for line in lines]
+    return record

@@ -1,0 +1,513 @@
+"""SQLite state store: the default, one host, many threads and processes sharing one WAL file.
+
+Every read-modify-write runs inside one `BEGIN IMMEDIATE` transaction, so SQLite's single writer lock is the
+compare-and-set. Records are JSON blobs next to the few columns that listing filters and sorts on; log lines
+live in their own table so appending one never rewrites the record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..config import sqlite_path
+from ..errors import StoreError
+from ..states import TERMINAL, TaskStatus
+from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, apply_transition
+
+T = TypeVar("T")
+
+#: Seconds a statement waits for another process's write lock before SQLite reports "database is locked".
+BUSY_TIMEOUT = 30.0
+#: Extra attempts after a lock timeout, with this first backoff (doubled each time).
+LOCK_RETRIES = 3
+LOCK_BACKOFF = 0.05
+#: Heartbeats older than this are forgotten; a worker silent for a day counts as dead either way.
+HEARTBEAT_TTL = 24 * 3600.0
+#: Most `?` parameters put in one `IN (...)` list.
+CHUNK = 500
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_TERMINAL_VALUES = tuple(sorted(s.value for s in TERMINAL))
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS decortask_tasks (id TEXT PRIMARY KEY, name TEXT NOT NULL,"
+    " queue TEXT NOT NULL, status TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL,"
+    " record TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS decortask_tasks_created ON decortask_tasks (created_at)",
+    "CREATE INDEX IF NOT EXISTS decortask_tasks_status ON decortask_tasks (status, created_at)",
+    "CREATE INDEX IF NOT EXISTS decortask_tasks_name ON decortask_tasks (name, created_at)",
+    "CREATE INDEX IF NOT EXISTS decortask_tasks_queue ON decortask_tasks (queue, created_at)",
+    "CREATE INDEX IF NOT EXISTS decortask_tasks_expires ON decortask_tasks (expires_at)",
+    # Log lines in order of seq: a new rowid is always above every existing one.
+    "CREATE TABLE IF NOT EXISTS decortask_logs (seq INTEGER PRIMARY KEY, task_id TEXT NOT NULL,"
+    " line TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS decortask_logs_task ON decortask_logs (task_id, seq)",
+    "CREATE TABLE IF NOT EXISTS decortask_idempotency (key TEXT PRIMARY KEY, task_id TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS decortask_idempotency_task ON decortask_idempotency (task_id)",
+    "CREATE TABLE IF NOT EXISTS decortask_schedule (id TEXT PRIMARY KEY, task_id TEXT NOT NULL,"
+    " queue TEXT NOT NULL, due_at REAL NOT NULL, body TEXT NOT NULL, priority INTEGER NOT NULL DEFAULT 0,"
+    " claimed_until REAL NOT NULL DEFAULT 0, claimed_by TEXT)",
+    "CREATE INDEX IF NOT EXISTS decortask_schedule_due ON decortask_schedule (due_at)",
+    "CREATE INDEX IF NOT EXISTS decortask_schedule_queue ON decortask_schedule (queue, due_at)",
+    "CREATE TABLE IF NOT EXISTS decortask_heartbeats (worker_id TEXT PRIMARY KEY, ts REAL NOT NULL)",
+)
+
+
+class SQLiteStore:
+    """A `TaskStore` in one SQLite file, shared by every thread and process on the host."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path: Path = sqlite_path(url)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conns: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        self._generation = 0
+        self._pid = os.getpid()
+        _check_header(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the directory for the SQLite store {self.path}: {exc}") from exc
+        self._run(_create_schema)
+
+    # -- records -------------------------------------------------------------------------------------------
+
+    def create(self, record: TaskRecord) -> TaskRecord:
+        def body(conn: sqlite3.Connection) -> TaskRecord:
+            if conn.execute("SELECT 1 FROM decortask_tasks WHERE id = ?", (record.id,)).fetchone():
+                raise StoreError(f"task {record.id} already exists; task ids must be unique")
+            key = record.idempotency_key
+            if key is not None:
+                row = conn.execute(
+                    "SELECT task_id FROM decortask_idempotency WHERE key = ?", (key,)
+                ).fetchone()
+                holder = _load(conn, row[0]) if row else None
+                if holder is not None and holder.holds_idempotency_key:
+                    return holder
+                # The previous holder failed, was cancelled or is gone: the key is free to take over.
+                conn.execute(
+                    "INSERT INTO decortask_idempotency (key, task_id) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET task_id = excluded.task_id",
+                    (key, record.id),
+                )
+            conn.execute(
+                "INSERT INTO decortask_tasks (id, name, queue, status, created_at, expires_at, record) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.name,
+                    record.queue,
+                    record.status.value,
+                    record.created_at,
+                    record.expires_at,
+                    _blob(record),
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO decortask_logs (task_id, line) VALUES (?, ?)",
+                [(record.id, _line(line)) for line in record.logs],
+            )
+            return _copy(record)
+
+        return self._run(body)
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        return self._run(lambda conn: _load(conn, task_id), write=False)
+
+    def delete(self, task_id: str) -> None:
+        self._run(lambda conn: _delete(conn, [task_id]))
+
+    def transition(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        *,
+        expect: Iterable[TaskStatus] | None = None,
+        expect_attempt: int | None = None,
+        schedule: ScheduleEntry | None = None,
+        **changes: Any,
+    ) -> TaskRecord | None:
+        expected = frozenset(expect) if expect is not None else None  # an iterator must survive a retry
+
+        def body(conn: sqlite3.Connection) -> TaskRecord | None:
+            current = _load(conn, task_id, logs=False)
+            if current is None:
+                return None
+            updated = apply_transition(current, status, expected, expect_attempt, changes, time.time())
+            if updated is None:
+                return None
+            conn.execute(
+                "UPDATE decortask_tasks SET status = ?, expires_at = ?, record = ? WHERE id = ?",
+                (updated.status.value, updated.expires_at, _blob(updated), task_id),
+            )
+            if schedule is not None:
+                _put_schedule(conn, schedule)
+            updated.logs = _load_logs(conn, [task_id]).get(task_id, [])
+            return updated
+
+        return self._run(body)
+
+    def append_log(self, task_id: str, line: LogLine) -> None:
+        # One statement: the line is written only if the task exists, with no window for a delete in between.
+        self._run(
+            lambda conn: conn.execute(
+                "INSERT INTO decortask_logs (task_id, line) "
+                "SELECT ?, ? WHERE EXISTS (SELECT 1 FROM decortask_tasks WHERE id = ?)",
+                (task_id, _line(line), task_id),
+            )
+        )
+
+    def set_progress(self, task_id: str, progress: float, message: str | None = None) -> None:
+        def body(conn: sqlite3.Connection) -> None:
+            record = _load(conn, task_id, logs=False)
+            if record is not None:
+                record.progress = progress
+                record.progress_message = message
+                conn.execute("UPDATE decortask_tasks SET record = ? WHERE id = ?", (_blob(record), task_id))
+
+        self._run(body)
+
+    def list_tasks(self, query: TaskQuery) -> list[TaskRecord]:
+        where, params = _where(query)
+        if where is None or query.limit <= 0:
+            return []
+        # rowid breaks ties in insertion order, as the memory store's stable sort does.
+        sql = (
+            f"SELECT record FROM decortask_tasks{where} ORDER BY created_at DESC, rowid ASC LIMIT ? OFFSET ?"
+        )
+
+        def body(conn: sqlite3.Connection) -> list[TaskRecord]:
+            rows = conn.execute(sql, [*params, query.limit, max(query.offset, 0)]).fetchall()
+            records = [TaskRecord.from_json(row[0]) for row in rows]
+            logs = _load_logs(conn, [r.id for r in records])
+            for record in records:
+                record.logs = logs.get(record.id, [])
+            return records
+
+        return self._run(body, write=False)
+
+    def count_tasks(self, query: TaskQuery) -> int:
+        where, params = _where(query)
+        if where is None:
+            return 0
+        sql = f"SELECT COUNT(*) FROM decortask_tasks{where}"
+        return int(self._run(lambda conn: conn.execute(sql, params).fetchone()[0], write=False))
+
+    def purge_expired(self, now: float) -> int:
+        marks = ", ".join("?" * len(_TERMINAL_VALUES))
+        sql = f"SELECT id FROM decortask_tasks WHERE expires_at <= ? AND status IN ({marks})"
+
+        def body(conn: sqlite3.Connection) -> int:
+            ids = [row[0] for row in conn.execute(sql, (now, *_TERMINAL_VALUES))]
+            _delete(conn, ids)
+            return len(ids)
+
+        return self._run(body)
+
+    # -- schedule ------------------------------------------------------------------------------------------
+
+    def add_schedule(self, entry: ScheduleEntry) -> None:
+        self._run(lambda conn: _put_schedule(conn, entry))
+
+    def claim_due(self, now: float, limit: int, owner: str, lease: float) -> list[ScheduleEntry]:
+        if limit <= 0:
+            return []
+        due_sql = "SELECT 1 FROM decortask_schedule WHERE due_at <= ? AND claimed_until <= ? LIMIT 1"
+        # Every worker polls this several times a second: look without the write lock first.
+        if self._run(lambda conn: conn.execute(due_sql, (now, now)).fetchone(), write=False) is None:
+            return []
+
+        def body(conn: sqlite3.Connection) -> list[ScheduleEntry]:
+            rows = conn.execute(
+                "SELECT id, task_id, queue, due_at, body, priority FROM decortask_schedule "
+                "WHERE due_at <= ? AND claimed_until <= ? ORDER BY due_at, rowid LIMIT ?",
+                (now, now, limit),
+            ).fetchall()
+            entries = [ScheduleEntry(*row) for row in rows]
+            conn.executemany(
+                "UPDATE decortask_schedule SET claimed_until = ?, claimed_by = ? WHERE id = ?",
+                [(now + lease, owner, e.id) for e in entries],
+            )
+            return entries
+
+        return self._run(body)
+
+    def remove_schedule(self, entry_ids: Sequence[str]) -> None:
+        ids = list(entry_ids)
+        if not ids:
+            return
+
+        def body(conn: sqlite3.Connection) -> None:
+            for chunk in _chunks(ids):
+                marks = ", ".join("?" * len(chunk))
+                conn.execute(f"DELETE FROM decortask_schedule WHERE id IN ({marks})", chunk)
+
+        self._run(body)
+
+    def count_schedule(self, queues: Iterable[str] | None = None) -> int:
+        where, params = _queue_filter(queues)
+        if where is None:
+            return 0
+        sql = f"SELECT COUNT(*) FROM decortask_schedule{where}"
+        return int(self._run(lambda conn: conn.execute(sql, params).fetchone()[0], write=False))
+
+    def next_due(self, queues: Iterable[str] | None = None) -> float | None:
+        where, params = _queue_filter(queues)
+        if where is None:
+            return None
+        sql = f"SELECT MIN(due_at) FROM decortask_schedule{where}"
+        value = self._run(lambda conn: conn.execute(sql, params).fetchone()[0], write=False)
+        return float(value) if value is not None else None
+
+    # -- workers -------------------------------------------------------------------------------------------
+
+    def heartbeat(self, worker_id: str, now: float) -> None:
+        def body(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO decortask_heartbeats (worker_id, ts) VALUES (?, ?) "
+                "ON CONFLICT (worker_id) DO UPDATE SET ts = excluded.ts",
+                (worker_id, now),
+            )
+            # Worker ids are per process start: without pruning the table would only grow.
+            conn.execute("DELETE FROM decortask_heartbeats WHERE ts < ?", (now - HEARTBEAT_TTL,))
+
+        self._run(body)
+
+    def last_heartbeat(self, worker_id: str) -> float | None:
+        sql = "SELECT ts FROM decortask_heartbeats WHERE worker_id = ?"
+        row = self._run(lambda conn: conn.execute(sql, (worker_id,)).fetchone(), write=False)
+        return float(row[0]) if row is not None else None
+
+    # -- connections ---------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._generation += 1
+            conns, self._conns = self._conns, []
+        for _, conn in conns:
+            _close_quietly(conn)
+
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use (and again after `close()` or a fork)."""
+        local = self._local
+        pid = os.getpid()
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is not None and local.pid == pid and local.generation == self._generation:
+            return conn
+        with self._lock:
+            if self._pid != pid:
+                # Connections must not cross a fork; the parent's are abandoned, never closed, here.
+                self._pid, self._conns = pid, []
+            stale = [c for t, c in self._conns if not t.is_alive()]
+            self._conns = [(t, c) for t, c in self._conns if t.is_alive()]
+            generation = self._generation
+        for old in stale:
+            _close_quietly(old)
+        conn = self._open()
+        with self._lock:
+            self._conns.append((threading.current_thread(), conn))
+        local.conn, local.pid, local.generation = conn, pid, generation
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        _check_header(self.path)
+        # check_same_thread=False only so close() may close every thread's connection; each is used by one.
+        conn = sqlite3.connect(
+            str(self.path), timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            _close_quietly(conn)
+            raise
+        return conn
+
+    def _run(self, body: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
+        """Run `body` in one transaction (IMMEDIATE when it writes), retrying when the file stays locked."""
+        delay = LOCK_BACKOFF
+        for attempt in range(LOCK_RETRIES + 1):
+            try:
+                conn = self._conn()
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    result = body(conn)
+                    conn.execute("COMMIT")
+                    return result
+                except BaseException:
+                    if conn.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                if not _is_locked(exc) or attempt == LOCK_RETRIES:
+                    raise self._error(exc) from exc
+                time.sleep(delay)
+                delay *= 2
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        text = str(exc)
+        if _is_locked(exc):
+            return StoreError(
+                f"the SQLite store {self.path} stayed locked for over {BUSY_TIMEOUT:.0f} s "
+                f"({LOCK_RETRIES} retries): another process holds a long write transaction on it; stop stuck "
+                "decortask processes, or use a Redis store (redis://) when many processes write heavily"
+            )
+        if "not a database" in text:
+            return _not_a_database(self.path)
+        if "malformed" in text:
+            return StoreError(
+                f"the SQLite store {self.path} is corrupt ({text}); stop every decortask process using it "
+                "and restore it from a backup, or move it away to start with an empty store"
+            )
+        return StoreError(
+            f"the SQLite store {self.path} failed: {text}; check that the file and its directory are "
+            "writable and on a local disk (SQLite locking does not work on network filesystems)"
+        )
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA:
+        conn.execute(statement)
+
+
+def _check_header(path: Path) -> None:
+    """Refuse a file that exists but is not SQLite, before SQLite could touch it."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(_SQLITE_HEADER))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot read the SQLite store {path}: {exc}; check the store URL") from exc
+    if head and head != _SQLITE_HEADER:
+        raise _not_a_database(path)
+
+
+def _not_a_database(path: Path) -> StoreError:
+    return StoreError(
+        f"{path} is not a SQLite database, so decortask cannot use it as its store and left it untouched; "
+        "point the store URL (sqlite:///path.db) at another file, or move this one away if it is garbage"
+    )
+
+
+def _is_locked(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def _close_quietly(conn: sqlite3.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        conn.close()
+
+
+def _blob(record: TaskRecord) -> str:
+    """The stored JSON: the record without its logs, which have their own table."""
+    data = record.to_dict()
+    data["logs"] = []
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _line(line: LogLine) -> str:
+    return json.dumps(line.to_dict(), separators=(",", ":"))
+
+
+def _copy(record: TaskRecord) -> TaskRecord:
+    return dataclasses.replace(
+        record,
+        args=list(record.args),
+        kwargs=dict(record.kwargs),
+        logs=list(record.logs),
+        tags=dict(record.tags),
+    )
+
+
+def _chunks(items: Sequence[str]) -> Iterable[list[str]]:
+    for start in range(0, len(items), CHUNK):
+        yield list(items[start : start + CHUNK])
+
+
+def _load(conn: sqlite3.Connection, task_id: str, *, logs: bool = True) -> TaskRecord | None:
+    row = conn.execute("SELECT record FROM decortask_tasks WHERE id = ?", (task_id,)).fetchone()
+    if row is None:
+        return None
+    record = TaskRecord.from_json(row[0])
+    if logs:
+        record.logs = _load_logs(conn, [task_id]).get(task_id, [])
+    return record
+
+
+def _load_logs(conn: sqlite3.Connection, task_ids: Sequence[str]) -> dict[str, list[LogLine]]:
+    found: dict[str, list[LogLine]] = {}
+    for chunk in _chunks(task_ids):
+        marks = ", ".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT task_id, line FROM decortask_logs WHERE task_id IN ({marks}) ORDER BY seq",
+            chunk,
+        )
+        for task_id, line in rows:
+            found.setdefault(task_id, []).append(LogLine.from_dict(json.loads(line)))
+    return found
+
+
+def _delete(conn: sqlite3.Connection, task_ids: Sequence[str]) -> None:
+    for chunk in _chunks(task_ids):
+        marks = ", ".join("?" * len(chunk))
+        conn.execute(f"DELETE FROM decortask_tasks WHERE id IN ({marks})", chunk)
+        conn.execute(f"DELETE FROM decortask_logs WHERE task_id IN ({marks})", chunk)
+        # A key another task has since taken over points at that task and stays.
+        conn.execute(f"DELETE FROM decortask_idempotency WHERE task_id IN ({marks})", chunk)
+
+
+def _put_schedule(conn: sqlite3.Connection, entry: ScheduleEntry) -> None:
+    # An upsert (not INSERT OR REPLACE) keeps the rowid, so ties on due_at keep their first-written order.
+    conn.execute(
+        "INSERT INTO decortask_schedule (id, task_id, queue, due_at, body, priority, claimed_until, "
+        "claimed_by) VALUES (?, ?, ?, ?, ?, ?, 0, NULL) ON CONFLICT (id) DO UPDATE SET "
+        "task_id = excluded.task_id, queue = excluded.queue, due_at = excluded.due_at, body = excluded.body, "
+        "priority = excluded.priority, claimed_until = 0, claimed_by = NULL",
+        (entry.id, entry.task_id, entry.queue, entry.due_at, entry.body, entry.priority),
+    )
+
+
+def _where(query: TaskQuery) -> tuple[str | None, list[Any]]:
+    """SQL WHERE clause and parameters for `query`; None when it can match nothing."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if query.statuses is not None:
+        if not query.statuses:
+            return None, []
+        clauses.append(f"status IN ({', '.join('?' * len(query.statuses))})")
+        params.extend(sorted(s.value for s in query.statuses))
+    for column, value in (("name", query.name), ("queue", query.queue)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if query.created_after is not None:
+        clauses.append("created_at >= ?")
+        params.append(query.created_after)
+    if query.created_before is not None:
+        clauses.append("created_at < ?")
+        params.append(query.created_before)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _queue_filter(queues: Iterable[str] | None) -> tuple[str | None, list[Any]]:
+    if queues is None:
+        return "", []
+    wanted = sorted(set(queues))
+    if not wanted:
+        return None, []
+    return f" WHERE queue IN ({', '.join('?' * len(wanted))})", list(wanted)
