@@ -1,0 +1,1 @@
+"""kombu transports shipped with decortask (the embedded SQLite broker)."""

@@ -1,0 +1,316 @@
+"""An embedded kombu transport over stdlib sqlite3: leases, delete on ack, safe across processes on one host.
+
+A fetch leases the next visible row (`leased_until`, `owner`) in one `UPDATE ... RETURNING`; ack deletes
+it, reject/requeue or a normal close clears the lease, and a killed consumer's leases simply run out. A live
+consumer renews its leases from its polling path, so a long task is never handed to a second consumer.
+
+Durability: WAL with `synchronous=NORMAL`. A committed publish or ack is in the WAL (the OS page cache)
+before the statement returns, so it survives the crash of any process; only an OS crash or power loss can roll
+back the last transactions. `FULL` would fsync every commit (milliseconds each) for power-loss durability: opt
+in through the `synchronous` transport option.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from queue import Empty
+from typing import Any
+
+from kombu.transport import virtual
+from kombu.utils import json as kombu_json
+
+# kombu ships py.typed but leaves most functions unannotated; typing its bases and helpers as Any keeps strict
+# mypy quiet about every super() call without an ignore on each.
+_VirtualQoS: Any = virtual.QoS
+_VirtualChannel: Any = virtual.Channel
+_VirtualTransport: Any = virtual.Transport
+# kombu's json, not the stdlib's: datetimes, UUIDs, ... in headers round-trip as on other transports.
+_dumps: Callable[[Any], str] = kombu_json.dumps
+_loads: Callable[[str], Any] = kombu_json.loads
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS decortask_messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    leased_until REAL NOT NULL DEFAULT 0,
+    owner TEXT,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decortask_messages_next ON decortask_messages (queue, priority DESC, id);
+CREATE TABLE IF NOT EXISTS decortask_queues (name TEXT PRIMARY KEY) WITHOUT ROWID;
+"""
+# AUTOINCREMENT: a rowid is never reused, so a stale ack can never hit a newer message that took its id.
+
+_PUT = "INSERT INTO decortask_messages (queue, priority, payload) VALUES (?, ?, ?)"
+_NEXT = (
+    "SELECT id FROM decortask_messages WHERE queue = ? AND leased_until <= ?"
+    " ORDER BY priority DESC, id LIMIT 1"
+)
+# One statement: the write lock is taken before the subquery runs, so two consumers never lease the same row.
+_LEASE = (
+    "UPDATE decortask_messages SET leased_until = ?, owner = ?, deliveries = deliveries + 1"
+    f" WHERE id = ({_NEXT}) RETURNING id, payload, deliveries"
+)
+_TAKE = f"DELETE FROM decortask_messages WHERE id = ({_NEXT}) RETURNING id, payload, deliveries + 1"
+_ACK = "DELETE FROM decortask_messages WHERE id = ? AND owner = ?"
+_RELEASE = "UPDATE decortask_messages SET leased_until = 0, owner = NULL WHERE id = ? AND owner = ?"
+_RENEW_MANY = "UPDATE decortask_messages SET leased_until = ? WHERE owner = ? AND id IN "
+_RELEASE_MANY = "UPDATE decortask_messages SET leased_until = 0, owner = NULL WHERE owner = ? AND id IN "
+_SIZE = "SELECT count(*) FROM decortask_messages WHERE queue = ? AND leased_until <= ?"
+_PURGE = "DELETE FROM decortask_messages WHERE queue = ? AND leased_until <= ?"
+_HAS_QUEUE = (
+    "SELECT EXISTS (SELECT 1 FROM decortask_queues WHERE name = ?)"
+    " OR EXISTS (SELECT 1 FROM decortask_messages WHERE queue = ?)"
+)
+_CHUNK = 500  # ids per IN (...) list, far below SQLite's bound-parameter limit
+
+logger = logging.getLogger(__name__)
+
+
+def connect(path: str, busy_timeout: float = 30.0, synchronous: str = "NORMAL") -> sqlite3.Connection:
+    """Open `path` in autocommit mode with WAL and the transport's schema."""
+    if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
+        raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA, not {synchronous!r}")
+    # isolation_level=None: every statement is its own transaction, so no read snapshot is ever held open
+    # and the busy handler can retry any lock conflict (a deferred transaction could fail with BUSY_SNAPSHOT).
+    db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        db.executescript(SCHEMA)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+class QoS(_VirtualQoS):  # type: ignore[misc]
+    """Unacked bookkeeping in the database: ack deletes the row, reject and restore clear its lease."""
+
+    channel: Channel
+
+    def ack(self, delivery_tag: str) -> None:
+        self.channel._settle(delivery_tag, requeue=False)
+        super().ack(delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        # Clearing the lease keeps the row's id and priority: the message is visible again at its old place.
+        self.channel._settle(delivery_tag, requeue=requeue)
+        super().ack(delivery_tag)
+
+    def restore_unacked(self) -> list[tuple[BaseException, Any]]:
+        self._flush()
+        self.channel._release_all()
+        self._delivered.clear()
+        # Never any errors: a lease that could not be cleared still runs out, so there is no dump to make.
+        return []
+
+
+class Channel(_VirtualChannel):  # type: ignore[misc]
+    """A channel with its own SQLite connection; used by one thread (`renew_leases` may come from any)."""
+
+    QoS = QoS
+    from_transport_options = (
+        *_VirtualChannel.from_transport_options,
+        "path",
+        "lease_seconds",
+        "busy_timeout",
+        "synchronous",
+    )
+    path: str | None = None
+    lease_seconds: float = 30.0
+    busy_timeout: float = 30.0
+    synchronous: str = "NORMAL"
+
+    def __init__(self, connection: Any, **kwargs: Any) -> None:
+        super().__init__(connection, **kwargs)
+        if not self.path:
+            raise ValueError("the SQLite transport needs transport_options={'path': '/path/to/file.db'}")
+        if self.lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be positive, not {self.lease_seconds!r}")
+        self._owner = uuid.uuid4().hex
+        self._leases: dict[str, int] = {}  # delivery tag -> row id, for every message this channel holds
+        self._no_ack_queues: set[str] = set()
+        self._declared: set[str] = set()
+        # Only renew_leases() may come from another thread; uncontended, this costs ~0.1 us per statement.
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = connect(self.path, self.busy_timeout, self.synchronous)
+        self._renew_at = time.monotonic() + self.lease_seconds / 3
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise sqlite3.ProgrammingError("the SQLite channel is closed")
+        return self._db
+
+    # -- messages ------------------------------------------------------------------------------------------
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        row = (queue, self._get_message_priority(message), _dumps(message))
+        with self._lock:
+            self._conn().execute(_PUT, row)
+
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        return self._fetch(queue, take=queue in self._no_ack_queues)
+
+    def _fetch(self, queue: str, take: bool) -> dict[str, Any]:
+        now = time.time()
+        with self._lock:
+            if take:
+                rows = self._conn().execute(_TAKE, (queue, now)).fetchall()
+            else:
+                lease = (now + self.lease_seconds, self._owner, queue, now)
+                rows = self._conn().execute(_LEASE, lease).fetchall()
+            if not rows:
+                raise Empty()
+            rowid, payload, deliveries = rows[0]
+            message: dict[str, Any] = _loads(payload)
+            if not take:
+                self._leases[message["properties"]["delivery_tag"]] = rowid
+        # kombu's virtual transports never set these; the worker's poison-message cap reads delivery_count.
+        info = message["properties"].setdefault("delivery_info", {})
+        info["redelivered"] = deliveries > 1
+        info["delivery_count"] = deliveries
+        return message
+
+    def _settle(self, delivery_tag: str, requeue: bool, siblings: bool = True) -> None:
+        with self._lock:
+            rowid = self._leases.pop(delivery_tag, None)
+            if rowid is not None and self._db is not None:
+                # owner = ? : if our lease had run out and another consumer took the row, it is theirs now.
+                self._db.execute(_RELEASE if requeue else _ACK, (rowid, self._owner))
+        if rowid is None and siblings and self.connection is not None:
+            # kombu rejects a message that found no callback through the connection's first channel, which
+            # need not be the channel holding its lease.
+            for sibling in self.connection.channels:
+                if sibling is not self and delivery_tag in sibling._leases:
+                    sibling._settle(delivery_tag, requeue, siblings=False)
+
+    def _update_many(self, sql: str, params: tuple[Any, ...], ids: list[int]) -> int:
+        count = 0
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            count += self._conn().execute(f"{sql}({marks})", (*params, *chunk)).rowcount
+        return count
+
+    def renew_leases(self) -> int:
+        """Extend the lease of every message this channel holds unacked; return how many are still ours.
+
+        Called from `drain_events` every `lease_seconds / 3`; call it yourself when the consuming thread may
+        stay away from `drain_events` longer than that.
+        """
+        with self._lock:
+            self._renew_at = time.monotonic() + self.lease_seconds / 3
+            ids = list(self._leases.values())
+            if not ids or self._db is None:
+                return 0
+            return self._update_many(_RENEW_MANY, (time.time() + self.lease_seconds, self._owner), ids)
+
+    def _release_all(self) -> None:
+        with self._lock:
+            ids = list(self._leases.values())
+            self._leases.clear()
+            if ids and self._db is not None:
+                try:
+                    self._update_many(_RELEASE_MANY, (self._owner,), ids)
+                except sqlite3.Error as exc:  # e.g. locked past the busy timeout while shutting down
+                    logger.warning(
+                        "could not give back %d messages at once (%s); their leases run out", len(ids), exc
+                    )
+
+    def drain_events(self, timeout: float | None = None, callback: Any = None) -> Any:
+        # The transport calls this on every poll, even when prefetch is full, so renewal keeps running.
+        if time.monotonic() >= self._renew_at:
+            self.renew_leases()
+        return super().drain_events(timeout=timeout, callback=callback)
+
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
+        if no_ack:
+            self._no_ack_queues.add(queue)
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    def basic_cancel(self, consumer_tag: str) -> Any:
+        self._no_ack_queues.discard(self._tag_to_queue.get(consumer_tag))
+        return super().basic_cancel(consumer_tag)
+
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        # Without an ack to come, the row is deleted as it is fetched rather than leased.
+        try:
+            message = self.Message(self._fetch(queue, take=no_ack), channel=self)
+        except Empty:
+            return None
+        if not no_ack:
+            self.qos.append(message, message.delivery_tag)
+        return message
+
+    # -- queues --------------------------------------------------------------------------------------------
+
+    def _size(self, queue: str) -> int:
+        with self._lock:
+            count: int = self._conn().execute(_SIZE, (queue, time.time())).fetchone()[0]
+        return count
+
+    def _purge(self, queue: str) -> int:
+        with self._lock:
+            count: int = self._conn().execute(_PURGE, (queue, time.time())).rowcount
+        return count
+
+    def _new_queue(self, queue: str, **kwargs: Any) -> None:
+        if queue in self._declared:
+            return
+        with self._lock:
+            self._conn().execute("INSERT OR IGNORE INTO decortask_queues (name) VALUES (?)", (queue,))
+        self._declared.add(queue)
+
+    def _has_queue(self, queue: str, **kwargs: Any) -> bool:
+        with self._lock:
+            return bool(self._conn().execute(_HAS_QUEUE, (queue, queue)).fetchone()[0])
+
+    def _delete(self, queue: str, *args: Any, **kwargs: Any) -> int:
+        with self._lock:
+            db = self._conn()
+            db.execute("DELETE FROM decortask_queues WHERE name = ?", (queue,))
+            count: int = db.execute("DELETE FROM decortask_messages WHERE queue = ?", (queue,)).rowcount
+        self._declared.discard(queue)
+        return count
+
+    def queue_delete(self, queue: str, if_unused: bool = False, if_empty: bool = False, **kwargs: Any) -> Any:
+        # kombu's virtual version calls _delete once per binding, and default-exchange queues have none.
+        if if_empty and self._size(queue):
+            return None
+        self.state.queue_bindings_delete(queue)
+        return self._delete(queue)
+
+    def close(self) -> None:
+        super().close()  # cancels consumers and gives unacked messages back through QoS.restore_unacked
+        if self.do_restore:
+            self._release_all()  # fetched but never handed to the QoS (e.g. no callback for the queue)
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
+class SQLiteTransport(_VirtualTransport):  # type: ignore[misc]
+    """kombu transport storing messages in a SQLite file (`decortask_messages`), one host, many processes.
+
+    Transport options: `path` (required), `lease_seconds` (30.0), `polling_interval` (0.05 s idle poll),
+    `busy_timeout` (30.0 s), `synchronous` ("NORMAL", or "FULL" for power-loss durability).
+    """
+
+    Channel = Channel
+    polling_interval = 0.05
+    driver_type = "sqlite"
+    driver_name = "sqlite3"
+    # "database is locked" past the busy timeout and disk I/O errors are worth a reconnect and retry.
+    connection_errors = (*_VirtualTransport.connection_errors, sqlite3.OperationalError)
+
+    def driver_version(self) -> str:
+        return sqlite3.sqlite_version
