@@ -19,6 +19,7 @@ from .errors import (
     TaskDefinitionError,
     TaskFailed,
     TaskNotDone,
+    TaskNotFound,
     UnknownTaskError,
     WaitTimeout,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "TaskDefinitionError",
     "TaskFailed",
     "TaskNotDone",
+    "TaskNotFound",
     "UnknownTaskError",
     "WaitTimeout",
 ]

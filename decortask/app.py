@@ -97,7 +97,11 @@ class Decortask:
 
         if name is None:
             record = self.store.get(task_id)
-            name = record.name if record is not None else "?"
+            if record is None:
+                from .errors import TaskNotFound
+
+                raise TaskNotFound(f"no task {task_id} in the store {self.store_url_masked}")
+            name = record.name
         return TaskHandle(self, task_id, name)
 
     def send_task(

@@ -70,8 +70,12 @@ def main() -> None:
 @click.option("--pool", default="threads", show_default=True, type=click.Choice(["threads"]))
 @click.option("--burst", is_flag=True, help="Exit once the queues and the schedule are empty.")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
-@click.option("--broker-url", default=None, envvar="DECORTASK_BROKER_URL", help="Overrides the app's broker.")
-@click.option("--store-url", default=None, envvar="DECORTASK_STORE_URL", help="Overrides the app's store.")
+@click.option(
+    "--broker-url", default=None, help="Overrides the app's broker (else the app's, else the environment's)."
+)
+@click.option(
+    "--store-url", default=None, help="Overrides the app's store (else the app's, else the environment's)."
+)
 def worker(
     app_target: str | None,
     concurrency: int,
@@ -88,6 +92,11 @@ def worker(
     _configure_logging(loglevel)
     try:
         app = _override(load_app(app_target), broker_url, store_url)
+        if not len(app.registry):
+            raise click.ClickException(
+                "no tasks are registered, so this worker could run nothing; pass -A naming the module "
+                "that defines your tasks (e.g. decortask worker -A myproject.tasks)"
+            )
         app.transport.check()
         app.store.count_schedule()  # opens the store now, so a bad URL or file fails before consuming
         names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None

@@ -84,7 +84,7 @@ class Settings:
         ):
             if float(getattr(self, name)) <= 0:
                 raise ConfigurationError(f"setting {name} must be > 0, got {getattr(self, name)!r}")
-        if self.sqlite_lease <= self.lease_timeout:
+        if self.broker_url.lower().startswith("sqlite:") and self.sqlite_lease <= self.lease_timeout:
             raise ConfigurationError(
                 f"setting sqlite_lease ({self.sqlite_lease}) must be longer than lease_timeout "
                 f"({self.lease_timeout}): a message may only come back once its worker counts as dead"

@@ -10,8 +10,8 @@ class DecortaskError(Exception):
     """Root of every decortask error."""
 
 
-class ConfigurationError(DecortaskError):
-    """A setting, URL or option is invalid."""
+class ConfigurationError(DecortaskError, ValueError):
+    """A setting, URL, option or call argument is invalid."""
 
 
 class TaskDefinitionError(ConfigurationError):
@@ -53,6 +53,10 @@ class StoreError(DecortaskError):
 
 class IllegalTransition(StoreError):
     """A state change the semantics contract forbids; always a bug."""
+
+
+class TaskNotFound(DecortaskError, LookupError):
+    """The store has no record for a task id (wrong store, or the record expired)."""
 
 
 class TaskNotDone(DecortaskError):

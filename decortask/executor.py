@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("decortask.worker")
 T = TypeVar("T")
+#: A message whose eta is at most this far ahead runs now (clocks of different hosts differ a little).
+ETA_TOLERANCE = 1.0
 
 
 class Settle(str, Enum):
@@ -59,7 +61,9 @@ class Executor:
         worker_id: str,
         owner_alive: Callable[[str], bool] | None = None,
         store_retry_seconds: float = 10.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self.clock = clock
         self.app = app
         self.worker_id = worker_id
         self.owner_alive = owner_alive or (lambda owner: True)
@@ -73,7 +77,7 @@ class Executor:
         record = self._write(lambda: store.get(message.id))
         if record is None:
             # Published by another producer (or the schedule entry raced its record): record it now.
-            record = self._write(lambda: store.create(_record_from_message(message, queue, self.app)))
+            record = self._write(lambda: self._create_or_get(message, queue))
             if record.id != message.id:
                 logger.info("task %s skipped: idempotency key held by task %s", message.id, record.id)
                 return Outcome(Settle.ACK, record.status, "duplicate")
@@ -94,8 +98,49 @@ class Executor:
                     record.attempt,
                 )
                 return Outcome(Settle.ACK, record.status, "stale")
+            if message.eta is not None and message.eta > self.clock() + ETA_TOLERANCE:
+                return self._defer(record, message)
             return self._start(record, message, queue, task, attempt=message.attempt)
         return Outcome(Settle.ACK, record.status, "unexpected_state")
+
+    def _defer(self, record: TaskRecord, message: Message) -> Outcome:
+        """A message whose eta lies ahead (another producer set it): park it in the schedule, then ack."""
+        entry = ScheduleEntry(
+            id=f"{record.id}:{message.attempt}",
+            task_id=record.id,
+            queue=record.queue,
+            due_at=float(message.eta or 0.0),
+            body=message.encode().decode(),
+            priority=message.priority,
+        )
+        store = self.app.store
+        if record.status is TaskStatus.PENDING:
+            done = self._write(
+                lambda: store.transition(
+                    record.id,
+                    TaskStatus.SCHEDULED,
+                    expect={TaskStatus.PENDING},
+                    expect_attempt=record.attempt,
+                    schedule=entry,
+                    scheduled_for=entry.due_at,
+                )
+            )
+            if done is None:
+                return Outcome(Settle.ACK, None, "lost_claim")
+        else:
+            self._write(lambda: store.add_schedule(entry))
+        logger.info("task %s has an eta %.1f s ahead: scheduled", record.id, entry.due_at - time.time())
+        return Outcome(Settle.ACK, TaskStatus.SCHEDULED, "deferred")
+
+    def _create_or_get(self, message: Message, queue: str) -> TaskRecord:
+        try:
+            return self.app.store.create(_record_from_message(message, queue, self.app))
+        except StoreError:
+            # Another delivery of the same message created the record first: use that one.
+            existing = self.app.store.get(message.id)
+            if existing is None:
+                raise
+            return existing
 
     def _receive_running(
         self, record: TaskRecord, message: Message, queue: str, task: Task[Any, Any] | None
@@ -129,7 +174,7 @@ class Executor:
     ) -> Outcome:
         store = self.app.store
         now = time.time()
-        if message.expires is not None and message.expires <= now:
+        if message.expires is not None and message.expires <= self.clock():
             self._finish(
                 record.id, record.attempt, TaskStatus.CANCELLED, expect=record.status, reason="expired"
             )

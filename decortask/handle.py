@@ -8,7 +8,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from .errors import TaskCancelled, TaskFailed, TaskNotDone, WaitTimeout
+from .errors import TaskCancelled, TaskFailed, TaskNotDone, TaskNotFound, WaitTimeout
 from .states import TaskStatus
 from .store.base import LogLine, TaskRecord
 
@@ -64,7 +64,7 @@ class TaskHandle(Generic[R]):
         """The full record from the store."""
         record = self.app.store.get(self.id)
         if record is None:
-            raise TaskNotDone(
+            raise TaskNotFound(
                 f"task {self.id} has no record in the store {self.app.store_url_masked} "
                 "(wrong store URL, or the record expired after its result_ttl/history_ttl)"
             )

@@ -33,6 +33,10 @@ def run_pending(
     """
     app = app or current_app()
     worker = Worker(app, queues, concurrency=1, worker_id="run_pending")
+    if now is not None:
+        # The executor's eta and expiry checks see the same "now" as the schedule.
+        frozen = now
+        worker.executor.clock = lambda: max(time.time(), frozen)
     session = app.transport.open_consumer(worker.queues, prefetch=1, consume=False)
     processed = 0
     try:

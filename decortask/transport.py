@@ -315,7 +315,9 @@ class ConsumerSession:
             conn, retries if retries is not None else self.transport.settings.publish_retries
         )
         channel = conn.default_channel
-        channel.basic_qos(prefetch_size=0, prefetch_count=self.prefetch)
+        channel.basic_qos(
+            0, self.prefetch, False
+        )  # positional: py-amqp and kombu's virtual channels name them differently
         bound = [self.transport.queue(name)(channel) for name in self.queues]
         for queue in bound:
             queue.declare()

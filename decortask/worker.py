@@ -33,8 +33,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("decortask.worker")
 
-HEARTBEAT_INTERVAL = 2.0
 BURST_IDLE = 0.3
+#: How often a worker deletes records past their TTL (any worker may; the store makes it idempotent).
+PURGE_INTERVAL = 60.0
 
 
 def new_worker_id() -> str:
@@ -162,6 +163,7 @@ class Worker:
             len(self.app.registry),
         )
         next_tick = 0.0
+        next_purge = time.monotonic() + PURGE_INTERVAL
         idle_since: float | None = None
         try:
             while not self._stop.is_set():
@@ -169,6 +171,9 @@ class Worker:
                 if now >= next_tick:
                     self._tick_scheduler()
                     next_tick = now + self.app.settings.scheduler_interval
+                if now >= next_purge:
+                    self._purge_expired()
+                    next_purge = now + PURGE_INTERVAL
                 deliveries = self._drain(session, timeout=0.005 if self._in_flight else 0.05)
                 for delivery in deliveries:
                     self._dispatch(pool, delivery)
@@ -244,6 +249,15 @@ class Worker:
             self.scheduler.tick()
         except Exception as exc:
             logger.warning("scheduler tick failed (%s); will retry", mask_text(str(exc)))
+
+    def _purge_expired(self) -> None:
+        try:
+            gone = self.app.store.purge_expired(time.time())
+        except Exception as exc:
+            logger.warning("purging expired records failed (%s); will retry", mask_text(str(exc)))
+            return
+        if gone:
+            logger.info("purged %d records past their result_ttl/history_ttl", gone)
 
     def _nothing_left(self) -> bool:
         if any(self.app.transport.queue_size(name) for name in self.queues):

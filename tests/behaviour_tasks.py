@@ -18,7 +18,9 @@ def record_effect(ctx: TaskContext, event: str) -> None:
     path = os.environ.get("DECORTASK_TEST_EFFECTS")
     if not path:
         return
-    line = json.dumps({"id": ctx.task_id, "attempt": ctx.attempt, "event": event, "ts": time.time(), "pid": os.getpid()})
+    line = json.dumps(
+        {"id": ctx.task_id, "attempt": ctx.attempt, "event": event, "ts": time.time(), "pid": os.getpid()}
+    )
     # O_APPEND writes of one short line are atomic, so concurrent workers never interleave lines.
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:

@@ -80,7 +80,10 @@ def test_a_thousand_tasks_all_succeed_with_the_right_results(broker: BrokerSetup
     results = {h.id: broker.app.store.get(h.id) for h in handles}
     assert all(r is not None and r.status is TaskStatus.SUCCESS for r in results.values())
     assert [h.get(timeout=1) for h in handles] == [2 * n for n in range(1000)]
-    assert broker.app.store.count_tasks(TaskQuery(name="bt.add", statuses=frozenset({TaskStatus.SUCCESS}))) == 1000
+    assert (
+        broker.app.store.count_tasks(TaskQuery(name="bt.add", statuses=frozenset({TaskStatus.SUCCESS})))
+        == 1000
+    )
 
 
 def test_fails_twice_then_succeeds_after_backoff_gaps(broker: BrokerSetup) -> None:

@@ -15,13 +15,16 @@ from decortask.app import reset_default_app
 from decortask.testing import run_pending
 
 REPO = Path(__file__).resolve().parent.parent
+TASKS = ("-A", "tests.behaviour_tasks")
 
 
-def _cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "decortask", *args],
         cwd=cwd or REPO,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
         capture_output=True,
         text=True,
         timeout=120,
@@ -38,7 +41,9 @@ def _cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None)
     ],
 )
 def test_worker_with_a_bad_broker_url_exits_non_zero_with_one_clear_line(url: str, tmp_path: Path) -> None:
-    result = _cli("worker", "--broker-url", url, "--store-url", f"sqlite:///{tmp_path}/s.db", "--burst", cwd=tmp_path)
+    result = _cli(
+        "worker", *TASKS, "--broker-url", url, "--store-url", f"sqlite:///{tmp_path}/s.db", cwd=tmp_path
+    )
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1, result.stderr
@@ -50,10 +55,18 @@ def test_worker_with_a_corrupt_store_file_exits_non_zero_and_leaves_it(tmp_path:
     store = tmp_path / "store.db"
     store.write_bytes(b"this is not a database" * 100)
     before = store.read_bytes()
-    result = _cli("worker", "--broker-url", "memory://", "--store-url", f"sqlite:///{store}", "--burst", cwd=tmp_path)
+    result = _cli(
+        "worker", *TASKS, "--broker-url", "memory://", "--store-url", f"sqlite:///{store}", cwd=tmp_path
+    )
     assert result.returncode != 0
     assert str(store) in result.stderr
     assert store.read_bytes() == before
+
+
+def test_worker_without_tasks_refuses_to_start(tmp_path: Path) -> None:
+    result = _cli("worker", "--broker-url", "memory://", "--store-url", "memory://", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "no tasks are registered" in result.stderr and "-A" in result.stderr
 
 
 @task(name="cli.echo")

@@ -13,6 +13,7 @@ from decortask import (
     TaskContext,
     TaskFailed,
     TaskNotDone,
+    TaskNotFound,
     TaskStatus,
     get_task_context,
     task,
@@ -218,3 +219,27 @@ def test_bad_arguments_in_a_hand_made_message_fail_once(memory_app: Decortask) -
     run_pending(memory_app, now=FAR_FUTURE)
     record = memory_app.handle("bad-args").record()
     assert (record.status, record.reason, record.attempt) == (TaskStatus.FAILED, "bad_arguments", 1)
+
+
+def test_foreign_message_with_a_future_eta_waits_in_the_schedule(memory_app: Decortask) -> None:
+    eta = time.time() + 3600
+    body = json.dumps(Message(id="later-1", task="exec.add", args=[2, 2], eta=eta).to_dict()).encode()
+    memory_app.transport.publish(body, memory_app.settings.default_queue)
+    assert run_pending(memory_app) == 1
+    handle = memory_app.handle("later-1")
+    assert handle.status is TaskStatus.SCHEDULED
+    assert memory_app.store.next_due() == pytest.approx(eta)
+    run_pending(memory_app, now=eta + 1)
+    assert handle.get(timeout=1) == 4
+
+
+def test_two_copies_of_a_new_foreign_message_run_once(memory_app: Decortask) -> None:
+    body = json.dumps(Message(id="twice-1", task="exec.add", args=[1, 2]).to_dict()).encode()
+    memory_app.transport.publish_many([(body, memory_app.settings.default_queue, 0, None)] * 2)
+    assert run_pending(memory_app) == 2
+    assert memory_app.handle("twice-1").record().attempt == 1
+
+
+def test_unknown_task_id_is_not_found(memory_app: Decortask) -> None:
+    with pytest.raises(TaskNotFound):
+        memory_app.handle("no-such-id")

@@ -14,7 +14,9 @@ CASES = Path(__file__).resolve().parent / "typing_cases"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_mypy_strict_is_clean_on_the_package() -> None:
@@ -30,7 +32,9 @@ def test_ruff_is_clean(check: tuple[str, ...]) -> None:
 
 def test_delay_with_wrong_arguments_is_a_type_error() -> None:
     case = CASES / "delay_arguments.py"
-    expected = {n for n, line in enumerate(case.read_text().splitlines(), 1) if line.rstrip().endswith("# error")}
+    expected = {
+        n for n, line in enumerate(case.read_text().splitlines(), 1) if line.rstrip().endswith("# error")
+    }
     result = _run("mypy", "--strict", "--no-incremental", "--follow-imports=silent", str(case))
     reported = {int(m.group(1)) for m in re.finditer(r"delay_arguments\.py:(\d+): error", result.stdout)}
     assert reported == expected, result.stdout

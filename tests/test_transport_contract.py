@@ -154,7 +154,9 @@ def test_unknown_scheme_is_a_configuration_error() -> None:
         BrokerTransport("kafka://u:sentinel@h/", Settings())
 
 
-@pytest.mark.parametrize("url", ["amqp://guest:sentinel-pw@127.0.0.1:1//", "redis://:sentinel-pw@127.0.0.1:1/0"])
+@pytest.mark.parametrize(
+    "url", ["amqp://guest:sentinel-pw@127.0.0.1:1//", "redis://:sentinel-pw@127.0.0.1:1/0"]
+)
 def test_unreachable_broker_raises_broker_unavailable_with_masked_url(url: str) -> None:
     made = BrokerTransport(url, Settings.load({"broker_url": url, "publish_retries": 1}))
     with pytest.raises(BrokerUnavailable) as caught:
