@@ -86,6 +86,8 @@ class BrokerTransport:
                     "polling_interval": 0.02,
                 },
             )
+        if self.scheme == "memory":
+            return kombu.Connection(transport=_memory_transport())
         options: dict[str, Any] = {}
         if self.scheme in ("amqp", "amqps", "pyamqp"):
             options["confirm_publish"] = True
@@ -323,11 +325,16 @@ class ConsumerSession:
             queue.declare()
         self._conn = conn
         if self.consume:
-            consumer = kombu.Consumer(channel, queues=bound, callbacks=[self._on_message], no_ack=False)
+            # on_message, not callbacks: kombu then hands over the raw message without deserializing it
+            # (callbacks would decode every body first, and would unpickle a pickle body). Bodies are
+            # decoded only by decortask.message.decode, which accepts JSON alone.
+            consumer = kombu.Consumer(
+                channel, queues=bound, on_message=self._on_message, no_ack=False, accept=[CONTENT_TYPE]
+            )
             consumer.consume()
             self._consumer = consumer
 
-    def _on_message(self, body: Any, message: Any) -> None:
+    def _on_message(self, message: Any) -> None:
         info = message.delivery_info or {}
         raw_body = message.body
         if isinstance(raw_body, str):
@@ -366,10 +373,10 @@ class ConsumerSession:
         """Fetch one ready message from `queue` without a consumer (the synchronous test driver)."""
         assert self._conn is not None, "session is closed"
         bound = self.transport.queue(queue)(self._conn.default_channel)
-        message = bound.get(no_ack=False)
+        message = bound.get(no_ack=False, accept=[CONTENT_TYPE])
         if message is None:
             return None
-        self._on_message(None, message)
+        self._on_message(message)
         return self._inbox.pop()
 
     def ack(self, delivery: Delivery) -> None:
@@ -393,6 +400,25 @@ class ConsumerSession:
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.release()
+
+
+def _memory_transport() -> type:
+    """kombu's in-process transport, but giving unacked messages back on close like every real broker."""
+    global _MEMORY_TRANSPORT
+    if _MEMORY_TRANSPORT is None:
+        from kombu.transport import memory
+
+        class RestoringChannel(memory.Channel):  # type: ignore[misc]
+            do_restore = True
+
+        class RestoringTransport(memory.Transport):  # type: ignore[misc]
+            Channel = RestoringChannel
+
+        _MEMORY_TRANSPORT = RestoringTransport
+    return _MEMORY_TRANSPORT
+
+
+_MEMORY_TRANSPORT: type | None = None
 
 
 def _is_connection_error(exc: BaseException) -> bool:
