@@ -38,3 +38,8 @@ def test_delay_with_wrong_arguments_is_a_type_error() -> None:
     result = _run("mypy", "--strict", "--no-incremental", "--follow-imports=silent", str(case))
     reported = {int(m.group(1)) for m in re.finditer(r"delay_arguments\.py:(\d+): error", result.stdout)}
     assert reported == expected, result.stdout
+
+
+def test_docs_build_strictly(tmp_path: Path) -> None:
+    result = _run("mkdocs", "build", "--strict", "--quiet", "--site-dir", str(tmp_path / "site"))
+    assert result.returncode == 0, result.stdout + result.stderr
