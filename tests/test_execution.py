@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -15,6 +16,7 @@ from decortask import (
     TaskNotDone,
     TaskNotFound,
     TaskStatus,
+    WaitTimeout,
     get_task_context,
     task,
     task_log,
@@ -243,3 +245,24 @@ def test_two_copies_of_a_new_foreign_message_run_once(memory_app: Decortask) -> 
 def test_unknown_task_id_is_not_found(memory_app: Decortask) -> None:
     with pytest.raises(TaskNotFound):
         memory_app.handle("no-such-id")
+
+
+def test_handles_are_awaitable(memory_app: Decortask) -> None:
+    handle = add.delay(20, 22)
+    run_pending(memory_app)
+
+    async def read() -> tuple[int, int, TaskStatus]:
+        snapshot = await handle.await_result(timeout=1)
+        return await handle, await handle.aget(timeout=1), snapshot.status
+
+    assert asyncio.run(read()) == (42, 42, TaskStatus.SUCCESS)
+
+
+def test_async_wait_times_out_without_blocking_the_loop(memory_app: Decortask) -> None:
+    handle = add.delay(1, 1)
+
+    async def wait_briefly() -> None:
+        await handle.aget(timeout=0.05)
+
+    with pytest.raises(WaitTimeout):
+        asyncio.run(wait_briefly())
