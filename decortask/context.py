@@ -55,14 +55,20 @@ class TaskContext:
         if not 0.0 <= float(progress) <= 1.0:
             raise ValueError(f"progress must be between 0.0 and 1.0, got {progress!r}")
         if self._progress_sink is not None:
-            self._progress_sink(float(progress), message)
+            try:
+                self._progress_sink(float(progress), message)
+            except Exception as exc:  # progress is advisory: never fail the task over it
+                logger.warning("could not store progress of task %s: %s", self.task_id, mask_text(str(exc)))
 
     def log(self, message: str, **extra: Any) -> None:
         """Same as `task_log()` for this task."""
         line = LogLine(ts=time.time(), message=mask_text(str(message)), attempt=self.attempt, extra=extra)
         logger.info("[%s %s] %s", self.name, self.task_id, line.message)
         if self._log_sink is not None:
-            self._log_sink(line)
+            try:
+                self._log_sink(line)
+            except Exception as exc:  # a store hiccup must not fail the task that is logging
+                logger.warning("could not store a log line of task %s: %s", self.task_id, mask_text(str(exc)))
 
 
 def get_task_context() -> TaskContext:

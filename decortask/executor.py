@@ -7,6 +7,7 @@ compare-and-set, and the store is written before the caller acks (write, then ac
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import time
@@ -275,7 +276,7 @@ class Executor:
         delay = task.options.retry_policy.next_delay(attempt, exc)
         if delay is not None:
             now = time.time()
-            nxt = Message(**{**message.__dict__, "attempt": attempt + 1, "eta": now + delay})
+            nxt = dataclasses.replace(message, attempt=attempt + 1, eta=now + delay)
             entry = ScheduleEntry(
                 id=f"{record.id}:{attempt + 1}",
                 task_id=record.id,

@@ -42,8 +42,9 @@ class Scheduler:
             done_ids = []
             for entry in entries:
                 record = store.get(entry.task_id)
-                if record is not None and (record.status.terminal or record.status is TaskStatus.RUNNING):
-                    # Cancelled (or otherwise settled) while it waited: nothing to publish.
+                if record is not None and record.status.terminal:
+                    # Cancelled (or otherwise settled) while it waited: nothing to publish. Anything else is
+                    # published; the receipt rules skip a delivery that turned out stale.
                     done_ids.append(entry.id)
                     continue
                 items.append((entry.body.encode(), entry.queue, entry.priority, None))

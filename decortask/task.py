@@ -28,16 +28,9 @@ _UNSET: Any = object()
 
 @dataclass(frozen=True)
 class TaskOptions:
-    """Validated `@task(...)` options; see docs/tasks.md for each one."""
+    """Validated `@task(...)` options; see docs/tasks.md for each one. Retry options live in `retry_policy`."""
 
     name: str
-    retries: int = 0
-    delay: float = 0.0
-    backoff: float = 1.0
-    max_delay: float | None = None
-    jitter: float = 0.0
-    retry_on: tuple[type[BaseException], ...] = ()
-    dont_retry_on: tuple[type[BaseException], ...] = ()
     persist: bool = True
     requeue_on_interrupt: bool = False
     must_complete: bool = False
@@ -127,13 +120,6 @@ def build_options(fn: Callable[..., Any], raw: Mapping[str, Any]) -> TaskOptions
     )
     return TaskOptions(
         name=name,
-        retries=retries,
-        delay=policy.delay,
-        backoff=policy.backoff,
-        max_delay=policy.max_delay,
-        jitter=policy.jitter,
-        retry_on=policy.retry_on,
-        dont_retry_on=policy.dont_retry_on,
         persist=raw.get("persist", True),
         requeue_on_interrupt=raw.get("requeue_on_interrupt", False),
         must_complete=raw.get("must_complete", False),

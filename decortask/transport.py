@@ -12,7 +12,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -253,38 +253,36 @@ class BrokerTransport:
         """A consumer connection on `queues`; with `consume=False` only `get()` fetches messages."""
         return ConsumerSession(self, list(queues), prefetch, consume)
 
-    def queue_size(self, name: str) -> int:
-        """Ready messages in `name` (0 if the queue does not exist yet)."""
+    @contextlib.contextmanager
+    def _admin_channel(self) -> Iterator[Any]:
+        """A channel on a short-lived connection, for queue administration off the hot path."""
         conn = self.connection()
         try:
             self._connect(conn, 1)
-            try:
-                result = self.queue(name)(conn.default_channel).queue_declare(passive=True)
-            except Exception:
-                return 0
-            return int(result.message_count)
+            yield conn.default_channel
         finally:
             conn.release()
 
+    def queue_size(self, name: str) -> int:
+        """Ready messages in `name` (0 if the queue does not exist yet)."""
+        with self._admin_channel() as channel:
+            try:
+                result = self.queue(name)(channel).queue_declare(passive=True)
+            except Exception:  # not declared yet: nothing is waiting in it
+                return 0
+            return int(result.message_count)
+
     def purge(self, name: str) -> int:
-        conn = self.connection()
-        try:
-            self._connect(conn, 1)
-            bound = self.queue(name)(conn.default_channel)
+        """Delete the ready messages of `name`; returns how many."""
+        with self._admin_channel() as channel:
+            bound = self.queue(name)(channel)
             bound.declare()
             return int(bound.purge() or 0)
-        finally:
-            conn.release()
 
     def delete_queue(self, name: str) -> None:
         """Delete a queue and its messages (tests and `decortask purge --delete`)."""
-        conn = self.connection()
-        try:
-            self._connect(conn, 1)
-            with contextlib.suppress(Exception):  # already gone
-                self.queue(name)(conn.default_channel).delete()
-        finally:
-            conn.release()
+        with self._admin_channel() as channel, contextlib.suppress(Exception):  # already gone
+            self.queue(name)(channel).delete()
 
     def close(self) -> None:
         with self._lock:
