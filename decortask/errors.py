@@ -37,10 +37,12 @@ class PayloadTooLargeError(DecortaskError, ValueError):
 class MessageError(DecortaskError):
     """A received message cannot be accepted; `reason` is the dead-letter reason."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, task_id: str | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        #: The envelope's task id when it could be read, so the task's record can say why it failed.
+        self.task_id = task_id
 
 
 class BrokerUnavailable(DecortaskError, ConnectionError):

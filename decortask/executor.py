@@ -133,6 +133,23 @@ class Executor:
         logger.info("task %s has an eta %.1f s ahead: scheduled", record.id, entry.due_at - time.time())
         return Outcome(Settle.ACK, TaskStatus.SCHEDULED, "deferred")
 
+    def refuse(self, task_id: str, reason: str, detail: str) -> TaskStatus | None:
+        """Mark a known, unfinished task FAILED because its message was refused (e.g. `integrity_error`)."""
+        record = self._write(lambda: self.app.store.get(task_id))
+        if record is None or record.status.terminal:
+            return None
+        if record.status is TaskStatus.RUNNING and record.owner and self.owner_alive(record.owner):
+            return None  # a forged or corrupt copy must not fail a task that is legitimately running
+        done = self._finish(
+            task_id,
+            record.attempt,
+            TaskStatus.FAILED,
+            expect=record.status,
+            reason=reason,
+            error_message=detail,
+        )
+        return TaskStatus.FAILED if done else None
+
     def _create_or_get(self, message: Message, queue: str) -> TaskRecord:
         try:
             return self.app.store.create(_record_from_message(message, queue, self.app))

@@ -104,7 +104,8 @@ class Worker:
         try:
             message = decode(delivery.body, delivery.content_type, self.app.settings.max_payload_bytes)
         except MessageError as exc:
-            return Outcome(Settle.DEAD_LETTER, None, exc.reason, exc.detail)
+            status = self.executor.refuse(exc.task_id, exc.reason, exc.detail) if exc.task_id else None
+            return Outcome(Settle.DEAD_LETTER, status, exc.reason, exc.detail)
         return self.executor.execute(message, delivery.queue)
 
     def settle(self, session: ConsumerSession, delivery: Delivery, outcome: Outcome) -> None:
