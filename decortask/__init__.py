@@ -20,6 +20,7 @@ from .errors import (
     TaskFailed,
     TaskNotDone,
     TaskNotFound,
+    TaskStateConflict,
     UnknownTaskError,
     WaitTimeout,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "TaskFailed",
     "TaskNotDone",
     "TaskNotFound",
+    "TaskStateConflict",
     "UnknownTaskError",
     "WaitTimeout",
 ]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import Settings
 from .registry import Registry, registry
-from .security import mask_url
+from .security import MessageCipher, mask_url
 from .store import TaskStore, open_store
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ class Decortask:
         self._lock = threading.RLock()
         self._transport: BrokerTransport | None = None
         self._store: TaskStore | None = None
+        self._cipher: MessageCipher | None = None
         if set_default:
             self.set_default()
 
@@ -80,6 +81,17 @@ class Decortask:
                 if self._store is None:
                     self._store = open_store(self.settings.store_url)
         return self._store
+
+    @property
+    def cipher(self) -> MessageCipher | None:
+        """Encrypts and decrypts task arguments; None when `encryption_keys` is empty (encryption off)."""
+        if self._cipher is None and self.settings.encryption_keys:
+            with self._lock:
+                if self._cipher is None:
+                    self._cipher = MessageCipher(
+                        self.settings.encryption_keys, accept_plaintext=self.settings.accept_plaintext
+                    )
+        return self._cipher
 
     def close(self) -> None:
         """Close broker connections and the store; the app reopens them if used again."""

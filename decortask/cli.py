@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from datetime import datetime, timezone
 from typing import Any
 
 import click
@@ -69,6 +70,12 @@ def main() -> None:
 @click.option("-Q", "--queues", default=None, help="Comma-separated queues (default: the default queue).")
 @click.option("--pool", default="threads", show_default=True, type=click.Choice(["threads"]))
 @click.option("--burst", is_flag=True, help="Exit once the queues and the schedule are empty.")
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds running tasks may take to finish after SIGTERM/SIGINT (default: shutdown_grace, 30).",
+)
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option(
     "--broker-url", default=None, help="Overrides the app's broker (else the app's, else the environment's)."
@@ -82,6 +89,7 @@ def worker(
     queues: str | None,
     pool: str,
     burst: bool,
+    grace: float | None,
     loglevel: str,
     broker_url: str | None,
     store_url: str | None,
@@ -100,7 +108,7 @@ def worker(
         app.transport.check()
         app.store.count_schedule()  # opens the store now, so a bad URL or file fails before consuming
         names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
-        runner = Worker(app, names, concurrency=concurrency, pool=pool, burst=burst)
+        runner = Worker(app, names, concurrency=concurrency, pool=pool, burst=burst, grace=grace)
         runner.install_signal_handlers()
         code = runner.run()
     except DecortaskError as exc:
@@ -160,3 +168,133 @@ def show(task_id: str, app_target: str | None) -> None:
 def _summary(data: dict[str, Any]) -> dict[str, Any]:
     keep = ("id", "name", "queue", "status", "reason", "attempt", "created_at", "finished_at")
     return {k: data[k] for k in keep}
+
+
+@main.command()
+@click.argument("task_id")
+@click.option("-A", "--app", "app_target", help="Module defining your tasks.")
+def retry(task_id: str, app_target: str | None) -> None:
+    """Run a task that has ended (SUCCESS, FAILED, CANCELLED, INTERRUPTED) again, as a new attempt."""
+    from .admin import rerun_task
+
+    app = load_app(app_target)
+    try:
+        record = rerun_task(app, task_id)
+    except DecortaskError as exc:
+        raise click.ClickException(mask_text(str(exc))) from None
+    click.echo(f"task {record.id} ({record.name}): attempt {record.attempt + 1} queued on {record.queue}")
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect and replay dead letters (messages the workers refused, kept in QUEUE.dlq)."""
+
+
+@dlq.command("list")
+@click.option("-A", "--app", "app_target", help="Module defining your tasks.")
+@click.option(
+    "-Q", "--queue", default=None, help="The queue whose dead letters to show (default: the default queue)."
+)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def dlq_list(app_target: str | None, queue: str | None, limit: int, as_json: bool) -> None:
+    """List dead letters without removing them."""
+    from .deadletters import dead_letter_queue, list_dead_letters
+
+    app = load_app(app_target)
+    try:
+        letters = list_dead_letters(app, queue, limit)
+    except DecortaskError as exc:
+        raise click.ClickException(mask_text(str(exc))) from None
+    if not letters and not as_json:
+        click.echo(f"no dead letters in {dead_letter_queue(queue or app.settings.default_queue)}")
+    for letter in letters:
+        if as_json:
+            click.echo(json.dumps(letter.to_dict()))
+            continue
+        when = _format_time(letter.dead_lettered_at)
+        what = letter.task or f"({letter.size} bytes, {letter.content_type or 'no content type'})"
+        replay_note = "" if letter.replayable else "  [not replayable]"
+        click.echo(f"{letter.id}  {when}  {letter.reason:<24} {what}{replay_note}")
+        if letter.detail:
+            click.echo(f"    {letter.detail}")
+
+
+@dlq.command("replay")
+@click.argument("ids", nargs=-1)
+@click.option("-A", "--app", "app_target", help="Module defining your tasks.")
+@click.option(
+    "-Q", "--queue", default=None, help="The queue whose dead letters to replay (default: the default queue)."
+)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter of the queue.")
+def dlq_replay(ids: tuple[str, ...], app_target: str | None, queue: str | None, replay_all: bool) -> None:
+    """Publish dead letters again as fresh attempts of their tasks (IDs as `dlq list` shows them)."""
+    from .deadletters import replay
+
+    if bool(ids) == replay_all:
+        raise click.UsageError(
+            "give the IDs of the dead letters to replay (see `decortask dlq list`), or --all"
+        )
+    app = load_app(app_target)
+    try:
+        report = replay(app, queue, None if replay_all else ids)
+    except DecortaskError as exc:
+        raise click.ClickException(mask_text(str(exc))) from None
+    for outcome in report.outcomes:
+        click.echo(f"{outcome.id}  {outcome.action}: {outcome.detail}")
+    for missing in report.missing:
+        click.echo(f"{missing}  not found in the dead-letter queue (see `decortask dlq list`)")
+    if not report.outcomes and not report.missing:
+        click.echo("no dead letters to replay")
+    if not report.ok:
+        raise click.ClickException("some dead letters were not replayed; each line above says why")
+
+
+@main.command()
+@click.argument("queue")
+@click.option("-A", "--app", "app_target", help="Module defining your tasks.")
+@click.option(
+    "--dlq", "dead_letters", is_flag=True, help="Purge QUEUE's dead-letter queue (QUEUE.dlq) instead."
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def purge(queue: str, app_target: str | None, dead_letters: bool, yes: bool) -> None:
+    """Delete the ready messages of QUEUE (their tasks end CANCELLED, purged), or with --dlq its dead letters."""
+    from .admin import purge_queue
+    from .deadletters import dead_letter_queue
+
+    app = load_app(app_target)
+    # `purge Q.dlq` means the dead letters too: their records have ended, so none may be cancelled.
+    dead_letters = dead_letters or dead_letter_queue(queue) == queue
+    target = dead_letter_queue(queue) if dead_letters else queue
+    try:
+        waiting = app.transport.queue_size(target)
+        if not waiting:
+            click.echo(f"no ready messages in {target}; nothing to purge")
+            return
+        if not yes:
+            consequence = (
+                "They cannot be replayed afterwards"
+                if dead_letters
+                else "Their tasks will be marked CANCELLED (purged) and never run"
+            )
+            click.confirm(f"Delete the {waiting} ready messages of {target}? {consequence}.", abort=True)
+        if dead_letters:
+            deleted = app.transport.purge(target)
+            click.echo(f"deleted {deleted} dead letters from {target}")
+        else:
+            report = purge_queue(app, target)
+            click.echo(f"deleted {report.deleted} messages from {target}; {report.cancelled} tasks CANCELLED")
+            if report.unreadable:
+                raise click.ClickException(
+                    f"{report.unreadable} messages could not be read by the broker client (e.g. a "
+                    f"'compression' header over a body that is not compressed) and were left in {target}; "
+                    f"delete them all with your broker's own tools"
+                )
+    except DecortaskError as exc:
+        raise click.ClickException(mask_text(str(exc))) from None
+
+
+def _format_time(when: float | None) -> str:
+    if when is None:
+        return "-" * 19
+    return datetime.fromtimestamp(when, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigurationError
+from .security import check_keys
 
 DEFAULT_URL = "sqlite:///decortask.db"
 ENV_PREFIX = "DECORTASK_"
@@ -34,7 +35,18 @@ class Settings:
             without its worker renewing the lease (a killed worker's messages come back after it).
             Must be longer than `lease_timeout`, so a message comes back only once its owner counts as dead.
         scheduler_interval: how often a worker looks for due delayed work.
+        redis_visibility_timeout: Redis broker: seconds after which kombu hands an unacked message out again.
+            Long tasks are safe either way (a second delivery of a running task is parked, never run), and
+            killed workers are recovered by the reaper long before this.
+        max_deliveries: how many times one attempt may be taken up by a worker that then died, before the
+            task ends FAILED (max_deliveries) and is dead-lettered; a task's own option overrides it.
+        shutdown_grace: after SIGTERM/SIGINT, how long running tasks may take to finish before they are
+            interrupted (`decortask worker --grace` overrides it).
         prefetch_multiplier: messages a worker holds per pool slot.
+        encryption_keys: comma-separated Fernet keys, newest first; when set, task arguments travel
+            encrypted (needs the `crypto` extra). Empty: encryption off. Never shown in a repr.
+        accept_plaintext: with `encryption_keys` set, whether a worker still runs messages whose arguments
+            are not encrypted (e.g. while producers are being switched over); otherwise they are refused.
     """
 
     broker_url: str = DEFAULT_URL
@@ -48,7 +60,13 @@ class Settings:
     lease_timeout: float = 20.0
     sqlite_lease: float = 40.0
     scheduler_interval: float = 0.2
+    shutdown_grace: float = 30.0
+    redis_visibility_timeout: float = 3600.0
+    max_deliveries: int = 5
     prefetch_multiplier: int = 1
+    # repr=False: settings get printed and logged; the keys must never be.
+    encryption_keys: str = field(default="", repr=False)
+    accept_plaintext: bool = False
 
     @classmethod
     def load(
@@ -89,15 +107,38 @@ class Settings:
                 f"setting sqlite_lease ({self.sqlite_lease}) must be longer than lease_timeout "
                 f"({self.lease_timeout}): a message may only come back once its worker counts as dead"
             )
+        if self.max_deliveries < 1:
+            raise ConfigurationError(f"setting max_deliveries must be >= 1, got {self.max_deliveries!r}")
+        if self.shutdown_grace < 0:
+            raise ConfigurationError(f"setting shutdown_grace must be >= 0, got {self.shutdown_grace!r}")
         if self.max_payload_bytes < 1024:
             raise ConfigurationError("setting max_payload_bytes must be at least 1024")
         if self.prefetch_multiplier < 1:
             raise ConfigurationError("setting prefetch_multiplier must be >= 1")
         if not self.default_queue:
             raise ConfigurationError("setting default_queue must not be empty")
+        if not isinstance(self.encryption_keys, str):
+            raise ConfigurationError(
+                "setting encryption_keys must be a string of comma-separated Fernet keys"
+            )
+        if not isinstance(self.accept_plaintext, bool):
+            raise ConfigurationError("setting accept_plaintext must be True or False")
+        check_keys(self.encryption_keys)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+_BOOLEANS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
 
 
 def _coerce(name: str, kind: Any, raw: str) -> Any:
@@ -107,7 +148,9 @@ def _coerce(name: str, kind: Any, raw: str) -> Any:
             return float(raw)
         if kind_name == "int":
             return int(raw)
-    except ValueError:
+        if kind_name == "bool":
+            return _BOOLEANS[raw.strip().lower()]
+    except (ValueError, KeyError):
         raise ConfigurationError(
             f"environment variable {ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind_name}"
         ) from None

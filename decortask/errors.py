@@ -61,6 +61,18 @@ class TaskNotFound(DecortaskError, LookupError):
     """The store has no record for a task id (wrong store, or the record expired)."""
 
 
+class TaskStateConflict(DecortaskError):
+    """The task is not in a state that allows the action (e.g. retrying a RUNNING task).
+
+    `status` is the state the task was found in, so callers such as the dashboard can answer 409.
+    """
+
+    def __init__(self, message: str, task_id: str, status: object | None) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.status = status
+
+
 class TaskNotDone(DecortaskError):
     """A handle was asked for a result before the task reached a terminal state."""
 

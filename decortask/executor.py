@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import inspect
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -53,6 +54,17 @@ class Outcome:
     ran: bool = False
 
 
+@dataclass
+class RunningTask:
+    """An attempt in progress: what shutdown needs to stop it and settle it."""
+
+    record: TaskRecord
+    message: Message
+    context: TaskContext
+    must_complete: bool
+    thread_id: int
+
+
 class Executor:
     """Executes messages for one worker identity against the app's store and registry."""
 
@@ -69,6 +81,15 @@ class Executor:
         self.worker_id = worker_id
         self.owner_alive = owner_alive or (lambda owner: True)
         self.store_retry_seconds = store_retry_seconds
+        #: Attempts running now, by task id (read by the worker's shutdown; dict updates are atomic).
+        self.running: dict[str, RunningTask] = {}
+        self._stopping = False
+
+    def request_stop_all(self) -> None:
+        """Make `should_stop()` true for every running task, and for tasks that start from now on."""
+        self._stopping = True
+        for run in list(self.running.values()):
+            run.context.request_stop()
 
     # -- receipt rules -------------------------------------------------------------------------------------
 
@@ -164,8 +185,7 @@ class Executor:
         self, record: TaskRecord, message: Message, queue: str, task: Task[Any, Any] | None
     ) -> Outcome:
         if record.owner is not None and self.owner_alive(record.owner):
-            logger.info("task %s is already running on %s: duplicate delivery acked", record.id, record.owner)
-            return Outcome(Settle.ACK, record.status, "duplicate")
+            return self._recheck_later(record, message)
         # The owner died mid-task: the task was interrupted, and its opt-in decides what happens next.
         if task is not None and task.options.requeue_on_interrupt:
             logger.warning(
@@ -184,6 +204,34 @@ class Executor:
             "task %s interrupted: worker %s was lost (not opted in to requeue)", record.id, record.owner
         )
         return Outcome(Settle.ACK, TaskStatus.INTERRUPTED if done else None, "worker_lost")
+
+    def _recheck_later(self, record: TaskRecord, message: Message) -> Outcome:
+        """A delivery of a task that a live worker is running: a duplicate, unless that worker is dying.
+
+        Acking it outright would lose the task if the owner died a moment ago (RabbitMQ redelivers at
+        once, before the heartbeat goes stale), so the message waits in the store's schedule until the
+        owner's lease would have lapsed; by then the task has ended (skipped), or its owner is dead (the
+        rules for an interrupted task apply), or it is still alive (checked again).
+        """
+        owner = record.owner or ""
+        seen = self.app.store.last_heartbeat(owner) if owner != self.worker_id else None
+        due = (seen if seen is not None else time.time()) + self.app.settings.lease_timeout + 1.0
+        entry = ScheduleEntry(
+            id=f"{record.id}:recheck",
+            task_id=record.id,
+            queue=record.queue,
+            due_at=due,
+            body=message.encode().decode(),
+            priority=message.priority,
+        )
+        self._write(lambda: self.app.store.add_schedule(entry))
+        logger.info(
+            "task %s is running on %s: this delivery is parked for %.1f s, then checked again",
+            record.id,
+            owner,
+            due - time.time(),
+        )
+        return Outcome(Settle.ACK, record.status, "running_elsewhere")
 
     # -- running -------------------------------------------------------------------------------------------
 
@@ -211,6 +259,22 @@ class Executor:
             )
             logger.error("task %s dead-lettered: %s", record.id, detail)
             return Outcome(Settle.DEAD_LETTER, TaskStatus.FAILED, "unregistered_task", detail)
+        limit = task.options.max_deliveries or self.app.settings.max_deliveries
+        if record.deliveries >= limit:
+            detail = (
+                f"attempt {attempt} was taken up {record.deliveries} times by workers that died with it "
+                f"(max_deliveries={limit}); fix the task, then `decortask dlq replay` or `decortask retry` it"
+            )
+            self._finish(
+                record.id,
+                record.attempt,
+                TaskStatus.FAILED,
+                expect=record.status,
+                reason="max_deliveries",
+                error_message=detail,
+            )
+            logger.error("task %s dead-lettered: %s", record.id, detail)
+            return Outcome(Settle.DEAD_LETTER, TaskStatus.FAILED, "max_deliveries", detail)
         claimed = self._write(
             lambda: store.transition(
                 record.id,
@@ -221,6 +285,7 @@ class Executor:
                 owner=self.worker_id,
                 started_at=now,
                 finished_at=None,
+                deliveries=record.deliveries + 1,
             )
         )
         if claimed is None:
@@ -254,6 +319,11 @@ class Executor:
             _log_sink=lambda line: store.append_log(record.id, line),
             _progress_sink=lambda progress, text: store.set_progress(record.id, progress, text),
         )
+        if self._stopping:
+            ctx.request_stop()
+        self.running[record.id] = RunningTask(
+            record, message, ctx, task.options.must_complete, threading.get_ident()
+        )
         token = activate(ctx)
         try:
             value = task.run(ctx, bound)
@@ -265,6 +335,7 @@ class Executor:
             return self._failed(record, message, task, exc)
         finally:
             deactivate(token)
+            self.running.pop(record.id, None)
         try:
             result = encode_json_value(value, "the return value")
         except ArgumentEncodingError as exc:
@@ -310,6 +381,7 @@ class Executor:
                     expect_attempt=attempt,
                     schedule=entry,
                     scheduled_for=entry.due_at,
+                    deliveries=0,  # the attempt settled (it raised); the next one starts a fresh count
                     **error,
                 )
             )

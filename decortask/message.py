@@ -1,13 +1,20 @@
-"""The wire envelope (DESIGN §5): a versioned JSON object, validated field by field on receipt."""
+"""The wire envelope (DESIGN §5): a versioned JSON object, validated field by field on receipt.
+
+With encryption on, `args`/`kwargs` travel inside `enc`, a Fernet token over `{"v", "task", "id", "args",
+"kwargs"}`; the receiver checks the inner `v`, `task` and `id` against the envelope.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
 from .errors import ArgumentEncodingError, MessageError, PayloadTooLargeError
+
+if TYPE_CHECKING:
+    from .security import MessageCipher
 
 VERSION = 1
 CONTENT_TYPE = "application/json"
@@ -19,7 +26,9 @@ class Message:
     """One task invocation as it travels through the broker.
 
     Times (`eta`, `expires`, `created_at`) are UNIX seconds (UTC). `attempt` is the attempt this message
-    delivers, starting at 1.
+    delivers, starting at 1. `cipher` is not part of the envelope: when set, `encode()` encrypts the
+    arguments with it. `decode()` sets it from the receiving app, and `dataclasses.replace` keeps it, so a
+    retry or a deferred copy built from a received message is encrypted again without its builder knowing.
     """
 
     id: str
@@ -37,6 +46,17 @@ class Message:
     root_id: str | None = None
     workflow: dict[str, Any] | None = None
     v: int = VERSION
+    cipher: MessageCipher | None = field(default=None, compare=False, repr=False)
+
+    def __repr__(self) -> str:
+        # Arguments that travel encrypted must not reach a log line or a traceback through a repr either.
+        hidden = ("args", "kwargs") if self.cipher is not None else ()
+        shown = (
+            f"{f.name}={'<encrypted>' if f.name in hidden else repr(getattr(self, f.name))}"
+            for f in fields(self)
+            if f.repr
+        )
+        return f"Message({', '.join(shown)})"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,15 +77,32 @@ class Message:
             "workflow": self.workflow,
         }
 
-    def encode(self, max_bytes: int | None = None) -> bytes:
-        """The JSON body; raises `ArgumentEncodingError` naming the offending argument, or
-        `PayloadTooLargeError` past `max_bytes`."""
+    def encode(self, max_bytes: int | None = None, cipher: MessageCipher | None = None) -> bytes:
+        """The JSON body, with `args`/`kwargs` encrypted into `enc` when `cipher` (or `self.cipher`) is set.
+
+        Raises:
+            ArgumentEncodingError: an argument is not JSON; the message names which.
+            PayloadTooLargeError: the body is over `max_bytes` (measured after encryption).
+        """
+        cipher = cipher or self.cipher
         # Checked before dumping: json.dumps would silently turn {1: "a"} into {"1": "a"}.
         where = find_unencodable(self.args, "args") or find_unencodable(self.kwargs, "kwargs")
         body = ""
         if where is None:
             try:
-                body = json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+                envelope = self.to_dict()
+                if cipher is not None:
+                    # v, task and id are sealed with the arguments, so a token moved onto another
+                    # envelope is detected on receipt.
+                    secret = {
+                        "v": self.v,
+                        "task": self.task,
+                        "id": self.id,
+                        "args": envelope.pop("args"),
+                        "kwargs": envelope.pop("kwargs"),
+                    }
+                    envelope["enc"] = cipher.encrypt(_dumps(secret).encode(CONTENT_ENCODING))
+                body = _dumps(envelope)
             except (TypeError, ValueError) as exc:
                 where = f"a field ({exc})"
         if where is not None:
@@ -80,6 +117,10 @@ class Message:
                 "(max_payload_bytes); store large data elsewhere and pass a reference"
             )
         return data
+
+
+def _dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
 def find_unencodable(value: Any, path: str) -> str | None:
@@ -117,14 +158,26 @@ _OPTIONAL_FLOAT = ("eta", "expires")
 _OPTIONAL_STR = ("idempotency_key", "parent_id", "root_id")
 
 
-def decode(body: bytes | str, content_type: str | None, max_bytes: int | None = None) -> Message:
-    """Parse and validate a received body; raises `MessageError` with the dead-letter reason."""
+def decode(
+    body: bytes | str,
+    content_type: str | None,
+    max_bytes: int | None = None,
+    cipher: MessageCipher | None = None,
+) -> Message:
+    """Parse and validate a received body, decrypting `enc` with `cipher`.
+
+    Raises:
+        MessageError: with the dead-letter reason; `integrity_error` (carrying the envelope's id) when `enc`
+            cannot be decrypted or checked, or when a plaintext message reaches a `cipher` that refuses it.
+    """
     if content_type is not None and content_type.split(";", 1)[0].strip().lower() != CONTENT_TYPE:
         raise MessageError("content_type_not_allowed", f"content type {content_type!r} is never deserialized")
     if max_bytes is not None and len(body) > max_bytes:
         raise MessageError("payload_too_large", f"{len(body)} bytes is over the {max_bytes}-byte limit")
     try:
         data = json.loads(body)
+    except RecursionError:
+        raise MessageError("decode_error", "body nests JSON too deeply to parse") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise MessageError("decode_error", f"body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -134,12 +187,25 @@ def decode(body: bytes | str, content_type: str | None, max_bytes: int | None = 
         raise MessageError("invalid_envelope", "field 'v' must be an integer")
     if version != VERSION:
         raise MessageError("unsupported_version", f"envelope version {version} is not supported (this is v1)")
+    message_id: str = _field(data, "id", str, required=True)
+    task: str = _field(data, "task", str, required=True)
+    if data.get("enc") is None:
+        if cipher is not None and not cipher.accept_plaintext:
+            raise MessageError(
+                "integrity_error",
+                "the message is not encrypted and this worker accepts only encrypted arguments "
+                "(setting accept_plaintext allows plaintext)",
+                task_id=message_id,
+            )
+        args, kwargs = _field(data, "args", list, default=[]), _field(data, "kwargs", dict, default={})
+    else:
+        args, kwargs = _decrypt_arguments(data, version, message_id, task, cipher)
     return Message(
         v=version,
-        id=_field(data, "id", str, required=True),
-        task=_field(data, "task", str, required=True),
-        args=_field(data, "args", list, default=[]),
-        kwargs=_field(data, "kwargs", dict, default={}),
+        id=message_id,
+        task=task,
+        args=args,
+        kwargs=kwargs,
         attempt=_attempt(data),
         eta=_number(data, "eta"),
         expires=_number(data, "expires"),
@@ -150,7 +216,48 @@ def decode(body: bytes | str, content_type: str | None, max_bytes: int | None = 
         parent_id=_field(data, "parent_id", str),
         root_id=_field(data, "root_id", str),
         workflow=_field(data, "workflow", dict),
+        cipher=cipher,
     )
+
+
+def _decrypt_arguments(
+    data: dict[str, Any], version: int, message_id: str, task: str, cipher: MessageCipher | None
+) -> tuple[list[Any], dict[str, Any]]:
+    """`args` and `kwargs` from `enc`, after checking the sealed `v`, `task` and `id` match the envelope."""
+
+    # Details name what failed, never the token, the plaintext or a key: they end up in logs and headers.
+    def refused(detail: str) -> MessageError:
+        return MessageError("integrity_error", detail, task_id=message_id)
+
+    token = data["enc"]
+    if cipher is None:
+        raise refused("the message is encrypted ('enc') but this worker has no encryption_keys")
+    if type(token) is not str:
+        raise refused("field 'enc' must be a string (a Fernet token)")
+    if data.get("args") is not None or data.get("kwargs") is not None:
+        # Plaintext beside a token would be ambiguous: never guess which arguments were meant.
+        raise refused("an encrypted message must not also carry 'args' or 'kwargs'")
+    plaintext = cipher.decrypt(token)
+    if plaintext is None:
+        raise refused(
+            "'enc' cannot be decrypted: tampered with, or made with a key this worker does not have"
+        )
+    try:
+        inner = json.loads(plaintext)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        inner = None
+    if not isinstance(inner, dict):
+        raise refused("the decrypted 'enc' is not a JSON object")
+    sealed = (inner.get("v"), inner.get("task"), inner.get("id"))
+    if type(sealed[0]) is not int or sealed != (version, task, message_id):
+        raise refused(
+            "the encrypted arguments were sealed for another task, id or version than this envelope"
+        )
+    args = [] if inner.get("args") is None else inner["args"]
+    kwargs = {} if inner.get("kwargs") is None else inner["kwargs"]
+    if type(args) is not list or type(kwargs) is not dict:
+        raise refused("the decrypted 'enc' must hold 'args' as an array and 'kwargs' as an object")
+    return args, kwargs
 
 
 def _field(data: dict[str, Any], name: str, kind: type, required: bool = False, default: Any = None) -> Any:

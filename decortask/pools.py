@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -20,19 +22,50 @@ class Pool(Protocol):
 
 
 class ThreadPool:
-    """The default pool: `size` threads in this process."""
+    """The default pool: `size` daemon threads in this process.
+
+    Daemon threads, unlike `concurrent.futures.ThreadPoolExecutor`'s, let the worker exit after shutdown
+    has interrupted a task whose code will not return: its state is already settled in the store.
+    """
 
     def __init__(self, size: int) -> None:
         if size < 1:
             raise ValueError("pool size must be >= 1")
         self.size = size
-        self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="decortask-task")
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"decortask-task-{n}", daemon=True) for n in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            future, fn, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
-        return self._executor.submit(fn, *args)
+        future: Future[T] = Future()
+        self._jobs.put((future, fn, args))
+        return future
 
     def shutdown(self, wait: bool = True) -> None:
-        self._executor.shutdown(wait=wait, cancel_futures=not wait)
+        """Stop the threads once their current job ends; with `wait`, block until they have."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
 
 
 def make_pool(kind: str, size: int) -> Pool:

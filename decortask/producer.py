@@ -65,6 +65,7 @@ def send_task(
         idempotency_key=idempotency_key,
         tags=dict(tags or {}),
         priority=prio,
+        cipher=app.cipher,  # the broker sees only ciphertext; the store keeps the arguments (it is trusted)
     )
     body = message.encode(app.settings.max_payload_bytes)
     record = TaskRecord(

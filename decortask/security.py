@@ -1,9 +1,15 @@
-"""Secret masking (one sanitizer for every log line, banner and error) and payload limits."""
+"""Secret masking (one sanitizer for logs, banners and errors), payload limits, argument encryption."""
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
+
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from cryptography.fernet import MultiFernet
 
 _USERINFO_PASSWORD = re.compile(
     r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@"
@@ -35,3 +41,73 @@ def mask_text(text: str) -> str:
     """Mask URL passwords and `password=...`-style secrets inside free text (errors, log lines)."""
     text = _USERINFO_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
     return _SECRET_ASSIGNMENT.sub(lambda m: f"{m['key']}{m['sep']}{MASK}", text)
+
+
+# -- argument encryption (the optional `crypto` extra) ------------------------------------------------------
+
+
+def split_keys(raw: str) -> list[str]:
+    """The keys in a comma-separated `encryption_keys` value, newest first; blanks around commas are dropped."""
+    return [key.strip() for key in raw.split(",")] if raw.strip() else []
+
+
+def _multi_fernet(keys: list[str]) -> MultiFernet:
+    # Imported here, not at module level: `cryptography` is an optional dependency, needed only with keys set.
+    try:
+        from cryptography.fernet import Fernet, MultiFernet
+    except ImportError:
+        raise ConfigurationError(
+            "setting encryption_keys is set but the 'cryptography' package is not installed: "
+            "pip install 'decortask[crypto]'"
+        ) from None
+    fernets = []
+    for index, key in enumerate(keys):
+        try:
+            fernets.append(Fernet(key))
+        except (ValueError, TypeError):
+            # `from None` and no key text: the error must never carry key material into a log.
+            raise ConfigurationError(
+                f"setting encryption_keys: the key at index {index} (0-based, newest first) is not a valid "
+                "Fernet key; generate one with cryptography.fernet.Fernet.generate_key()"
+            ) from None
+    return MultiFernet(fernets)
+
+
+def check_keys(raw: str) -> None:
+    """Raise `ConfigurationError` unless every key in `raw` is a valid Fernet key (no-op when `raw` is empty)."""
+    keys = split_keys(raw)
+    if keys:
+        _multi_fernet(keys)
+
+
+class MessageCipher:
+    """Encrypts task arguments with the newest key and decrypts with any configured key (key rotation).
+
+    Args:
+        keys: comma-separated Fernet keys, newest first (the `encryption_keys` setting).
+        accept_plaintext: whether a receiver also takes messages without `enc` (the `accept_plaintext` setting).
+    """
+
+    def __init__(self, keys: str, *, accept_plaintext: bool = False) -> None:
+        parsed = split_keys(keys)
+        if not parsed:
+            raise ConfigurationError("setting encryption_keys is empty: a cipher needs at least one key")
+        self._fernet = _multi_fernet(parsed)
+        self.accept_plaintext = accept_plaintext
+
+    def __repr__(self) -> str:
+        return "<MessageCipher>"  # never the keys
+
+    def encrypt(self, plaintext: bytes) -> str:
+        """A Fernet token (ASCII) for `plaintext`, made with the newest key."""
+        return self._fernet.encrypt(plaintext).decode("ascii")
+
+    def decrypt(self, token: str) -> bytes | None:
+        """The plaintext, or None when the token was tampered with or made with a key this cipher lacks."""
+        from cryptography.fernet import InvalidToken
+
+        try:
+            # No ttl: a message may wait in the schedule (countdown, retry backoff) for any length of time.
+            return self._fernet.decrypt(token.encode("ascii"))
+        except (InvalidToken, UnicodeEncodeError):
+            return None

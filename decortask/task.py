@@ -34,6 +34,7 @@ class TaskOptions:
     persist: bool = True
     requeue_on_interrupt: bool = False
     must_complete: bool = False
+    max_deliveries: int | None = None
     queue: str | None = None
     priority: int = 0
     timeout: float | None = None
@@ -52,6 +53,7 @@ _OPTION_NAMES = [
     "persist",
     "requeue_on_interrupt",
     "must_complete",
+    "max_deliveries",
     "name",
     "queue",
     "priority",
@@ -106,6 +108,11 @@ def build_options(fn: Callable[..., Any], raw: Mapping[str, Any]) -> TaskOptions
     for flag in ("persist", "requeue_on_interrupt", "must_complete"):
         if flag in raw and not isinstance(raw[flag], bool):
             raise _fail(flag, "True or False", raw[flag])
+    max_deliveries = raw.get("max_deliveries")
+    if max_deliveries is not None and (
+        isinstance(max_deliveries, bool) or not isinstance(max_deliveries, int) or max_deliveries < 1
+    ):
+        raise _fail("max_deliveries", "an integer >= 1 or None (the app's setting)", max_deliveries)
     jitter = _number("jitter", raw.get("jitter", 0.0), minimum=0.0)
     if jitter > 1:
         raise _fail("jitter", "a fraction from 0 to 1", jitter)
@@ -123,6 +130,7 @@ def build_options(fn: Callable[..., Any], raw: Mapping[str, Any]) -> TaskOptions
         persist=raw.get("persist", True),
         requeue_on_interrupt=raw.get("requeue_on_interrupt", False),
         must_complete=raw.get("must_complete", False),
+        max_deliveries=max_deliveries,
         queue=queue,
         priority=priority,
         timeout=_number("timeout", raw.get("timeout"), minimum=0.0, allow_none=True, strict=True),
@@ -297,6 +305,7 @@ def task(
     persist: bool = ...,
     requeue_on_interrupt: bool = ...,
     must_complete: bool = ...,
+    max_deliveries: int | None = ...,
     name: str | None = ...,
     queue: str | None = ...,
     priority: int = ...,

@@ -48,6 +48,9 @@ class Delivery:
     queue: str
     redelivered: bool
     raw: Any
+    #: Set when the transport refused the message before decortask could read it (dead-letter reason).
+    refused: str | None = None
+    refused_detail: str = ""
 
 
 class BrokerTransport:
@@ -91,6 +94,8 @@ class BrokerTransport:
         options: dict[str, Any] = {}
         if self.scheme in ("amqp", "amqps", "pyamqp"):
             options["confirm_publish"] = True
+        if self.scheme in ("redis", "rediss"):
+            options["visibility_timeout"] = self.settings.redis_visibility_timeout
         return kombu.Connection(self.url, transport_options=options, connect_timeout=5)
 
     def _connect(self, conn: kombu.Connection, retries: int) -> None:
@@ -318,6 +323,7 @@ class ConsumerSession:
         channel.basic_qos(
             0, self.prefetch, False
         )  # positional: py-amqp and kombu's virtual channels name them differently
+        _guard_channel(channel)
         bound = [self.transport.queue(name)(channel) for name in self.queues]
         for queue in bound:
             queue.declare()
@@ -327,10 +333,21 @@ class ConsumerSession:
             # (callbacks would decode every body first, and would unpickle a pickle body). Bodies are
             # decoded only by decortask.message.decode, which accepts JSON alone.
             consumer = kombu.Consumer(
-                channel, queues=bound, on_message=self._on_message, no_ack=False, accept=[CONTENT_TYPE]
+                channel,
+                queues=bound,
+                on_message=self._on_message,
+                on_decode_error=self._on_decode_error,
+                no_ack=False,
+                accept=[CONTENT_TYPE],
             )
             consumer.consume()
             self._consumer = consumer
+
+    def _on_decode_error(self, message: Any, exc: BaseException) -> None:
+        # kombu could not even build the message; it is refused as undecodable, never retried.
+        self._on_message(message)
+        self._inbox[-1].refused = "decode_error"
+        self._inbox[-1].refused_detail = f"the transport could not read the message ({type(exc).__name__})"
 
     def _on_message(self, message: Any) -> None:
         info = message.delivery_info or {}
@@ -347,6 +364,13 @@ class ConsumerSession:
                 raw=message,
             )
         )
+        compression = getattr(message, "refused_compression", None)
+        if compression is not None:
+            self._inbox[-1].refused = "compression_not_allowed"
+            self._inbox[
+                -1
+            ].refused_detail = f"compressed bodies ({compression!r}) are never expanded: a small body could unpack to gigabytes"
+            self._inbox[-1].headers["x-decortask-original-compression"] = compression
 
     def drain(self, timeout: float) -> list[Delivery]:
         """Wait up to `timeout` seconds for deliveries; returns what arrived (possibly nothing)."""
@@ -370,6 +394,7 @@ class ConsumerSession:
     def get(self, queue: str) -> Delivery | None:
         """Fetch one ready message from `queue` without a consumer (the synchronous test driver)."""
         assert self._conn is not None, "session is closed"
+        _guard_channel(self._conn.default_channel)
         bound = self.transport.queue(queue)(self._conn.default_channel)
         message = bound.get(no_ack=False, accept=[CONTENT_TYPE])
         if message is None:
@@ -398,6 +423,42 @@ class ConsumerSession:
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.release()
+
+
+_GUARDED: dict[type, type] = {}
+
+
+def _guard_channel(channel: Any) -> None:
+    """Make `channel` build messages that kombu never decompresses.
+
+    kombu expands a body whose headers name a compression before anyone can look at it, so a few hundred
+    kilobytes could become gigabytes ahead of the payload limit. The subclass drops the `compression`
+    header as kombu stores it (its constructor then skips decompression) and remembers it, so the worker
+    dead-letters the message as `compression_not_allowed` with its bytes untouched.
+    """
+    base = channel.Message
+    if getattr(base, "_decortask_guarded", False):
+        return
+    guarded = _GUARDED.get(base)
+    if guarded is None:
+
+        class GuardedMessage(base):  # type: ignore[misc, valid-type]
+            _decortask_guarded = True
+
+            @property
+            def headers(self) -> dict[str, Any]:
+                return self.__dict__.get("_decortask_headers", {})  # type: ignore[no-any-return]
+
+            @headers.setter
+            def headers(self, value: Any) -> None:
+                headers = dict(value or {})
+                compression = headers.pop("compression", None)
+                if compression is not None:
+                    self.__dict__["refused_compression"] = str(compression)
+                self.__dict__["_decortask_headers"] = headers
+
+        guarded = _GUARDED[base] = GuardedMessage
+    channel.Message = guarded
 
 
 def _memory_transport() -> type:

@@ -14,12 +14,14 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from . import recovery
 from .errors import BrokerUnavailable, MessageError
 from .executor import Executor, Outcome, Settle
 from .message import decode
@@ -65,6 +67,7 @@ class Worker:
         pool: str = "threads",
         burst: bool = False,
         worker_id: str | None = None,
+        grace: float | None = None,
     ) -> None:
         self.app = app
         self.queues = list(queues or [app.settings.default_queue])
@@ -75,10 +78,14 @@ class Worker:
         self.executor = Executor(app, self.id, owner_alive=self.owner_alive)
         self.scheduler = Scheduler(app, self.id)
         self.stats = WorkerStats()
+        self.grace = app.settings.shutdown_grace if grace is None else grace
         self._stop = threading.Event()
+        self._interrupt_now = threading.Event()
+        self._backlog: deque[Delivery] = deque()
+        self._abandoned: set[int] = set()
+        self._thread_delivery: dict[int, Delivery] = {}
         self._outcomes: queue.SimpleQueue[tuple[Delivery, Future[Outcome]]] = queue.SimpleQueue()
         self._in_flight = 0
-        self._signals = 0
 
     def owner_alive(self, owner: str) -> bool:
         """Whether the worker `owner` has sent a heartbeat within `lease_timeout`."""
@@ -101,11 +108,24 @@ class Worker:
 
     def process(self, delivery: Delivery) -> Outcome:
         """Decode, validate and execute one delivery (any thread); bad input becomes a dead-letter outcome."""
+        if delivery.refused is not None:
+            return Outcome(Settle.DEAD_LETTER, None, delivery.refused, delivery.refused_detail)
         try:
-            message = decode(delivery.body, delivery.content_type, self.app.settings.max_payload_bytes)
+            message = decode(
+                delivery.body,
+                delivery.content_type,
+                self.app.settings.max_payload_bytes,
+                cipher=self.app.cipher,
+            )
         except MessageError as exc:
             status = self.executor.refuse(exc.task_id, exc.reason, exc.detail) if exc.task_id else None
             return Outcome(Settle.DEAD_LETTER, status, exc.reason, exc.detail)
+        except Exception as exc:
+            # Whatever else a body can make the decoder raise, retrying it would fail the same way for ever.
+            logger.exception(
+                "decoding a message on %s failed unexpectedly; dead-lettering it", delivery.queue
+            )
+            return Outcome(Settle.DEAD_LETTER, None, "decode_error", f"unexpected {type(exc).__name__}")
         return self.executor.execute(message, delivery.queue)
 
     def settle(self, session: ConsumerSession, delivery: Delivery, outcome: Outcome) -> None:
@@ -132,19 +152,29 @@ class Worker:
         signal.signal(signal.SIGINT, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._signals += 1
-        if self._signals == 1:
-            logger.warning("signal %d: finishing running tasks, then exiting", signum)
+        name = signal.Signals(signum).name
+        if not self._stop.is_set():
+            logger.warning(
+                "%s: no longer consuming; running tasks have %.0f s to finish (SIGINT again interrupts them)",
+                name,
+                self.grace,
+            )
             self._stop.set()
+        elif signum == signal.SIGINT:
+            logger.warning("SIGINT again: interrupting running tasks now")
+            self._interrupt_now.set()
         else:
-            logger.warning("signal %d again: still waiting for running tasks", signum)
+            # Orchestrators resend SIGTERM; only a person's second Ctrl-C cuts the grace period short.
+            logger.info("%s again: already shutting down", name)
 
-    def stop(self) -> None:
-        """Ask the loop to stop consuming and return once running tasks have finished."""
+    def stop(self, interrupt: bool = False) -> None:
+        """Stop consuming; running tasks get the grace period, or are interrupted now with `interrupt`."""
         self._stop.set()
+        if interrupt:
+            self._interrupt_now.set()
 
     def run(self) -> int:
-        """Consume until stopped; returns the process exit code."""
+        """Consume until stopped, then shut down as DESIGN §2 says; returns the process exit code."""
         self.app.store.heartbeat(self.id, time.time())
         beating = threading.Event()
         threading.Thread(
@@ -163,38 +193,74 @@ class Worker:
             self.pool_kind,
             len(self.app.registry),
         )
-        next_tick = 0.0
-        next_purge = time.monotonic() + PURGE_INTERVAL
-        idle_since: float | None = None
         try:
-            while not self._stop.is_set():
-                now = time.monotonic()
-                if now >= next_tick:
-                    self._tick_scheduler()
-                    next_tick = now + self.app.settings.scheduler_interval
-                if now >= next_purge:
-                    self._purge_expired()
-                    next_purge = now + PURGE_INTERVAL
-                deliveries = self._drain(session, timeout=0.005 if self._in_flight else 0.05)
-                for delivery in deliveries:
-                    self._dispatch(pool, delivery)
-                self._settle_ready(session)
-                if self.burst:
-                    if deliveries or self._in_flight:
-                        idle_since = None
-                    elif idle_since is None:
-                        idle_since = now
-                    elif now - idle_since >= BURST_IDLE and self._nothing_left():
-                        logger.info("burst: queues and schedule are empty; exiting")
-                        break
-            session.cancel()  # stop consuming; unacked, unstarted messages go back when the channel closes
-            while self._in_flight:
-                self._settle_ready(session, block=True)
+            self._consume(session, pool)
+            self._shut_down(session)
         finally:
-            pool.shutdown(wait=True)
+            pool.shutdown(wait=False)
             session.close()
             beating.set()
         return 0
+
+    def _consume(self, session: ConsumerSession, pool: Pool) -> None:
+        settings = self.app.settings
+        next_tick = next_reap = 0.0
+        next_purge = time.monotonic() + PURGE_INTERVAL
+        idle_since: float | None = None
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_tick:
+                self._tick_scheduler()
+                next_tick = now + settings.scheduler_interval
+            if now >= next_reap:
+                self._reap()
+                next_reap = now + max(1.0, settings.lease_timeout / 2)
+            if now >= next_purge:
+                self._purge_expired()
+                next_purge = now + PURGE_INTERVAL
+            deliveries = self._drain(session, timeout=0.005 if self._in_flight else 0.05)
+            self._backlog.extend(deliveries)
+            self._fill(pool)
+            self._settle_ready(session)
+            if self.burst:
+                if deliveries or self._in_flight or self._backlog:
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = now
+                elif now - idle_since >= BURST_IDLE and self._nothing_left():
+                    logger.info("burst: queues and schedule are empty; exiting")
+                    return
+
+    def _shut_down(self, session: ConsumerSession) -> None:
+        session.cancel()
+        for delivery in self._backlog:  # received but never started: back to the broker, still PENDING
+            session.requeue(delivery)
+        if self._backlog:
+            logger.info("returned %d unstarted messages to the broker", len(self._backlog))
+        self._backlog.clear()
+        self.executor.request_stop_all()
+        deadline = time.monotonic() + self.grace
+        while self._in_flight:
+            if self._interrupt_now.is_set() or time.monotonic() >= deadline:
+                self._interrupt_running(session)
+            self._settle_ready(session, block=True)
+        self._tick_scheduler()  # publish the next attempts of requeued tasks before exiting
+
+    def _interrupt_running(self, session: ConsumerSession) -> None:
+        """Settle every running attempt (but `must_complete` ones) as interrupted, and ack its message."""
+        for run in list(self.executor.running.values()):
+            delivery = self._thread_delivery.get(run.thread_id)
+            if run.must_complete or delivery is None or id(delivery) in self._abandoned:
+                continue
+            run.context.request_stop()
+            if recovery.interrupt(self.app, run.record, run.message, "shutdown") is None:
+                continue  # it finished at this very moment: its own outcome settles the message
+            self._abandoned.add(id(delivery))
+            self._in_flight -= 1
+            try:
+                session.ack(delivery)
+            except session.connection_errors as exc:
+                logger.warning("could not ack an interrupted task's message (%s)", type(exc).__name__)
 
     def _drain(self, session: ConsumerSession, timeout: float) -> list[Delivery]:
         try:
@@ -217,18 +283,35 @@ class Worker:
                 time.sleep(pause)
                 pause = min(pause * 2, 10.0)
 
-    def _dispatch(self, pool: Pool, delivery: Delivery) -> None:
-        self.stats.received += 1
-        self._in_flight += 1
-        future = pool.submit(self.process, delivery)
-        future.add_done_callback(lambda done: self._outcomes.put((delivery, done)))
+    def _fill(self, pool: Pool) -> None:
+        """Start backlog messages while pool slots are free; the rest stay unstarted (and returnable)."""
+        while self._backlog and self._in_flight < self.concurrency:
+            delivery = self._backlog.popleft()
+            self.stats.received += 1
+            self._in_flight += 1
+            future = pool.submit(self._run_delivery, delivery)
+            future.add_done_callback(self._outcome_callback(delivery))
+
+    def _outcome_callback(self, delivery: Delivery) -> Callable[[Future[Outcome]], None]:
+        return lambda done: self._outcomes.put((delivery, done))
+
+    def _run_delivery(self, delivery: Delivery) -> Outcome:
+        # Shutdown finds a running attempt's message through the thread that runs it.
+        self._thread_delivery[threading.get_ident()] = delivery
+        try:
+            return self.process(delivery)
+        finally:
+            self._thread_delivery.pop(threading.get_ident(), None)
 
     def _settle_ready(self, session: ConsumerSession, block: bool = False) -> None:
         while self._in_flight:
             try:
-                delivery, future = self._outcomes.get(block=block, timeout=0.5 if block else None)
+                delivery, future = self._outcomes.get(block=block, timeout=0.2 if block else None)
             except queue.Empty:
                 return
+            if id(delivery) in self._abandoned:
+                self._abandoned.discard(id(delivery))
+                continue  # interrupted at shutdown and already settled
             self._in_flight -= 1
             try:
                 outcome = future.result()
@@ -244,6 +327,15 @@ class Worker:
                     "could not settle a delivery (%s); the broker will redeliver it", type(exc).__name__
                 )
             block = False
+
+    def _reap(self) -> None:
+        try:
+            settled = recovery.reap(self.app, self.owner_alive)
+        except Exception as exc:
+            logger.warning("reaper pass failed (%s); will retry", mask_text(str(exc)))
+            return
+        if settled:
+            logger.warning("reaper settled %d tasks whose worker died", settled)
 
     def _tick_scheduler(self) -> None:
         try:

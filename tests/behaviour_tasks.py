@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 
 from decortask import TaskContext, task, task_log
@@ -81,3 +82,23 @@ def sleep_not_opted_in(ctx: TaskContext, seconds: float) -> str:
     time.sleep(seconds)
     record_effect(ctx, "finished")
     return "slept"
+
+
+@task(name="bt.kills_its_worker", requeue_on_interrupt=True, max_deliveries=3)
+def kills_its_worker(ctx: TaskContext) -> None:
+    record_effect(ctx, "started")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@task(name="bt.always_fails_counted", retries=3, delay=0.2, backoff=2.0)
+def always_fails_counted(ctx: TaskContext) -> None:
+    record_effect(ctx, "started")
+    raise ValueError(f"attempt {ctx.attempt} fails on purpose")
+
+
+@task(name="bt.fails_first_counted", retries=1, delay=3.0)
+def fails_first_counted(ctx: TaskContext) -> int:
+    record_effect(ctx, "started")
+    if ctx.attempt == 1:
+        raise ConnectionError("first attempt fails on purpose")
+    return ctx.attempt

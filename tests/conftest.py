@@ -35,6 +35,22 @@ def require_server(name: str, host: str, port: int) -> None:
     pytest.skip(message)
 
 
+BROKERS = ("sqlite", "redis", "amqp")
+
+
+def broker_urls(kind: str, tmp: os.PathLike[str], token: str) -> tuple[str, str]:
+    """(broker URL, store URL) for a broker kind: SQLite uses one file for both, Redis a Redis store in its
+    own namespace, RabbitMQ a SQLite store. Skips (or fails under CI) when the server is down."""
+    sqlite_file = f"sqlite:///{os.fspath(tmp)}/decortask.db"
+    if kind == "sqlite":
+        return sqlite_file, sqlite_file
+    if kind == "redis":
+        require_server("Redis", "127.0.0.1", 6379)
+        return REDIS_URL, f"{REDIS_URL}?namespace=test-{token}"
+    require_server("RabbitMQ", "127.0.0.1", 5672)
+    return AMQP_URL, sqlite_file
+
+
 @pytest.fixture
 def redis_url() -> str:
     require_server("Redis", "127.0.0.1", 6379)

@@ -11,11 +11,10 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import behaviour_tasks as bt
 import pytest
-from conftest import AMQP_URL, REDIS_URL, require_server
+from conftest import broker_urls
 from workers import WorkerProcess, poll_until
 
 from decortask import Decortask, TaskStatus
@@ -32,22 +31,11 @@ class BrokerSetup:
     worker: WorkerProcess
 
 
-def _urls(kind: str, tmp: Path, token: str) -> tuple[str, str]:
-    sqlite_file = f"sqlite:///{tmp}/decortask.db"
-    if kind == "sqlite":
-        return sqlite_file, sqlite_file
-    if kind == "redis":
-        require_server("Redis", "127.0.0.1", 6379)
-        return REDIS_URL, f"{REDIS_URL}?namespace=test-{token}"
-    require_server("RabbitMQ", "127.0.0.1", 5672)
-    return AMQP_URL, sqlite_file
-
-
 @pytest.fixture(scope="module", params=["sqlite", "redis", "amqp"])
 def broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerSetup]:
     token = uuid.uuid4().hex[:10]
     tmp = tmp_path_factory.mktemp(f"broker-{request.param}")
-    broker_url, store_url = _urls(request.param, tmp, token)
+    broker_url, store_url = broker_urls(request.param, tmp, token)
     queue = f"behaviour-{token}"
     app = Decortask(broker_url, store_url, default_queue=queue)
     worker = WorkerProcess(broker_url, store_url, queue, tmp / "worker.log", concurrency=8).start()

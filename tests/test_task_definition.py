@@ -50,6 +50,7 @@ def test_direct_call_injects_a_local_context() -> None:
         ({"timeout": 0}, "timeout"),
         ({"expires": -5}, "expires"),
         ({"name": ""}, "name"),
+        ({"max_deliveries": 0}, "max_deliveries"),
         ({"retrys": 3}, "retrys"),
     ],
 )

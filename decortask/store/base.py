@@ -30,6 +30,7 @@ MUTABLE_FIELDS = frozenset(
         "expires_at",
         "progress",
         "progress_message",
+        "deliveries",
     }
 )
 
@@ -61,6 +62,8 @@ class TaskRecord:
     """Everything the store knows about one task.
 
     `attempt` counts attempts started so far: 0 while PENDING, 1 during and after the first run.
+    `deliveries` counts the times the current attempt's message was taken up to run without settling
+    (a worker died with it); `max_deliveries` caps it so a task that kills its worker cannot loop.
     `result`, `args` and `kwargs` are JSON values; errors are kept as strings only (never re-imported).
     """
 
@@ -92,6 +95,7 @@ class TaskRecord:
     expires_at: float | None = None
     parent_id: str | None = None
     root_id: str | None = None
+    deliveries: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; `from_dict` inverts it exactly."""

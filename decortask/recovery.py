@@ -1,0 +1,113 @@
+"""Interrupted tasks: at shutdown past the grace period, and RUNNING records whose worker died (the reaper).
+
+Both follow one rule (DESIGN §2): a task opted in with `requeue_on_interrupt=True` goes back to PENDING and
+its next attempt is scheduled; any other ends INTERRUPTED with a reason. The next attempt is written to the
+store's schedule in the same atomic step as the state change, so a crash between the two loses nothing; the
+scheduler loop of any worker publishes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .message import Message
+from .states import TaskStatus
+from .store.base import ScheduleEntry, TaskQuery, TaskRecord
+
+if TYPE_CHECKING:
+    from .app import Decortask
+
+logger = logging.getLogger("decortask.worker")
+
+REAP_BATCH = 500
+
+
+def interrupt(app: Decortask, record: TaskRecord, message: Message | None, reason: str) -> TaskStatus | None:
+    """Settle a RUNNING attempt that will not finish; returns the new status, or None if it had moved on.
+
+    Args:
+        app: the app whose store holds the record.
+        record: the record as it was when the attempt ran (status RUNNING, its attempt number).
+        message: the message that started the attempt, if known (else one is rebuilt from the record).
+        reason: `shutdown` or `worker_lost`.
+    """
+    task = app.registry.find(record.name)
+    now = time.time()
+    if task is not None and task.options.requeue_on_interrupt:
+        nxt = _next_message(record, message)
+        entry = ScheduleEntry(
+            id=f"{record.id}:{nxt.attempt}",
+            task_id=record.id,
+            queue=record.queue,
+            due_at=now,
+            body=nxt.encode().decode(),
+            priority=nxt.priority,
+        )
+        done = app.store.transition(
+            record.id,
+            TaskStatus.PENDING,
+            expect={TaskStatus.RUNNING},
+            expect_attempt=record.attempt,
+            schedule=entry,
+            owner=None,
+            reason=None,
+            # An orderly shutdown is not a crash; a lost worker counts toward max_deliveries.
+            deliveries=0 if reason == "shutdown" else record.deliveries,
+        )
+        if done is not None:
+            logger.warning("task %s interrupted (%s); attempt %d is queued", record.id, reason, nxt.attempt)
+            return TaskStatus.PENDING
+        return None
+    done = app.store.transition(
+        record.id,
+        TaskStatus.INTERRUPTED,
+        expect={TaskStatus.RUNNING},
+        expect_attempt=record.attempt,
+        reason=reason,
+        error_message=f"attempt {record.attempt} was interrupted ({reason}) and the task is not opted in "
+        "to requeue_on_interrupt; re-run it with `decortask retry ID`",
+        finished_at=now,
+        expires_at=now + app.settings.history_ttl,
+    )
+    if done is not None:
+        logger.warning("task %s interrupted (%s): INTERRUPTED, not run again", record.id, reason)
+        return TaskStatus.INTERRUPTED
+    return None
+
+
+def reap(app: Decortask, owner_alive: Callable[[str], bool]) -> int:
+    """Interrupt RUNNING records whose owner stopped heartbeating; returns how many were settled.
+
+    Any worker may run this at any time: every change is a compare-and-set on (RUNNING, attempt), so two
+    reapers, or a reaper and a redelivery, never both act on one attempt.
+    """
+    settled = 0
+    running = app.store.list_tasks(TaskQuery(statuses=frozenset({TaskStatus.RUNNING}), limit=REAP_BATCH))
+    for record in running:
+        if record.owner is not None and owner_alive(record.owner):
+            continue
+        if interrupt(app, record, None, "worker_lost") is not None:
+            settled += 1
+    return settled
+
+
+def _next_message(record: TaskRecord, message: Message | None) -> Message:
+    if message is not None:
+        return dataclasses.replace(message, attempt=record.attempt + 1, eta=None)
+    return Message(
+        id=record.id,
+        task=record.name,
+        args=list(record.args),
+        kwargs=dict(record.kwargs),
+        attempt=record.attempt + 1,
+        created_at=record.created_at,
+        idempotency_key=record.idempotency_key,
+        tags=dict(record.tags),
+        priority=record.priority,
+        parent_id=record.parent_id,
+        root_id=record.root_id,
+    )

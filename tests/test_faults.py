@@ -1,0 +1,270 @@
+"""Shutdown and crash faults of SCENARIOS.md (F-01 to F-06) on real worker processes and every broker.
+
+Each test kills or signals real `decortask worker` processes; executions are counted in an effects file.
+The invariant: every task reaches exactly one terminal state, nothing is lost, nothing runs twice unless
+it opted in to `requeue_on_interrupt`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import behaviour_tasks as bt
+import pytest
+from conftest import BROKERS, broker_urls
+from workers import WorkerProcess, poll_until
+
+from decortask import Decortask, TaskHandle, TaskStatus
+from decortask.app import reset_default_app
+
+pytestmark = pytest.mark.broker
+
+LEASE = 3.0
+LEASE_TIMEOUT = 1.5
+
+
+@dataclass
+class Faults:
+    kind: str
+    app: Decortask
+    broker_url: str
+    store_url: str
+    queue: str
+    effects: Path
+    tmp: Path
+
+    def worker(
+        self, name: str, *extra: str, env: dict[str, str] | None = None, concurrency: int = 2
+    ) -> WorkerProcess:
+        settings = {
+            "DECORTASK_SQLITE_LEASE": str(LEASE),
+            "DECORTASK_LEASE_TIMEOUT": str(LEASE_TIMEOUT),
+            "DECORTASK_TEST_EFFECTS": str(self.effects),
+            **(env or {}),
+        }
+        return WorkerProcess(
+            self.broker_url,
+            self.store_url,
+            self.queue,
+            self.tmp / f"{name}.log",
+            concurrency=concurrency,
+            env=settings,
+            extra_args=extra,
+        )
+
+    def effects_of(self, handle: TaskHandle[str]) -> list[tuple[int, str]]:
+        rows = bt.read_effects(str(self.effects))
+        return [(int(str(row["attempt"])), str(row["event"])) for row in rows if row["id"] == handle.id]
+
+    def status(self, handle: TaskHandle[str]) -> TaskStatus:
+        return handle.status
+
+
+@pytest.fixture(params=BROKERS)
+def faults(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Faults]:
+    token = uuid.uuid4().hex[:10]
+    broker_url, store_url = broker_urls(request.param, tmp_path, token)
+    queue = f"faults-{token}"
+    app = Decortask(
+        broker_url, store_url, default_queue=queue, sqlite_lease=LEASE, lease_timeout=LEASE_TIMEOUT
+    )
+    yield Faults(request.param, app, broker_url, store_url, queue, tmp_path / "effects.jsonl", tmp_path)
+    app.transport.delete_queue(queue)
+    app.transport.delete_queue(queue + ".dlq")
+    app.close()
+    reset_default_app()
+
+
+def _wait_running(faults: Faults, handle: TaskHandle[str], worker: WorkerProcess) -> None:
+    try:
+        poll_until(lambda: handle.status is TaskStatus.RUNNING, 20, f"{handle.id} to start")
+    except AssertionError:
+        worker.kill()
+        raise AssertionError(worker.log_tail()) from None
+
+
+def _final(handle: TaskHandle[str], timeout: float = 30):  # type: ignore[no-untyped-def]
+    return poll_until(lambda: handle.done() and handle.result(), timeout, f"{handle.id} to finish")
+
+
+def test_f01_sigterm_lets_a_running_task_finish(faults: Faults) -> None:
+    handle = bt.sleep_opted_in.delay(3.0)
+    worker = faults.worker("w1", "--grace", "10").start()
+    _wait_running(faults, handle, worker)
+    worker.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    worker.signal(signal.SIGTERM)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, worker.log_tail()
+    result = handle.result()
+    assert (result.status, result.attempts, result.value) == (TaskStatus.SUCCESS, 1, "slept")
+    assert faults.effects_of(handle) == [(1, "started"), (1, "finished")]
+    assert faults.app.transport.queue_size(faults.queue) == 0
+
+
+def test_f02_past_grace_an_opted_in_task_goes_back_to_the_queue(faults: Faults) -> None:
+    handle = bt.sleep_opted_in.delay(6.0)
+    worker = faults.worker("w1", "--grace", "1").start()
+    _wait_running(faults, handle, worker)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, worker.log_tail()
+    record = handle.record()
+    assert (record.status, record.attempt) == (TaskStatus.PENDING, 1)  # attempt 2 is the one queued
+    assert faults.app.transport.queue_size(faults.queue) == 1
+    with faults.worker("w2"):
+        result = _final(handle)
+    assert (result.status, result.attempts) == (TaskStatus.SUCCESS, 2)
+    assert faults.effects_of(handle) == [(1, "started"), (2, "started"), (2, "finished")]
+
+
+def test_f03_past_grace_a_task_not_opted_in_ends_interrupted(faults: Faults) -> None:
+    handle = bt.sleep_not_opted_in.delay(6.0)
+    worker = faults.worker("w1", "--grace", "1").start()
+    _wait_running(faults, handle, worker)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, worker.log_tail()
+    result = handle.result()
+    assert (result.status, result.reason) == (TaskStatus.INTERRUPTED, "shutdown")
+    assert faults.app.transport.queue_size(faults.queue) == 0
+    with faults.worker("w2"):
+        time.sleep(LEASE + 1)  # long enough for any lease to lapse: nothing may come back
+    assert faults.effects_of(handle) == [(1, "started")]
+    assert handle.status is TaskStatus.INTERRUPTED
+
+
+def test_f04_unstarted_prefetched_messages_go_back_still_pending(faults: Faults) -> None:
+    handles = [bt.sleep_opted_in.delay(2.0) for _ in range(5)]
+    worker = faults.worker("w1", "--grace", "10", env={"DECORTASK_PREFETCH_MULTIPLIER": "4"}, concurrency=1)
+    worker.start()
+    poll_until(lambda: any(h.status is TaskStatus.RUNNING for h in handles), 20, "the first task to start")
+    time.sleep(0.3)  # let the worker take its prefetch
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, worker.log_tail()
+    statuses = sorted(h.status.value for h in handles)
+    assert statuses == ["PENDING"] * 4 + ["SUCCESS"]
+    with faults.worker("w2", concurrency=4):
+        results = [_final(h) for h in handles]
+    assert [(r.status, r.attempts) for r in results] == [(TaskStatus.SUCCESS, 1)] * 5
+    assert (
+        sorted(event for h in handles for event in faults.effects_of(h))
+        == [(1, "finished")] * 5 + [(1, "started")] * 5
+    )
+
+
+def test_f05_sigkill_requeues_opted_in(faults: Faults) -> None:
+    handle = bt.sleep_opted_in.delay(2.0)
+    first = faults.worker("w1").start()
+    _wait_running(faults, handle, first)
+    first.kill()
+    with faults.worker("w2") as second:
+        result = _final(handle)
+        assert result.status is TaskStatus.SUCCESS, second.log_tail()
+    assert result.attempts == 2
+    assert faults.effects_of(handle) == [(1, "started"), (2, "started"), (2, "finished")]
+
+
+def test_f06_sigkill_not_opted_in_ends_interrupted_and_never_runs_again(faults: Faults) -> None:
+    handle = bt.sleep_not_opted_in.delay(2.0)
+    first = faults.worker("w1").start()
+    _wait_running(faults, handle, first)
+    first.kill()
+    with faults.worker("w2"):
+        result = _final(handle)
+        assert (result.status, result.reason) == (TaskStatus.INTERRUPTED, "worker_lost")
+        time.sleep(LEASE + 1)  # a redelivery after the lease must not run it
+    assert faults.effects_of(handle) == [(1, "started")]
+
+
+def test_f09_a_task_that_kills_its_worker_is_dead_lettered_after_max_deliveries(faults: Faults) -> None:
+    handle = bt.kills_its_worker.delay()
+    for round_ in range(6):
+        worker = faults.worker(f"w{round_}").start()
+        try:
+            # Each worker either dies with the task, or settles it (the fourth delivery) and keeps running.
+            poll_until(lambda w=worker: w.process.poll() is not None or handle.done(), 30, "a delivery")  # type: ignore[misc]
+        finally:
+            worker.stop()
+        if handle.done():
+            break
+    result = handle.result()
+    assert (result.status, result.reason) == (TaskStatus.FAILED, "max_deliveries")
+    assert [event for event in faults.effects_of(handle)] == [(1, "started"), (2, "started"), (3, "started")]
+    assert faults.app.transport.queue_size(faults.queue + ".dlq") == 1
+
+
+def test_f16_sigterm_while_a_retry_waits_loses_nothing(faults: Faults) -> None:
+    handle = bt.fails_first_counted.delay()
+    worker = faults.worker("w1").start()
+    poll_until(lambda: handle.status is TaskStatus.RETRYING, 20, "the first attempt to fail")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, worker.log_tail()
+    assert handle.status is TaskStatus.RETRYING  # the retry waits in the store, not in the dead worker
+    with faults.worker("w2"):
+        result = _final(handle)
+    assert (result.status, result.value, result.attempts) == (TaskStatus.SUCCESS, 2, 2)
+    assert faults.effects_of(handle) == [(1, "started"), (2, "started")]
+
+
+def test_f17_always_failing_task_runs_exactly_four_times_with_backoff(faults: Faults) -> None:
+    handle = bt.always_fails_counted.delay()
+    with faults.worker("w1"):
+        result = _final(handle)
+    assert (result.status, result.attempts) == (TaskStatus.FAILED, 4)
+    assert (result.error_type, result.error_message) == ("builtins.ValueError", "attempt 4 fails on purpose")
+    rows = [row for row in bt.read_effects(str(faults.effects)) if row["id"] == handle.id]
+    assert [row["attempt"] for row in rows] == [1, 2, 3, 4]
+    gaps = [float(str(b["ts"])) - float(str(a["ts"])) for a, b in itertools.pairwise(rows)]
+    # delay 0.2 s, backoff 2: each gap is at least its delay, and not absurdly longer.
+    for gap, delay in zip(gaps, [0.2, 0.4, 0.8], strict=True):
+        assert delay <= gap < delay + 5, gaps
+
+
+def test_f19_two_processes_with_one_idempotency_key_make_one_task(faults: Faults) -> None:
+    script = (
+        "import sys, behaviour_tasks as bt\n"
+        "from decortask import Decortask\n"
+        "Decortask(sys.argv[1], sys.argv[2], default_queue=sys.argv[3])\n"
+        "print(bt.add.apply_async(args=(1, 2), idempotency_key='invoice-42').id)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    command = [sys.executable, "-c", script, faults.broker_url, faults.store_url, faults.queue]
+    callers = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    ids = {caller.communicate(timeout=60)[0].strip() for caller in callers}
+    assert len(ids) == 1 and all(ids)
+    assert faults.app.transport.queue_size(faults.queue) == 1
+    (task_id,) = ids
+    with faults.worker("w1"):
+        assert _final(faults.app.handle(task_id)).status is TaskStatus.SUCCESS
+    again = bt.add.apply_async(args=(1, 2), idempotency_key="invoice-42")
+    assert again.id == task_id  # SUCCESS still holds the key
+
+
+def test_f19_the_key_is_free_again_after_the_task_failed(faults: Faults) -> None:
+    first = bt.always_fails.apply_async(idempotency_key="retry-me")
+    with faults.worker("w1"):
+        assert _final(first).status is TaskStatus.FAILED
+    second = bt.always_fails.apply_async(idempotency_key="retry-me")
+    assert second.id != first.id
+
+
+def test_f07_a_healthy_task_outliving_the_redis_visibility_timeout_runs_once(faults: Faults) -> None:
+    if faults.kind != "redis":
+        pytest.skip("the visibility timeout is a Redis broker mechanism")
+    handle = bt.sleep_opted_in.delay(6.0)
+    env = {"DECORTASK_REDIS_VISIBILITY_TIMEOUT": "2"}
+    with faults.worker("w1", env=env) as first, faults.worker("w2", env=env) as second:
+        result = _final(handle, timeout=60)
+    assert (result.status, result.attempts) == (TaskStatus.SUCCESS, 1)
+    assert faults.effects_of(handle) == [(1, "started"), (1, "finished")]
+    # The duplicate did happen: Redis handed the unacked message out again and a worker parked it.
+    logs = first.log_tail(500) + second.log_tail(500)
+    assert f"task {handle.id} is running on" in logs and "this delivery is parked" in logs
