@@ -156,6 +156,28 @@ def list_tasks(
 @main.command()
 @click.argument("task_id")
 @click.option("-A", "--app", "app_target", help="Module defining your tasks.")
+def cancel(task_id: str, app_target: str | None) -> None:
+    """Cancel a task: a waiting one never starts, a running one is asked to stop (then stopped by force)."""
+    from .control import request_cancel
+
+    app = load_app(app_target)
+    try:
+        cancelled = request_cancel(app, task_id)
+        record = app.store.get(task_id)
+    except DecortaskError as exc:
+        raise click.ClickException(mask_text(str(exc))) from None
+    if not cancelled:
+        status = record.status.value if record is not None else "gone"
+        raise click.ClickException(f"task {task_id} has already ended ({status}); nothing to cancel")
+    if record is not None and record.status.terminal:
+        click.echo(f"task {task_id}: {record.status.value}")
+    else:
+        click.echo(f"task {task_id}: cancellation requested; it stops at its next should_stop() check")
+
+
+@main.command()
+@click.argument("task_id")
+@click.option("-A", "--app", "app_target", help="Module defining your tasks.")
 def show(task_id: str, app_target: str | None) -> None:
     """Show one task's record, logs included, as JSON."""
     app = load_app(app_target)

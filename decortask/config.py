@@ -35,6 +35,10 @@ class Settings:
             without its worker renewing the lease (a killed worker's messages come back after it).
             Must be longer than `lease_timeout`, so a message comes back only once its owner counts as dead.
         scheduler_interval: how often a worker looks for due delayed work.
+        cancel_grace: after a running task is asked to cancel (`should_stop()` turns true), how long it may
+            take to stop by itself before it is stopped by force.
+        timeout_grace: after a task reaches its `timeout`, how long it may take to stop by itself before it
+            is stopped by force.
         redis_visibility_timeout: Redis broker: seconds after which kombu hands an unacked message out again.
             Long tasks are safe either way (a second delivery of a running task is parked, never run), and
             killed workers are recovered by the reaper long before this.
@@ -61,6 +65,8 @@ class Settings:
     sqlite_lease: float = 40.0
     scheduler_interval: float = 0.2
     shutdown_grace: float = 30.0
+    cancel_grace: float = 10.0
+    timeout_grace: float = 2.0
     redis_visibility_timeout: float = 3600.0
     max_deliveries: int = 5
     prefetch_multiplier: int = 1
@@ -109,6 +115,8 @@ class Settings:
             )
         if self.max_deliveries < 1:
             raise ConfigurationError(f"setting max_deliveries must be >= 1, got {self.max_deliveries!r}")
+        if self.cancel_grace < 0 or self.timeout_grace < 0:
+            raise ConfigurationError("settings cancel_grace and timeout_grace must be >= 0")
         if self.shutdown_grace < 0:
             raise ConfigurationError(f"setting shutdown_grace must be >= 0, got {self.shutdown_grace!r}")
         if self.max_payload_bytes < 1024:

@@ -107,6 +107,18 @@ class TaskCancelled(DecortaskError):
     """The task ended CANCELLED."""
 
 
+class TimeLimitExceeded(DecortaskError):
+    """A task ran past its `timeout`; recorded as FAILED (timeout) once no retries remain."""
+
+
+class TaskInterrupted(BaseException):  # a control-flow signal, like KeyboardInterrupt
+    """Raised inside a task's thread to stop it by force (cancellation past `cancel_grace`, a time limit).
+
+    It derives from BaseException, not DecortaskError, so that a task's `except Exception:` does not
+    swallow it. Tasks should not catch it; check `ctx.should_stop()` to stop cleanly instead.
+    """
+
+
 class Retry(DecortaskError):
     """Raise inside a task to ask for another attempt, optionally after `delay` seconds."""
 

@@ -7,6 +7,7 @@ compare-and-set, and the store is written before the caller acks (write, then ac
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import dataclasses
 import inspect
 import logging
@@ -14,12 +15,12 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .context import TaskContext, activate, deactivate
-from .errors import ArgumentEncodingError, StoreError
+from .errors import ArgumentEncodingError, StoreError, TimeLimitExceeded
 from .message import Message, encode_json_value
 from .security import mask_text
 from .states import CLAIMABLE, TaskStatus
@@ -56,13 +57,29 @@ class Outcome:
 
 @dataclass
 class RunningTask:
-    """An attempt in progress: what shutdown needs to stop it and settle it."""
+    """An attempt in progress: what shutdown, cancellation and time limits need to stop and settle it."""
 
     record: TaskRecord
     message: Message
     context: TaskContext
     must_complete: bool
     thread_id: int
+    #: `time.monotonic()` at which the attempt exceeds its `timeout`, if it has one.
+    deadline: float | None = None
+    #: Why the attempt is being stopped: "cancelled" or "timeout" (None: it is not).
+    stop_reason: str | None = None
+    stop_requested_at: float = 0.0
+    forced: bool = False
+    #: True only while the task's own code runs; a forced stop may land only then (guarded by `lock`).
+    in_user_code: bool = True
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def ask_to_stop(self, reason: str) -> None:
+        """Make `should_stop()` true, remembering why (the first reason wins)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.stop_requested_at = time.monotonic()
+        self.context.request_stop()
 
 
 class Executor:
@@ -186,6 +203,15 @@ class Executor:
     ) -> Outcome:
         if record.owner is not None and self.owner_alive(record.owner):
             return self._recheck_later(record, message)
+        if record.cancel_requested_at is not None:
+            done = self._finish(
+                record.id,
+                record.attempt,
+                TaskStatus.CANCELLED,
+                reason="cancelled",
+                error_message=f"cancelled; its worker {record.owner} died before it stopped",
+            )
+            return Outcome(Settle.ACK, TaskStatus.CANCELLED if done else None, "cancelled")
         # The owner died mid-task: the task was interrupted, and its opt-in decides what happens next.
         if task is not None and task.options.requeue_on_interrupt:
             logger.warning(
@@ -321,21 +347,50 @@ class Executor:
         )
         if self._stopping:
             ctx.request_stop()
-        self.running[record.id] = RunningTask(
-            record, message, ctx, task.options.must_complete, threading.get_ident()
+        timeout = task.options.timeout
+        run = RunningTask(
+            record,
+            message,
+            ctx,
+            task.options.must_complete,
+            threading.get_ident(),
+            deadline=time.monotonic() + timeout if timeout else None,
         )
+        self.running[record.id] = run
         token = activate(ctx)
+        failure: BaseException | None = None
+        value: Any = None
         try:
-            value = task.run(ctx, bound)
-            if inspect.isawaitable(value):
-                value = asyncio.run(_await(value))
+            try:
+                value = task.run(ctx, bound)
+                if inspect.isawaitable(value):
+                    value = asyncio.run(_await(value))
+            finally:
+                leave_user_code(run)
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            return self._failed(record, message, task, exc)
+            failure = exc
         finally:
             deactivate(token)
             self.running.pop(record.id, None)
+        if run.stop_reason == "cancelled":
+            self._finish(
+                record.id,
+                attempt,
+                TaskStatus.CANCELLED,
+                reason="cancelled",
+                error_message="cancelled while running" + (" (stopped by force)" if run.forced else ""),
+            )
+            logger.info("task %s cancelled while running", record.id)
+            return Outcome(Settle.ACK, TaskStatus.CANCELLED, "cancelled", ran=True)
+        if run.stop_reason == "timeout":
+            failure = TimeLimitExceeded(
+                f"attempt {attempt} ran past its time limit of {timeout} s"
+                + (" and was stopped by force" if run.forced else "")
+            )
+        if failure is not None:
+            return self._failed(record, message, task, failure)
         try:
             result = encode_json_value(value, "the return value")
         except ArgumentEncodingError as exc:
@@ -396,7 +451,10 @@ class Executor:
                 return Outcome(Settle.ACK, TaskStatus.RETRYING, ran=True)
             return Outcome(Settle.ACK, None, "lost_claim", ran=True)
         ttl = self.app.settings.history_ttl if task.options.persist else self.app.settings.result_ttl
-        self._finish(record.id, attempt, TaskStatus.FAILED, expires_at=time.time() + ttl, **error)
+        reason = "timeout" if isinstance(exc, TimeLimitExceeded) else None
+        self._finish(
+            record.id, attempt, TaskStatus.FAILED, reason=reason, expires_at=time.time() + ttl, **error
+        )
         logger.warning("task %s failed on attempt %d: %s", record.id, attempt, error["error_type"])
         return Outcome(Settle.ACK, TaskStatus.FAILED, ran=True)
 
@@ -438,6 +496,18 @@ class Executor:
                 logger.warning("store write failed (%s); retrying", mask_text(str(exc)))
                 time.sleep(pause)
                 pause = min(pause * 2, 1.0)
+
+
+def leave_user_code(run: RunningTask) -> None:
+    """Mark the task's code as left and withdraw any forced stop not yet delivered to this thread.
+
+    A forced stop raised after this point would land in the executor's own bookkeeping; the supervisor
+    sends one only while `in_user_code` is true, under the same lock.
+    """
+    with run.lock:
+        run.in_user_code = False
+        if run.forced:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(run.thread_id), None)
 
 
 async def _await(value: Any) -> Any:

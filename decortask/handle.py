@@ -87,6 +87,19 @@ class TaskHandle(Generic[R]):
     def logs(self) -> list[LogLine]:
         return self.record().logs
 
+    def cancel(self) -> bool:
+        """Cancel the task: if it has not started it never will; if it runs, it is asked to stop.
+
+        Returns False if the task had already ended. See `decortask.control.request_cancel`.
+        """
+        from .control import request_cancel
+
+        return request_cancel(self.app, self.id)
+
+    async def acancel(self) -> bool:
+        """Async `cancel()`."""
+        return await asyncio.to_thread(self.cancel)
+
     def done(self) -> bool:
         """True once the task reached a terminal state."""
         return self.record().status.terminal

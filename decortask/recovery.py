@@ -37,6 +37,20 @@ def interrupt(app: Decortask, record: TaskRecord, message: Message | None, reaso
     """
     task = app.registry.find(record.name)
     now = time.time()
+    current = app.store.get(record.id)
+    if current is not None and current.cancel_requested_at is not None:
+        # A cancelled task is never requeued, whoever interrupts it.
+        done = app.store.transition(
+            record.id,
+            TaskStatus.CANCELLED,
+            expect={TaskStatus.RUNNING},
+            expect_attempt=record.attempt,
+            reason="cancelled",
+            error_message=f"cancelled; its worker stopped ({reason}) before it did",
+            finished_at=now,
+            expires_at=now + app.settings.history_ttl,
+        )
+        return TaskStatus.CANCELLED if done is not None else None
     if task is not None and task.options.requeue_on_interrupt:
         nxt = _next_message(record, message)
         entry = ScheduleEntry(

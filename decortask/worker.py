@@ -28,6 +28,7 @@ from .message import decode
 from .pools import Pool, make_pool
 from .scheduler import Scheduler
 from .security import mask_text
+from .supervision import Supervisor
 
 if TYPE_CHECKING:
     from .app import Decortask
@@ -77,6 +78,7 @@ class Worker:
         self.id = worker_id or new_worker_id()
         self.executor = Executor(app, self.id, owner_alive=self.owner_alive)
         self.scheduler = Scheduler(app, self.id)
+        self.supervisor = Supervisor(app, self.executor)
         self.stats = WorkerStats()
         self.grace = app.settings.shutdown_grace if grace is None else grace
         self._stop = threading.Event()
@@ -218,6 +220,7 @@ class Worker:
             if now >= next_purge:
                 self._purge_expired()
                 next_purge = now + PURGE_INTERVAL
+            self._supervise()
             deliveries = self._drain(session, timeout=0.005 if self._in_flight else 0.05)
             self._backlog.extend(deliveries)
             self._fill(pool)
@@ -243,6 +246,7 @@ class Worker:
         while self._in_flight:
             if self._interrupt_now.is_set() or time.monotonic() >= deadline:
                 self._interrupt_running(session)
+            self._supervise()
             self._settle_ready(session, block=True)
         self._tick_scheduler()  # publish the next attempts of requeued tasks before exiting
 
@@ -327,6 +331,12 @@ class Worker:
                     "could not settle a delivery (%s); the broker will redeliver it", type(exc).__name__
                 )
             block = False
+
+    def _supervise(self) -> None:
+        try:
+            self.supervisor.tick()
+        except Exception as exc:  # supervision must never stop the loop that settles messages
+            logger.warning("supervising running tasks failed (%s)", mask_text(str(exc)))
 
     def _reap(self) -> None:
         try:

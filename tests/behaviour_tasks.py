@@ -102,3 +102,47 @@ def fails_first_counted(ctx: TaskContext) -> int:
     if ctx.attempt == 1:
         raise ConnectionError("first attempt fails on purpose")
     return ctx.attempt
+
+
+@task(name="bt.cooperative")
+def cooperative(ctx: TaskContext, seconds: float) -> str:
+    """Works in short steps and stops as soon as it is asked to."""
+    record_effect(ctx, "started")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if ctx.should_stop():
+            record_effect(ctx, "stopped")
+            return "stopped early"
+        time.sleep(0.05)
+    record_effect(ctx, "finished")
+    return "finished"
+
+
+@task(name="bt.stubborn", requeue_on_interrupt=True)
+def stubborn(ctx: TaskContext, seconds: float) -> str:
+    """Ignores should_stop(): only a forced stop ends it early (it is opted in, and still never requeued)."""
+    record_effect(ctx, "started")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    record_effect(ctx, "finished")
+    return "finished"
+
+
+@task(name="bt.over_time_limit", timeout=1.0, retries=1)
+def over_time_limit(ctx: TaskContext) -> str:
+    record_effect(ctx, "started")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    record_effect(ctx, "finished")
+    return "finished"
+
+
+@task(name="bt.stops_at_time_limit", timeout=1.0)
+def stops_at_time_limit(ctx: TaskContext) -> str:
+    record_effect(ctx, "started")
+    while not ctx.should_stop():
+        time.sleep(0.05)
+    record_effect(ctx, "stopped")
+    return "partial"

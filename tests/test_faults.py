@@ -268,3 +268,53 @@ def test_f07_a_healthy_task_outliving_the_redis_visibility_timeout_runs_once(fau
     # The duplicate did happen: Redis handed the unacked message out again and a worker parked it.
     logs = first.log_tail(500) + second.log_tail(500)
     assert f"task {handle.id} is running on" in logs and "this delivery is parked" in logs
+
+
+def test_f21_cancel_a_pending_and_a_running_task(faults: Faults) -> None:
+    running = bt.cooperative.delay(30.0)
+    with faults.worker("w1", concurrency=1) as worker:
+        _wait_running(faults, running, worker)
+        waiting = bt.cooperative.delay(30.0)  # concurrency 1: this one waits behind the running one
+        assert waiting.cancel() is True
+        assert waiting.status is TaskStatus.CANCELLED
+        assert running.cancel() is True
+        stopped = _final(running)
+        assert (stopped.status, stopped.reason) == (TaskStatus.CANCELLED, "cancelled")
+        time.sleep(LEASE + 1)  # nothing comes back: neither is requeued
+    assert faults.effects_of(running) == [(1, "started"), (1, "stopped")]
+    assert faults.effects_of(waiting) == []
+    assert (running.status, waiting.status) == (TaskStatus.CANCELLED, TaskStatus.CANCELLED)
+    assert running.cancel() is False  # already ended
+
+
+def test_f21_a_task_ignoring_the_request_is_stopped_by_force_after_cancel_grace(faults: Faults) -> None:
+    handle = bt.stubborn.delay(60.0)
+    with faults.worker("w1", env={"DECORTASK_CANCEL_GRACE": "1"}) as worker:
+        _wait_running(faults, handle, worker)
+        asked = time.monotonic()
+        handle.cancel()
+        result = _final(handle)
+        assert time.monotonic() - asked < 15
+        assert (result.status, result.reason) == (TaskStatus.CANCELLED, "cancelled")
+        assert "by force" in (result.error_message or "")
+        follow_up = bt.add.delay(2, 2)
+        assert follow_up.get(timeout=30) == 4  # the worker keeps serving
+    assert faults.effects_of(handle) == [(1, "started")]
+
+
+def test_time_limit_stops_by_force_and_retries_then_fails_with_reason_timeout(faults: Faults) -> None:
+    handle = bt.over_time_limit.delay()
+    with faults.worker("w1", env={"DECORTASK_TIMEOUT_GRACE": "0.5"}):
+        result = _final(handle, timeout=60)
+    assert (result.status, result.reason, result.attempts) == (TaskStatus.FAILED, "timeout", 2)
+    assert result.error_type == "decortask.errors.TimeLimitExceeded"
+    assert faults.effects_of(handle) == [(1, "started"), (2, "started")]
+
+
+def test_time_limit_turns_should_stop_true_first(faults: Faults) -> None:
+    handle = bt.stops_at_time_limit.delay()
+    with faults.worker("w1"):
+        result = _final(handle)
+    assert (result.status, result.reason) == (TaskStatus.FAILED, "timeout")
+    assert "stopped by force" not in (result.error_message or "")
+    assert faults.effects_of(handle) == [(1, "started"), (1, "stopped")]

@@ -31,6 +31,7 @@ MUTABLE_FIELDS = frozenset(
         "progress",
         "progress_message",
         "deliveries",
+        "cancel_requested_at",
     }
 )
 
@@ -96,6 +97,7 @@ class TaskRecord:
     parent_id: str | None = None
     root_id: str | None = None
     deliveries: int = 0
+    cancel_requested_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; `from_dict` inverts it exactly."""

@@ -1,0 +1,84 @@
+"""Watches running attempts from the worker loop: time limits and cancellation requests.
+
+A task is first asked to stop (`ctx.should_stop()` turns true); past its grace period it is stopped by
+force. On the thread pool that means raising `TaskInterrupted` in the task's thread, which Python
+delivers at the next bytecode the thread runs: code blocked inside one long C call (a single long
+`time.sleep`, a socket read) is stopped when that call returns.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from .errors import TaskInterrupted
+from .security import mask_text
+
+if TYPE_CHECKING:
+    from .app import Decortask
+    from .executor import Executor, RunningTask
+
+logger = logging.getLogger("decortask.worker")
+
+#: How often the store is asked whether a running task was cancelled (a broadcast would be faster).
+CANCEL_POLL = 0.5
+
+
+class Supervisor:
+    """One worker's watch over its running attempts; `tick()` is called from the worker loop."""
+
+    def __init__(self, app: Decortask, executor: Executor) -> None:
+        self.app = app
+        self.executor = executor
+        self._next_cancel_poll = 0.0
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        running = list(self.executor.running.values())
+        if not running:
+            return
+        poll_cancel = now >= self._next_cancel_poll
+        if poll_cancel:
+            self._next_cancel_poll = now + CANCEL_POLL
+        for run in running:
+            if run.deadline is not None and now >= run.deadline:
+                if run.stop_reason is None:
+                    logger.warning("task %s reached its time limit; asking it to stop", run.record.id)
+                run.ask_to_stop("timeout")
+            if poll_cancel and run.stop_reason != "cancelled" and self._cancel_requested(run):
+                logger.info("task %s: cancellation requested; asking it to stop", run.record.id)
+                run.ask_to_stop("cancelled")
+            if run.stop_reason is not None and not run.forced:
+                grace = (
+                    self.app.settings.cancel_grace
+                    if run.stop_reason == "cancelled"
+                    else self.app.settings.timeout_grace
+                )
+                if now - run.stop_requested_at >= grace:
+                    force_stop(run)
+
+    def _cancel_requested(self, run: RunningTask) -> bool:
+        try:
+            record = self.app.store.get(run.record.id)
+        except Exception as exc:
+            logger.warning(
+                "could not check task %s for cancellation (%s)", run.record.id, mask_text(str(exc))
+            )
+            return False
+        return record is not None and record.cancel_requested_at is not None
+
+
+def force_stop(run: RunningTask) -> bool:
+    """Raise `TaskInterrupted` in the task's thread if its own code is still running; True if sent."""
+    with run.lock:
+        if not run.in_user_code or run.forced:
+            return False
+        sent = ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(run.thread_id), ctypes.py_object(TaskInterrupted)
+        )
+        run.forced = sent == 1
+    if run.forced:
+        logger.warning("task %s did not stop within its grace period; stopping it by force", run.record.id)
+    return run.forced
