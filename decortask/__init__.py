@@ -27,12 +27,13 @@ from .errors import (
 from .handle import TaskHandle, TaskResult
 from .registry import registry
 from .states import TaskStatus
-from .task import Task, task
+from .task import AsyncTask, Task, task
 
 __version__ = "0.1.0"
 
 __all__ = [
     # defining and calling tasks
+    "AsyncTask",
     "Task",
     "TaskContext",
     "TaskHandle",

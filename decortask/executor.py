@@ -15,12 +15,14 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .aioloop import EventLoopThread
 from .context import TaskContext, activate, deactivate
-from .errors import ArgumentEncodingError, StoreError, TimeLimitExceeded
+from .errors import ArgumentEncodingError, StoreError, TaskInterrupted, TimeLimitExceeded
 from .message import Message, encode_json_value
 from .security import mask_text
 from .states import CLAIMABLE, TaskStatus
@@ -73,6 +75,8 @@ class RunningTask:
     #: True only while the task's own code runs; a forced stop may land only then (guarded by `lock`).
     in_user_code: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: For an `async def` task: its coroutine's future on the worker's event loop (cancel it to stop it).
+    async_future: Future[Any] | None = None
 
     def ask_to_stop(self, reason: str) -> None:
         """Make `should_stop()` true, remembering why (the first reason wins)."""
@@ -100,6 +104,7 @@ class Executor:
         self.store_retry_seconds = store_retry_seconds
         #: Attempts running now, by task id (read by the worker's shutdown; dict updates are atomic).
         self.running: dict[str, RunningTask] = {}
+        self.event_loop = EventLoopThread()
         self._stopping = False
 
     def request_stop_all(self) -> None:
@@ -363,14 +368,17 @@ class Executor:
         try:
             try:
                 value = task.run(ctx, bound)
-                if inspect.isawaitable(value):
+                if inspect.iscoroutine(value):
+                    run.async_future = self.event_loop.submit(ctx, value)
+                    value = run.async_future.result()
+                elif inspect.isawaitable(value):
                     value = asyncio.run(_await(value))
             finally:
                 leave_user_code(run)
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            failure = exc
+            failure = TaskInterrupted() if isinstance(exc, CancelledError) and run.forced else exc
         finally:
             deactivate(token)
             self.running.pop(record.id, None)

@@ -71,10 +71,17 @@ class Supervisor:
 
 
 def force_stop(run: RunningTask) -> bool:
-    """Raise `TaskInterrupted` in the task's thread if its own code is still running; True if sent."""
+    """Stop the attempt by force if its own code still runs; True if a stop was sent.
+
+    An `async def` task's coroutine is cancelled on the event loop; a sync task gets `TaskInterrupted`
+    raised in its thread.
+    """
     with run.lock:
         if not run.in_user_code or run.forced:
             return False
+        if run.async_future is not None:
+            run.forced = run.async_future.cancel()
+            return run.forced
         sent = ctypes.pythonapi.PyThreadState_SetAsyncExc(
             ctypes.c_ulong(run.thread_id), ctypes.py_object(TaskInterrupted)
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import sys
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
@@ -279,15 +279,33 @@ class Task(Generic[P, R]):
         )
 
 
+class AsyncTask(Task[P, R]):
+    """A task defined with `async def`: calling it directly returns a coroutine; workers await it."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:  # type: ignore[override]
+        result: Coroutine[Any, Any, R] = super().__call__(*args, **kwargs)  # type: ignore[assignment]
+        return result
+
+
 class TaskDecorator(Protocol):
     """What `@task(...)` with options returns."""
 
+    @overload
+    def __call__(
+        self, fn: Callable[Concatenate[TaskContext, P], Coroutine[Any, Any, R]]
+    ) -> AsyncTask[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> AsyncTask[P, R]: ...
     @overload
     def __call__(self, fn: Callable[Concatenate[TaskContext, P], R]) -> Task[P, R]: ...
     @overload
     def __call__(self, fn: Callable[P, R]) -> Task[P, R]: ...
 
 
+@overload
+def task(fn: Callable[Concatenate[TaskContext, P], Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...
+@overload
+def task(fn: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...
 @overload
 def task(fn: Callable[Concatenate[TaskContext, P], R], /) -> Task[P, R]: ...
 @overload
@@ -321,7 +339,8 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     def decorate(func: Callable[..., Any]) -> Task[Any, Any]:
         if not callable(func):
             raise TaskDefinitionError(f"@task decorates functions, got {func!r}")
-        made: Task[Any, Any] = Task(func, build_options(func, options))
+        kind = AsyncTask if inspect.iscoroutinefunction(func) else Task
+        made: Task[Any, Any] = kind(func, build_options(func, options))
         registry.register(made)
         return made
 

@@ -202,6 +202,7 @@ class Worker:
             pool.shutdown(wait=False)
             session.close()
             beating.set()
+            self.executor.event_loop.close()
         return 0
 
     def _consume(self, session: ConsumerSession, pool: Pool) -> None:

@@ -7,6 +7,7 @@ imports `tests.behaviour_tasks`) agree. Every execution is appended to the effec
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -146,3 +147,19 @@ def stops_at_time_limit(ctx: TaskContext) -> str:
         time.sleep(0.05)
     record_effect(ctx, "stopped")
     return "partial"
+
+
+@task(name="bt.async_add")
+async def async_add(ctx: TaskContext, a: int, b: int) -> int:
+    await asyncio.sleep(0.01)
+    task_log("added asynchronously", worker=ctx.worker_id != "")
+    return a + b
+
+
+@task(name="bt.async_sleeper")
+async def async_sleeper(ctx: TaskContext, seconds: float) -> str:
+    """Awaits without checking should_stop(): only cancelling the coroutine ends it early."""
+    record_effect(ctx, "started")
+    await asyncio.sleep(seconds)
+    record_effect(ctx, "finished")
+    return "slept"

@@ -266,3 +266,17 @@ def test_async_wait_times_out_without_blocking_the_loop(memory_app: Decortask) -
 
     with pytest.raises(WaitTimeout):
         asyncio.run(wait_briefly())
+
+
+@task(name="exec.async_double")
+async def async_double(ctx: TaskContext, x: int) -> int:
+    await asyncio.sleep(0)
+    task_log("inside the coroutine", task=get_task_context().task_id == ctx.task_id)
+    return x * 2
+
+
+def test_async_tasks_run_on_the_event_loop_with_their_context(memory_app: Decortask) -> None:
+    handle = async_double.delay(21)
+    run_pending(memory_app)
+    assert handle.get(timeout=1) == 42
+    assert [(line.message, line.extra) for line in handle.logs] == [("inside the coroutine", {"task": True})]

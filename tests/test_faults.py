@@ -318,3 +318,24 @@ def test_time_limit_turns_should_stop_true_first(faults: Faults) -> None:
     assert (result.status, result.reason) == (TaskStatus.FAILED, "timeout")
     assert "stopped by force" not in (result.error_message or "")
     assert faults.effects_of(handle) == [(1, "started"), (1, "stopped")]
+
+
+def test_one_worker_runs_sync_and_async_tasks_side_by_side(faults: Faults) -> None:
+    sync_handles = [bt.add.delay(n, 1) for n in range(20)]
+    async_handles = [bt.async_add.delay(n, 2) for n in range(20)]
+    with faults.worker("w1", concurrency=4):
+        assert [h.get(timeout=60) for h in sync_handles] == [n + 1 for n in range(20)]
+        assert [h.get(timeout=60) for h in async_handles] == [n + 2 for n in range(20)]
+    logs = async_handles[0].logs
+    assert [(line.message, line.extra) for line in logs] == [("added asynchronously", {"worker": True})]
+
+
+def test_cancelling_an_async_task_cancels_its_coroutine(faults: Faults) -> None:
+    handle = bt.async_sleeper.delay(60.0)
+    with faults.worker("w1", env={"DECORTASK_CANCEL_GRACE": "0.5"}) as worker:
+        _wait_running(faults, handle, worker)
+        handle.cancel()
+        result = _final(handle)
+        assert (result.status, result.reason) == (TaskStatus.CANCELLED, "cancelled")
+        assert bt.async_add.delay(1, 1).get(timeout=30) == 2  # the loop keeps serving
+    assert faults.effects_of(handle) == [(1, "started")]

@@ -27,3 +27,14 @@ add.delay(1, 2, 3)  # error
 add.delay(1, c=2)  # error
 send_invoice.delay("42")  # error
 wrong: TaskHandle[str] = add.delay(1, 2)  # error
+
+
+@task
+async def fetch(ctx: TaskContext, url: str) -> bytes:
+    return url.encode()
+
+
+ok_async: TaskHandle[bytes] = fetch.delay("https://example.invalid")
+fetched: bytes = fetch.delay("x").get()
+fetch.delay(1)  # error
+wrong_async: TaskHandle[str] = fetch.delay("x")  # error

@@ -1,0 +1,51 @@
+"""One event loop per worker for `async def` tasks, so a worker can mix sync and async tasks.
+
+The pool thread that picked up an async task submits its coroutine to this loop and waits for it; many
+coroutines share the loop while they await. Cancelling the returned future cancels the coroutine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from typing import Any
+
+from .context import TaskContext, activate, deactivate
+
+
+class EventLoopThread:
+    """A daemon thread running an asyncio loop, started on first use."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name="decortask-asyncio", daemon=True)
+                thread.start()
+                self._loop = loop
+            return self._loop
+
+    def submit(self, ctx: TaskContext, coroutine: Coroutine[Any, Any, Any]) -> Future[Any]:
+        """Run `coroutine` on the loop with `ctx` as its task context; returns a thread-safe future."""
+        return asyncio.run_coroutine_threadsafe(_in_context(ctx, coroutine), self._running_loop())
+
+    def close(self) -> None:
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+
+
+async def _in_context(ctx: TaskContext, coroutine: Coroutine[Any, Any, Any]) -> Any:
+    # The loop thread has its own contextvars; the task's context must be current inside the coroutine.
+    token = activate(ctx)
+    try:
+        return await coroutine
+    finally:
+        deactivate(token)
