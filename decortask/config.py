@@ -133,6 +133,20 @@ class Settings:
             raise ConfigurationError("setting accept_plaintext must be True or False")
         check_keys(self.encryption_keys)
 
+    def __repr__(self) -> str:
+        # Settings get printed and logged: URLs appear with their passwords masked, keys not at all.
+        from .security import mask_url
+
+        shown = []
+        for spec in fields(self):
+            if not spec.repr:
+                continue
+            value = getattr(self, spec.name)
+            if spec.name.endswith("_url"):
+                value = mask_url(value)
+            shown.append(f"{spec.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import DecortaskError
-from .security import mask_text
+from .security import mask_fields, mask_text
 from .store.base import LogLine
 
 logger = logging.getLogger("decortask.task")
@@ -62,7 +62,9 @@ class TaskContext:
 
     def log(self, message: str, **extra: Any) -> None:
         """Same as `task_log()` for this task."""
-        line = LogLine(ts=time.time(), message=mask_text(str(message)), attempt=self.attempt, extra=extra)
+        line = LogLine(
+            ts=time.time(), message=mask_text(str(message)), attempt=self.attempt, extra=mask_fields(extra)
+        )
         logger.info("[%s %s] %s", self.name, self.task_id, line.message)
         if self._log_sink is not None:
             try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigurationError
@@ -35,6 +35,22 @@ def mask_url(url: str) -> str:
         host = f"{host}:{parts.port}"
     netloc = f"{parts.username or ''}:{MASK}@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+_SECRET_KEY = re.compile(r"(?i)(password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|auth)")
+
+
+def mask_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `values` with secret-looking keys masked and secrets inside strings masked."""
+    masked: dict[str, Any] = {}
+    for key, value in values.items():
+        if _SECRET_KEY.search(key):
+            masked[key] = MASK
+        elif isinstance(value, str):
+            masked[key] = mask_text(value)
+        else:
+            masked[key] = value
+    return masked
 
 
 def mask_text(text: str) -> str:

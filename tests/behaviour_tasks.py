@@ -163,3 +163,11 @@ async def async_sleeper(ctx: TaskContext, seconds: float) -> str:
     await asyncio.sleep(seconds)
     record_effect(ctx, "finished")
     return "slept"
+
+
+@task(name="bt.leaks_a_secret")
+def leaks_a_secret(url: str) -> None:
+    """Logs and raises with a connection URL in the text, as careless task code does."""
+    task_log(f"connecting to {url}")
+    task_log("retrying", password="hunter2-in-extra", note=f"via {url}")
+    raise ConnectionError(f"could not connect to {url} (password=hunter2)")
