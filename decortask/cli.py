@@ -14,6 +14,7 @@ import click
 
 from .app import Decortask, current_app
 from .errors import DecortaskError
+from .pools import POOL_KINDS
 from .security import mask_text
 from .states import TaskStatus
 from .store.base import TaskQuery
@@ -68,7 +69,13 @@ def main() -> None:
 @click.option("-A", "--app", "app_target", help="Module defining your tasks (pkg.tasks or pkg.tasks:app).")
 @click.option("-c", "--concurrency", default=4, show_default=True, type=click.IntRange(1, 1024))
 @click.option("-Q", "--queues", default=None, help="Comma-separated queues (default: the default queue).")
-@click.option("--pool", default="threads", show_default=True, type=click.Choice(["threads"]))
+@click.option(
+    "--pool",
+    default="threads",
+    show_default=True,
+    type=click.Choice(list(POOL_KINDS)),
+    help="threads: tasks run in this process; processes: in -c spawned child processes.",
+)
 @click.option("--burst", is_flag=True, help="Exit once the queues and the schedule are empty.")
 @click.option(
     "--grace",
@@ -108,7 +115,10 @@ def worker(
         app.transport.check()
         app.store.count_schedule()  # opens the store now, so a bad URL or file fails before consuming
         names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
-        runner = Worker(app, names, concurrency=concurrency, pool=pool, burst=burst, grace=grace)
+        modules = [app_target.partition(":")[0]] if app_target else []  # a pool child imports the same
+        runner = Worker(
+            app, names, concurrency=concurrency, pool=pool, burst=burst, grace=grace, app_modules=modules
+        )
         runner.install_signal_handlers()
         code = runner.run()
     except DecortaskError as exc:

@@ -78,6 +78,10 @@ class RunningTask:
     #: For an `async def` task: its coroutine's future on the worker's event loop (cancel it to stop it).
     async_future: Future[Any] | None = None
 
+    @property
+    def task_id(self) -> str:
+        return self.record.id
+
     def ask_to_stop(self, reason: str) -> None:
         """Make `should_stop()` true, remembering why (the first reason wins)."""
         if self.stop_reason is None:
@@ -104,8 +108,25 @@ class Executor:
         self.store_retry_seconds = store_retry_seconds
         #: Attempts running now, by task id (read by the worker's shutdown; dict updates are atomic).
         self.running: dict[str, RunningTask] = {}
+        #: Ids of attempts claimed here whose outcome is not written yet (a superset of `running`'s keys).
+        self.settling: set[str] = set()
         self.event_loop = EventLoopThread()
+        #: Called with each attempt just before its code runs (a process-pool child reports it to its parent).
+        self.on_start: Callable[[RunningTask], None] | None = None
         self._stopping = False
+
+    def is_orphan(self, record: TaskRecord) -> bool:
+        """A RUNNING record this worker owns but no longer runs (its outcome could not be written).
+
+        Only once it was claimed longer than `lease_timeout` ago: between a claim and the start of the
+        task's code, a record is owned here and not yet in `running`.
+        """
+        return (
+            record.owner == self.worker_id
+            and record.id not in self.running
+            and record.id not in self.settling
+            and time.time() - (record.started_at or 0.0) > self.app.settings.lease_timeout
+        )
 
     def request_stop_all(self) -> None:
         """Make `should_stop()` true for every running task, and for tasks that start from now on."""
@@ -206,7 +227,7 @@ class Executor:
     def _receive_running(
         self, record: TaskRecord, message: Message, queue: str, task: Task[Any, Any] | None
     ) -> Outcome:
-        if record.owner is not None and self.owner_alive(record.owner):
+        if record.owner is not None and not self.is_orphan(record) and self.owner_alive(record.owner):
             return self._recheck_later(record, message)
         if record.cancel_requested_at is not None:
             done = self._finish(
@@ -325,6 +346,14 @@ class Executor:
         return self._run(claimed, message, queue, task)
 
     def _run(self, record: TaskRecord, message: Message, queue: str, task: Task[Any, Any]) -> Outcome:
+        # From the claim until its outcome is written the attempt is live here, even after its code returned.
+        self.settling.add(record.id)
+        try:
+            return self._run_claimed(record, message, queue, task)
+        finally:
+            self.settling.discard(record.id)
+
+    def _run_claimed(self, record: TaskRecord, message: Message, queue: str, task: Task[Any, Any]) -> Outcome:
         store = self.app.store
         attempt = record.attempt
         try:
@@ -362,6 +391,8 @@ class Executor:
             deadline=time.monotonic() + timeout if timeout else None,
         )
         self.running[record.id] = run
+        if self.on_start is not None:
+            self.on_start(run)
         token = activate(ctx)
         failure: BaseException | None = None
         value: Any = None
@@ -446,7 +477,8 @@ class Executor:
                     scheduled_for=entry.due_at,
                     deliveries=0,  # the attempt settled (it raised); the next one starts a fresh count
                     **error,
-                )
+                ),
+                patient=True,
             )
             if done is not None:
                 logger.info(
@@ -466,6 +498,42 @@ class Executor:
         logger.warning("task %s failed on attempt %d: %s", record.id, attempt, error["error_type"])
         return Outcome(Settle.ACK, TaskStatus.FAILED, ran=True)
 
+    def settle_stopped(self, record: TaskRecord, message: Message, reason: str) -> Outcome:
+        """Write the outcome of an attempt stopped by force in another process (a process-pool child).
+
+        Args:
+            record: the attempt's RUNNING record.
+            message: the message that started it.
+            reason: why it was stopped: `cancelled` (ends CANCELLED) or `timeout` (a failed attempt with
+                `TimeLimitExceeded`: retried if retries remain, else FAILED `timeout`).
+        """
+        task = self.app.registry.find(record.name)
+        if reason == "timeout":
+            limit = f" of {task.options.timeout} s" if task is not None else ""
+            exc = TimeLimitExceeded(
+                f"attempt {record.attempt} ran past its time limit{limit} and was stopped by force"
+            )
+            if task is not None:
+                return self._failed(record, message, task, exc)
+            done = self._finish(
+                record.id,
+                record.attempt,
+                TaskStatus.FAILED,
+                reason="timeout",
+                error_type="decortask.errors.TimeLimitExceeded",
+                error_message=str(exc),
+            )
+            return Outcome(Settle.ACK, TaskStatus.FAILED if done else None, "timeout", ran=True)
+        done = self._finish(
+            record.id,
+            record.attempt,
+            TaskStatus.CANCELLED,
+            reason="cancelled",
+            error_message="cancelled while running (stopped by force)",
+        )
+        logger.info("task %s cancelled while running", record.id)
+        return Outcome(Settle.ACK, TaskStatus.CANCELLED if done else None, "cancelled", ran=True)
+
     # -- store writes --------------------------------------------------------------------------------------
 
     def _finish(
@@ -483,7 +551,8 @@ class Executor:
         done = self._write(
             lambda: self.app.store.transition(
                 task_id, status, expect={expect}, expect_attempt=attempt, **changes
-            )
+            ),
+            patient=True,
         )
         if done is None:
             logger.warning(
@@ -491,19 +560,24 @@ class Executor:
             )
         return done
 
-    def _write(self, step: Callable[[], T]) -> T:
-        """Run a store call, retrying while the store is busy or briefly unreachable."""
+    def _write(self, step: Callable[[], T], patient: bool = False) -> T:
+        """Run a store call, retrying while the store is busy or briefly unreachable.
+
+        With `patient`, used for the outcome of an attempt that already ran, it keeps trying past the
+        budget until the write lands or the worker shuts down: giving up would leave the record RUNNING
+        under a live worker, and the outcome (a result, an error) lost with it.
+        """
         deadline = time.monotonic() + self.store_retry_seconds
         pause = 0.05
         while True:
             try:
                 return step()
             except StoreError as exc:
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= deadline and not (patient and not self._stopping):
                     raise
                 logger.warning("store write failed (%s); retrying", mask_text(str(exc)))
                 time.sleep(pause)
-                pause = min(pause * 2, 1.0)
+                pause = min(pause * 2, 5.0 if patient else 1.0)
 
 
 def leave_user_code(run: RunningTask) -> None:

@@ -1,4 +1,8 @@
-"""Execution pools behind one small interface; the worker hands them callables and gets futures back."""
+"""Execution pools behind one small interface; the worker hands them callables and gets futures back.
+
+The process pool (`--pool processes`) lives in `procpool.py`: it runs deliveries, not callables, in
+spawned children, and the worker builds it itself.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,9 @@ from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
+
+#: What `decortask worker --pool` accepts.
+POOL_KINDS = ("threads", "processes")
 
 
 class Pool(Protocol):
@@ -69,9 +76,9 @@ class ThreadPool:
 
 
 def make_pool(kind: str, size: int) -> Pool:
-    """The pool named on the command line (`--pool`)."""
+    """The in-process pool named on the command line (`--pool`); `processes` is `procpool.ProcessPool`."""
     if kind == "threads":
         return ThreadPool(size)
     from .errors import ConfigurationError
 
-    raise ConfigurationError(f"unknown pool {kind!r}; available: threads")
+    raise ConfigurationError(f"unknown pool {kind!r}; available: {', '.join(POOL_KINDS)}")

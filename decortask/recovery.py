@@ -93,7 +93,9 @@ def interrupt(app: Decortask, record: TaskRecord, message: Message | None, reaso
     return None
 
 
-def reap(app: Decortask, owner_alive: Callable[[str], bool]) -> int:
+def reap(
+    app: Decortask, owner_alive: Callable[[str], bool], orphaned: Callable[[TaskRecord], bool] | None = None
+) -> int:
     """Interrupt RUNNING records whose owner stopped heartbeating; returns how many were settled.
 
     Any worker may run this at any time: every change is a compare-and-set on (RUNNING, attempt), so two
@@ -102,7 +104,8 @@ def reap(app: Decortask, owner_alive: Callable[[str], bool]) -> int:
     settled = 0
     running = app.store.list_tasks(TaskQuery(statuses=frozenset({TaskStatus.RUNNING}), limit=REAP_BATCH))
     for record in running:
-        if record.owner is not None and owner_alive(record.owner):
+        lost_here = orphaned is not None and orphaned(record)
+        if record.owner is not None and not lost_here and owner_alive(record.owner):
             continue
         if interrupt(app, record, None, "worker_lost") is not None:
             settled += 1

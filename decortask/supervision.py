@@ -3,15 +3,18 @@
 A task is first asked to stop (`ctx.should_stop()` turns true); past its grace period it is stopped by
 force. On the thread pool that means raising `TaskInterrupted` in the task's thread, which Python
 delivers at the next bytecode the thread runs: code blocked inside one long C call (a single long
-`time.sleep`, a socket read) is stopped when that call returns.
+`time.sleep`, a socket read) is stopped when that call returns. On the process pool the parent asks the
+child over its pipe, and the forced step terminates the child (`procpool.RemoteAttempt`).
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Protocol
 
 from .errors import TaskInterrupted
 from .security import mask_text
@@ -26,29 +29,65 @@ logger = logging.getLogger("decortask.worker")
 CANCEL_POLL = 0.5
 
 
-class Supervisor:
-    """One worker's watch over its running attempts; `tick()` is called from the worker loop."""
+class Supervised(Protocol):
+    """What the supervisor needs of a running attempt, local (`RunningTask`) or in a pool child."""
 
-    def __init__(self, app: Decortask, executor: Executor) -> None:
+    deadline: float | None
+    stop_reason: str | None
+    stop_requested_at: float
+    forced: bool
+
+    @property
+    def task_id(self) -> str: ...
+
+    def ask_to_stop(self, reason: str) -> None: ...
+
+
+class RemotelyStoppable(Supervised, Protocol):
+    """An attempt that stops itself by force (a process-pool child: terminate the child)."""
+
+    def stop_by_force(self) -> bool: ...
+
+
+class Supervisor:
+    """One worker's watch over its running attempts; `tick()` is called from the worker loop.
+
+    Args:
+        app: the worker's app (settings, store).
+        executor: whose `running` attempts run in this process.
+        remote: attempts running elsewhere (process-pool children), if any.
+    """
+
+    def __init__(
+        self,
+        app: Decortask,
+        executor: Executor,
+        remote: Callable[[], Iterable[RemotelyStoppable]] | None = None,
+    ) -> None:
         self.app = app
         self.executor = executor
+        self.remote = remote
         self._next_cancel_poll = 0.0
 
     def tick(self) -> None:
         now = time.monotonic()
-        running = list(self.executor.running.values())
+        running: list[tuple[Supervised, Callable[[], bool]]] = [
+            (run, functools.partial(force_stop, run)) for run in list(self.executor.running.values())
+        ]
+        if self.remote is not None:
+            running += [(run, run.stop_by_force) for run in self.remote()]
         if not running:
             return
         poll_cancel = now >= self._next_cancel_poll
         if poll_cancel:
             self._next_cancel_poll = now + CANCEL_POLL
-        for run in running:
+        for run, force in running:
             if run.deadline is not None and now >= run.deadline:
                 if run.stop_reason is None:
-                    logger.warning("task %s reached its time limit; asking it to stop", run.record.id)
+                    logger.warning("task %s reached its time limit; asking it to stop", run.task_id)
                 run.ask_to_stop("timeout")
             if poll_cancel and run.stop_reason != "cancelled" and self._cancel_requested(run):
-                logger.info("task %s: cancellation requested; asking it to stop", run.record.id)
+                logger.info("task %s: cancellation requested; asking it to stop", run.task_id)
                 run.ask_to_stop("cancelled")
             if run.stop_reason is not None and not run.forced:
                 grace = (
@@ -57,15 +96,13 @@ class Supervisor:
                     else self.app.settings.timeout_grace
                 )
                 if now - run.stop_requested_at >= grace:
-                    force_stop(run)
+                    force()
 
-    def _cancel_requested(self, run: RunningTask) -> bool:
+    def _cancel_requested(self, run: Supervised) -> bool:
         try:
-            record = self.app.store.get(run.record.id)
+            record = self.app.store.get(run.task_id)
         except Exception as exc:
-            logger.warning(
-                "could not check task %s for cancellation (%s)", run.record.id, mask_text(str(exc))
-            )
+            logger.warning("could not check task %s for cancellation (%s)", run.task_id, mask_text(str(exc)))
             return False
         return record is not None and record.cancel_requested_at is not None
 
@@ -87,5 +124,5 @@ def force_stop(run: RunningTask) -> bool:
         )
         run.forced = sent == 1
     if run.forced:
-        logger.warning("task %s did not stop within its grace period; stopping it by force", run.record.id)
+        logger.warning("task %s did not stop within its grace period; stopping it by force", run.task_id)
     return run.forced

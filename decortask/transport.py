@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kombu
@@ -29,6 +30,9 @@ logger = logging.getLogger("decortask.transport")
 DEFAULT_EXCHANGE = Exchange("")
 MAX_PRIORITY = 9
 DEAD_LETTER_SUFFIX = ".dlq"
+#: A consumer that lost its broker tries again after this pause, doubled after each failure up to the max.
+RECONNECT_FIRST_PAUSE = 0.5
+RECONNECT_MAX_PAUSE = 10.0
 _SCHEMES = {"amqp", "amqps", "pyamqp", "redis", "rediss", "memory", "sqlite"}
 #: Errors that mean "the broker is not there right now" across kombu's transports.
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, ConnectionError, socket.timeout)
@@ -51,6 +55,8 @@ class Delivery:
     #: Set when the transport refused the message before decortask could read it (dead-letter reason).
     refused: str | None = None
     refused_detail: str = ""
+    #: The kombu connection it arrived on: once that is lost, the broker has the message back.
+    connection: Any = field(default=None, repr=False, compare=False)
 
 
 class BrokerTransport:
@@ -170,14 +176,41 @@ class BrokerTransport:
         return state
 
     def _drop_producer(self) -> None:
+        """Forget this thread's producer after a failure, closing it without a word to the broker."""
         state = getattr(self._local, "producer", None)
         self._local.producer = None
         if state is not None:
-            with contextlib.suppress(Exception):  # a broken connection may fail to close; it is gone anyway
-                state[0].release()
+            self.abort(state[0])
             with self._lock:
                 if state[0] in self._all_producers:
                     self._all_producers.remove(state[0])
+
+    def _is_amqp(self) -> bool:
+        return self.scheme in ("amqp", "amqps", "pyamqp")
+
+    def abort(self, conn: kombu.Connection) -> None:
+        """Close a connection that failed, at once and without the close handshake.
+
+        A graceful AMQP close waits for the broker's Close-Ok with no time limit, and a broker that blocks
+        publishers (memory or disk alarm) stops reading the socket, so it never answers: `.delay()` would hang
+        for as long as the alarm lasts. The socket is reset instead (SO_LINGER 0): a publish the broker was
+        still holding back unread is discarded with the connection, rather than queued once the alarm
+        clears, after `.delay()` already reported that it failed. Other transports close as usual.
+        """
+        if self._is_amqp():
+            raw = getattr(conn, "_connection", None)  # the py-amqp connection, if it was ever opened
+            # `_transport`, not `transport`: py-amqp's property connects again when the socket is gone.
+            sock = getattr(getattr(raw, "_transport", None), "sock", None)
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    sock.close()
+            collect = getattr(raw, "collect", None)
+            if callable(collect):
+                with contextlib.suppress(Exception):  # tears down py-amqp's state without any network I/O
+                    collect()
+        with contextlib.suppress(Exception):  # a broken connection may fail to close; it is gone anyway
+            conn.release()
 
     def publish(
         self,
@@ -228,6 +261,15 @@ class BrokerTransport:
                 raise
             except Exception as exc:
                 self._drop_producer()
+                if self._is_amqp() and isinstance(exc, (socket.timeout, TimeoutError)):
+                    # The broker took the connection but did not confirm in time: retrying would wait as
+                    # long again (a broker blocking publishers blocks every new connection as well), so the
+                    # caller hears about it now. The reset connection took the unconfirmed message with it.
+                    raise BrokerUnavailable(
+                        f"the broker at {self.url_masked} did not confirm a publish within "
+                        f"confirm_timeout={self.settings.confirm_timeout:g} s; it may be blocking publishers "
+                        "(a memory or disk alarm: see its log and `rabbitmqctl status`), or be overloaded"
+                    ) from None
                 attempts += 1
                 if attempts > self.settings.publish_retries or not _is_connection_error(exc):
                     raise BrokerUnavailable(
@@ -311,37 +353,94 @@ class ConsumerSession:
         self._inbox: list[Delivery] = []
         self._conn: kombu.Connection | None = None
         self._consumer: kombu.Consumer | None = None
+        #: While the connection is lost: when it was lost (monotonic), the attempts since, and the backoff.
+        self.lost_at: float | None = None
+        self.reconnect_attempts = 0
+        self.pause = RECONNECT_FIRST_PAUSE
+        self._retry_at = 0.0
         self.connect()
 
-    def connect(self, retries: int | None = None) -> None:
-        self.close()
-        conn = self.transport.connection()
-        self.transport._connect(
-            conn, retries if retries is not None else self.transport.settings.publish_retries
-        )
-        channel = conn.default_channel
-        channel.basic_qos(
-            0, self.prefetch, False
-        )  # positional: py-amqp and kombu's virtual channels name them differently
-        _guard_channel(channel)
-        bound = [self.transport.queue(name)(channel) for name in self.queues]
-        for queue in bound:
-            queue.declare()
-        self._conn = conn
-        if self.consume:
-            # on_message, not callbacks: kombu then hands over the raw message without deserializing it
-            # (callbacks would decode every body first, and would unpickle a pickle body). Bodies are
-            # decoded only by decortask.message.decode, which accepts JSON alone.
-            consumer = kombu.Consumer(
-                channel,
-                queues=bound,
-                on_message=self._on_message,
-                on_decode_error=self._on_decode_error,
-                no_ack=False,
-                accept=[CONTENT_TYPE],
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    def lost(self) -> None:
+        """The connection failed: drop it at once and start the reconnect backoff.
+
+        Its unacked deliveries are the broker's again (RabbitMQ requeues them as the connection closes,
+        kombu's Redis channel restores them if Redis is still there, a lease on the SQLite broker runs out).
+        """
+        self.close(abort=True)
+        if self.lost_at is None:
+            self.lost_at = self._retry_at = time.monotonic()
+            self.reconnect_attempts = 0
+            self.pause = RECONNECT_FIRST_PAUSE
+
+    def reconnect_due(self) -> bool:
+        """Whether the backoff allows the next reconnect attempt now."""
+        return time.monotonic() >= self._retry_at
+
+    def reconnect(self) -> float:
+        """One reconnect attempt; returns how long the session was without a connection.
+
+        Raises:
+            BrokerUnavailable, or any of `connection_errors`: this attempt failed; the next one is due
+            `pause` seconds from now (0.5 s at first, doubled after each failure up to 10 s).
+        """
+        self.reconnect_attempts += 1
+        try:
+            self.connect(retries=0)
+        except BaseException:
+            self.pause = (
+                self.pause if self.reconnect_attempts == 1 else min(self.pause * 2, RECONNECT_MAX_PAUSE)
             )
-            consumer.consume()
-            self._consumer = consumer
+            self._retry_at = time.monotonic() + self.pause
+            raise
+        down = time.monotonic() - (self.lost_at if self.lost_at is not None else time.monotonic())
+        self.lost_at = None
+        return down
+
+    def connect(self, retries: int | None = None) -> None:
+        """(Re)connect, declare the queues and start consuming; a previous connection is dropped first.
+
+        Raises:
+            BrokerUnavailable: the broker could not be reached within `retries`.
+            Any of `connection_errors`: the broker went away again while the session was being set up.
+        """
+        self.close(abort=True)
+        conn = self.transport.connection()
+        try:
+            self.transport._connect(
+                conn, retries if retries is not None else self.transport.settings.publish_retries
+            )
+            channel = conn.default_channel
+            channel.basic_qos(
+                0, self.prefetch, False
+            )  # positional: py-amqp and kombu's virtual channels name them differently
+            _guard_channel(channel)
+            bound = [self.transport.queue(name)(channel) for name in self.queues]
+            for queue in bound:
+                queue.declare()
+            self._conn = conn
+            if self.consume:
+                # on_message, not callbacks: kombu then hands over the raw message without deserializing
+                # it (callbacks would decode every body first, and would unpickle a pickle body). Bodies
+                # are decoded only by decortask.message.decode, which accepts JSON alone.
+                consumer = kombu.Consumer(
+                    channel,
+                    queues=bound,
+                    on_message=self._on_message,
+                    on_decode_error=self._on_decode_error,
+                    no_ack=False,
+                    accept=[CONTENT_TYPE],
+                )
+                consumer.consume()
+                self._consumer = consumer
+        except BaseException:
+            # Half set up (the broker went away again, or is still starting): never leave it open.
+            self._consumer = self._conn = None
+            self.transport.abort(conn)
+            raise
 
     def _on_decode_error(self, message: Any, exc: BaseException) -> None:
         # kombu could not even build the message; it is refused as undecodable, never retried.
@@ -362,6 +461,7 @@ class ConsumerSession:
                 queue=info.get("routing_key") or self.queues[0],
                 redelivered=bool(info.get("redelivered", False)),
                 raw=message,
+                connection=self._conn,
             )
         )
         compression = getattr(message, "refused_compression", None)
@@ -406,6 +506,9 @@ class ConsumerSession:
         delivery.raw.ack()
 
     def requeue(self, delivery: Delivery) -> None:
+        """Give an unstarted delivery back to the broker (nothing to do if its connection was lost since)."""
+        if delivery.connection is not None and delivery.connection is not self._conn:
+            return  # the broker took it back when that connection went away
         delivery.raw.requeue()
 
     @property
@@ -413,16 +516,26 @@ class ConsumerSession:
         conn = self._conn or self.transport.connection()
         return tuple(conn.connection_errors) + tuple(conn.channel_errors) + _CONNECTION_ERRORS
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Close the connection; with `abort` (after it failed), at once and without talking to the broker.
+
+        Unacked deliveries go back to the broker either way (RabbitMQ requeues them when the connection
+        closes; kombu's Redis channel restores them while it closes).
+        """
         consumer, conn = self._consumer, self._conn
         self._consumer = self._conn = None
+        if conn is None:
+            return
+        if abort:
+            # A cancel or a close handshake on a half-dead connection waits for an answer that never comes.
+            self.transport.abort(conn)
+            return
         # Closing a dead connection may raise; it is closed all the same.
         if consumer is not None:
             with contextlib.suppress(Exception):
                 consumer.cancel()
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.release()
+        with contextlib.suppress(Exception):
+            conn.release()
 
 
 _GUARDED: dict[type, type] = {}

@@ -1,11 +1,13 @@
 """The worker: consumes, hands messages to a pool, and settles outcomes on the consumer thread.
 
 kombu channels are not thread-safe, so acks, requeues, dead letters and scheduler publishes all happen on
-the thread that owns the consumer connection; pool threads only run the executor and hand back an Outcome.
+the thread that owns the consumer connection; pool threads (or process-pool children, `procpool.py`) only
+run the executor and hand back an Outcome.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -15,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from types import FrameType
@@ -25,7 +27,8 @@ from . import recovery
 from .errors import BrokerUnavailable, MessageError
 from .executor import Executor, Outcome, Settle
 from .message import decode
-from .pools import Pool, make_pool
+from .pools import make_pool
+from .procpool import ProcessPool, RemoteAttempt, check_store
 from .scheduler import Scheduler
 from .security import mask_text
 from .supervision import Supervisor
@@ -45,6 +48,41 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+def process_delivery(app: Decortask, executor: Executor, delivery: Delivery) -> Outcome:
+    """Decode, validate and execute one delivery; bad input becomes a dead-letter outcome.
+
+    What a pool thread runs, and what a process-pool child runs for each delivery its parent sends.
+    """
+    if delivery.refused is not None:
+        return Outcome(Settle.DEAD_LETTER, None, delivery.refused, delivery.refused_detail)
+    try:
+        message = decode(
+            delivery.body,
+            delivery.content_type,
+            app.settings.max_payload_bytes,
+            cipher=app.cipher,
+        )
+    except MessageError as exc:
+        status = executor.refuse(exc.task_id, exc.reason, exc.detail) if exc.task_id else None
+        return Outcome(Settle.DEAD_LETTER, status, exc.reason, exc.detail)
+    except Exception as exc:
+        # Whatever else a body can make the decoder raise, retrying it would fail the same way for ever.
+        logger.exception("decoding a message on %s failed unexpectedly; dead-lettering it", delivery.queue)
+        return Outcome(Settle.DEAD_LETTER, None, "decode_error", f"unexpected {type(exc).__name__}")
+    return executor.execute(message, delivery.queue)
+
+
+def task_modules(app: Decortask) -> list[str]:
+    """The modules defining the registered tasks: what a process-pool child imports when no -A was given."""
+    modules: set[str] = set()
+    for name in app.registry.names():
+        task = app.registry.find(name)
+        module = getattr(task.fn, "__module__", None) if task is not None else None
+        if module and module != "__main__":  # a script's own tasks cannot be imported by name
+            modules.add(module)
+    return sorted(modules)
+
+
 @dataclass
 class WorkerStats:
     received: int = 0
@@ -57,7 +95,19 @@ class WorkerStats:
 
 
 class Worker:
-    """Consumes `queues` with `concurrency` pool slots until stopped (or, with `burst`, until idle)."""
+    """Consumes `queues` with `concurrency` pool slots until stopped (or, with `burst`, until idle).
+
+    Args:
+        app: the app (settings, broker, store) to work for.
+        queues: queues to consume (default: the `default_queue` setting).
+        concurrency: pool size.
+        pool: `threads` (default) or `processes` (`procpool.py`).
+        burst: exit once the queues and the schedule are empty.
+        worker_id: this worker's id (default: `hostname:pid:random`).
+        grace: shutdown grace in seconds (default: the `shutdown_grace` setting).
+        app_modules: modules a process-pool child imports to register the tasks (the `-A` modules);
+            default: the modules that define the registered tasks.
+    """
 
     def __init__(
         self,
@@ -69,7 +119,10 @@ class Worker:
         burst: bool = False,
         worker_id: str | None = None,
         grace: float | None = None,
+        app_modules: Sequence[str] = (),
     ) -> None:
+        if pool == "processes":
+            check_store(app)  # refused now, before anything is consumed
         self.app = app
         self.queues = list(queues or [app.settings.default_queue])
         self.concurrency = concurrency
@@ -78,7 +131,9 @@ class Worker:
         self.id = worker_id or new_worker_id()
         self.executor = Executor(app, self.id, owner_alive=self.owner_alive)
         self.scheduler = Scheduler(app, self.id)
-        self.supervisor = Supervisor(app, self.executor)
+        self.supervisor = Supervisor(app, self.executor, remote=self._remote_attempts)
+        self.app_modules = list(app_modules)
+        self._procs: ProcessPool | None = None
         self.stats = WorkerStats()
         self.grace = app.settings.shutdown_grace if grace is None else grace
         self._stop = threading.Event()
@@ -100,35 +155,23 @@ class Worker:
         # Its own thread, so a busy consumer loop or a slow store call never makes a live worker look dead.
         interval = max(0.2, min(5.0, self.app.settings.lease_timeout / 4))
         while not done.is_set():
+            # Process-pool children own their attempts under their own ids; they live while they beat.
+            owners = [self.id, *(self._procs.owners() if self._procs is not None else ())]
             try:
-                self.app.store.heartbeat(self.id, time.time())
+                for owner in owners:
+                    self.app.store.heartbeat(owner, time.time())
             except Exception as exc:
                 logger.warning("heartbeat write failed (%s)", mask_text(str(exc)))
             done.wait(interval)
+
+    def _remote_attempts(self) -> list[RemoteAttempt]:
+        return self._procs.attempts() if self._procs is not None else []
 
     # -- one message, shared with the synchronous test driver ----------------------------------------------
 
     def process(self, delivery: Delivery) -> Outcome:
         """Decode, validate and execute one delivery (any thread); bad input becomes a dead-letter outcome."""
-        if delivery.refused is not None:
-            return Outcome(Settle.DEAD_LETTER, None, delivery.refused, delivery.refused_detail)
-        try:
-            message = decode(
-                delivery.body,
-                delivery.content_type,
-                self.app.settings.max_payload_bytes,
-                cipher=self.app.cipher,
-            )
-        except MessageError as exc:
-            status = self.executor.refuse(exc.task_id, exc.reason, exc.detail) if exc.task_id else None
-            return Outcome(Settle.DEAD_LETTER, status, exc.reason, exc.detail)
-        except Exception as exc:
-            # Whatever else a body can make the decoder raise, retrying it would fail the same way for ever.
-            logger.exception(
-                "decoding a message on %s failed unexpectedly; dead-lettering it", delivery.queue
-            )
-            return Outcome(Settle.DEAD_LETTER, None, "decode_error", f"unexpected {type(exc).__name__}")
-        return self.executor.execute(message, delivery.queue)
+        return process_delivery(self.app, self.executor, delivery)
 
     def settle(self, session: ConsumerSession, delivery: Delivery, outcome: Outcome) -> None:
         """Ack, requeue or dead-letter on the consumer thread, after the store was written."""
@@ -182,9 +225,17 @@ class Worker:
         threading.Thread(
             target=self._heartbeat_loop, args=(beating,), name="decortask-heartbeat", daemon=True
         ).start()
-        pool = make_pool(self.pool_kind, self.concurrency)
-        prefetch = self.concurrency * self.app.settings.prefetch_multiplier
-        session = self.app.transport.open_consumer(self.queues, prefetch)
+        try:
+            submit, close_pool = self._open_pool()
+            prefetch = self.concurrency * self.app.settings.prefetch_multiplier
+            try:
+                session = self.app.transport.open_consumer(self.queues, prefetch)
+            except BaseException:
+                close_pool(False)
+                raise
+        except BaseException:
+            beating.set()
+            raise
         logger.info(
             "worker %s ready: broker %s, store %s, queues %s, %d %s, %d tasks registered",
             self.id,
@@ -196,16 +247,26 @@ class Worker:
             len(self.app.registry),
         )
         try:
-            self._consume(session, pool)
+            self._consume(session, submit)
             self._shut_down(session)
         finally:
-            pool.shutdown(wait=False)
+            close_pool(self._procs is not None)  # children are reaped; threads may be stuck in a task
             session.close()
             beating.set()
             self.executor.event_loop.close()
         return 0
 
-    def _consume(self, session: ConsumerSession, pool: Pool) -> None:
+    def _open_pool(self) -> tuple[Callable[[Delivery], Future[Outcome]], Callable[[bool], None]]:
+        """The pool's submit and shutdown: threads in this process, or spawned children (`procpool`)."""
+        if self.pool_kind == "processes":
+            modules = self.app_modules or task_modules(self.app)
+            procs = self._procs = ProcessPool(self.app, self.executor, self.id, modules, self.concurrency)
+            procs.start()
+            return procs.submit, procs.shutdown
+        pool = make_pool(self.pool_kind, self.concurrency)
+        return lambda delivery: pool.submit(self._run_delivery, delivery), pool.shutdown
+
+    def _consume(self, session: ConsumerSession, submit: Callable[[Delivery], Future[Outcome]]) -> None:
         settings = self.app.settings
         next_tick = next_reap = 0.0
         next_purge = time.monotonic() + PURGE_INTERVAL
@@ -224,7 +285,7 @@ class Worker:
             self._supervise()
             deliveries = self._drain(session, timeout=0.005 if self._in_flight else 0.05)
             self._backlog.extend(deliveries)
-            self._fill(pool)
+            self._fill(submit)
             self._settle_ready(session)
             if self.burst:
                 if deliveries or self._in_flight or self._backlog:
@@ -238,11 +299,15 @@ class Worker:
     def _shut_down(self, session: ConsumerSession) -> None:
         session.cancel()
         for delivery in self._backlog:  # received but never started: back to the broker, still PENDING
-            session.requeue(delivery)
+            # If the connection is gone, the broker took the message back with it.
+            with contextlib.suppress(*session.connection_errors):
+                session.requeue(delivery)
         if self._backlog:
             logger.info("returned %d unstarted messages to the broker", len(self._backlog))
         self._backlog.clear()
         self.executor.request_stop_all()
+        if self._procs is not None:
+            self._procs.request_stop_all()
         deadline = time.monotonic() + self.grace
         while self._in_flight:
             if self._interrupt_now.is_set() or time.monotonic() >= deadline:
@@ -253,6 +318,11 @@ class Worker:
 
     def _interrupt_running(self, session: ConsumerSession) -> None:
         """Settle every running attempt (but `must_complete` ones) as interrupted, and ack its message."""
+        if self._procs is not None:
+            # Its children are terminated; the pool settles each attempt (`shutdown`) and hands back an
+            # Outcome that `_settle_ready` acks like any other.
+            self._procs.interrupt_running()
+            return
         for run in list(self.executor.running.values()):
             delivery = self._thread_delivery.get(run.thread_id)
             if run.must_complete or delivery is None or id(delivery) in self._abandoned:
@@ -268,33 +338,59 @@ class Worker:
                 logger.warning("could not ack an interrupted task's message (%s)", type(exc).__name__)
 
     def _drain(self, session: ConsumerSession, timeout: float) -> list[Delivery]:
+        if not session.connected and not self._reconnect(session):
+            self._stop.wait(timeout)  # nothing can arrive; the loop goes on settling and supervising
+            return []
         try:
             return session.drain(timeout)
         except session.connection_errors as exc:
             logger.warning(
-                "lost the broker %s (%s); reconnecting", self.app.broker_url_masked, mask_text(str(exc))
+                "lost the broker %s (%s); running tasks go on, reconnecting with backoff",
+                self.app.broker_url_masked,
+                mask_text(str(exc)) or type(exc).__name__,
             )
+            session.lost()
             self._reconnect(session)
             return []
 
-    def _reconnect(self, session: ConsumerSession) -> None:
-        pause = 0.5
-        while not self._stop.is_set():
-            try:
-                session.connect(retries=0)
-                logger.info("reconnected to %s", self.app.broker_url_masked)
-                return
-            except BrokerUnavailable:
-                time.sleep(pause)
-                pause = min(pause * 2, 10.0)
+    def _reconnect(self, session: ConsumerSession) -> bool:
+        """One reconnect attempt when the backoff allows it (0.5 s, doubling to 10 s); True once connected.
 
-    def _fill(self, pool: Pool) -> None:
+        The loop keeps turning between attempts: outcomes are settled, time limits and cancellations
+        supervised, dead workers reaped. Running tasks go on and write their outcomes to the store; their
+        messages went back to the broker with the lost connection, and the receipt rules settle those
+        redeliveries (a copy of a finished task is skipped, a copy of a running one is parked).
+        """
+        if not session.reconnect_due():
+            return False
+        retryable: tuple[type[BaseException], ...] = (BrokerUnavailable, *session.connection_errors)
+        try:
+            down = session.reconnect()
+        except retryable as exc:
+            # A broker that is still starting may accept the connection and then fail the declares.
+            logger.warning(
+                "broker %s still unavailable (attempt %d: %s); next attempt in %.1f s",
+                self.app.broker_url_masked,
+                session.reconnect_attempts,
+                mask_text(str(exc)) or type(exc).__name__,
+                session.pause,
+            )
+            return False
+        logger.info(
+            "reconnected to %s after %.1f s (%d attempts)",
+            self.app.broker_url_masked,
+            down,
+            session.reconnect_attempts,
+        )
+        return True
+
+    def _fill(self, submit: Callable[[Delivery], Future[Outcome]]) -> None:
         """Start backlog messages while pool slots are free; the rest stay unstarted (and returnable)."""
         while self._backlog and self._in_flight < self.concurrency:
             delivery = self._backlog.popleft()
             self.stats.received += 1
             self._in_flight += 1
-            future = pool.submit(self._run_delivery, delivery)
+            future = submit(delivery)
             future.add_done_callback(self._outcome_callback(delivery))
 
     def _outcome_callback(self, delivery: Delivery) -> Callable[[Future[Outcome]], None]:
@@ -331,6 +427,10 @@ class Worker:
                 logger.warning(
                     "could not settle a delivery (%s); the broker will redeliver it", type(exc).__name__
                 )
+            except Exception:
+                # Never let one settlement stop the loop every other running task depends on; the
+                # outcome is in the store and a redelivery meets the receipt rules.
+                logger.exception("settling a delivery failed unexpectedly; the broker will redeliver it")
             block = False
 
     def _supervise(self) -> None:
@@ -341,7 +441,7 @@ class Worker:
 
     def _reap(self) -> None:
         try:
-            settled = recovery.reap(self.app, self.owner_alive)
+            settled = recovery.reap(self.app, self.owner_alive, self.executor.is_orphan)
         except Exception as exc:
             logger.warning("reaper pass failed (%s); will retry", mask_text(str(exc)))
             return

@@ -171,3 +171,64 @@ def leaks_a_secret(url: str) -> None:
     task_log(f"connecting to {url}")
     task_log("retrying", password="hunter2-in-extra", note=f"via {url}")
     raise ConnectionError(f"could not connect to {url} (password=hunter2)")
+
+
+@task(name="bt.soak_opted_in", requeue_on_interrupt=True)
+def soak_opted_in(ctx: TaskContext, n: int) -> int:
+    record_effect(ctx, "started")
+    time.sleep(0.02 + (n % 7) * 0.01)
+    record_effect(ctx, "finished")
+    return n
+
+
+@task(name="bt.soak_not_opted_in")
+def soak_not_opted_in(ctx: TaskContext, n: int) -> int:
+    record_effect(ctx, "started")
+    time.sleep(0.02 + (n % 5) * 0.01)
+    record_effect(ctx, "finished")
+    return n
+
+
+@task(name="bt.kills_itself_once", requeue_on_interrupt=True)
+def kills_itself_once(ctx: TaskContext) -> int:
+    """Ends its own process on attempt 1 (as a segfault would); later attempts succeed."""
+    record_effect(ctx, "started")
+    if ctx.attempt == 1:
+        os._exit(1)
+    record_effect(ctx, "finished")
+    return ctx.attempt
+
+
+@task(name="bt.kills_itself_once_not_opted_in")
+def kills_itself_once_not_opted_in(ctx: TaskContext) -> int:
+    record_effect(ctx, "started")
+    if ctx.attempt == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    record_effect(ctx, "finished")
+    return ctx.attempt
+
+
+@task(name="bt.pid")
+def pid() -> int:
+    return os.getpid()
+
+
+@task(name="bt.finishes_when_told")
+def finishes_when_told(ctx: TaskContext, ready_file: str, go_file: str, wait: float = 30.0) -> str:
+    """Touches `ready_file` just before it would finish, then returns once `go_file` exists (F-14)."""
+    record_effect(ctx, "started")
+    with open(ready_file, "a"):
+        pass
+    deadline = time.monotonic() + wait
+    while not os.path.exists(go_file) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    record_effect(ctx, "finished")
+    return "finished"
+
+
+@task(name="bt.must_complete_sleep", must_complete=True)
+def must_complete_sleep(ctx: TaskContext, seconds: float) -> str:
+    record_effect(ctx, "started")
+    time.sleep(seconds)
+    record_effect(ctx, "finished")
+    return "slept"

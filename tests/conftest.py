@@ -81,3 +81,9 @@ def memory_app(unique: str) -> Iterator[Decortask]:
     yield app
     app.close()
     reset_default_app()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long", action="store_true", default=False, help="chaos soak: 10,000 tasks and 30 minutes of chaos"
+    )

@@ -17,9 +17,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 from ..config import sqlite_path
-from ..errors import StoreError
+from ..errors import ConfigurationError, StoreError
 from ..states import TERMINAL, TaskStatus
 from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, apply_transition
 
@@ -67,6 +68,7 @@ class SQLiteStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.path: Path = sqlite_path(url)
+        self.busy_timeout = _busy_timeout(url)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._conns: list[tuple[threading.Thread, sqlite3.Connection]] = []
@@ -322,7 +324,7 @@ class SQLiteStore:
         _check_header(self.path)
         # check_same_thread=False only so close() may close every thread's connection; each is used by one.
         conn = sqlite3.connect(
-            str(self.path), timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            str(self.path), timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
         try:
             conn.execute("PRAGMA journal_mode=WAL")
@@ -361,7 +363,7 @@ class SQLiteStore:
         text = str(exc)
         if _is_locked(exc):
             return StoreError(
-                f"the SQLite store {self.path} stayed locked for over {BUSY_TIMEOUT:.0f} s "
+                f"the SQLite store {self.path} stayed locked for over {self.busy_timeout:g} s "
                 f"({LOCK_RETRIES} retries): another process holds a long write transaction on it; stop stuck "
                 "decortask processes, or use a Redis store (redis://) when many processes write heavily"
             )
@@ -511,3 +513,21 @@ def _queue_filter(queues: Iterable[str] | None) -> tuple[str | None, list[Any]]:
     if not wanted:
         return None, []
     return f" WHERE queue IN ({', '.join('?' * len(wanted))})", list(wanted)
+
+
+def _busy_timeout(url: str) -> float:
+    """How long one statement waits for a lock: `?busy_timeout=` in the URL, else
+    `DECORTASK_SQLITE_BUSY_TIMEOUT`, else BUSY_TIMEOUT seconds."""
+    query = parse_qs(urlsplit(url).query)
+    raw = (query.get("busy_timeout") or [os.environ.get("DECORTASK_SQLITE_BUSY_TIMEOUT", "")])[0]
+    if not raw:
+        return BUSY_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"busy_timeout={raw!r} in the SQLite store settings is not a number of seconds"
+        ) from None
+    if value < 0:
+        raise ConfigurationError(f"busy_timeout must be >= 0 seconds, got {value}")
+    return value
