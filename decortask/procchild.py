@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .app import Decortask
-    from .executor import Executor, RunningTask
+    from .attempts import RunningTask
+    from .executor import Executor
     from .transport import Delivery
 
 logger = logging.getLogger("decortask.worker")

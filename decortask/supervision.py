@@ -21,7 +21,8 @@ from .security import mask_text
 
 if TYPE_CHECKING:
     from .app import Decortask
-    from .executor import Executor, RunningTask
+    from .attempts import RunningTask
+    from .executor import Executor
 
 logger = logging.getLogger("decortask.worker")
 

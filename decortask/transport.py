@@ -24,6 +24,8 @@ from .config import Settings, sqlite_path
 from .errors import BrokerUnavailable, ConfigurationError
 from .message import CONTENT_ENCODING, CONTENT_TYPE
 from .security import mask_text, mask_url
+from .transports.guard import guard_channel
+from .transports.memory import restoring_memory_transport
 
 logger = logging.getLogger("decortask.transport")
 
@@ -96,7 +98,7 @@ class BrokerTransport:
                 },
             )
         if self.scheme == "memory":
-            return kombu.Connection(transport=_memory_transport())
+            return kombu.Connection(transport=restoring_memory_transport())
         options: dict[str, Any] = {}
         if self.scheme in ("amqp", "amqps", "pyamqp"):
             options["confirm_publish"] = True
@@ -417,7 +419,7 @@ class ConsumerSession:
             channel.basic_qos(
                 0, self.prefetch, False
             )  # positional: py-amqp and kombu's virtual channels name them differently
-            _guard_channel(channel)
+            guard_channel(channel)
             bound = [self.transport.queue(name)(channel) for name in self.queues]
             for queue in bound:
                 queue.declare()
@@ -494,7 +496,7 @@ class ConsumerSession:
     def get(self, queue: str) -> Delivery | None:
         """Fetch one ready message from `queue` without a consumer (the synchronous test driver)."""
         assert self._conn is not None, "session is closed"
-        _guard_channel(self._conn.default_channel)
+        guard_channel(self._conn.default_channel)
         bound = self.transport.queue(queue)(self._conn.default_channel)
         message = bound.get(no_ack=False, accept=[CONTENT_TYPE])
         if message is None:
@@ -536,61 +538,6 @@ class ConsumerSession:
                 consumer.cancel()
         with contextlib.suppress(Exception):
             conn.release()
-
-
-_GUARDED: dict[type, type] = {}
-
-
-def _guard_channel(channel: Any) -> None:
-    """Make `channel` build messages that kombu never decompresses.
-
-    kombu expands a body whose headers name a compression before anyone can look at it, so a few hundred
-    kilobytes could become gigabytes ahead of the payload limit. The subclass drops the `compression`
-    header as kombu stores it (its constructor then skips decompression) and remembers it, so the worker
-    dead-letters the message as `compression_not_allowed` with its bytes untouched.
-    """
-    base = channel.Message
-    if getattr(base, "_decortask_guarded", False):
-        return
-    guarded = _GUARDED.get(base)
-    if guarded is None:
-
-        class GuardedMessage(base):  # type: ignore[misc, valid-type]
-            _decortask_guarded = True
-
-            @property
-            def headers(self) -> dict[str, Any]:
-                return self.__dict__.get("_decortask_headers", {})  # type: ignore[no-any-return]
-
-            @headers.setter
-            def headers(self, value: Any) -> None:
-                headers = dict(value or {})
-                compression = headers.pop("compression", None)
-                if compression is not None:
-                    self.__dict__["refused_compression"] = str(compression)
-                self.__dict__["_decortask_headers"] = headers
-
-        guarded = _GUARDED[base] = GuardedMessage
-    channel.Message = guarded
-
-
-def _memory_transport() -> type:
-    """kombu's in-process transport, but giving unacked messages back on close like every real broker."""
-    global _MEMORY_TRANSPORT
-    if _MEMORY_TRANSPORT is None:
-        from kombu.transport import memory
-
-        class RestoringChannel(memory.Channel):  # type: ignore[misc]
-            do_restore = True
-
-        class RestoringTransport(memory.Transport):  # type: ignore[misc]
-            Channel = RestoringChannel
-
-        _MEMORY_TRANSPORT = RestoringTransport
-    return _MEMORY_TRANSPORT
-
-
-_MEMORY_TRANSPORT: type | None = None
 
 
 def _is_connection_error(exc: BaseException) -> bool:

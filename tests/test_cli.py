@@ -40,7 +40,9 @@ def _cli(
         "sqlite://",
     ],
 )
-def test_worker_with_a_bad_broker_url_exits_non_zero_with_one_clear_line(url: str, tmp_path: Path) -> None:
+def test_b11_worker_with_a_bad_broker_url_exits_non_zero_with_one_clear_line(
+    url: str, tmp_path: Path
+) -> None:
     result = _cli(
         "worker", *TASKS, "--broker-url", url, "--store-url", f"sqlite:///{tmp_path}/s.db", cwd=tmp_path
     )
@@ -51,7 +53,7 @@ def test_worker_with_a_bad_broker_url_exits_non_zero_with_one_clear_line(url: st
     assert "Traceback" not in result.stderr
 
 
-def test_worker_with_a_corrupt_store_file_exits_non_zero_and_leaves_it(tmp_path: Path) -> None:
+def test_f24_worker_with_a_corrupt_store_file_exits_non_zero_and_leaves_it(tmp_path: Path) -> None:
     store = tmp_path / "store.db"
     store.write_bytes(b"this is not a database" * 100)
     before = store.read_bytes()
