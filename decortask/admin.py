@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import BrokerUnavailable, MessageError, TaskNotFound, TaskStateConflict
 from .message import Message, decode
+from .records import message_from_record
 from .security import mask_text
 from .states import TERMINAL, TaskStatus
 from .store.base import ScheduleEntry, TaskRecord
@@ -77,20 +78,8 @@ def rerun_task(app: Decortask, task_id: str) -> TaskRecord:
         )
     if not record.status.terminal:
         raise _not_ended(record)
-    message = Message(
-        id=record.id,
-        task=record.name,
-        args=list(record.args),
-        kwargs=dict(record.kwargs),
-        attempt=record.attempt + 1,
-        created_at=record.created_at,
-        idempotency_key=record.idempotency_key,
-        tags=dict(record.tags),
-        priority=record.priority,
-        parent_id=record.parent_id,
-        root_id=record.root_id,
-        cipher=app.cipher,  # encrypted like a first publish: workers may accept only encrypted arguments
-    )
+    # Encrypted like a first publish: workers may accept only encrypted arguments.
+    message = message_from_record(record, app.cipher)
     body = message.encode(app.settings.max_payload_bytes)
     reopened = reopen(app, record, body, record.queue)
     logger.info(

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .admin import fetch, publish_entry, reopen
 from .errors import ConfigurationError, DecortaskError, MessageError, StoreError
 from .message import Message, decode
+from .records import record_from_message
 from .security import mask_text
 from .states import TaskStatus
 from .store.base import ScheduleEntry, TaskRecord
@@ -324,22 +325,7 @@ def _replayed(letter: DeadLetter, record: TaskRecord, attempt: int) -> ReplayOut
 
 def _create_record(app: Decortask, message: Message, queue: str) -> TaskRecord:
     """A PENDING record for a dead letter whose record is gone (expired, or a foreign producer's task)."""
-    now = time.time()
-    record = TaskRecord(
-        id=message.id,
-        name=message.task,
-        queue=queue,
-        status=TaskStatus.PENDING,
-        created_at=message.created_at or now,
-        updated_at=now,
-        args=message.args,
-        kwargs=message.kwargs,
-        tags=message.tags,
-        idempotency_key=message.idempotency_key,
-        priority=message.priority,
-        parent_id=message.parent_id,
-        root_id=message.root_id,
-    )
+    record = record_from_message(message, queue)
     try:
         return app.store.create(record)
     except StoreError:

@@ -24,6 +24,7 @@ from .attempts import RunningTask, leave_user_code
 from .context import TaskContext, activate, deactivate
 from .errors import ArgumentEncodingError, StoreError, TaskInterrupted, TimeLimitExceeded
 from .message import Message, encode_json_value
+from .records import record_from_message
 from .security import mask_text
 from .states import CLAIMABLE, TaskStatus
 from .store.base import ScheduleEntry, TaskRecord
@@ -183,7 +184,7 @@ class Executor:
 
     def _create_or_get(self, message: Message, queue: str) -> TaskRecord:
         try:
-            return self.app.store.create(_record_from_message(message, queue, self.app))
+            return self.app.store.create(record_from_message(message, queue))
         except StoreError:
             # Another delivery of the same message created the record first: use that one.
             existing = self.app.store.get(message.id)
@@ -549,22 +550,3 @@ class Executor:
 
 async def _await(value: Any) -> Any:
     return await value
-
-
-def _record_from_message(message: Message, queue: str, app: Decortask) -> TaskRecord:
-    now = time.time()
-    return TaskRecord(
-        id=message.id,
-        name=message.task,
-        queue=queue,
-        status=TaskStatus.PENDING,
-        created_at=message.created_at or now,
-        updated_at=now,
-        args=message.args,
-        kwargs=message.kwargs,
-        tags=message.tags,
-        idempotency_key=message.idempotency_key,
-        priority=message.priority,
-        parent_id=message.parent_id,
-        root_id=message.root_id,
-    )

@@ -15,11 +15,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .message import Message
+from .records import message_from_record
 from .states import TaskStatus
 from .store.base import ScheduleEntry, TaskQuery, TaskRecord
 
 if TYPE_CHECKING:
     from .app import Decortask
+    from .security import MessageCipher
 
 logger = logging.getLogger("decortask.worker")
 
@@ -52,7 +54,7 @@ def interrupt(app: Decortask, record: TaskRecord, message: Message | None, reaso
         )
         return TaskStatus.CANCELLED if done is not None else None
     if task is not None and task.options.requeue_on_interrupt:
-        nxt = _next_message(record, message)
+        nxt = _next_message(record, message, app.cipher)
         entry = ScheduleEntry(
             id=f"{record.id}:{nxt.attempt}",
             task_id=record.id,
@@ -112,19 +114,8 @@ def reap(
     return settled
 
 
-def _next_message(record: TaskRecord, message: Message | None) -> Message:
+def _next_message(record: TaskRecord, message: Message | None, cipher: MessageCipher | None) -> Message:
+    # A rebuilt message is encrypted like a first publish: workers with keys refuse plaintext.
     if message is not None:
         return dataclasses.replace(message, attempt=record.attempt + 1, eta=None)
-    return Message(
-        id=record.id,
-        task=record.name,
-        args=list(record.args),
-        kwargs=dict(record.kwargs),
-        attempt=record.attempt + 1,
-        created_at=record.created_at,
-        idempotency_key=record.idempotency_key,
-        tags=dict(record.tags),
-        priority=record.priority,
-        parent_id=record.parent_id,
-        root_id=record.root_id,
-    )
+    return message_from_record(record, cipher)

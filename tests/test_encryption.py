@@ -24,6 +24,7 @@ from decortask import (
     PayloadTooLargeError,
     TaskContext,
     TaskStatus,
+    recovery,
     task,
 )
 from decortask.app import reset_default_app
@@ -56,6 +57,11 @@ def other(secret: str) -> str:
 def flaky(ctx: TaskContext, secret: str) -> str:
     if ctx.attempt == 1:
         raise ConnectionError("the first attempt fails")
+    return secret
+
+
+@task(name="enc.requeued_on_loss", requeue_on_interrupt=True)
+def requeued_on_loss(secret: str) -> str:
     return secret
 
 
@@ -283,6 +289,20 @@ def test_a_countdown_waits_in_the_schedule_encrypted(make_app: AppFactory) -> No
     assert "enc" in envelope and SECRET not in json.dumps(envelope)
     publish(app, envelope)
     assert run_pending(app, now=FAR_FUTURE) == 1
+    assert handle.get(timeout=1) == SECRET
+
+
+def test_an_attempt_the_reaper_requeues_is_published_encrypted(make_app: AppFactory) -> None:
+    app = make_app(encryption_keys=new_key())
+    handle = app.send_task(requeued_on_loss, (SECRET,), {})
+    take_bodies(app, 1)  # the first delivery is lost with its "worker"
+    app.store.transition(handle.id, TaskStatus.RUNNING, attempt=1, owner="dead-worker", started_at=0.0)
+    assert recovery.reap(app, owner_alive=lambda owner: False) == 1
+    assert Scheduler(app, "peek").tick(FAR_FUTURE) == 1
+    (envelope,) = take_bodies(app, 1)
+    assert envelope["attempt"] == 2 and "enc" in envelope and SECRET not in json.dumps(envelope)
+    publish(app, envelope)
+    assert run_pending(app) == 1
     assert handle.get(timeout=1) == SECRET
 
 

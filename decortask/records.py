@@ -1,0 +1,54 @@
+"""Conversions between a message (the envelope) and a task record (the store's view of it)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from .message import Message
+from .states import TaskStatus
+from .store.base import TaskRecord
+
+if TYPE_CHECKING:
+    from .security import MessageCipher
+
+
+def record_from_message(message: Message, queue: str) -> TaskRecord:
+    """A PENDING record for a message whose record is missing (a foreign producer's, or one that expired)."""
+    now = time.time()
+    return TaskRecord(
+        id=message.id,
+        name=message.task,
+        queue=queue,
+        status=TaskStatus.PENDING,
+        created_at=message.created_at or now,
+        updated_at=now,
+        args=message.args,
+        kwargs=message.kwargs,
+        tags=message.tags,
+        idempotency_key=message.idempotency_key,
+        priority=message.priority,
+        parent_id=message.parent_id,
+        root_id=message.root_id,
+    )
+
+
+def message_from_record(record: TaskRecord, cipher: MessageCipher | None = None) -> Message:
+    """The message for the record's next attempt, rebuilt from what the store kept.
+
+    The original `expires` and `workflow` are not kept in a record, so a rebuilt message has neither.
+    """
+    return Message(
+        id=record.id,
+        task=record.name,
+        args=list(record.args),
+        kwargs=dict(record.kwargs),
+        attempt=record.attempt + 1,
+        created_at=record.created_at,
+        idempotency_key=record.idempotency_key,
+        tags=dict(record.tags),
+        priority=record.priority,
+        parent_id=record.parent_id,
+        root_id=record.root_id,
+        cipher=cipher,
+    )
