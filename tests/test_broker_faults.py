@@ -19,7 +19,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ import redis
 from conftest import AMQP_URL, BROKERS, REDIS_URL, broker_urls, require_server
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from workers import WorkerProcess, poll_until
+from workers import Rig, WorkerProcess, poll_until
 
 from decortask import Decortask, TaskHandle, TaskStatus
 from decortask.app import reset_default_app
@@ -183,36 +182,7 @@ def _unacked(kind: str, queue: str, store_file: Path) -> int:
 # -- the setup -------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Outage:
-    kind: str
-    app: Decortask
-    broker_url: str
-    store_url: str
-    store_file: Path
-    queue: str
-    effects: Path
-    tmp: Path
-
-    def worker(self, name: str, *, env: dict[str, str] | None = None, concurrency: int = 4) -> WorkerProcess:
-        settings = {
-            "DECORTASK_LEASE_TIMEOUT": str(LEASE_TIMEOUT),
-            "DECORTASK_TEST_EFFECTS": str(self.effects),
-            **(env or {}),
-        }
-        return WorkerProcess(
-            self.broker_url,
-            self.store_url,
-            self.queue,
-            self.tmp / f"{name}.log",
-            concurrency=concurrency,
-            env=settings,
-            extra_args=("--grace", "10"),
-        )
-
-    def effects_of(self, handle: TaskHandle[Any]) -> list[tuple[int, str]]:
-        rows = bt.read_effects(str(self.effects))
-        return [(int(str(row["attempt"])), str(row["event"])) for row in rows if row["id"] == handle.id]
+Outage = Rig
 
 
 @pytest.fixture
@@ -224,15 +194,18 @@ def outage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Outage]:
     store_url = f"sqlite:///{tmp_path}/decortask.db"  # the embedded broker shares this file, as by default
     queue = f"outage-{token}"
     app = Decortask(broker_url, store_url, default_queue=queue, lease_timeout=LEASE_TIMEOUT)
-    yield Outage(
+    yield Rig(
         kind,
         app,
         broker_url,
         store_url,
-        tmp_path / "decortask.db",
         queue,
         tmp_path / "effects.jsonl",
         tmp_path,
+        worker_env={"DECORTASK_LEASE_TIMEOUT": str(LEASE_TIMEOUT)},
+        worker_args=("--grace", "10"),
+        concurrency=4,
+        store_file=tmp_path / "decortask.db",
     )
     try:
         app.transport.delete_queue(queue)

@@ -15,13 +15,12 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import behaviour_tasks as bt
 import pytest
 from conftest import BROKERS, broker_urls
-from workers import WorkerProcess, poll_until
+from workers import Rig, WorkerProcess, poll_until
 
 from decortask import Decortask, TaskHandle, TaskStatus
 from decortask.app import reset_default_app
@@ -32,41 +31,7 @@ LEASE = 3.0
 LEASE_TIMEOUT = 1.5
 
 
-@dataclass
-class Faults:
-    kind: str
-    app: Decortask
-    broker_url: str
-    store_url: str
-    queue: str
-    effects: Path
-    tmp: Path
-
-    def worker(
-        self, name: str, *extra: str, env: dict[str, str] | None = None, concurrency: int = 2
-    ) -> WorkerProcess:
-        settings = {
-            "DECORTASK_SQLITE_LEASE": str(LEASE),
-            "DECORTASK_LEASE_TIMEOUT": str(LEASE_TIMEOUT),
-            "DECORTASK_TEST_EFFECTS": str(self.effects),
-            **(env or {}),
-        }
-        return WorkerProcess(
-            self.broker_url,
-            self.store_url,
-            self.queue,
-            self.tmp / f"{name}.log",
-            concurrency=concurrency,
-            env=settings,
-            extra_args=extra,
-        )
-
-    def effects_of(self, handle: TaskHandle[str]) -> list[tuple[int, str]]:
-        rows = bt.read_effects(str(self.effects))
-        return [(int(str(row["attempt"])), str(row["event"])) for row in rows if row["id"] == handle.id]
-
-    def status(self, handle: TaskHandle[str]) -> TaskStatus:
-        return handle.status
+Faults = Rig
 
 
 @pytest.fixture(params=BROKERS)
@@ -77,7 +42,10 @@ def faults(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Faults]:
     app = Decortask(
         broker_url, store_url, default_queue=queue, sqlite_lease=LEASE, lease_timeout=LEASE_TIMEOUT
     )
-    yield Faults(request.param, app, broker_url, store_url, queue, tmp_path / "effects.jsonl", tmp_path)
+    lease_env = {"DECORTASK_SQLITE_LEASE": str(LEASE), "DECORTASK_LEASE_TIMEOUT": str(LEASE_TIMEOUT)}
+    yield Rig(
+        request.param, app, broker_url, store_url, queue, tmp_path / "effects.jsonl", tmp_path, lease_env
+    )
     app.transport.delete_queue(queue)
     app.transport.delete_queue(queue + ".dlq")
     app.close()

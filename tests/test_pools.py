@@ -15,13 +15,12 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import behaviour_tasks as bt
 import pytest
 from conftest import BROKERS, broker_urls
-from workers import REPO, WorkerProcess, poll_until
+from workers import REPO, Rig, WorkerProcess, poll_until
 
 from decortask import Decortask, TaskHandle, TaskStatus
 from decortask.app import reset_default_app
@@ -33,42 +32,7 @@ LEASE = 3.0
 LEASE_TIMEOUT = 1.5
 
 
-@dataclass
-class Pools:
-    kind: str
-    app: Decortask
-    broker_url: str
-    store_url: str
-    queue: str
-    effects: Path
-    tmp: Path
-
-    def worker(
-        self, name: str, *extra: str, env: dict[str, str] | None = None, concurrency: int = 2
-    ) -> WorkerProcess:
-        settings = {
-            "DECORTASK_SQLITE_LEASE": str(LEASE),
-            "DECORTASK_LEASE_TIMEOUT": str(LEASE_TIMEOUT),
-            "DECORTASK_TEST_EFFECTS": str(self.effects),
-            **(env or {}),
-        }
-        return WorkerProcess(
-            self.broker_url,
-            self.store_url,
-            self.queue,
-            self.tmp / f"{name}.log",
-            concurrency=concurrency,
-            env=settings,
-            extra_args=("--pool", "processes", *extra),
-        )
-
-    def effects_of(self, handle: TaskHandle[object]) -> list[tuple[int, str]]:
-        rows = bt.read_effects(str(self.effects))
-        return [(int(str(row["attempt"])), str(row["event"])) for row in rows if row["id"] == handle.id]
-
-    def pids_of(self, handle: TaskHandle[object]) -> set[int]:
-        rows = bt.read_effects(str(self.effects))
-        return {int(str(row["pid"])) for row in rows if row["id"] == handle.id}
+Pools = Rig
 
 
 @pytest.fixture(params=BROKERS)
@@ -79,7 +43,18 @@ def pools(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pools]:
     app = Decortask(
         broker_url, store_url, default_queue=queue, sqlite_lease=LEASE, lease_timeout=LEASE_TIMEOUT
     )
-    yield Pools(request.param, app, broker_url, store_url, queue, tmp_path / "effects.jsonl", tmp_path)
+    lease_env = {"DECORTASK_SQLITE_LEASE": str(LEASE), "DECORTASK_LEASE_TIMEOUT": str(LEASE_TIMEOUT)}
+    yield Rig(
+        request.param,
+        app,
+        broker_url,
+        store_url,
+        queue,
+        tmp_path / "effects.jsonl",
+        tmp_path,
+        lease_env,
+        ("--pool", "processes"),
+    )
     app.transport.delete_queue(queue)
     app.transport.delete_queue(queue + ".dlq")
     app.close()

@@ -9,8 +9,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from behaviour_tasks import read_effects
+
+from decortask import Decortask, TaskHandle
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -99,3 +104,46 @@ def poll_until(condition: Callable[[], Any], timeout: float, what: str, interval
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+@dataclass
+class Rig:
+    """One broker, store and queue for a fault test, and how to start workers on them."""
+
+    kind: str
+    app: Decortask
+    broker_url: str
+    store_url: str
+    queue: str
+    effects: Path
+    tmp: Path
+    #: Environment and arguments every worker of this rig gets (a test may add more per worker).
+    worker_env: dict[str, str] = field(default_factory=dict)
+    worker_args: tuple[str, ...] = ()
+    concurrency: int = 2
+    #: The SQLite file behind the store (and, on `sqlite://`, the broker), when a test needs to lock it.
+    store_file: Path | None = None
+
+    def worker(
+        self, name: str, *extra: str, env: dict[str, str] | None = None, concurrency: int | None = None
+    ) -> WorkerProcess:
+        settings = {"DECORTASK_TEST_EFFECTS": str(self.effects), **self.worker_env, **(env or {})}
+        return WorkerProcess(
+            self.broker_url,
+            self.store_url,
+            self.queue,
+            self.tmp / f"{name}.log",
+            concurrency=concurrency or self.concurrency,
+            env=settings,
+            extra_args=(*self.worker_args, *extra),
+        )
+
+    def effects_of(self, handle: TaskHandle[Any]) -> list[tuple[int, str]]:
+        """(attempt, event) of every recorded execution step of the task, in order."""
+        rows = read_effects(str(self.effects))
+        return [(int(str(row["attempt"])), str(row["event"])) for row in rows if row["id"] == handle.id]
+
+    def pids_of(self, handle: TaskHandle[Any]) -> set[int]:
+        """The processes that ran the task."""
+        rows = read_effects(str(self.effects))
+        return {int(str(row["pid"])) for row in rows if row["id"] == handle.id}
