@@ -16,7 +16,7 @@ from .errors import BrokerUnavailable, MessageError, TaskNotFound, TaskStateConf
 from .message import Message, decode
 from .records import message_from_record
 from .security import mask_text
-from .states import TERMINAL, TaskStatus
+from .states import CLAIMABLE, TERMINAL, TaskStatus
 from .store.base import ScheduleEntry, TaskRecord
 
 if TYPE_CHECKING:
@@ -247,7 +247,7 @@ def _cancel_purged(app: Decortask, message: Message) -> bool:
     # Only the message that would run the task's next attempt; a stale duplicate leaves the task alone.
     if record is None or message.attempt <= record.attempt:
         return False
-    if record.status not in (TaskStatus.PENDING, TaskStatus.SCHEDULED, TaskStatus.RETRYING):
+    if record.status not in CLAIMABLE:
         return False
     done = app.store.transition(
         record.id,

@@ -13,43 +13,26 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import behaviour_tasks as bt
 import pytest
-from conftest import BROKERS, broker_urls
-from workers import Rig, WorkerProcess, poll_until
+from conftest import BROKERS
+from workers import LEASE, Rig, WorkerProcess, poll_until, short_lease_rig
 
-from decortask import Decortask, TaskHandle, TaskStatus
-from decortask.app import reset_default_app
+from decortask import TaskHandle, TaskStatus
 
 pytestmark = pytest.mark.broker
-
-LEASE = 3.0
-LEASE_TIMEOUT = 1.5
 
 
 Faults = Rig
 
 
 @pytest.fixture(params=BROKERS)
-def faults(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Faults]:
-    token = uuid.uuid4().hex[:10]
-    broker_url, store_url = broker_urls(request.param, tmp_path, token)
-    queue = f"faults-{token}"
-    app = Decortask(
-        broker_url, store_url, default_queue=queue, sqlite_lease=LEASE, lease_timeout=LEASE_TIMEOUT
-    )
-    lease_env = {"DECORTASK_SQLITE_LEASE": str(LEASE), "DECORTASK_LEASE_TIMEOUT": str(LEASE_TIMEOUT)}
-    yield Rig(
-        request.param, app, broker_url, store_url, queue, tmp_path / "effects.jsonl", tmp_path, lease_env
-    )
-    app.transport.delete_queue(queue)
-    app.transport.delete_queue(queue + ".dlq")
-    app.close()
-    reset_default_app()
+def faults(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
+    with short_lease_rig(request.param, tmp_path, "faults") as rig:
+        yield rig
 
 
 def _wait_running(faults: Faults, handle: TaskHandle[str], worker: WorkerProcess) -> None:

@@ -13,14 +13,13 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import behaviour_tasks as bt
 import pytest
-from conftest import BROKERS, broker_urls
-from workers import REPO, Rig, WorkerProcess, poll_until
+from conftest import BROKERS
+from workers import LEASE, REPO, Rig, WorkerProcess, poll_until, short_lease_rig
 
 from decortask import Decortask, TaskHandle, TaskStatus
 from decortask.app import reset_default_app
@@ -28,37 +27,13 @@ from decortask.errors import ConfigurationError
 from decortask.procchild import frame, unframe
 from decortask.worker import Worker
 
-LEASE = 3.0
-LEASE_TIMEOUT = 1.5
-
-
 Pools = Rig
 
 
 @pytest.fixture(params=BROKERS)
-def pools(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pools]:
-    token = uuid.uuid4().hex[:10]
-    broker_url, store_url = broker_urls(request.param, tmp_path, token)
-    queue = f"pools-{token}"
-    app = Decortask(
-        broker_url, store_url, default_queue=queue, sqlite_lease=LEASE, lease_timeout=LEASE_TIMEOUT
-    )
-    lease_env = {"DECORTASK_SQLITE_LEASE": str(LEASE), "DECORTASK_LEASE_TIMEOUT": str(LEASE_TIMEOUT)}
-    yield Rig(
-        request.param,
-        app,
-        broker_url,
-        store_url,
-        queue,
-        tmp_path / "effects.jsonl",
-        tmp_path,
-        lease_env,
-        ("--pool", "processes"),
-    )
-    app.transport.delete_queue(queue)
-    app.transport.delete_queue(queue + ".dlq")
-    app.close()
-    reset_default_app()
+def pools(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
+    with short_lease_rig(request.param, tmp_path, "pools", ("--pool", "processes")) as rig:
+        yield rig
 
 
 def _alive(pid: int) -> bool:

@@ -8,14 +8,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from behaviour_tasks import read_effects
+from conftest import broker_urls
 
 from decortask import Decortask, TaskHandle
+from decortask.app import reset_default_app
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -147,3 +151,28 @@ class Rig:
         """The processes that ran the task."""
         rows = read_effects(str(self.effects))
         return {int(str(row["pid"])) for row in rows if row["id"] == handle.id}
+
+
+#: Short leases so that killed workers are noticed within seconds: the embedded broker's message lease,
+#: and the heartbeat age past which a worker counts as dead.
+LEASE = 3.0
+LEASE_TIMEOUT = 1.5
+
+
+@contextmanager
+def short_lease_rig(kind: str, tmp: Path, prefix: str, worker_args: tuple[str, ...] = ()) -> Iterator[Rig]:
+    """A rig on broker `kind` whose app and workers all use the short leases; cleans up after itself."""
+    token = uuid.uuid4().hex[:10]
+    broker_url, store_url = broker_urls(kind, tmp, token)
+    queue = f"{prefix}-{token}"
+    app = Decortask(
+        broker_url, store_url, default_queue=queue, sqlite_lease=LEASE, lease_timeout=LEASE_TIMEOUT
+    )
+    lease_env = {"DECORTASK_SQLITE_LEASE": str(LEASE), "DECORTASK_LEASE_TIMEOUT": str(LEASE_TIMEOUT)}
+    try:
+        yield Rig(kind, app, broker_url, store_url, queue, tmp / "effects.jsonl", tmp, lease_env, worker_args)
+    finally:
+        app.transport.delete_queue(queue)
+        app.transport.delete_queue(queue + ".dlq")
+        app.close()
+        reset_default_app()
