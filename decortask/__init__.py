@@ -25,6 +25,8 @@ from .errors import (
     WaitTimeout,
 )
 from .handle import TaskHandle, TaskResult
+from .middleware import ExecutionOutcome, Middleware
+from .producer import Call
 from .registry import registry
 from .states import TaskStatus
 from .task import AsyncTask, Task, task
@@ -34,6 +36,7 @@ __version__ = "0.1.0"
 __all__ = [
     # defining and calling tasks
     "AsyncTask",
+    "Call",
     "Task",
     "TaskContext",
     "TaskHandle",
@@ -46,6 +49,9 @@ __all__ = [
     "Decortask",
     "current_app",
     "registry",
+    # middleware
+    "ExecutionOutcome",
+    "Middleware",
     # errors
     "ArgumentEncodingError",
     "BrokerUnavailable",

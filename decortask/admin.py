@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import BrokerUnavailable, MessageError, TaskNotFound, TaskStateConflict
 from .message import Message, decode
-from .records import message_from_record
+from .records import ended_fields, message_from_record
 from .security import mask_text
 from .states import CLAIMABLE, TERMINAL, TaskStatus
 from .store.base import ScheduleEntry, TaskRecord
@@ -256,8 +256,7 @@ def _cancel_purged(app: Decortask, message: Message) -> bool:
         expect_attempt=record.attempt,
         reason=PURGED,
         error_message=f"its message was deleted from queue {record.queue} by a purge before it ran",
-        finished_at=time.time(),
-        expires_at=time.time() + app.settings.history_ttl,
         scheduled_for=None,
+        **ended_fields(app.settings, time.time(), record.persist),
     )
     return done is not None

@@ -20,6 +20,7 @@ class EventLoopThread:
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
@@ -28,18 +29,30 @@ class EventLoopThread:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(target=loop.run_forever, name="decortask-asyncio", daemon=True)
                 thread.start()
-                self._loop = loop
+                self._loop, self._thread = loop, thread
             return self._loop
 
     def submit(self, ctx: TaskContext, coroutine: Coroutine[Any, Any, Any]) -> Future[Any]:
         """Run `coroutine` on the loop with `ctx` as its task context; returns a thread-safe future."""
         return asyncio.run_coroutine_threadsafe(_in_context(ctx, coroutine), self._running_loop())
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the loop and close it once its thread has returned.
+
+        A coroutine still running (a task stuck past the shutdown grace) keeps the thread for at most
+        `timeout` seconds; the loop is then left to the daemon thread rather than closed under it.
+        """
         with self._lock:
             loop, self._loop = self._loop, None
-        if loop is not None:
-            loop.call_soon_threadsafe(loop.stop)
+            thread, self._thread = self._thread, None
+        if loop is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                return
+        loop.close()
 
 
 async def _in_context(ctx: TaskContext, coroutine: Coroutine[Any, Any, Any]) -> Any:

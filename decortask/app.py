@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .config import Settings
@@ -12,6 +14,7 @@ from .store import TaskStore, open_store
 
 if TYPE_CHECKING:
     from .handle import TaskHandle
+    from .middleware import Middleware
     from .task import Task
     from .transport import BrokerTransport
 
@@ -26,6 +29,7 @@ class Decortask:
         broker_url: overrides `DECORTASK_BROKER_URL` (default `sqlite:///decortask.db`).
         store_url: overrides `DECORTASK_STORE_URL` (default: the same SQLite file).
         set_default: make this the app `.delay()` uses when none is given (the newest one wins).
+        middleware: `Middleware` instances, in order (see `add_middleware` and docs/middleware.md).
         **settings: any other `Settings` field, e.g. `default_queue="billing"`.
     """
 
@@ -35,6 +39,7 @@ class Decortask:
         store_url: str | None = None,
         *,
         set_default: bool = True,
+        middleware: Iterable[Middleware] = (),
         **settings: Any,
     ) -> None:
         self.settings = Settings.load({"broker_url": broker_url, "store_url": store_url, **settings})
@@ -43,6 +48,15 @@ class Decortask:
         self._transport: BrokerTransport | None = None
         self._store: TaskStore | None = None
         self._cipher: MessageCipher | None = None
+        #: Registered middleware in order: "before" hooks run in this order, "after" hooks in reverse.
+        self.middleware: list[Middleware] = []
+        #: Runs a callback once the current database transaction commits (`Task.delay_on_commit`); the
+        #: Django integration sets it to `django.db.transaction.on_commit`.
+        self.commit_hook: Callable[[Callable[[], None]], None] | None = None
+        #: Set by `decortask.testing.eager()`: runs each task sent through this app before the send returns.
+        self.eager_runner: Callable[[TaskHandle[Any]], None] | None = None
+        for mw in middleware:
+            self.add_middleware(mw)
         if set_default:
             self.set_default()
 
@@ -63,6 +77,35 @@ class Decortask:
         with _default_lock:
             _default_app = self
         return self
+
+    def reconfigured(self, **settings: Any) -> Decortask:
+        """A new app with these settings changed and everything else kept: middleware and `commit_hook` too.
+
+        What `decortask worker --broker-url/--store-url` needs: an app like the `-A` one on other servers.
+        Not made the default app; call `set_default()` on it for that.
+        """
+        merged = {**dataclasses.asdict(self.settings), **settings}
+        app = Decortask(set_default=False, middleware=self.middleware, **merged)
+        app.commit_hook = self.commit_hook
+        return app
+
+    def add_middleware(self, middleware: Middleware) -> Middleware:
+        """Register `middleware` after those already registered; returns it.
+
+        Raises:
+            ConfigurationError: `middleware` is not a `decortask.Middleware` instance.
+        """
+        from .middleware import Middleware
+
+        if not isinstance(middleware, Middleware):
+            from .errors import ConfigurationError
+
+            raise ConfigurationError(
+                f"middleware must be an instance of a decortask.Middleware subclass, got {middleware!r}"
+            )
+        # A new list, not an append: a worker thread iterating the old one is never disturbed.
+        self.middleware = [*self.middleware, middleware]
+        return middleware
 
     @property
     def transport(self) -> BrokerTransport:
@@ -126,7 +169,10 @@ class Decortask:
         """Validate, record and publish one call (what `.delay()`/`.apply_async()` do)."""
         from .producer import send_task
 
-        return send_task(self, task, args, kwargs, **options)
+        handle = send_task(self, task, args, kwargs, **options)
+        if self.eager_runner is not None:
+            self.eager_runner(handle)
+        return handle
 
 
 def current_app() -> Decortask:

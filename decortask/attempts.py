@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .context import TaskContext
-from .message import Message
+from .errors import ArgumentEncodingError, TaskInterrupted, TimeLimitExceeded
+from .message import Message, encode_json_value
+from .middleware import ExecutionOutcome
+from .states import TaskStatus
 from .store.base import TaskRecord
+
+if TYPE_CHECKING:
+    from .task import Task
 
 
 @dataclass
@@ -34,6 +41,8 @@ class RunningTask:
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: For an `async def` task: its coroutine's future on the worker's event loop (cancel it to stop it).
     async_future: Future[Any] | None = None
+    #: How the attempt ended, once judged (see `judge`); judged once, whichever thread asks first.
+    verdict: ExecutionOutcome | None = None
 
     @property
     def task_id(self) -> str:
@@ -46,6 +55,24 @@ class RunningTask:
             self.stop_requested_at = time.monotonic()
         self.context.request_stop()
 
+    def failure_of(self, exc: BaseException) -> BaseException:
+        """What the attempt failed with: a cancellation that a forced stop caused is `TaskInterrupted`."""
+        if isinstance(exc, (CancelledError, asyncio.CancelledError)) and self.forced:
+            return TaskInterrupted()
+        return exc
+
+    def judge(self, task: Task[Any, Any], value: Any, failure: BaseException | None) -> ExecutionOutcome:
+        """How the attempt ended (the task returned `value` or raised `failure`): success, retry, failure...
+
+        Judged once (a retry delay may be random): for an `async def` task both the event loop, where its
+        middleware runs, and the pool thread, which writes the outcome, ask.
+        """
+        with self.lock:
+            if self.verdict is None:
+                failure = None if failure is None else self.failure_of(failure)
+                self.verdict = _judge(self, task, value, failure)
+            return self.verdict
+
 
 def leave_user_code(run: RunningTask) -> None:
     """Mark the task's code as left and withdraw any forced stop not yet delivered to this thread.
@@ -57,3 +84,26 @@ def leave_user_code(run: RunningTask) -> None:
         run.in_user_code = False
         if run.forced:
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(run.thread_id), None)
+
+
+def _judge(
+    run: RunningTask, task: Task[Any, Any], value: Any, failure: BaseException | None
+) -> ExecutionOutcome:
+    if run.stop_reason == "cancelled":
+        return ExecutionOutcome(TaskStatus.CANCELLED, exception=failure, reason="cancelled")
+    if run.stop_reason == "timeout":
+        failure = TimeLimitExceeded(
+            f"attempt {run.record.attempt} ran past its time limit of {task.options.timeout} s"
+            + (" and was stopped by force" if run.forced else "")
+        )
+    if failure is not None:
+        delay = task.options.retry_policy.next_delay(run.record.attempt, failure)
+        if delay is not None:
+            return ExecutionOutcome(TaskStatus.RETRYING, exception=failure, retry_delay=delay)
+        reason = "timeout" if isinstance(failure, TimeLimitExceeded) else None
+        return ExecutionOutcome(TaskStatus.FAILED, exception=failure, reason=reason)
+    try:
+        result = encode_json_value(value, "the return value")
+    except ArgumentEncodingError as exc:
+        return ExecutionOutcome(TaskStatus.FAILED, exception=exc, reason="result_not_serializable")
+    return ExecutionOutcome(TaskStatus.SUCCESS, result=result)

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,9 +22,12 @@ from .store.base import TaskQuery
 
 
 def load_app(target: str | None) -> Decortask:
-    """Import the user's module (`-A pkg.tasks` or `-A pkg.tasks:app`) and return the app to use.
+    """Import the user's module and return the app to use.
 
-    The module name comes from the command line, never from a message or the store.
+    `-A pkg.tasks` (the app the module made current, else one from the environment), `-A pkg.tasks:app`
+    where `app` is a Decortask app or a framework app carrying one in `app.extensions["decortask"]` (the
+    Flask extension). A Django project runs with `python manage.py decortask_worker`. The module name comes
+    from the command line, never from a message or the store.
     """
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -36,9 +40,20 @@ def load_app(target: str | None) -> Decortask:
         raise click.ClickException(f"cannot import -A {module_name!r}: {exc}") from None
     if attr:
         found = getattr(module, attr, None)
+        extensions = getattr(found, "extensions", None)
+        if not isinstance(found, Decortask) and isinstance(extensions, Mapping):
+            found = extensions.get("decortask")
         if not isinstance(found, Decortask):
-            raise click.ClickException(f"-A {target!r}: {attr!r} is not a Decortask app in {module_name}")
+            raise click.ClickException(
+                f"-A {target!r}: {attr!r} in {module_name} is neither a Decortask app nor a Flask app "
+                "carrying one (decortask.contrib.flask.Decortask(app))"
+            )
         return found.set_default()
+    if hasattr(module, "INSTALLED_APPS") and hasattr(module, "DATABASES"):
+        raise click.ClickException(
+            f"-A {module_name!r} is a Django settings module: run `python manage.py decortask_worker`, or "
+            f"DJANGO_SETTINGS_MODULE={module_name} decortask worker -A decortask.contrib.django.project"
+        )
     return current_app()
 
 
@@ -52,11 +67,10 @@ def _configure_logging(level: str) -> None:
 def _override(app: Decortask, broker: str | None, store: str | None) -> Decortask:
     if broker is None and store is None:
         return app
-    return Decortask(
-        broker_url=broker or app.settings.broker_url,
-        store_url=store or app.settings.store_url,
-        **{k: v for k, v in app.settings.__dict__.items() if k not in ("broker_url", "store_url")},
-    )
+    # reconfigured(), not a fresh Decortask: the -A app's middleware and commit hook come along.
+    return app.reconfigured(
+        broker_url=broker or app.settings.broker_url, store_url=store or app.settings.store_url
+    ).set_default()
 
 
 @click.group()
@@ -330,3 +344,69 @@ def _format_time(when: float | None) -> str:
     if when is None:
         return "-" * 19
     return datetime.fromtimestamp(when, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@main.command()
+@click.option("-A", "--app", "app_target", help="Module defining your tasks (pkg.tasks or pkg.tasks:app).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--token",
+    envvar="DECORTASK_DASHBOARD_TOKEN",
+    default=None,
+    help="Access token (Bearer header or login form); required unless --host is loopback. Prefer the "
+    "DECORTASK_DASHBOARD_TOKEN environment variable: command lines are visible to other users.",
+)
+@click.option(
+    "-Q", "--queues", default=None, help="Comma-separated queues to show even before any task used them."
+)
+@click.option(
+    "--allowed-origin",
+    "allowed_origins",
+    multiple=True,
+    help="Public origin POSTs may come from when a proxy rewrites the Host header (https://ops.example.com).",
+)
+@click.option("--broker-url", default=None, help="Overrides the app's broker.")
+@click.option("--store-url", default=None, help="Overrides the app's store.")
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+def dashboard(
+    app_target: str | None,
+    host: str,
+    port: int,
+    token: str | None,
+    queues: str | None,
+    allowed_origins: tuple[str, ...],
+    broker_url: str | None,
+    store_url: str | None,
+    loglevel: str,
+) -> None:
+    """Serve the web dashboard: tasks, workers, queues and dead letters, live."""
+    try:
+        from .dashboard.auth import check_exposure
+        from .dashboard.serve import serve
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the dashboard needs the 'dashboard' extra ({exc.name or exc}): pip install 'decortask[dashboard]'"
+        ) from None
+    _configure_logging(loglevel)
+    try:
+        check_exposure(host, token or None)
+        app = _override(load_app(app_target), broker_url, store_url)
+        names = tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else ()
+        where = f"[{host}]" if ":" in host else host
+        auth = "token required" if token else "no token (loopback only)"
+        click.echo(
+            f"decortask dashboard on http://{where}:{port}  broker {app.broker_url_masked}  "
+            f"store {app.store_url_masked}  auth: {auth}"
+        )
+        serve(
+            app,
+            host=host,
+            port=port,
+            token=token or None,
+            queues=names,
+            allowed_origins=allowed_origins,
+            log_level=loglevel,
+        )
+    except DecortaskError as exc:
+        raise click.ClickException(mask_text(str(exc))) from None

@@ -37,6 +37,9 @@ class Settings:
         scheduler_interval: how often a worker looks for due delayed work.
         cancel_grace: after a running task is asked to cancel (`should_stop()` turns true), how long it may
             take to stop by itself before it is stopped by force.
+        cancel_poll_interval: how often a worker reads the store for cancel requests of its running tasks.
+            On RabbitMQ and Redis a cancel is also broadcast to every worker at once (control exchange);
+            the poll is what the embedded broker relies on, and the fallback if a broadcast is missed.
         timeout_grace: after a task reaches its `timeout`, how long it may take to stop by itself before it
             is stopped by force.
         redis_visibility_timeout: Redis broker: seconds after which kombu hands an unacked message out again.
@@ -66,6 +69,7 @@ class Settings:
     scheduler_interval: float = 0.2
     shutdown_grace: float = 30.0
     cancel_grace: float = 10.0
+    cancel_poll_interval: float = 0.5
     timeout_grace: float = 2.0
     redis_visibility_timeout: float = 3600.0
     max_deliveries: int = 5
@@ -105,6 +109,7 @@ class Settings:
             "lease_timeout",
             "sqlite_lease",
             "scheduler_interval",
+            "cancel_poll_interval",
         ):
             if float(getattr(self, name)) <= 0:
                 raise ConfigurationError(f"setting {name} must be > 0, got {getattr(self, name)!r}")
@@ -163,7 +168,8 @@ _BOOLEANS = {
 }
 
 
-def _coerce(name: str, kind: Any, raw: str) -> Any:
+def _coerce(name: str, kind: Any, raw: str, where: str | None = None) -> Any:
+    """`raw` as the field's type; `where` names the source in the error (default: the environment variable)."""
     kind_name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
     try:
         if kind_name == "float":
@@ -173,10 +179,54 @@ def _coerce(name: str, kind: Any, raw: str) -> Any:
         if kind_name == "bool":
             return _BOOLEANS[raw.strip().lower()]
     except (ValueError, KeyError):
-        raise ConfigurationError(
-            f"environment variable {ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind_name}"
-        ) from None
+        source = where or f"environment variable {ENV_PREFIX}{name.upper()}"
+        raise ConfigurationError(f"{source}={raw!r} is not a valid {kind_name}") from None
     return raw
+
+
+def settings_from_config(
+    source: str, nested: Mapping[str, Any] | None, prefixed: Mapping[str, Any]
+) -> dict[str, Any]:
+    """`Settings` fields from a framework's configuration (Django settings, Flask `app.config`).
+
+    Both spellings work: a `DECORTASK` mapping of field names (`{"broker_url": ...}`, any case) and
+    `DECORTASK_<FIELD>` entries. Strings for numbers and flags are parsed as in the environment.
+
+    Args:
+        source: how the user calls that configuration, for errors ("Django settings", "app.config").
+        nested: the `DECORTASK` mapping, if configured.
+        prefixed: the configuration's `DECORTASK_*` entries (other keys are ignored).
+
+    Raises:
+        ConfigurationError: an unknown key (the error lists the known ones), one setting given both ways
+            with different values, or a value that does not parse.
+    """
+    known = {f.name: f for f in fields(Settings)}
+    known_list = ", ".join(sorted(known))
+    found: dict[str, tuple[str, Any]] = {}  # field -> (how the user spelled it, value)
+    if nested is not None and not isinstance(nested, Mapping):
+        raise ConfigurationError(
+            f"{source}: DECORTASK must be a dict of settings, got {type(nested).__name__}"
+        )
+    entries = [(f"DECORTASK[{key!r}]", str(key).lower(), value) for key, value in (nested or {}).items()]
+    entries += [
+        (key, key[len(ENV_PREFIX) :].lower(), value)
+        for key, value in prefixed.items()
+        if key.startswith(ENV_PREFIX)
+    ]
+    for spelled, name, value in entries:
+        if name not in known:
+            raise ConfigurationError(
+                f"{source}: unknown decortask setting {spelled}; known settings: {known_list}"
+            )
+        if isinstance(value, str) and known[name].type not in ("str", str):
+            value = _coerce(name, known[name].type, value, where=f"{source} {spelled}")
+        if name in found and found[name][1] != value:
+            raise ConfigurationError(
+                f"{source}: {found[name][0]} and {spelled} both set {name} to different values; keep one"
+            )
+        found[name] = (spelled, value)
+    return {name: value for name, (_, value) in found.items()}
 
 
 def sqlite_path(url: str) -> Path:

@@ -1,4 +1,8 @@
-"""Cancellation requests: written to the store, so they survive restarts and reach every worker."""
+"""Cancellation requests: written to the store, so they survive restarts and reach every worker.
+
+A request for a running task is then broadcast on the control exchange (RabbitMQ, Redis), so the worker
+running it hears at once instead of at its next store poll.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .errors import TaskNotFound
+from .records import ended_fields
 from .states import CLAIMABLE, TaskStatus
 
 if TYPE_CHECKING:
@@ -43,8 +48,7 @@ def request_cancel(app: Decortask, task_id: str) -> bool:
                 expect_attempt=record.attempt,
                 reason="cancelled",
                 cancel_requested_at=now,
-                finished_at=now,
-                expires_at=now + app.settings.history_ttl,
+                **ended_fields(app.settings, now, record.persist),
             )
         else:
             done = store.transition(
@@ -55,5 +59,7 @@ def request_cancel(app: Decortask, task_id: str) -> bool:
                 cancel_requested_at=record.cancel_requested_at or now,
             )
         if done is not None:
+            if done.status is TaskStatus.RUNNING:
+                app.transport.broadcast_cancel(task_id)
             return True
     return False

@@ -1,64 +1,55 @@
 """Runs one decoded message to its next state and returns an Outcome; never touches the broker.
 
 The receipt rules of DESIGN §2 live here: the store is consulted before anything runs, claims are
-compare-and-set, and the store is written before the caller acks (write, then ack).
+compare-and-set, and the store is written before the caller acks (write, then ack). The common delivery
+(the next attempt of a claimable task) is claimed first, without a read; the record is read only when that
+claim fails. Claims and outcomes go through a `StoreWriter`, which commits those of all pool threads
+together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import inspect
 import logging
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import CancelledError
-from dataclasses import dataclass
-from enum import Enum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .aioloop import EventLoopThread
 from .attempts import RunningTask, leave_user_code
 from .context import TaskContext, activate, deactivate
-from .errors import ArgumentEncodingError, StoreError, TaskInterrupted, TimeLimitExceeded
-from .message import Message, encode_json_value
-from .records import record_from_message
+from .errors import StoreError, TimeLimitExceeded
+from .message import Message
+from .middleware import (
+    ExecutionOutcome,
+    Middleware,
+    around_coroutine,
+    call_hooks,
+    report_outcome,
+)
+from .receipt import ETA_TOLERANCE, Outcome, ReceiptRules, Settle
 from .security import mask_text
-from .states import CLAIMABLE, TaskStatus
+from .states import TaskStatus
 from .store.base import ScheduleEntry, TaskRecord
+from .store.writer import StoreWriter
 
 if TYPE_CHECKING:
     from .app import Decortask
     from .task import Task
 
+# Outcome and Settle live in receipt.py; the worker and the pools import them from here.
+__all__ = ["Executor", "Outcome", "Settle"]
+
 logger = logging.getLogger("decortask.worker")
 T = TypeVar("T")
-#: A message whose eta is at most this far ahead runs now (clocks of different hosts differ a little).
-ETA_TOLERANCE = 1.0
 
 
-class Settle(str, Enum):
-    """What the consumer thread does with the delivery once the executor is done."""
-
-    ACK = "ack"
-    REQUEUE = "requeue"
-    DEAD_LETTER = "dead_letter"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The executor's verdict for one delivery."""
-
-    settle: Settle
-    status: TaskStatus | None = None
-    reason: str | None = None
-    detail: str = ""
-    ran: bool = False
-
-
-class Executor:
+class Executor(ReceiptRules):
     """Executes messages for one worker identity against the app's store and registry."""
 
     def __init__(
@@ -82,6 +73,16 @@ class Executor:
         #: Called with each attempt just before its code runs (a process-pool child reports it to its parent).
         self.on_start: Callable[[RunningTask], None] | None = None
         self._stopping = False
+        self._writer: StoreWriter | None = None
+
+    @property
+    def writer(self) -> StoreWriter:
+        """The group-commit writer for the app's current store (a reopened store gets a new one)."""
+        store = self.app.store
+        writer = self._writer
+        if writer is None or writer.store is not store:
+            writer = self._writer = StoreWriter(store)
+        return writer
 
     def is_orphan(self, record: TaskRecord) -> bool:
         """A RUNNING record this worker owns but no longer runs (its outcome could not be written).
@@ -106,64 +107,37 @@ class Executor:
 
     def execute(self, message: Message, queue: str) -> Outcome:
         """Apply the receipt rules, run the task if they allow it, write the next state."""
-        store = self.app.store
-        record = self._write(lambda: store.get(message.id))
-        if record is None:
-            # Published by another producer (or the schedule entry raced its record): record it now.
-            record = self._write(lambda: self._create_or_get(message, queue))
-            if record.id != message.id:
-                logger.info("task %s skipped: idempotency key held by task %s", message.id, record.id)
-                return Outcome(Settle.ACK, record.status, "duplicate")
-        if record.status.terminal:
-            logger.info(
-                "duplicate delivery of task %s (already %s): acked, not run", record.id, record.status
-            )
-            return Outcome(Settle.ACK, record.status, "duplicate")
         task = self.app.registry.find(message.task)
-        if record.status is TaskStatus.RUNNING:
-            return self._receive_running(record, message, queue, task)
-        if record.status in CLAIMABLE:
-            if message.attempt <= record.attempt:
-                logger.info(
-                    "stale delivery of task %s attempt %d (record at attempt %d): acked, not run",
-                    record.id,
-                    message.attempt,
-                    record.attempt,
-                )
-                return Outcome(Settle.ACK, record.status, "stale")
-            if message.eta is not None and message.eta > self.clock() + ETA_TOLERANCE:
-                return self._defer(record, message)
-            return self._start(record, message, queue, task, attempt=message.attempt)
-        return Outcome(Settle.ACK, record.status, "unexpected_state")
+        if task is not None:
+            claimed = self._claim_first(message, task)
+            if claimed is not None:
+                return self._run(claimed, message, queue, task)
+        return self._receive(message, queue, task)
 
-    def _defer(self, record: TaskRecord, message: Message) -> Outcome:
-        """A message whose eta lies ahead (another producer set it): park it in the schedule, then ack."""
-        entry = ScheduleEntry(
-            id=f"{record.id}:{message.attempt}",
-            task_id=record.id,
-            queue=record.queue,
-            due_at=float(message.eta or 0.0),
-            body=message.encode().decode(),
-            priority=message.priority,
-        )
-        store = self.app.store
-        if record.status is TaskStatus.PENDING:
-            done = self._write(
-                lambda: store.transition(
-                    record.id,
-                    TaskStatus.SCHEDULED,
-                    expect={TaskStatus.PENDING},
-                    expect_attempt=record.attempt,
-                    schedule=entry,
-                    scheduled_for=entry.due_at,
-                )
+    def _claim_first(self, message: Message, task: Task[Any, Any]) -> TaskRecord | None:
+        """Claim the message's attempt without reading the record first: the path of nearly every delivery.
+
+        Only a message that may run now (not expired, no eta ahead) is claimed this way, and only from a
+        claimable record one attempt behind it with deliveries to spare: exactly what `_start` would claim
+        after reading it. None: not claimed, and the receipt rules must read the record to say why.
+        """
+        now = self.clock()
+        if message.expires is not None and message.expires <= now:
+            return None
+        if message.eta is not None and message.eta > now + ETA_TOLERANCE:
+            return None
+        limit = task.options.max_deliveries or self.app.settings.max_deliveries
+        writer = self.writer
+        return self._write(
+            lambda: writer.claim(
+                message.id,
+                message.attempt,
+                limit,
+                owner=self.worker_id,
+                started_at=time.time(),
+                finished_at=None,
             )
-            if done is None:
-                return Outcome(Settle.ACK, None, "lost_claim")
-        else:
-            self._write(lambda: store.add_schedule(entry))
-        logger.info("task %s has an eta %.1f s ahead: scheduled", record.id, entry.due_at - time.time())
-        return Outcome(Settle.ACK, TaskStatus.SCHEDULED, "deferred")
+        )
 
     def refuse(self, task_id: str, reason: str, detail: str) -> TaskStatus | None:
         """Mark a known, unfinished task FAILED because its message was refused (e.g. `integrity_error`)."""
@@ -182,83 +156,11 @@ class Executor:
         )
         return TaskStatus.FAILED if done else None
 
-    def _create_or_get(self, message: Message, queue: str) -> TaskRecord:
-        try:
-            return self.app.store.create(record_from_message(message, queue))
-        except StoreError:
-            # Another delivery of the same message created the record first: use that one.
-            existing = self.app.store.get(message.id)
-            if existing is None:
-                raise
-            return existing
-
-    def _receive_running(
-        self, record: TaskRecord, message: Message, queue: str, task: Task[Any, Any] | None
-    ) -> Outcome:
-        if record.owner is not None and not self.is_orphan(record) and self.owner_alive(record.owner):
-            return self._recheck_later(record, message)
-        if record.cancel_requested_at is not None:
-            done = self._finish(
-                record.id,
-                record.attempt,
-                TaskStatus.CANCELLED,
-                reason="cancelled",
-                error_message=f"cancelled; its worker {record.owner} died before it stopped",
-            )
-            return Outcome(Settle.ACK, TaskStatus.CANCELLED if done else None, "cancelled")
-        # The owner died mid-task: the task was interrupted, and its opt-in decides what happens next.
-        if task is not None and task.options.requeue_on_interrupt:
-            logger.warning(
-                "task %s lost its worker %s; running attempt %d", record.id, record.owner, record.attempt + 1
-            )
-            return self._start(record, message, queue, task, attempt=record.attempt + 1)
-        done = self._finish(
-            record.id,
-            record.attempt,
-            TaskStatus.INTERRUPTED,
-            expect=TaskStatus.RUNNING,
-            reason="worker_lost",
-            error_message=f"worker {record.owner} died while running attempt {record.attempt}",
-        )
-        logger.warning(
-            "task %s interrupted: worker %s was lost (not opted in to requeue)", record.id, record.owner
-        )
-        return Outcome(Settle.ACK, TaskStatus.INTERRUPTED if done else None, "worker_lost")
-
-    def _recheck_later(self, record: TaskRecord, message: Message) -> Outcome:
-        """A delivery of a task that a live worker is running: a duplicate, unless that worker is dying.
-
-        Acking it outright would lose the task if the owner died a moment ago (RabbitMQ redelivers at
-        once, before the heartbeat goes stale), so the message waits in the store's schedule until the
-        owner's lease would have lapsed; by then the task has ended (skipped), or its owner is dead (the
-        rules for an interrupted task apply), or it is still alive (checked again).
-        """
-        owner = record.owner or ""
-        seen = self.app.store.last_heartbeat(owner) if owner != self.worker_id else None
-        due = (seen if seen is not None else time.time()) + self.app.settings.lease_timeout + 1.0
-        entry = ScheduleEntry(
-            id=f"{record.id}:recheck",
-            task_id=record.id,
-            queue=record.queue,
-            due_at=due,
-            body=message.encode().decode(),
-            priority=message.priority,
-        )
-        self._write(lambda: self.app.store.add_schedule(entry))
-        logger.info(
-            "task %s is running on %s: this delivery is parked for %.1f s, then checked again",
-            record.id,
-            owner,
-            due - time.time(),
-        )
-        return Outcome(Settle.ACK, record.status, "running_elsewhere")
-
     # -- running -------------------------------------------------------------------------------------------
 
     def _start(
         self, record: TaskRecord, message: Message, queue: str, task: Task[Any, Any] | None, attempt: int
     ) -> Outcome:
-        store = self.app.store
         now = time.time()
         if message.expires is not None and message.expires <= self.clock():
             self._finish(
@@ -295,8 +197,9 @@ class Executor:
             )
             logger.error("task %s dead-lettered: %s", record.id, detail)
             return Outcome(Settle.DEAD_LETTER, TaskStatus.FAILED, "max_deliveries", detail)
+        writer = self.writer
         claimed = self._write(
-            lambda: store.transition(
+            lambda: writer.transition(
                 record.id,
                 TaskStatus.RUNNING,
                 expect={record.status},
@@ -361,13 +264,35 @@ class Executor:
         self.running[record.id] = run
         if self.on_start is not None:
             self.on_start(run)
+        middleware = self.app.middleware  # read once: the no-middleware path allocates nothing more
         token = activate(ctx)
+        try:
+            verdict = self._call(run, task, bound, middleware)
+        finally:
+            deactivate(token)
+            self.running.pop(record.id, None)
+        return self._store_verdict(run, task, verdict)
+
+    def _call(
+        self,
+        run: RunningTask,
+        task: Task[Any, Any],
+        bound: inspect.BoundArguments,
+        middleware: list[Middleware],
+    ) -> ExecutionOutcome:
+        """Run the task's code between its execute hooks (in this thread, or for a coroutine on the loop)."""
+        ctx, message = run.context, run.message
         failure: BaseException | None = None
         value: Any = None
+        if middleware and not task.is_async:
+            call_hooks(middleware, "before_execute", self.app, message, ctx)
         try:
             try:
                 value = task.run(ctx, bound)
                 if inspect.iscoroutine(value):
+                    if middleware:  # the hooks run in the coroutine's own asyncio task
+                        judge = functools.partial(run.judge, task)
+                        value = around_coroutine(middleware, self.app, message, ctx, value, judge)
                     run.async_future = self.event_loop.submit(ctx, value)
                     value = run.async_future.result()
                 elif inspect.isawaitable(value):
@@ -377,11 +302,16 @@ class Executor:
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            failure = TaskInterrupted() if isinstance(exc, CancelledError) and run.forced else exc
-        finally:
-            deactivate(token)
-            self.running.pop(record.id, None)
-        if run.stop_reason == "cancelled":
+            failure = exc
+        verdict = run.judge(task, value, failure)
+        if middleware and not task.is_async:
+            report_outcome(middleware, self.app, message, ctx, verdict)
+        return verdict
+
+    def _store_verdict(self, run: RunningTask, task: Task[Any, Any], verdict: ExecutionOutcome) -> Outcome:
+        """Write the attempt's outcome to the store (write, then the caller acks)."""
+        record, attempt = run.record, run.record.attempt
+        if verdict.status is TaskStatus.CANCELLED:
             self._finish(
                 record.id,
                 attempt,
@@ -391,39 +321,45 @@ class Executor:
             )
             logger.info("task %s cancelled while running", record.id)
             return Outcome(Settle.ACK, TaskStatus.CANCELLED, "cancelled", ran=True)
-        if run.stop_reason == "timeout":
-            failure = TimeLimitExceeded(
-                f"attempt {attempt} ran past its time limit of {timeout} s"
-                + (" and was stopped by force" if run.forced else "")
-            )
-        if failure is not None:
-            return self._failed(record, message, task, failure)
-        try:
-            result = encode_json_value(value, "the return value")
-        except ArgumentEncodingError as exc:
+        if verdict.reason == "result_not_serializable":
             self._finish(
                 record.id,
                 attempt,
                 TaskStatus.FAILED,
                 reason="result_not_serializable",
                 error_type="ArgumentEncodingError",
-                error_message=str(exc),
+                error_message=str(verdict.exception),
             )
             return Outcome(Settle.ACK, TaskStatus.FAILED, "result_not_serializable", ran=True)
+        if verdict.exception is not None:
+            return self._failed(record, run.message, task, verdict.exception, verdict.retry_delay)
         ttl = self.app.settings.history_ttl if task.options.persist else self.app.settings.result_ttl
-        self._finish(record.id, attempt, TaskStatus.SUCCESS, result=result, expires_at=time.time() + ttl)
+        self._finish(
+            record.id, attempt, TaskStatus.SUCCESS, result=verdict.result, expires_at=time.time() + ttl
+        )
         return Outcome(Settle.ACK, TaskStatus.SUCCESS, ran=True)
 
     def _failed(
-        self, record: TaskRecord, message: Message, task: Task[Any, Any], exc: BaseException
+        self,
+        record: TaskRecord,
+        message: Message,
+        task: Task[Any, Any],
+        exc: BaseException,
+        delay: float | None = None,
     ) -> Outcome:
+        """Write a failed attempt: RETRYING with its next attempt scheduled, or FAILED.
+
+        Args:
+            delay: the retry delay already decided (`RunningTask.judge`); None: decide it here.
+        """
         attempt = record.attempt
         error: dict[str, Any] = {
             "error_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
             "error_message": mask_text(str(exc)),
             "traceback": mask_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__))),
         }
-        delay = task.options.retry_policy.next_delay(attempt, exc)
+        if delay is None:
+            delay = task.options.retry_policy.next_delay(attempt, exc)
         if delay is not None:
             now = time.time()
             nxt = dataclasses.replace(message, attempt=attempt + 1, eta=now + delay)
@@ -435,8 +371,9 @@ class Executor:
                 body=nxt.encode().decode(),
                 priority=message.priority,
             )
+            writer = self.writer
             done = self._write(
-                lambda: self.app.store.transition(
+                lambda: writer.transition(
                     record.id,
                     TaskStatus.RETRYING,
                     expect={TaskStatus.RUNNING},
@@ -516,10 +453,9 @@ class Executor:
         changes.setdefault("finished_at", time.time())
         if status.terminal and "expires_at" not in changes:
             changes["expires_at"] = time.time() + self.app.settings.history_ttl
+        writer = self.writer
         done = self._write(
-            lambda: self.app.store.transition(
-                task_id, status, expect={expect}, expect_attempt=attempt, **changes
-            ),
+            lambda: writer.transition(task_id, status, expect={expect}, expect_attempt=attempt, **changes),
             patient=True,
         )
         if done is None:

@@ -100,6 +100,32 @@ class TaskHandle(Generic[R]):
         """Async `cancel()`."""
         return await asyncio.to_thread(self.cancel)
 
+    # Async reads: the store client blocks, so each runs in the loop's default executor.
+
+    async def arecord(self) -> TaskRecord:
+        """Async `record()`."""
+        return await asyncio.to_thread(self.record)
+
+    async def astatus(self) -> TaskStatus:
+        """Async `status`."""
+        return (await self.arecord()).status
+
+    async def aprogress(self) -> float | None:
+        """Async `progress`."""
+        return (await self.arecord()).progress
+
+    async def alogs(self) -> list[LogLine]:
+        """Async `logs`."""
+        return (await self.arecord()).logs
+
+    async def adone(self) -> bool:
+        """Async `done()`."""
+        return (await self.arecord()).status.terminal
+
+    async def aresult(self) -> TaskResult:
+        """Async `result()`: the terminal snapshot now; raises `TaskNotDone` while the task has not finished."""
+        return await asyncio.to_thread(self.result)
+
     def done(self) -> bool:
         """True once the task reached a terminal state."""
         return self.record().status.terminal

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 VERSION = 1
 CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "utf-8"
+#: Limits on `meta`, the string map middleware attaches to a message (checked at enqueue and on receipt).
+MAX_META_ENTRIES = 32
+MAX_META_KEY = 128
+MAX_META_VALUE = 4096
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,9 @@ class Message:
     parent_id: str | None = None
     root_id: str | None = None
     workflow: dict[str, Any] | None = None
+    #: String metadata attached by middleware at enqueue (e.g. trace propagation headers); see
+    #: `Middleware.before_enqueue`. Sent only when non-empty.
+    meta: dict[str, str] = field(default_factory=dict)
     v: int = VERSION
     cipher: MessageCipher | None = field(default=None, compare=False, repr=False)
 
@@ -59,7 +66,7 @@ class Message:
         return f"Message({', '.join(shown)})"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        envelope: dict[str, Any] = {
             "v": self.v,
             "id": self.id,
             "task": self.task,
@@ -76,6 +83,9 @@ class Message:
             "root_id": self.root_id,
             "workflow": self.workflow,
         }
+        if self.meta:
+            envelope["meta"] = self.meta
+        return envelope
 
     def encode(self, max_bytes: int | None = None, cipher: MessageCipher | None = None) -> bytes:
         """The JSON body, with `args`/`kwargs` encrypted into `enc` when `cipher` (or `self.cipher`) is set.
@@ -216,6 +226,7 @@ def decode(
         parent_id=_field(data, "parent_id", str),
         root_id=_field(data, "root_id", str),
         workflow=_field(data, "workflow", dict),
+        meta=_meta(data),
         cipher=cipher,
     )
 
@@ -306,4 +317,27 @@ def _tags(data: dict[str, Any]) -> dict[str, str]:
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise MessageError("invalid_envelope", "field 'tags' must be an object of strings")
+    return value
+
+
+def _meta(data: dict[str, Any]) -> dict[str, str]:
+    value = data.get("meta")
+    if value is None:
+        return {}
+    if (
+        type(value) is not dict
+        or len(value) > MAX_META_ENTRIES
+        or not all(
+            isinstance(k, str)
+            and isinstance(v, str)
+            and 0 < len(k) <= MAX_META_KEY
+            and len(v) <= MAX_META_VALUE
+            for k, v in value.items()
+        )
+    ):
+        raise MessageError(
+            "invalid_envelope",
+            f"field 'meta' must be an object of at most {MAX_META_ENTRIES} strings "
+            f"(keys up to {MAX_META_KEY}, values up to {MAX_META_VALUE} characters)",
+        )
     return value

@@ -160,10 +160,12 @@ def child_main(conn: Connection) -> None:
     logging.basicConfig(level=int(config["loglevel"]), format=LOG_FORMAT)
     for name in config["modules"]:  # the worker's -A modules: never a name from a message
         importlib.import_module(name)
-    from .app import Decortask
+    from .app import Decortask, current_app
     from .executor import Executor
 
-    app = Decortask(set_default=True, **config["settings"])
+    # The execute hooks run here, beside the task's code: those of the app the -A modules created.
+    declared = current_app().middleware
+    app = Decortask(set_default=True, middleware=declared, **config["settings"])
     owner = f"{config['worker_id']}/{os.getpid()}"
 
     def owner_alive(other: str) -> bool:

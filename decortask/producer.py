@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
 from .message import Message
+from .middleware import finish_enqueue, prepare_enqueue
 from .states import TaskStatus
 from .store.base import ScheduleEntry, TaskRecord
 
@@ -41,74 +43,228 @@ def send_task(
     from .handle import TaskHandle
 
     task.bind_arguments(args, kwargs)
-    now = time.time()
-    due = _due_time(now, countdown, eta)
-    options = task.options
-    expires_at = _expiry_time(now, expires if expires is not None else options.expires)
-    prio = options.priority if priority is None else priority
-    if isinstance(prio, bool) or not isinstance(prio, int) or not 0 <= prio <= 9:
-        raise ConfigurationError(f"priority={prio!r} is invalid: expected an integer from 0 to 9")
-    if tags is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
-        raise ConfigurationError("tags must map strings to strings")
+    common = _Common.of(app, task, countdown, eta, expires, priority, queue)
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key):
         raise ConfigurationError("idempotency_key must be a non-empty string")
-    target = queue or options.queue or app.settings.default_queue
-    message = Message(
-        id=uuid.uuid4().hex,
-        task=task.name,
-        args=list(args),
-        kwargs=kwargs,
-        attempt=1,
-        eta=due,
-        expires=expires_at,
-        created_at=now,
-        idempotency_key=idempotency_key,
-        tags=dict(tags or {}),
-        priority=prio,
-        cipher=app.cipher,  # the broker sees only ciphertext; the store keeps the arguments (it is trusted)
-    )
-    body = message.encode(app.settings.max_payload_bytes)
-    record = TaskRecord(
-        id=message.id,
-        name=task.name,
-        queue=target,
-        status=TaskStatus.SCHEDULED if due is not None else TaskStatus.PENDING,
-        created_at=now,
-        updated_at=now,
-        args=message.args,
-        kwargs=message.kwargs,
-        tags=message.tags,
-        idempotency_key=idempotency_key,
-        priority=prio,
-        persist=options.persist,
-        scheduled_for=due,
-    )
+    item = common.prepare(app, task, args, kwargs, idempotency_key, tags, "")
     store = app.store
-    if due is not None:
+    if common.due is not None:
         # The entry is written before the record: a crash in between leaves an entry whose message
         # creates its record on receipt, never a record that nothing will ever publish.
-        entry = ScheduleEntry(
-            id=f"{message.id}:1",
-            task_id=message.id,
-            queue=target,
-            due_at=due,
-            body=body.decode(),
-            priority=prio,
-        )
+        entry = common.schedule_entry(item)
         store.add_schedule(entry)
-        stored = store.create(record)
-        if stored.id != message.id:
+        stored = store.create(item.record)
+        if stored.id != item.message.id:
             store.remove_schedule([entry.id])
+        else:
+            finish_enqueue(app, item.message)
         return TaskHandle(app, stored.id, stored.name)
-    stored = store.create(record)
-    if stored.id != message.id:
+    stored = store.create(item.record)
+    if stored.id != item.message.id:
         return TaskHandle(app, stored.id, stored.name)
     try:
-        app.transport.publish(body, target, priority=prio, persistent=options.persist)
+        app.transport.publish(
+            item.body, common.queue, priority=common.priority, persistent=task.options.persist
+        )
     except BaseException:
-        store.delete(message.id)  # no phantom PENDING record for a message that was never sent
+        store.delete(item.message.id)  # no phantom PENDING record for a message that was never sent
         raise
-    return TaskHandle(app, message.id, task.name)
+    finish_enqueue(app, item.message)
+    return TaskHandle(app, item.message.id, task.name)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call of a batch: its arguments and its own idempotency key and tags.
+
+    `task.call(...)` builds one with the arguments checked against the task's signature by type checkers.
+    """
+
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    tags: Mapping[str, str] | None = None
+
+    def keyed(self, idempotency_key: str) -> Call:
+        """This call with an idempotency key (an item whose key is held returns the holder's handle)."""
+        return replace(self, idempotency_key=idempotency_key)
+
+
+@dataclass
+class _Prepared:
+    message: Message
+    body: bytes
+    record: TaskRecord
+
+
+@dataclass(frozen=True)
+class _Common:
+    """What every call of one `.apply_async()` or batch shares: times, priority, queue."""
+
+    now: float
+    due: float | None
+    expires_at: float | None
+    priority: int
+    queue: str
+
+    @classmethod
+    def of(
+        cls,
+        app: Decortask,
+        task: Task[Any, Any],
+        countdown: float | None,
+        eta: datetime | float | None,
+        expires: datetime | float | None,
+        priority: int | None,
+        queue: str | None,
+    ) -> _Common:
+        now = time.time()
+        options = task.options
+        prio = options.priority if priority is None else priority
+        if isinstance(prio, bool) or not isinstance(prio, int) or not 0 <= prio <= 9:
+            raise ConfigurationError(f"priority={prio!r} is invalid: expected an integer from 0 to 9")
+        return cls(
+            now=now,
+            due=_due_time(now, countdown, eta),
+            expires_at=_expiry_time(now, expires if expires is not None else options.expires),
+            priority=prio,
+            queue=queue or options.queue or app.settings.default_queue,
+        )
+
+    def prepare(
+        self,
+        app: Decortask,
+        task: Task[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        idempotency_key: str | None,
+        tags: Mapping[str, str] | None,
+        where: str,
+    ) -> _Prepared:
+        """The message (encoded: JSON and size checked) and the record of one call whose arguments fit."""
+        if tags is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+            raise ConfigurationError(f"{where}tags must map strings to strings")
+        message = Message(
+            id=uuid.uuid4().hex,
+            task=task.name,
+            args=list(args),
+            kwargs=kwargs,
+            attempt=1,
+            eta=self.due,
+            expires=self.expires_at,
+            created_at=self.now,
+            idempotency_key=idempotency_key,
+            tags=dict(tags or {}),
+            priority=self.priority,
+            cipher=app.cipher,  # the broker sees only ciphertext; the store keeps the arguments (it is trusted)
+        )
+        message = prepare_enqueue(app, message)
+        body = message.encode(app.settings.max_payload_bytes)
+        record = TaskRecord(
+            id=message.id,
+            name=task.name,
+            queue=self.queue,
+            status=TaskStatus.SCHEDULED if self.due is not None else TaskStatus.PENDING,
+            created_at=self.now,
+            updated_at=self.now,
+            args=message.args,
+            kwargs=message.kwargs,
+            tags=message.tags,
+            idempotency_key=idempotency_key,
+            priority=self.priority,
+            persist=task.options.persist,
+            scheduled_for=self.due,
+        )
+        return _Prepared(message, body, record)
+
+    def schedule_entry(self, item: _Prepared) -> ScheduleEntry:
+        assert self.due is not None
+        return ScheduleEntry(
+            id=f"{item.message.id}:1",
+            task_id=item.message.id,
+            queue=self.queue,
+            due_at=self.due,
+            body=item.body.decode(),
+            priority=self.priority,
+        )
+
+
+def send_many(
+    app: Decortask,
+    task: Task[Any, Any],
+    calls: Iterable[Call],
+    *,
+    countdown: float | None = None,
+    eta: datetime | float | None = None,
+    expires: datetime | float | None = None,
+    priority: int | None = None,
+    queue: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> list[TaskHandle[Any]]:
+    """Validate, record and publish many calls of one task: one store write and one publish for all.
+
+    Every call is validated first, exactly as `.delay()` would (arguments, JSON, size): one bad call
+    raises before anything is written or sent. Then all records are written in one atomic step, then
+    all their messages are published at once (on AMQP with publisher confirms for the whole batch).
+    A call whose idempotency key is held gets the holder's handle and publishes nothing.
+
+    Raises:
+        BrokerUnavailable: the batch could not be published. Every record the batch wrote is deleted
+            again, so none is left PENDING without a message; messages the broker took before it failed
+            may still run (a worker recreates a missing record), as with a `.delay()` whose confirm was
+            lost. Give the calls idempotency keys to make resending the batch safe.
+    """
+    from .handle import TaskHandle
+
+    common = _Common.of(app, task, countdown, eta, expires, priority, queue)
+    prepared: list[_Prepared] = []
+    for index, call in enumerate(calls):
+        if not isinstance(call, Call):
+            raise TypeError(
+                f"{task.name}: item {index} of the batch is {call!r}, not a Call (use task.call(...))"
+            )
+        args, kwargs = tuple(call.args), dict(call.kwargs)
+        try:
+            task.bind_arguments(args, kwargs)
+        except TypeError as exc:
+            raise TypeError(f"item {index} of the batch: {exc}") from None
+        key = call.idempotency_key
+        if key is not None and (not isinstance(key, str) or not key):
+            raise ConfigurationError(f"item {index} of the batch: idempotency_key must be a non-empty string")
+        merged = {**(tags or {}), **(call.tags or {})}
+        prepared.append(common.prepare(app, task, args, kwargs, key, merged, f"item {index} of the batch: "))
+    if not prepared:
+        return []
+    store = app.store
+    if common.due is not None:
+        # As in send_task: entries first, so a crash in between never leaves a record nothing publishes.
+        entries = [common.schedule_entry(item) for item in prepared]
+        for entry in entries:
+            store.add_schedule(entry)
+        stored = store.create_many([item.record for item in prepared])
+        held = [e.id for e, s in zip(entries, stored, strict=True) if s.id != e.task_id]
+        if held:
+            store.remove_schedule(held)
+    else:
+        stored = store.create_many([item.record for item in prepared])
+        fresh = [item for item, s in zip(prepared, stored, strict=True) if s.id == item.message.id]
+        try:
+            app.transport.publish_many(
+                [(item.body, common.queue, common.priority, None) for item in fresh],
+                persistent=task.options.persist,
+            )
+        except BaseException:
+            for item in fresh:  # no PENDING record is left for a message that may never have been sent
+                store.delete(item.message.id)
+            raise
+    for item, s in zip(prepared, stored, strict=True):
+        if s.id == item.message.id:
+            finish_enqueue(app, item.message)
+    handles: list[TaskHandle[Any]] = [TaskHandle(app, s.id, s.name) for s in stored]
+    if app.eager_runner is not None:  # `decortask.testing.eager()`: run them now, as `.delay()` does
+        for handle in handles:
+            app.eager_runner(handle)
+    return handles
 
 
 def _timestamp(value: datetime | float, what: str) -> float:

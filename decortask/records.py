@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
+from .config import Settings
 from .message import Message
 from .states import TaskStatus
 from .store.base import TaskRecord
@@ -52,3 +53,19 @@ def message_from_record(record: TaskRecord, cipher: MessageCipher | None = None)
         root_id=record.root_id,
         cipher=cipher,
     )
+
+
+class EndedFields(TypedDict):
+    finished_at: float
+    expires_at: float
+
+
+def ended_fields(settings: Settings, now: float, persist: bool = True) -> EndedFields:
+    """What every terminal write sets besides the status: when the task ended and when its record goes.
+
+    Persistent tasks are kept for `history_ttl`, `persist=False` ones for `result_ttl` (DESIGN §2 persist).
+    """
+    return {
+        "finished_at": now,
+        "expires_at": now + (settings.history_ttl if persist else settings.result_ttl),
+    }

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .message import Message
-from .records import message_from_record
+from .middleware import notify_interrupt
+from .records import ended_fields, message_from_record
 from .states import TaskStatus
 from .store.base import ScheduleEntry, TaskQuery, TaskRecord
 
@@ -49,8 +50,7 @@ def interrupt(app: Decortask, record: TaskRecord, message: Message | None, reaso
             expect_attempt=record.attempt,
             reason="cancelled",
             error_message=f"cancelled; its worker stopped ({reason}) before it did",
-            finished_at=now,
-            expires_at=now + app.settings.history_ttl,
+            **ended_fields(app.settings, now, record.persist),
         )
         return TaskStatus.CANCELLED if done is not None else None
     if task is not None and task.options.requeue_on_interrupt:
@@ -76,6 +76,7 @@ def interrupt(app: Decortask, record: TaskRecord, message: Message | None, reaso
         )
         if done is not None:
             logger.warning("task %s interrupted (%s); attempt %d is queued", record.id, reason, nxt.attempt)
+            notify_interrupt(app, message, record, reason)
             return TaskStatus.PENDING
         return None
     done = app.store.transition(
@@ -86,11 +87,11 @@ def interrupt(app: Decortask, record: TaskRecord, message: Message | None, reaso
         reason=reason,
         error_message=f"attempt {record.attempt} was interrupted ({reason}) and the task is not opted in "
         "to requeue_on_interrupt; re-run it with `decortask retry ID`",
-        finished_at=now,
-        expires_at=now + app.settings.history_ttl,
+        **ended_fields(app.settings, now, record.persist),
     )
     if done is not None:
         logger.warning("task %s interrupted (%s): INTERRUPTED, not run again", record.id, reason)
+        notify_interrupt(app, message, record, reason)
         return TaskStatus.INTERRUPTED
     return None
 

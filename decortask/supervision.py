@@ -26,9 +26,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("decortask.worker")
 
-#: How often the store is asked whether a running task was cancelled (a broadcast would be faster).
-CANCEL_POLL = 0.5
-
 
 class Supervised(Protocol):
     """What the supervisor needs of a running attempt, local (`RunningTask`) or in a pool child."""
@@ -69,6 +66,12 @@ class Supervisor:
         self.executor = executor
         self.remote = remote
         self._next_cancel_poll = 0.0
+        #: Task ids a control-exchange broadcast named since the last tick (consumer thread only).
+        self._cancel_hints: set[str] = set()
+
+    def hint_cancel(self, task_id: str) -> None:
+        """A broadcast said `task_id` was asked to cancel: check it at the next tick, not the next poll."""
+        self._cancel_hints.add(task_id)
 
     def tick(self) -> None:
         now = time.monotonic()
@@ -77,17 +80,20 @@ class Supervisor:
         ]
         if self.remote is not None:
             running += [(run, run.stop_by_force) for run in self.remote()]
+        hinted, self._cancel_hints = self._cancel_hints, set()
         if not running:
             return
         poll_cancel = now >= self._next_cancel_poll
         if poll_cancel:
-            self._next_cancel_poll = now + CANCEL_POLL
+            self._next_cancel_poll = now + self.app.settings.cancel_poll_interval
         for run, force in running:
             if run.deadline is not None and now >= run.deadline:
                 if run.stop_reason is None:
                     logger.warning("task %s reached its time limit; asking it to stop", run.task_id)
                 run.ask_to_stop("timeout")
-            if poll_cancel and run.stop_reason != "cancelled" and self._cancel_requested(run):
+            # A broadcast is only a hint: the store, where the request was written first, decides.
+            check_cancel = poll_cancel or run.task_id in hinted
+            if check_cancel and run.stop_reason != "cancelled" and self._cancel_requested(run):
                 logger.info("task %s: cancellation requested; asking it to stop", run.task_id)
                 run.ask_to_stop("cancelled")
             if run.stop_reason is not None and not run.forced:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import sys
 import typing
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
@@ -18,6 +19,7 @@ from .retry import RetryPolicy
 if TYPE_CHECKING:
     from .app import Decortask
     from .handle import TaskHandle
+    from .producer import Call
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -171,6 +173,9 @@ class Task(Generic[P, R]):
         self.name = options.name
         self.context_param = _context_parameter(fn)
         signature = inspect.signature(fn)
+        #: The function's own signature, context included. Calls are laid out by it rather than by `fn`'s
+        #: signature at call time, so a replaced `fn` (`mocker.patch.object(task, "fn")`) is called alike.
+        self.fn_signature = signature
         self.signature = signature.replace(
             parameters=[p for p in signature.parameters.values() if p.name != self.context_param]
         )
@@ -204,7 +209,7 @@ class Task(Generic[P, R]):
         positional: list[Any] = []
         keywords: dict[str, Any] = {}
         by_position = True
-        for param in inspect.signature(self.fn).parameters.values():
+        for param in self.fn_signature.parameters.values():
             value: Any
             if param.name == self.context_param:
                 value, present = ctx, True
@@ -276,6 +281,136 @@ class Task(Generic[P, R]):
             queue=queue,
             idempotency_key=idempotency_key,
             tags=tags,
+        )
+
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> Call:
+        """One call for `apply_many`, its arguments type-checked like `.delay()`'s."""
+        from .producer import Call
+
+        return Call(args=args, kwargs=kwargs)
+
+    def map(
+        self, arguments: Iterable[Any], *, queue: str | None = None, app: Decortask | None = None
+    ) -> list[TaskHandle[R]]:
+        """Enqueue one call per item, each item the call's positional arguments (a tuple) or its only one.
+
+        `send_email.map(addresses)` enqueues `send_email(a)` for each address; `add.map([(1, 2), (3, 4)])`
+        enqueues `add(1, 2)` and `add(3, 4)`. Same as `apply_many`: one store write and one publish.
+        """
+        from .producer import Call
+
+        calls = [Call(args=item if isinstance(item, tuple) else (item,)) for item in arguments]
+        return self.apply_many(calls, queue=queue, app=app)
+
+    def apply_many(
+        self,
+        calls: Iterable[Call],
+        *,
+        countdown: float | None = None,
+        eta: datetime | float | None = None,
+        expires: datetime | float | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        app: Decortask | None = None,
+    ) -> list[TaskHandle[R]]:
+        """Enqueue many calls with far fewer round trips than one `.delay()` each; handles in call order.
+
+        Each call is validated like `.delay()` before anything is written; records are written in one
+        step, then the messages published together (confirmed by the broker on AMQP). Options apply to
+        every call; `task.call(...).keyed(key)` gives one call an idempotency key. See docs/performance.md for
+        what a `BrokerUnavailable` leaves behind.
+        """
+        from .app import current_app
+        from .producer import send_many
+
+        return send_many(
+            app or current_app(),
+            self,
+            calls,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            priority=priority,
+            queue=queue,
+            tags=tags,
+        )
+
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Enqueue once the current database transaction commits (nothing is sent if it rolls back).
+
+        Uses the app's `commit_hook` (the Django integration sets it to `transaction.on_commit`). Returns
+        nothing: the task does not exist until the commit.
+
+        Raises:
+            ConfigurationError: no commit hook is set on the app.
+            TypeError: the arguments do not fit the task's signature.
+            ArgumentEncodingError: an argument is not JSON.
+        """
+        from .app import current_app
+        from .errors import ArgumentEncodingError
+        from .message import find_unencodable
+
+        # Checked now, inside the caller's transaction: at commit time the data is already saved and a
+        # bad call could only fail after the fact.
+        self.bind_arguments(args, kwargs)
+        where = find_unencodable(args, "args") or find_unencodable(kwargs, "kwargs")
+        if where is not None:
+            raise ArgumentEncodingError(
+                f"task {self.name}: {where} cannot be sent as JSON; pass JSON types only "
+                "(str, int, float, bool, None, list, dict with str keys)"
+            )
+        app = current_app()
+        hook = app.commit_hook
+        if hook is None:
+            from .errors import ConfigurationError
+
+            raise ConfigurationError(
+                f"{self.name}.delay_on_commit() needs a commit hook: add 'decortask.contrib.django' to "
+                "INSTALLED_APPS, or set app.commit_hook to a function that runs a callback after the commit"
+            )
+
+        def send() -> None:
+            self.apply_async(args=args, kwargs=kwargs, app=app)
+
+        hook(send)
+
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        """`delay()` for asyncio code: records and publishes in a thread, never blocking the event loop."""
+        return await self.aapply_async(args=args, kwargs=kwargs)
+
+    async def aapply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: datetime | float | None = None,
+        expires: datetime | float | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        idempotency_key: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        app: Decortask | None = None,
+    ) -> TaskHandle[R]:
+        """`apply_async()` for asyncio code, with the same parameters.
+
+        The store write and the publish run in the loop's default executor (`asyncio.to_thread`, which
+        copies context variables, so middleware sees the caller's request context); each of its threads
+        publishes over its own broker connection, as kombu channels are not thread-safe.
+        """
+        return await asyncio.to_thread(
+            self.apply_async,
+            args,
+            kwargs,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            priority=priority,
+            queue=queue,
+            idempotency_key=idempotency_key,
+            tags=tags,
+            app=app,
         )
 
 

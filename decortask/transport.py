@@ -13,8 +13,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import kombu
@@ -24,41 +23,24 @@ from .config import Settings, sqlite_path
 from .errors import BrokerUnavailable, ConfigurationError
 from .message import CONTENT_ENCODING, CONTENT_TYPE
 from .security import mask_text, mask_url
-from .transports.guard import guard_channel
+from .transports.broadcast import BROADCAST_SCHEMES, CONTROL_EXCHANGE, CONTROL_TTL_MS, encode_cancel
+from .transports.confirms import confirm_tracker
 from .transports.memory import restoring_memory_transport
+from .transports.session import CONNECTION_ERRORS, ConsumerSession, Delivery
+
+# ConsumerSession and Delivery live in transports/session.py; this module stays the one to import from.
+__all__ = ["DEAD_LETTER_SUFFIX", "BrokerTransport", "ConsumerSession", "Delivery", "scheme_of"]
 
 logger = logging.getLogger("decortask.transport")
 
 DEFAULT_EXCHANGE = Exchange("")
 MAX_PRIORITY = 9
 DEAD_LETTER_SUFFIX = ".dlq"
-#: A consumer that lost its broker tries again after this pause, doubled after each failure up to the max.
-RECONNECT_FIRST_PAUSE = 0.5
-RECONNECT_MAX_PAUSE = 10.0
 _SCHEMES = {"amqp", "amqps", "pyamqp", "redis", "rediss", "memory", "sqlite"}
-#: Errors that mean "the broker is not there right now" across kombu's transports.
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, ConnectionError, socket.timeout)
 
 
 def scheme_of(url: str) -> str:
     return url.split("://", 1)[0].lower() if "://" in url else ""
-
-
-@dataclass
-class Delivery:
-    """A received message, before decoding. `raw` is kombu's message, used only to settle it."""
-
-    body: bytes
-    content_type: str | None
-    headers: dict[str, Any]
-    queue: str
-    redelivered: bool
-    raw: Any
-    #: Set when the transport refused the message before decortask could read it (dead-letter reason).
-    refused: str | None = None
-    refused_detail: str = ""
-    #: The kombu connection it arrived on: once that is lost, the broker has the message back.
-    connection: Any = field(default=None, repr=False, compare=False)
 
 
 class BrokerTransport:
@@ -103,7 +85,10 @@ class BrokerTransport:
         if self.scheme in ("amqp", "amqps", "pyamqp"):
             options["confirm_publish"] = True
         if self.scheme in ("redis", "rediss"):
+            from .transports.redis import redis_connection
+
             options["visibility_timeout"] = self.settings.redis_visibility_timeout
+            return redis_connection(self.url, transport_options=options, connect_timeout=5)
         return kombu.Connection(self.url, transport_options=options, connect_timeout=5)
 
     def _connect(self, conn: kombu.Connection, retries: int) -> None:
@@ -165,12 +150,14 @@ class BrokerTransport:
 
     # -- publishing ----------------------------------------------------------------------------------------
 
-    def _producer(self) -> tuple[kombu.Connection, kombu.Producer, set[str]]:
+    def _producer(self, retries: int | None = None) -> tuple[kombu.Connection, kombu.Producer, set[str]]:
         state = getattr(self._local, "producer", None)
         if state is None:
             conn = self.connection()
-            self._connect(conn, self.settings.publish_retries)
+            self._connect(conn, self.settings.publish_retries if retries is None else retries)
             producer = kombu.Producer(conn.default_channel, exchange=DEFAULT_EXCHANGE)
+            if self._is_amqp():
+                confirm_tracker(producer.channel)  # before any publish: it numbers them from the first
             state = (conn, producer, set())
             self._local.producer = state
             with self._lock:
@@ -236,29 +223,45 @@ class BrokerTransport:
         *,
         persistent: bool = True,
     ) -> None:
-        """Publish (body, queue, priority, headers) items over one connection, retrying the rest on failure."""
+        """Publish (body, queue, priority, headers) items over one connection, retrying the rest on failure.
+
+        The whole batch travels in one go: on AMQP every message is sent before the confirms are awaited
+        (once, for all of them); on Redis one pipeline pushes them, one LPUSH per queue
+        (transports/redis.py). Nothing returns before the broker
+        took every item; after a connection failure the unconfirmed items are sent again (a duplicate
+        delivery is skipped by the worker's receipt rules).
+        """
         pending = list(items)
         attempts = 0
         while pending:
             try:
                 _conn, producer, declared = self._producer()
-                while pending:
-                    body, queue, priority, headers = pending[0]
+                for _body, queue, _priority, _headers in pending:
                     if queue not in declared:
                         self.queue(queue)(producer.channel).declare()
                         declared.add(queue)
-                    producer.publish(
-                        body,
-                        routing_key=queue,
-                        content_type=CONTENT_TYPE,
-                        content_encoding=CONTENT_ENCODING,
-                        delivery_mode=2 if persistent else 1,
-                        priority=self.broker_priority(priority),
-                        headers=headers or {},
-                        retry=False,
-                        timeout=self.settings.confirm_timeout,
-                    )
-                    pending.pop(0)
+                confirms = confirm_tracker(producer.channel) if self._is_amqp() else None
+                grouped: contextlib.AbstractContextManager[Any]
+                if confirms is not None:
+                    grouped = confirms.pipelined()
+                else:  # one pipeline for the Redis pushes; one message needs no pipeline
+                    grouped = producer.batch() if len(pending) > 1 else contextlib.nullcontext(0)
+                with grouped as first:
+                    for body, queue, priority, headers in pending:
+                        producer.publish(
+                            body,
+                            routing_key=queue,
+                            content_type=CONTENT_TYPE,
+                            content_encoding=CONTENT_ENCODING,
+                            delivery_mode=2 if persistent else 1,
+                            priority=self.broker_priority(priority),
+                            headers=headers or {},
+                            retry=False,
+                            timeout=self.settings.confirm_timeout,
+                        )
+                if confirms is not None:
+                    confirms.wait(first, self.settings.confirm_timeout)
+                pending.clear()
             except BrokerUnavailable:
                 raise
             except Exception as exc:
@@ -281,6 +284,46 @@ class BrokerTransport:
                 logger.warning("publish to %s failed (%s); retrying", self.url_masked, type(exc).__name__)
                 time.sleep(min(0.2 * attempts, 1.0))
 
+    @property
+    def broadcasts(self) -> bool:
+        """Whether this broker can tell every worker at once (the control exchange); see `broadcast`."""
+        return self.scheme in BROADCAST_SCHEMES
+
+    def broadcast_cancel(self, task_id: str) -> bool:
+        """Tell every worker that `task_id` was asked to cancel; best effort, True if the broker took it.
+
+        The request is already in the store: a worker that misses this finds it at its next store poll,
+        so a broker that is down costs a log line and one quick connection attempt, never an error.
+        """
+        if not self.broadcasts:
+            return False
+        try:
+            _conn, producer, declared = self._producer(retries=0)
+            if CONTROL_EXCHANGE.name not in declared:
+                CONTROL_EXCHANGE(producer.channel).declare()
+                declared.add(CONTROL_EXCHANGE.name)
+            producer.publish(
+                encode_cancel(task_id),
+                exchange=CONTROL_EXCHANGE,
+                routing_key="",
+                content_type=CONTENT_TYPE,
+                content_encoding=CONTENT_ENCODING,
+                delivery_mode=1,
+                expiration=CONTROL_TTL_MS / 1000,
+                retry=False,
+                timeout=self.settings.confirm_timeout,
+            )
+            return True
+        except Exception as exc:
+            self._drop_producer()
+            logger.warning(
+                "could not broadcast the cancel of %s on %s (%s); workers will see it at their next store poll",
+                task_id,
+                self.url_masked,
+                mask_text(str(exc)) or type(exc).__name__,
+            )
+            return False
+
     def dead_letter(self, delivery: Delivery, reason: str, detail: str) -> None:
         """Publish the original body to `<queue>.dlq` with a reason header (before the original is acked)."""
         headers = dict(delivery.headers)
@@ -298,9 +341,23 @@ class BrokerTransport:
 
     # -- consuming -----------------------------------------------------------------------------------------
 
-    def open_consumer(self, queues: Iterable[str], prefetch: int, consume: bool = True) -> ConsumerSession:
-        """A consumer connection on `queues`; with `consume=False` only `get()` fetches messages."""
-        return ConsumerSession(self, list(queues), prefetch, consume)
+    def open_consumer(
+        self,
+        queues: Iterable[str],
+        prefetch: int,
+        consume: bool = True,
+        *,
+        on_cancel: Callable[[str], None] | None = None,
+        consumer_id: str = "",
+    ) -> ConsumerSession:
+        """A consumer connection on `queues`; with `consume=False` only `get()` fetches messages.
+
+        `on_cancel` (called on the consuming thread with a task id) subscribes the session to the control
+        exchange where the broker has one; `consumer_id` names the session's control queue.
+        """
+        return ConsumerSession(
+            self, list(queues), prefetch, consume, on_cancel=on_cancel, consumer_id=consumer_id
+        )
 
     @contextlib.contextmanager
     def _admin_channel(self) -> Iterator[Any]:
@@ -342,206 +399,8 @@ class BrokerTransport:
         self._local = threading.local()
 
 
-class ConsumerSession:
-    """One consumer connection, used only by the thread that opened it (kombu channels are not thread-safe)."""
-
-    def __init__(
-        self, transport: BrokerTransport, queues: list[str], prefetch: int, consume: bool = True
-    ) -> None:
-        self.transport = transport
-        self.consume = consume
-        self.queues = queues
-        self.prefetch = prefetch
-        self._inbox: list[Delivery] = []
-        self._conn: kombu.Connection | None = None
-        self._consumer: kombu.Consumer | None = None
-        #: While the connection is lost: when it was lost (monotonic), the attempts since, and the backoff.
-        self.lost_at: float | None = None
-        self.reconnect_attempts = 0
-        self.pause = RECONNECT_FIRST_PAUSE
-        self._retry_at = 0.0
-        self.connect()
-
-    @property
-    def connected(self) -> bool:
-        return self._conn is not None
-
-    def lost(self) -> None:
-        """The connection failed: drop it at once and start the reconnect backoff.
-
-        Its unacked deliveries are the broker's again (RabbitMQ requeues them as the connection closes,
-        kombu's Redis channel restores them if Redis is still there, a lease on the SQLite broker runs out).
-        """
-        self.close(abort=True)
-        if self.lost_at is None:
-            self.lost_at = self._retry_at = time.monotonic()
-            self.reconnect_attempts = 0
-            self.pause = RECONNECT_FIRST_PAUSE
-
-    def reconnect_due(self) -> bool:
-        """Whether the backoff allows the next reconnect attempt now."""
-        return time.monotonic() >= self._retry_at
-
-    def reconnect(self) -> float:
-        """One reconnect attempt; returns how long the session was without a connection.
-
-        Raises:
-            BrokerUnavailable, or any of `connection_errors`: this attempt failed; the next one is due
-            `pause` seconds from now (0.5 s at first, doubled after each failure up to 10 s).
-        """
-        self.reconnect_attempts += 1
-        try:
-            self.connect(retries=0)
-        except BaseException:
-            self.pause = (
-                self.pause if self.reconnect_attempts == 1 else min(self.pause * 2, RECONNECT_MAX_PAUSE)
-            )
-            self._retry_at = time.monotonic() + self.pause
-            raise
-        down = time.monotonic() - (self.lost_at if self.lost_at is not None else time.monotonic())
-        self.lost_at = None
-        return down
-
-    def connect(self, retries: int | None = None) -> None:
-        """(Re)connect, declare the queues and start consuming; a previous connection is dropped first.
-
-        Raises:
-            BrokerUnavailable: the broker could not be reached within `retries`.
-            Any of `connection_errors`: the broker went away again while the session was being set up.
-        """
-        self.close(abort=True)
-        conn = self.transport.connection()
-        try:
-            self.transport._connect(
-                conn, retries if retries is not None else self.transport.settings.publish_retries
-            )
-            channel = conn.default_channel
-            channel.basic_qos(
-                0, self.prefetch, False
-            )  # positional: py-amqp and kombu's virtual channels name them differently
-            guard_channel(channel)
-            bound = [self.transport.queue(name)(channel) for name in self.queues]
-            for queue in bound:
-                queue.declare()
-            self._conn = conn
-            if self.consume:
-                # on_message, not callbacks: kombu then hands over the raw message without deserializing
-                # it (callbacks would decode every body first, and would unpickle a pickle body). Bodies
-                # are decoded only by decortask.message.decode, which accepts JSON alone.
-                consumer = kombu.Consumer(
-                    channel,
-                    queues=bound,
-                    on_message=self._on_message,
-                    on_decode_error=self._on_decode_error,
-                    no_ack=False,
-                    accept=[CONTENT_TYPE],
-                )
-                consumer.consume()
-                self._consumer = consumer
-        except BaseException:
-            # Half set up (the broker went away again, or is still starting): never leave it open.
-            self._consumer = self._conn = None
-            self.transport.abort(conn)
-            raise
-
-    def _on_decode_error(self, message: Any, exc: BaseException) -> None:
-        # kombu could not even build the message; it is refused as undecodable, never retried.
-        self._on_message(message)
-        self._inbox[-1].refused = "decode_error"
-        self._inbox[-1].refused_detail = f"the transport could not read the message ({type(exc).__name__})"
-
-    def _on_message(self, message: Any) -> None:
-        info = message.delivery_info or {}
-        raw_body = message.body
-        if isinstance(raw_body, str):
-            raw_body = raw_body.encode(CONTENT_ENCODING)
-        self._inbox.append(
-            Delivery(
-                body=raw_body,
-                content_type=message.content_type,
-                headers=dict(message.headers or {}),
-                queue=info.get("routing_key") or self.queues[0],
-                redelivered=bool(info.get("redelivered", False)),
-                raw=message,
-                connection=self._conn,
-            )
-        )
-        compression = getattr(message, "refused_compression", None)
-        if compression is not None:
-            self._inbox[-1].refused = "compression_not_allowed"
-            self._inbox[
-                -1
-            ].refused_detail = f"compressed bodies ({compression!r}) are never expanded: a small body could unpack to gigabytes"
-            self._inbox[-1].headers["x-decortask-original-compression"] = compression
-
-    def drain(self, timeout: float) -> list[Delivery]:
-        """Wait up to `timeout` seconds for deliveries; returns what arrived (possibly nothing)."""
-        assert self._conn is not None, "consumer is closed"
-        try:
-            self._conn.drain_events(timeout=timeout)
-            # Take whatever else is already buffered without waiting again.
-            while len(self._inbox) < self.prefetch:
-                self._conn.drain_events(timeout=0)
-        except TimeoutError:
-            pass
-        inbox, self._inbox = self._inbox, []
-        return inbox
-
-    def cancel(self) -> None:
-        """Stop receiving new deliveries but keep the channel, so running tasks can still be acked."""
-        if self._consumer is not None:
-            with contextlib.suppress(Exception):  # a dead channel has nothing left to cancel
-                self._consumer.cancel()
-
-    def get(self, queue: str) -> Delivery | None:
-        """Fetch one ready message from `queue` without a consumer (the synchronous test driver)."""
-        assert self._conn is not None, "session is closed"
-        guard_channel(self._conn.default_channel)
-        bound = self.transport.queue(queue)(self._conn.default_channel)
-        message = bound.get(no_ack=False, accept=[CONTENT_TYPE])
-        if message is None:
-            return None
-        self._on_message(message)
-        return self._inbox.pop()
-
-    def ack(self, delivery: Delivery) -> None:
-        delivery.raw.ack()
-
-    def requeue(self, delivery: Delivery) -> None:
-        """Give an unstarted delivery back to the broker (nothing to do if its connection was lost since)."""
-        if delivery.connection is not None and delivery.connection is not self._conn:
-            return  # the broker took it back when that connection went away
-        delivery.raw.requeue()
-
-    @property
-    def connection_errors(self) -> tuple[type[BaseException], ...]:
-        conn = self._conn or self.transport.connection()
-        return tuple(conn.connection_errors) + tuple(conn.channel_errors) + _CONNECTION_ERRORS
-
-    def close(self, abort: bool = False) -> None:
-        """Close the connection; with `abort` (after it failed), at once and without talking to the broker.
-
-        Unacked deliveries go back to the broker either way (RabbitMQ requeues them when the connection
-        closes; kombu's Redis channel restores them while it closes).
-        """
-        consumer, conn = self._consumer, self._conn
-        self._consumer = self._conn = None
-        if conn is None:
-            return
-        if abort:
-            # A cancel or a close handshake on a half-dead connection waits for an answer that never comes.
-            self.transport.abort(conn)
-            return
-        # Closing a dead connection may raise; it is closed all the same.
-        if consumer is not None:
-            with contextlib.suppress(Exception):
-                consumer.cancel()
-        with contextlib.suppress(Exception):
-            conn.release()
-
-
 def _is_connection_error(exc: BaseException) -> bool:
-    if isinstance(exc, _CONNECTION_ERRORS):
+    if isinstance(exc, CONNECTION_ERRORS):
         return True
     name = type(exc).__name__
     return any(

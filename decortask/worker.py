@@ -21,12 +21,13 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import recovery
 from .errors import BrokerUnavailable, MessageError
 from .executor import Executor, Outcome, Settle
 from .message import decode
+from .middleware import call_hooks
 from .pools import make_pool
 from .procpool import ProcessPool, RemoteAttempt, check_store
 from .scheduler import Scheduler
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("decortask.worker")
 
 BURST_IDLE = 0.3
+#: Longest wait for an outcome while every prefetched message is running or waiting for a pool slot; the
+#: loop then polls the broker anyway (control messages, reconnects) and supervises.
+FULL_WINDOW_WAIT = 0.005
 #: How often a worker deletes records past their TTL (any worker may; the store makes it idempotent).
 PURGE_INTERVAL = 60.0
 
@@ -141,6 +145,7 @@ class Worker:
         self._thread_delivery: dict[int, Delivery] = {}
         self._outcomes: queue.SimpleQueue[tuple[Delivery, Future[Outcome]]] = queue.SimpleQueue()
         self._in_flight = 0
+        self._previous_handlers: dict[int, Any] = {}
 
     def owner_alive(self, owner: str) -> bool:
         """Whether the worker `owner` has sent a heartbeat within `lease_timeout`."""
@@ -191,8 +196,15 @@ class Worker:
     # -- the loop ------------------------------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        """Handle SIGTERM/SIGINT as DESIGN §2 says until `run()` returns; the previous handlers come back then."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        # A worker run inside another program (a Django management command, a test) leaves it as it was.
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers.clear()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
@@ -227,7 +239,9 @@ class Worker:
             submit, close_pool = self._open_pool()
             prefetch = self.concurrency * self.app.settings.prefetch_multiplier
             try:
-                session = self.app.transport.open_consumer(self.queues, prefetch)
+                session = self.app.transport.open_consumer(
+                    self.queues, prefetch, on_cancel=self.supervisor.hint_cancel, consumer_id=self.id
+                )
             except BaseException:
                 close_pool(False)
                 raise
@@ -244,14 +258,17 @@ class Worker:
             self.pool_kind,
             len(self.app.registry),
         )
+        call_hooks(self.app.middleware, "worker_start", self.app, self)
         try:
             self._consume(session, submit)
             self._shut_down(session)
         finally:
+            call_hooks(self.app.middleware, "worker_stop", self.app, self, reverse=True)
             close_pool(self._procs is not None)  # children are reaped; threads may be stuck in a task
             session.close()
             beating.set()
             self.executor.event_loop.close()
+            self._restore_signal_handlers()
         return 0
 
     def _open_pool(self) -> tuple[Callable[[Delivery], Future[Outcome]], Callable[[bool], None]]:
@@ -266,6 +283,7 @@ class Worker:
 
     def _consume(self, session: ConsumerSession, submit: Callable[[Delivery], Future[Outcome]]) -> None:
         settings = self.app.settings
+        prefetch = self.concurrency * settings.prefetch_multiplier
         next_tick = next_reap = 0.0
         next_purge = time.monotonic() + PURGE_INTERVAL
         idle_since: float | None = None
@@ -281,7 +299,13 @@ class Worker:
                 self._purge_expired()
                 next_purge = now + PURGE_INTERVAL
             self._supervise()
-            deliveries = self._drain(session, timeout=0.005 if self._in_flight else 0.05)
+            if self._in_flight + len(self._backlog) >= prefetch:
+                # The broker sends nothing more until a message is acked, so wait for an outcome instead:
+                # settle it the moment it is ready, then poll without waiting (the ack frees the window).
+                self._settle_ready(session, block=True, timeout=FULL_WINDOW_WAIT)
+                deliveries = self._drain(session, timeout=0)
+            else:
+                deliveries = self._drain(session, timeout=0.005 if self._in_flight else 0.05)
             self._backlog.extend(deliveries)
             self._fill(submit)
             self._settle_ready(session)
@@ -402,10 +426,10 @@ class Worker:
         finally:
             self._thread_delivery.pop(threading.get_ident(), None)
 
-    def _settle_ready(self, session: ConsumerSession, block: bool = False) -> None:
+    def _settle_ready(self, session: ConsumerSession, block: bool = False, timeout: float = 0.2) -> None:
         while self._in_flight:
             try:
-                delivery, future = self._outcomes.get(block=block, timeout=0.2 if block else None)
+                delivery, future = self._outcomes.get(block=block, timeout=timeout if block else None)
             except queue.Empty:
                 return
             if id(delivery) in self._abandoned:

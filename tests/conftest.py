@@ -1,4 +1,7 @@
-"""Shared fixtures: real servers on loopback, skipped locally when absent and failing under CI=true."""
+"""Shared fixtures: real servers on loopback, skipped locally when absent and failing under CI=true.
+
+Apps for in-process tests come from decortask's own pytest plugin (`decortask_app`, `decortask_worker`).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,6 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-
-from decortask import Decortask
-from decortask.app import reset_default_app
 
 REDIS_URL = os.environ.get("DECORTASK_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 AMQP_URL = os.environ.get("DECORTASK_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -74,16 +74,15 @@ def sqlite_url(tmp_path: os.PathLike[str]) -> Iterator[str]:
     yield f"sqlite:///{os.fspath(tmp_path)}/decortask.db"
 
 
-@pytest.fixture
-def memory_app(unique: str) -> Iterator[Decortask]:
-    """An app on the in-process broker and store, with its own default queue (memory:// is process-wide)."""
-    app = Decortask("memory://", "memory://", default_queue=f"q-{unique}")
-    yield app
-    app.close()
-    reset_default_app()
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--long", action="store_true", default=False, help="chaos soak: 10,000 tasks and 30 minutes of chaos"
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--long"):
+        # The long soak runs 30 minutes of chaos plus the drain: past the suite's per-test timeout.
+        for item in items:
+            if "soak" in item.nodeid:
+                item.add_marker(pytest.mark.timeout(45 * 60))

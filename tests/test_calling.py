@@ -22,7 +22,7 @@ def add(a: int, b: int = 0) -> int:
     return a + b
 
 
-def test_delay_records_pending_and_publishes(memory_app: Decortask) -> None:
+def test_delay_records_pending_and_publishes(decortask_app: Decortask) -> None:
     handle = add.delay(1, b=2)
     record = handle.record()
     assert (record.status, record.args, record.kwargs, record.attempt) == (
@@ -31,55 +31,55 @@ def test_delay_records_pending_and_publishes(memory_app: Decortask) -> None:
         {"b": 2},
         0,
     )
-    assert memory_app.transport.queue_size(memory_app.settings.default_queue) == 1
+    assert decortask_app.transport.queue_size(decortask_app.settings.default_queue) == 1
 
 
 @pytest.mark.parametrize(("args", "kwargs"), [((), {}), ((1, 2, 3), {}), ((1,), {"c": 3})])
 def test_wrong_arguments_raise_type_error_in_the_caller(
-    memory_app: Decortask, args: tuple[int, ...], kwargs: dict[str, int]
+    decortask_app: Decortask, args: tuple[int, ...], kwargs: dict[str, int]
 ) -> None:
     with pytest.raises(TypeError, match=r"calling\.add"):
         add.apply_async(args=args, kwargs=kwargs)
-    assert memory_app.transport.queue_size(memory_app.settings.default_queue) == 0
-    assert memory_app.store.count_tasks(_all()) == 0
+    assert decortask_app.transport.queue_size(decortask_app.settings.default_queue) == 0
+    assert decortask_app.store.count_tasks(_all()) == 0
 
 
-def test_non_json_argument_is_refused_naming_its_path(memory_app: Decortask) -> None:
+def test_non_json_argument_is_refused_naming_its_path(decortask_app: Decortask) -> None:
     with pytest.raises(ArgumentEncodingError, match=r"kwargs\['b'\] \(a datetime\)"):
         add.delay(1, b=datetime.now(timezone.utc))  # type: ignore[arg-type]
-    assert memory_app.store.count_tasks(_all()) == 0
+    assert decortask_app.store.count_tasks(_all()) == 0
 
 
-def test_payload_over_the_limit_is_refused_at_the_call(unique: str) -> None:
-    app = Decortask("memory://", "memory://", default_queue=f"q-{unique}", max_payload_bytes=2048)
+@pytest.mark.decortask(max_payload_bytes=2048)
+def test_payload_over_the_limit_is_refused_at_the_call(decortask_app: Decortask) -> None:
     with pytest.raises(PayloadTooLargeError):
-        add.apply_async(args=("x" * 4096,), app=app)
-    assert app.store.count_tasks(_all()) == 0
+        add.apply_async(args=("x" * 4096,))
+    assert decortask_app.store.count_tasks(_all()) == 0
 
 
-def test_countdown_schedules_instead_of_publishing(memory_app: Decortask) -> None:
+def test_countdown_schedules_instead_of_publishing(decortask_app: Decortask) -> None:
     handle = add.apply_async(args=(1,), countdown=60)
     assert handle.status is TaskStatus.SCHEDULED
-    assert memory_app.transport.queue_size(memory_app.settings.default_queue) == 0
-    due = memory_app.store.next_due()
+    assert decortask_app.transport.queue_size(decortask_app.settings.default_queue) == 0
+    due = decortask_app.store.next_due()
     assert due is not None and 59 < due - time.time() <= 60
 
 
-def test_naive_eta_is_rejected_and_past_eta_runs_now(memory_app: Decortask) -> None:
+def test_naive_eta_is_rejected_and_past_eta_runs_now(decortask_app: Decortask) -> None:
     with pytest.raises(ConfigurationError, match="naive"):
         add.apply_async(args=(1,), eta=datetime.now() + timedelta(seconds=5))
     past = add.apply_async(args=(1,), eta=datetime.now(timezone.utc) - timedelta(days=1))
     assert past.status is TaskStatus.PENDING
 
 
-def test_idempotency_key_returns_the_existing_task(memory_app: Decortask) -> None:
+def test_idempotency_key_returns_the_existing_task(decortask_app: Decortask) -> None:
     first = add.apply_async(args=(1,), idempotency_key="invoice-42")
     second = add.apply_async(args=(2,), idempotency_key="invoice-42")
     assert second.id == first.id
-    assert memory_app.transport.queue_size(memory_app.settings.default_queue) == 1
+    assert decortask_app.transport.queue_size(decortask_app.settings.default_queue) == 1
 
 
-def test_priority_and_tags_are_validated(memory_app: Decortask) -> None:
+def test_priority_and_tags_are_validated(decortask_app: Decortask) -> None:
     with pytest.raises(ConfigurationError, match="priority"):
         add.apply_async(args=(1,), priority=11)
     with pytest.raises(ConfigurationError, match="tags"):

@@ -70,9 +70,9 @@ def returns_object() -> object:
     return object()
 
 
-def test_success_stores_result_and_times(memory_app: Decortask) -> None:
+def test_success_stores_result_and_times(decortask_app: Decortask) -> None:
     handle = add.delay(2, 3)
-    assert run_pending(memory_app) == 1
+    assert run_pending(decortask_app) == 1
     record = handle.record()
     assert (record.status, record.result, record.attempt) == (TaskStatus.SUCCESS, 5, 1)
     assert record.started_at is not None and record.finished_at is not None
@@ -80,22 +80,22 @@ def test_success_stores_result_and_times(memory_app: Decortask) -> None:
     assert handle.get(timeout=1) == 5 and handle.value() == 5 and handle.done()
 
 
-def test_fails_twice_then_succeeds_with_three_attempts(memory_app: Decortask) -> None:
+def test_fails_twice_then_succeeds_with_three_attempts(decortask_app: Decortask) -> None:
     handle = flaky.delay(3)
-    run_pending(memory_app)
+    run_pending(decortask_app)
     assert handle.status is TaskStatus.RETRYING  # the retry waits in the store's schedule, not in memory
-    assert memory_app.transport.queue_size(memory_app.settings.default_queue) == 0
-    run_pending(memory_app, now=FAR_FUTURE)
+    assert decortask_app.transport.queue_size(decortask_app.settings.default_queue) == 0
+    run_pending(decortask_app, now=FAR_FUTURE)
     assert handle.get(timeout=1) == "ok on 3"
     assert handle.attempts == 3
     assert [line.extra["attempt"] for line in handle.logs] == [1, 2, 3]
 
 
-def test_retry_delays_follow_backoff(memory_app: Decortask) -> None:
+def test_retry_delays_follow_backoff(decortask_app: Decortask) -> None:
     handle = flaky.delay(99)
     due_after = []
     for _ in range(4):
-        run_pending(memory_app, now=FAR_FUTURE, max_tasks=1)
+        run_pending(decortask_app, now=FAR_FUTURE, max_tasks=1)
         record = handle.record()
         if record.status is TaskStatus.RETRYING:
             assert record.scheduled_for is not None
@@ -103,10 +103,10 @@ def test_retry_delays_follow_backoff(memory_app: Decortask) -> None:
     assert [round(d) for d in due_after] == [5, 10, 20]
 
 
-def test_always_failing_task_ends_failed_with_error_strings(memory_app: Decortask) -> None:
+def test_always_failing_task_ends_failed_with_error_strings(decortask_app: Decortask) -> None:
     handle = boom.delay()
-    run_pending(memory_app, now=FAR_FUTURE)
-    run_pending(memory_app, now=FAR_FUTURE)
+    run_pending(decortask_app, now=FAR_FUTURE)
+    run_pending(decortask_app, now=FAR_FUTURE)
     record = handle.record()
     assert (record.status, record.attempt) == (TaskStatus.FAILED, 3)
     assert record.error_type == "builtins.ValueError"
@@ -118,25 +118,25 @@ def test_always_failing_task_ends_failed_with_error_strings(memory_app: Decortas
         handle.get(timeout=1)
 
 
-def test_dont_retry_on_fails_at_once(memory_app: Decortask) -> None:
+def test_dont_retry_on_fails_at_once(decortask_app: Decortask) -> None:
     handle = picky.delay()
-    run_pending(memory_app, now=FAR_FUTURE)
+    run_pending(decortask_app, now=FAR_FUTURE)
     assert (handle.status, handle.attempts) == (TaskStatus.FAILED, 1)
 
 
-def test_raise_retry_uses_its_delay(memory_app: Decortask) -> None:
+def test_raise_retry_uses_its_delay(decortask_app: Decortask) -> None:
     handle = asks_retry.delay()
-    run_pending(memory_app)
+    run_pending(decortask_app)
     record = handle.record()
     assert record.status is TaskStatus.RETRYING and record.scheduled_for is not None
     assert 29 < record.scheduled_for - record.updated_at <= 30
-    run_pending(memory_app, now=FAR_FUTURE)
+    run_pending(decortask_app, now=FAR_FUTURE)
     assert handle.get(timeout=1) == 2
 
 
-def test_logs_and_progress_are_readable_from_the_handle(memory_app: Decortask) -> None:
+def test_logs_and_progress_are_readable_from_the_handle(decortask_app: Decortask) -> None:
     handle = reports.delay()
-    run_pending(memory_app)
+    run_pending(decortask_app)
     assert [(line.message, line.extra) for line in handle.logs] == [
         ("starting", {"step": 1}),
         ("via get_task_context", {}),
@@ -145,66 +145,66 @@ def test_logs_and_progress_are_readable_from_the_handle(memory_app: Decortask) -
     assert handle.record().progress_message == "a quarter"
 
 
-def test_result_that_is_not_json_fails_the_task(memory_app: Decortask) -> None:
+def test_result_that_is_not_json_fails_the_task(decortask_app: Decortask) -> None:
     handle = returns_object.delay()
-    run_pending(memory_app)
+    run_pending(decortask_app)
     assert (handle.status, handle.record().reason) == (TaskStatus.FAILED, "result_not_serializable")
 
 
-def test_handle_before_the_end_says_not_done(memory_app: Decortask) -> None:
+def test_handle_before_the_end_says_not_done(decortask_app: Decortask) -> None:
     handle = add.delay(1, 1)
     with pytest.raises(TaskNotDone):
         handle.result()
     assert not handle.done()
 
 
-def test_countdown_runs_only_when_due(memory_app: Decortask) -> None:
+def test_countdown_runs_only_when_due(decortask_app: Decortask) -> None:
     handle = add.apply_async(args=(1, 1), countdown=3600)
-    assert run_pending(memory_app) == 0
+    assert run_pending(decortask_app) == 0
     assert handle.status is TaskStatus.SCHEDULED
-    assert run_pending(memory_app, now=time.time() + 3601) == 1
+    assert run_pending(decortask_app, now=time.time() + 3601) == 1
     assert handle.get(timeout=1) == 2
 
 
-def test_expired_task_is_cancelled_not_run(memory_app: Decortask) -> None:
+def test_expired_task_is_cancelled_not_run(decortask_app: Decortask) -> None:
     handle = add.apply_async(args=(1, 1), expires=0.01)
     time.sleep(0.05)
-    run_pending(memory_app)
+    run_pending(decortask_app)
     assert (handle.status, handle.record().reason) == (TaskStatus.CANCELLED, "expired")
 
 
-def test_duplicate_delivery_of_a_finished_task_is_skipped(memory_app: Decortask) -> None:
+def test_duplicate_delivery_of_a_finished_task_is_skipped(decortask_app: Decortask) -> None:
     handle = add.delay(1, 1)
     body = json.dumps(Message(id=handle.id, task="exec.add", args=[1, 1]).to_dict()).encode()
-    run_pending(memory_app)
-    memory_app.transport.publish(body, memory_app.settings.default_queue)
-    assert run_pending(memory_app) == 1
+    run_pending(decortask_app)
+    decortask_app.transport.publish(body, decortask_app.settings.default_queue)
+    assert run_pending(decortask_app) == 1
     assert handle.record().attempt == 1
 
 
-def test_foreign_message_gets_a_record(memory_app: Decortask) -> None:
+def test_foreign_message_gets_a_record(decortask_app: Decortask) -> None:
     body = json.dumps(Message(id="foreign-1", task="exec.add", args=[4, 5]).to_dict()).encode()
-    memory_app.transport.publish(body, memory_app.settings.default_queue)
-    run_pending(memory_app)
-    assert memory_app.handle("foreign-1").get(timeout=1) == 9
+    decortask_app.transport.publish(body, decortask_app.settings.default_queue)
+    run_pending(decortask_app)
+    assert decortask_app.handle("foreign-1").get(timeout=1) == 9
 
 
-def test_unregistered_task_is_dead_lettered_and_failed(memory_app: Decortask) -> None:
-    queue = memory_app.settings.default_queue
+def test_unregistered_task_is_dead_lettered_and_failed(decortask_app: Decortask) -> None:
+    queue = decortask_app.settings.default_queue
     body = json.dumps(Message(id="ghost-1", task="exec.ad", args=[1]).to_dict()).encode()
-    memory_app.transport.publish(body, queue)
-    run_pending(memory_app)
-    record = memory_app.handle("ghost-1").record()
+    decortask_app.transport.publish(body, queue)
+    run_pending(decortask_app)
+    record = decortask_app.handle("ghost-1").record()
     assert (record.status, record.reason) == (TaskStatus.FAILED, "unregistered_task")
     assert "did you mean 'exec.add'" in (record.error_message or "")
-    assert memory_app.transport.queue_size(queue + ".dlq") == 1
+    assert decortask_app.transport.queue_size(queue + ".dlq") == 1
 
 
-def test_malformed_body_is_dead_lettered_with_its_bytes(memory_app: Decortask) -> None:
-    queue = memory_app.settings.default_queue
-    memory_app.transport.publish(b"{oops", queue)
-    run_pending(memory_app)
-    session = memory_app.transport.open_consumer([queue + ".dlq"], prefetch=1, consume=False)
+def test_malformed_body_is_dead_lettered_with_its_bytes(decortask_app: Decortask) -> None:
+    queue = decortask_app.settings.default_queue
+    decortask_app.transport.publish(b"{oops", queue)
+    run_pending(decortask_app)
+    session = decortask_app.transport.open_consumer([queue + ".dlq"], prefetch=1, consume=False)
     try:
         dead = session.get(queue + ".dlq")
         assert dead is not None
@@ -215,41 +215,41 @@ def test_malformed_body_is_dead_lettered_with_its_bytes(memory_app: Decortask) -
         session.close()
 
 
-def test_bad_arguments_in_a_hand_made_message_fail_once(memory_app: Decortask) -> None:
+def test_bad_arguments_in_a_hand_made_message_fail_once(decortask_app: Decortask) -> None:
     body = json.dumps(Message(id="bad-args", task="exec.add", args=[1, 2, 3]).to_dict()).encode()
-    memory_app.transport.publish(body, memory_app.settings.default_queue)
-    run_pending(memory_app, now=FAR_FUTURE)
-    record = memory_app.handle("bad-args").record()
+    decortask_app.transport.publish(body, decortask_app.settings.default_queue)
+    run_pending(decortask_app, now=FAR_FUTURE)
+    record = decortask_app.handle("bad-args").record()
     assert (record.status, record.reason, record.attempt) == (TaskStatus.FAILED, "bad_arguments", 1)
 
 
-def test_foreign_message_with_a_future_eta_waits_in_the_schedule(memory_app: Decortask) -> None:
+def test_foreign_message_with_a_future_eta_waits_in_the_schedule(decortask_app: Decortask) -> None:
     eta = time.time() + 3600
     body = json.dumps(Message(id="later-1", task="exec.add", args=[2, 2], eta=eta).to_dict()).encode()
-    memory_app.transport.publish(body, memory_app.settings.default_queue)
-    assert run_pending(memory_app) == 1
-    handle = memory_app.handle("later-1")
+    decortask_app.transport.publish(body, decortask_app.settings.default_queue)
+    assert run_pending(decortask_app) == 1
+    handle = decortask_app.handle("later-1")
     assert handle.status is TaskStatus.SCHEDULED
-    assert memory_app.store.next_due() == pytest.approx(eta)
-    run_pending(memory_app, now=eta + 1)
+    assert decortask_app.store.next_due() == pytest.approx(eta)
+    run_pending(decortask_app, now=eta + 1)
     assert handle.get(timeout=1) == 4
 
 
-def test_two_copies_of_a_new_foreign_message_run_once(memory_app: Decortask) -> None:
+def test_two_copies_of_a_new_foreign_message_run_once(decortask_app: Decortask) -> None:
     body = json.dumps(Message(id="twice-1", task="exec.add", args=[1, 2]).to_dict()).encode()
-    memory_app.transport.publish_many([(body, memory_app.settings.default_queue, 0, None)] * 2)
-    assert run_pending(memory_app) == 2
-    assert memory_app.handle("twice-1").record().attempt == 1
+    decortask_app.transport.publish_many([(body, decortask_app.settings.default_queue, 0, None)] * 2)
+    assert run_pending(decortask_app) == 2
+    assert decortask_app.handle("twice-1").record().attempt == 1
 
 
-def test_unknown_task_id_is_not_found(memory_app: Decortask) -> None:
+def test_unknown_task_id_is_not_found(decortask_app: Decortask) -> None:
     with pytest.raises(TaskNotFound):
-        memory_app.handle("no-such-id")
+        decortask_app.handle("no-such-id")
 
 
-def test_handles_are_awaitable(memory_app: Decortask) -> None:
+def test_handles_are_awaitable(decortask_app: Decortask) -> None:
     handle = add.delay(20, 22)
-    run_pending(memory_app)
+    run_pending(decortask_app)
 
     async def read() -> tuple[int, int, TaskStatus]:
         snapshot = await handle.await_result(timeout=1)
@@ -258,7 +258,7 @@ def test_handles_are_awaitable(memory_app: Decortask) -> None:
     assert asyncio.run(read()) == (42, 42, TaskStatus.SUCCESS)
 
 
-def test_async_wait_times_out_without_blocking_the_loop(memory_app: Decortask) -> None:
+def test_async_wait_times_out_without_blocking_the_loop(decortask_app: Decortask) -> None:
     handle = add.delay(1, 1)
 
     async def wait_briefly() -> None:
@@ -275,8 +275,8 @@ async def async_double(ctx: TaskContext, x: int) -> int:
     return x * 2
 
 
-def test_async_tasks_run_on_the_event_loop_with_their_context(memory_app: Decortask) -> None:
+def test_async_tasks_run_on_the_event_loop_with_their_context(decortask_app: Decortask) -> None:
     handle = async_double.delay(21)
-    run_pending(memory_app)
+    run_pending(decortask_app)
     assert handle.get(timeout=1) == 42
     assert [(line.message, line.extra) for line in handle.logs] == [("inside the coroutine", {"task": True})]

@@ -253,6 +253,36 @@ def test_f21_a_task_ignoring_the_request_is_stopped_by_force_after_cancel_grace(
     assert faults.effects_of(handle) == [(1, "started")]
 
 
+@pytest.fixture(params=["redis", "amqp"])
+def broadcasting(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
+    """A rig on a broker with a control exchange; its workers read the store for cancels once an hour."""
+    with short_lease_rig(request.param, tmp_path, "control") as rig:
+        rig.worker_env["DECORTASK_CANCEL_POLL_INTERVAL"] = "3600"
+        yield rig
+
+
+def test_f21_a_cancel_reaches_the_running_worker_by_broadcast(broadcasting: Rig) -> None:
+    handle = bt.cooperative.delay(60.0)
+    with broadcasting.worker("w1", concurrency=1) as worker:
+        _wait_running(broadcasting, handle, worker)
+        assert handle.cancel() is True
+        # The worker's store poll is an hour away: only the control exchange can have told it.
+        result = _final(handle)
+        assert (result.status, result.reason) == (TaskStatus.CANCELLED, "cancelled")
+    assert broadcasting.effects_of(handle) == [(1, "started"), (1, "stopped")]
+
+
+def test_a_broadcast_without_a_cancel_request_in_the_store_is_ignored(broadcasting: Rig) -> None:
+    handle = bt.cooperative.delay(1.5)
+    with broadcasting.worker("w1", concurrency=1) as worker:
+        _wait_running(broadcasting, handle, worker)
+        # Anyone who can publish to the broker could send this; the store has no request, so nothing stops.
+        assert broadcasting.app.transport.broadcast_cancel(handle.id) is True
+        result = _final(handle)
+    assert (result.status, result.value) == (TaskStatus.SUCCESS, "finished")
+    assert broadcasting.effects_of(handle) == [(1, "started"), (1, "finished")]
+
+
 def test_time_limit_stops_by_force_and_retries_then_fails_with_reason_timeout(faults: Faults) -> None:
     handle = bt.over_time_limit.delay()
     with faults.worker("w1", env={"DECORTASK_TIMEOUT_GRACE": "0.5"}):

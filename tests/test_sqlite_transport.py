@@ -10,8 +10,10 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager, suppress
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +117,16 @@ def test_round_trip_keeps_body_headers_and_content_type(db: str) -> None:
     assert message.content_type == "application/json"
     assert message.delivery_info["redelivered"] is False
     assert message.delivery_info["delivery_count"] == 1
+
+
+def test_typed_header_values_come_back_as_the_same_types(db: str) -> None:
+    when = datetime(2026, 11, 22, 23, 0, tzinfo=timezone.utc)
+    publish(db, numbered(2), when=when, ref=uuid.UUID(int=7), note='a "__type__" in a string')
+    with connection(db) as conn:
+        got = take(conn, conn.channel(), 2, prefetch=2)
+    assert [m.headers for m in got] == [
+        {"when": when, "ref": uuid.UUID(int=7), "note": 'a "__type__" in a string'}
+    ] * 2
 
 
 def test_a_fetched_message_stays_in_the_file_until_ack_deletes_it(db: str) -> None:
@@ -282,6 +294,113 @@ def test_renew_leases_can_be_called_directly(db: str) -> None:
             time.sleep(0.2)
             assert channel.renew_leases() == 2
         assert ready_count(rival) == 0
+
+
+# -- batched leases and acks ---------------------------------------------------------------------------------
+
+
+def leased(path: str) -> int:
+    """Rows some consumer holds a live lease on (delivered or not, acked or not)."""
+    with closing(sqlite3.connect(path)) as raw:
+        query = "SELECT count(*) FROM decortask_messages WHERE leased_until > ?"
+        count: int = raw.execute(query, (time.time(),)).fetchone()[0]
+    return count
+
+
+def test_a_consumer_leases_its_whole_prefetch_window_at_once_and_never_more(db: str) -> None:
+    publish(db, numbered(10))
+    with connection(db) as conn, connection(db) as rival:
+        channel = conn.channel()
+        channel.basic_qos(prefetch_count=4)
+        got: list[Message] = []
+        with Consumer(channel, queues=[QUEUE], callbacks=[lambda _b, m: got.append(m)], no_ack=False):
+            conn.drain_events(timeout=1)  # kombu hands over one message per call
+            assert len(got) == 1
+            assert leased(db) == 4  # the other three wait in the channel, invisible to everyone else
+            assert ready_count(rival) == 6
+            while len(got) < 4:
+                conn.drain_events(timeout=1)
+            with pytest.raises(TimeoutError):
+                conn.drain_events(timeout=0.1)
+            assert len(got) == 4 and leased(db) == 4  # a full window leases nothing more
+            for message in got:
+                message.ack()
+    assert rows(db) == 6
+
+
+def test_a_leased_batch_is_handed_out_by_priority_then_in_order(db: str) -> None:
+    publish(db, [b'"low-1"', b'"low-2"'], priority=1)
+    publish(db, [b'"high-1"', b'"high-2"'], priority=9)
+    with connection(db) as conn:
+        got = take(conn, conn.channel(), 4, prefetch=4)
+    assert [m.decode() for m in got] == ["high-1", "high-2", "low-1", "low-2"]
+
+
+def test_cancelling_a_consumer_gives_back_what_it_leased_but_never_handed_over(db: str) -> None:
+    publish(db, numbered(10))
+    with connection(db) as conn, connection(db) as other:
+        channel = conn.channel()
+        channel.basic_qos(prefetch_count=4)
+        got: list[Message] = []
+        consumer = Consumer(channel, queues=[QUEUE], callbacks=[lambda _b, m: got.append(m)], no_ack=False)
+        consumer.consume()
+        conn.drain_events(timeout=1)
+        consumer.cancel()
+        assert ready_count(other) == 9  # only the delivered message is still held
+        assert [m.body for m in take(other, other.channel(), 9, timeout=2.0)] == numbered(9, start=1)
+        got[0].ack()
+    assert rows(db) == 0
+
+
+def test_a_consumers_ack_is_deleted_with_its_next_poll_and_the_row_stays_leased_until_then(db: str) -> None:
+    publish(db, numbered(3))
+    with connection(db) as conn, connection(db) as rival:
+        channel = conn.channel()
+        channel.basic_qos(prefetch_count=1)
+        got: list[Message] = []
+        with Consumer(channel, queues=[QUEUE], callbacks=[lambda _b, m: got.append(m)], no_ack=False):
+            conn.drain_events(timeout=1)
+            got[0].ack()
+            assert rows(db) == 3  # deferred, never advanced: the delete has not happened yet ...
+            assert ready_count(rival) == 2  # ... and the row is still this consumer's, never redelivered
+            conn.drain_events(timeout=1)  # the delete commits with the lease of the next message
+            assert rows(db) == 2
+            assert [m.body for m in got] == numbered(2)
+            got[1].ack()
+        assert rows(db) == 1  # cancelling the last consumer deletes what is still pending at once
+
+
+def test_a_deferred_ack_is_deleted_even_when_the_window_stays_full(db: str) -> None:
+    publish(db, numbered(3))
+    with connection(db) as conn:
+        channel = conn.channel()
+        channel.basic_qos(prefetch_count=2)
+        got: list[Message] = []
+        with Consumer(channel, queues=[QUEUE], callbacks=[lambda _b, m: got.append(m)], no_ack=False):
+            conn.drain_events(timeout=1)
+            conn.drain_events(timeout=1)
+            got[0].ack()
+            got.append(channel.basic_get(QUEUE.name))  # refills the window outside the consumer's polls
+            assert rows(db) == 3
+            with pytest.raises(TimeoutError):  # a poll that leases nothing still deletes
+                conn.drain_events(timeout=0.1)
+            assert rows(db) == 2
+
+
+def test_an_idle_consumer_polls_without_waiting_for_the_write_lock(db: str) -> None:
+    publish(db, [])
+    options = {"path": db, "polling_interval": 0.01, "busy_timeout": 0.1}
+    with Connection(transport=SQLiteTransport, transport_options=options) as conn:
+        channel = conn.channel()
+        with Consumer(channel, queues=[QUEUE], callbacks=[], no_ack=False):
+            assert nothing_arrives(conn, channel, 0.05)  # finds the queue empty once
+            with closing(sqlite3.connect(db, isolation_level=None)) as blocker:
+                blocker.execute("BEGIN IMMEDIATE")  # e.g. a long store transaction on the same file
+                with pytest.raises(TimeoutError):  # not "database is locked"
+                    conn.drain_events(timeout=0.3)
+                blocker.execute("ROLLBACK")
+        publish(db, numbered(1))
+        assert [m.body for m in take(conn, channel, 1)] == numbered(1)
 
 
 # -- many consumers -------------------------------------------------------------------------------------------

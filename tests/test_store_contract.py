@@ -502,6 +502,15 @@ def test_heartbeats_remember_the_latest_time_per_worker(store: TaskStore) -> Non
     assert store.last_heartbeat("w3") is None
 
 
+def test_heartbeats_list_every_remembered_worker_with_its_latest_time(store: TaskStore) -> None:
+    now = time.time()
+    assert store.heartbeats() == {}
+    store.heartbeat("host:1:abc", now)
+    store.heartbeat("host:1:abc", now + 2.5)
+    store.heartbeat("other:2:def", now + 1)
+    assert store.heartbeats() == {"host:1:abc": now + 2.5, "other:2:def": now + 1}
+
+
 def test_close_is_safe_to_call_twice(store: TaskStore) -> None:
     store.create(make("t"))
     store.close()
@@ -593,3 +602,37 @@ def test_redis_namespaces_keep_stores_apart(redis_url: str, unique: str) -> None
         for n, opened in enumerate((first, second)):
             opened.close()
             _redis_cleanup(redis_url, f"dt-test-{unique}-{n}")
+
+
+def test_create_many_writes_every_record_and_answers_in_order(store: TaskStore) -> None:
+    records = [make(f"batch-{i}", args=[i], logs=[LogLine(ts=T0, message=f"line {i}")]) for i in range(5)]
+    returned = store.create_many(records)
+    assert returned == records
+    assert [must_get(store, f"batch-{i}") for i in range(5)] == records
+    assert store.create_many([]) == []
+
+
+def test_create_many_honours_idempotency_keys_per_record_also_within_the_batch(store: TaskStore) -> None:
+    holder = store.create(make("holder", idempotency_key="taken"))
+    returned = store.create_many(
+        [
+            make("a", idempotency_key="taken"),
+            make("b", idempotency_key="fresh"),
+            make("c", idempotency_key="fresh"),
+            make("d"),
+        ]
+    )
+    assert [r.id for r in returned] == ["holder", "b", "b", "d"]
+    assert returned[0] == holder
+    assert store.get("a") is None and store.get("c") is None
+    assert store.count_tasks(TaskQuery()) == 3
+
+
+def test_create_many_with_an_existing_id_raises_and_writes_nothing(store: TaskStore) -> None:
+    store.create(make("dup"))
+    with pytest.raises(StoreError, match="already exists"):
+        store.create_many([make("new-1"), make("dup"), make("new-2")])
+    assert store.get("new-1") is None and store.get("new-2") is None
+    with pytest.raises(StoreError, match="unique"):
+        store.create_many([make("twice"), make("twice")])
+    assert store.get("twice") is None

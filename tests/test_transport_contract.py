@@ -163,3 +163,47 @@ def test_unreachable_broker_raises_broker_unavailable_with_masked_url(url: str) 
         made.publish(b"{}", "nowhere")
     assert "sentinel-pw" not in str(caught.value)
     assert "****" in str(caught.value)
+
+
+def test_a_cancel_broadcast_reaches_every_consuming_session(transport: BrokerTransport, queue: str) -> None:
+    heard: dict[str, list[str]] = {"a": [], "b": []}
+    sessions = [
+        transport.open_consumer(
+            [queue], prefetch=1, on_cancel=heard[name].append, consumer_id=f"{queue}-{name}"
+        )
+        for name in heard
+    ]
+    try:
+        sent = transport.broadcast_cancel("task-to-stop")
+        if not transport.broadcasts:
+            assert sent is False  # the embedded and memory brokers rely on the store poll alone
+            return
+        assert sent is True
+        # Redis subscribes on a session's first drain and PUBLISH reaches only current subscribers, so the
+        # hint is repeated until both heard it (a missed hint costs a worker one store poll, nothing more).
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(heard.values()):
+            for session in sessions:
+                session.drain(0.05)
+            if not all(heard.values()):
+                transport.broadcast_cancel("task-to-stop")
+        assert set(heard["a"]) == set(heard["b"]) == {"task-to-stop"}
+        transport.publish(b'{"n":1}', queue)  # task deliveries are unaffected by the control channel
+        (delivery,) = _receive(sessions[0], 1) or _receive(sessions[1], 1)
+        assert delivery.body == b'{"n":1}'
+    finally:
+        for session in sessions:
+            session.close()
+
+
+def test_a_cancel_broadcast_to_a_broker_that_is_down_is_a_warning_not_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = "amqp://guest:s3cr3t-sentinel@127.0.0.1:1//"
+    transport = BrokerTransport(url, Settings.load({"broker_url": url, "publish_retries": 0}))
+    try:
+        assert transport.broadcast_cancel("task-to-stop") is False
+    finally:
+        transport.close()
+    assert "next store poll" in caplog.text
+    assert "s3cr3t-sentinel" not in caplog.text

@@ -100,19 +100,23 @@ class TaskRecord:
     cancel_requested_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict; `from_dict` inverts it exactly."""
-        data = dataclasses.asdict(self)
+        """JSON-ready dict; `from_dict` inverts it exactly.
+
+        Shallow, to be serialized at once: args, kwargs, tags and result are the record's own objects, not
+        copies (`dataclasses.asdict` deep-copied them, which cost more than the JSON encoding itself).
+        """
+        data = dict(self.__dict__)  # exactly the fields: a plain dataclass keeps nothing else there
         data["status"] = self.status.value
         data["logs"] = [line.to_dict() for line in self.logs]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskRecord:
-        values = dict(data)
+        # Keys this version does not know (written by a newer one) are left out.
+        values = {name: value for name, value in data.items() if name in _RECORD_FIELD_SET}
         values["status"] = TaskStatus(values["status"])
         values["logs"] = [LogLine.from_dict(line) for line in values.get("logs") or []]
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        return cls(**values)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
@@ -124,6 +128,19 @@ class TaskRecord:
     @property
     def holds_idempotency_key(self) -> bool:
         return self.status in HOLDS_IDEMPOTENCY_KEY
+
+    def detached(self) -> TaskRecord:
+        """A copy whose args, kwargs, tags and logs lists can be changed without touching this record."""
+        copied = object.__new__(type(self))
+        copied.__dict__.update(self.__dict__)
+        copied.args = list(self.args)
+        copied.kwargs = dict(self.kwargs)
+        copied.tags = dict(self.tags)
+        copied.logs = list(self.logs)
+        return copied
+
+
+_RECORD_FIELD_SET = frozenset(f.name for f in dataclasses.fields(TaskRecord))
 
 
 @dataclass(frozen=True)
@@ -170,6 +187,15 @@ class TaskStore(Protocol):
         If `record.idempotency_key` is set and another task holding that key exists (status in
         HOLDS_IDEMPOTENCY_KEY), insert nothing and return that task's record instead. Atomic.
         Raises `StoreError` if a record with the same id already exists.
+        """
+        ...
+
+    def create_many(self, records: Sequence[TaskRecord]) -> list[TaskRecord]:
+        """`create` for many records in one atomic step (one transaction, one round trip).
+
+        Returns, in order, what `create` would have returned for each record applied one after the other:
+        a record whose idempotency key is held (also by an earlier record of the same batch) inserts
+        nothing and returns the holder. Raises `StoreError` and inserts nothing if any id already exists.
         """
         ...
 
@@ -247,6 +273,10 @@ class TaskStore(Protocol):
 
     def last_heartbeat(self, worker_id: str) -> float | None:
         """When `worker_id` last reported alive, or None if never (or forgotten)."""
+        ...
+
+    def heartbeats(self) -> dict[str, float]:
+        """Every worker id the store still remembers, with its last heartbeat (for the dashboard)."""
         ...
 
     def purge_expired(self, now: float) -> int:

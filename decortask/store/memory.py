@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from typing import Any
 
 from ..errors import StoreError
@@ -14,7 +14,7 @@ from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, apply_transitio
 
 
 class MemoryStore:
-    """A dict behind one lock. Records are copied in and out so callers never share state."""
+    """A dict behind one lock. Records are deep-copied in and out so callers never share state."""
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
@@ -37,6 +37,15 @@ class MemoryStore:
                 self._keys[key] = record.id
             self._records[record.id] = _copy(record)
             return _copy(record)
+
+    def create_many(self, records: Sequence[TaskRecord]) -> list[TaskRecord]:
+        with self._lock:  # re-entrant: `create` takes it again for each record
+            ids = [record.id for record in records]
+            taken = [task_id for task_id in ids if task_id in self._records]
+            if taken or len(set(ids)) != len(ids):
+                first = taken[0] if taken else "of the batch"
+                raise StoreError(f"task {first} already exists; task ids must be unique")
+            return [self.create(record) for record in records]
 
     def get(self, task_id: str) -> TaskRecord | None:
         with self._lock:
@@ -67,17 +76,18 @@ class MemoryStore:
             updated = apply_transition(current, status, expect, expect_attempt, changes, time.time())
             if updated is None:
                 return None
-            self._records[task_id] = updated
+            # Stored as a copy: `changes` (a result, say) are the caller's objects.
+            self._records[task_id] = _copy(updated)
             if schedule is not None:
                 self._schedule[schedule.id] = schedule
                 self._claims.pop(schedule.id, None)
-            return _copy(updated)
+            return updated
 
     def append_log(self, task_id: str, line: LogLine) -> None:
         with self._lock:
             record = self._records.get(task_id)
             if record is not None:
-                record.logs.append(line)
+                record.logs.append(copy.deepcopy(line))  # its `extra` is the caller's dict
 
     def set_progress(self, task_id: str, progress: float, message: str | None = None) -> None:
         with self._lock:
@@ -140,6 +150,10 @@ class MemoryStore:
         with self._lock:
             return self._heartbeats.get(worker_id)
 
+    def heartbeats(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._heartbeats)
+
     def purge_expired(self, now: float) -> int:
         with self._lock:
             gone = [
@@ -156,10 +170,9 @@ class MemoryStore:
 
 
 def _copy(record: TaskRecord) -> TaskRecord:
-    return replace(
-        record,
-        args=list(record.args),
-        kwargs=dict(record.kwargs),
-        logs=list(record.logs),
-        tags=dict(record.tags),
-    )
+    """A copy sharing nothing mutable with `record`, nested values included.
+
+    The other stores hand out freshly parsed records, so a caller changing one (even `args[0]["key"]`) never
+    changes what is stored; records here live as objects and must be copied in and out to behave the same.
+    """
+    return copy.deepcopy(record)

@@ -12,8 +12,9 @@ Layout under the namespace `ns` (the URL's `?namespace=`, default `decortask`):
 
 The Lua scripts touch keys they derive from a prefix, so this store wants plain Redis, not Redis Cluster.
 
-Read-modify-writes (transition, progress, delete, purge) are WATCH/MULTI compare-and-sets retried on conflict;
-create, append_log and the schedule operations are Lua scripts, atomic on the server.
+create, transition, set_progress, append_log and the schedule operations are Lua scripts (redis_scripts.py),
+each atomic on the server in one round trip; delete and purge are WATCH/MULTI compare-and-sets retried on
+conflict.
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..errors import ConfigurationError, StoreError
+from ..errors import ConfigurationError, IllegalTransition, StoreError
 from ..security import mask_url
-from ..states import HOLDS_IDEMPOTENCY_KEY, TERMINAL, TaskStatus
-from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, apply_transition, matches
+from ..states import ALLOWED, HOLDS_IDEMPOTENCY_KEY, TERMINAL, TaskStatus, check_transition
+from . import redis_scripts as scripts
+from .base import MUTABLE_FIELDS, LogLine, ScheduleEntry, TaskQuery, TaskRecord, matches
+from .writer import TransitionStep
 
 T = TypeVar("T")
 
@@ -45,90 +48,6 @@ DEFAULT_NAMESPACE = "decortask"
 HEARTBEAT_TTL = 24 * 3600
 #: Ids fetched per round trip when listing, purging or scanning an index.
 BATCH = 200
-
-# KEYS: task, idem, logs, created index, status index, expires index.
-# ARGV: id, record JSON, created_at, expires_at or "", task key prefix, holding statuses (comma separated),
-#       then log lines. Returns {"held", holder JSON, holder id} or {"exists"} or {"ok"}.
-_CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
-if KEYS[2] ~= '' then
-  local holder = redis.call('GET', KEYS[2])
-  if holder then
-    local body = redis.call('GET', ARGV[5] .. holder)
-    if body then
-      local status = cjson.decode(body)['status']
-      for s in string.gmatch(ARGV[6], '[^,]+') do
-        if s == status then return {'held', body, holder} end
-      end
-    end
-  end
-  redis.call('SET', KEYS[2], ARGV[1])
-end
-redis.call('SET', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
-redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
-if ARGV[4] ~= '' then redis.call('ZADD', KEYS[6], ARGV[4], ARGV[1]) end
-for i = 7, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
-return {'ok'}
-"""
-
-# KEYS: task, logs. ARGV: line JSON. Appends only to an existing task.
-_APPEND_LOG = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RPUSH', KEYS[2], ARGV[1]) end
-"""
-
-# KEYS: due, body, claims, owner. ARGV: queue key prefix, then (id, due_at, queue, entry JSON) per entry.
-# Replaces an entry with the same id (and forgets its claim), moving it between queue indexes if needed.
-_SCHEDULE_ADD = """
-for i = 2, #ARGV, 4 do
-  local id, due, queue = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local old = redis.call('HGET', KEYS[2], id)
-  if old then
-    local old_queue = cjson.decode(old)['queue']
-    if old_queue ~= queue then redis.call('ZREM', ARGV[1] .. old_queue, id) end
-  end
-  redis.call('HSET', KEYS[2], id, ARGV[i + 3])
-  redis.call('ZADD', KEYS[1], due, id)
-  redis.call('ZADD', ARGV[1] .. queue, due, id)
-  redis.call('ZREM', KEYS[3], id)
-  redis.call('HDEL', KEYS[4], id)
-end
-"""
-
-# KEYS: due, body, claims, owner. ARGV: queue key prefix, then entry ids.
-_SCHEDULE_REMOVE = """
-for i = 2, #ARGV do
-  local id = ARGV[i]
-  local old = redis.call('HGET', KEYS[2], id)
-  if old then redis.call('ZREM', ARGV[1] .. cjson.decode(old)['queue'], id) end
-  redis.call('HDEL', KEYS[2], id)
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('ZREM', KEYS[3], id)
-  redis.call('HDEL', KEYS[4], id)
-end
-"""
-
-# KEYS: due, body, claims, owner. ARGV: now, limit, claimed_until, owner, batch.
-# Walks due entries oldest first, skipping those whose claim has not lapsed; returns the claimed bodies.
-_CLAIM_DUE = """
-local now, limit, batch = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[5])
-local claimed, offset = {}, 0
-while #claimed < limit do
-  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', offset, batch)
-  if #ids == 0 then break end
-  offset = offset + #ids
-  for _, id in ipairs(ids) do
-    local until_ = redis.call('ZSCORE', KEYS[3], id)
-    if not until_ or tonumber(until_) <= now then
-      redis.call('ZADD', KEYS[3], ARGV[3], id)
-      redis.call('HSET', KEYS[4], id, ARGV[4])
-      claimed[#claimed + 1] = redis.call('HGET', KEYS[2], id)
-      if #claimed >= limit then break end
-    end
-  end
-end
-return claimed
-"""
 
 
 class RedisStore:
@@ -149,12 +68,20 @@ class RedisStore:
         self._expires = f"{ns}:index:expires"
         self._sched = [f"{ns}:schedule:{part}" for part in ("due", "body", "claims", "owner")]
         self._queue_prefix = f"{ns}:schedule:queue:"
-        self._create_script = self._client.register_script(_CREATE)
-        self._append_script = self._client.register_script(_APPEND_LOG)
-        self._add_script = self._client.register_script(_SCHEDULE_ADD)
-        self._remove_script = self._client.register_script(_SCHEDULE_REMOVE)
-        self._claim_script = self._client.register_script(_CLAIM_DUE)
+        self._create_script = self._client.register_script(scripts.CREATE)
+        self._transition_script = self._client.register_script(scripts.TRANSITION)
+        self._set_fields_script = self._client.register_script(scripts.SET_FIELDS)
+        self._append_script = self._client.register_script(scripts.APPEND_LOG)
+        self._add_script = self._client.register_script(scripts.SCHEDULE_ADD)
+        self._remove_script = self._client.register_script(scripts.SCHEDULE_REMOVE)
+        self._claim_script = self._client.register_script(scripts.CLAIM_DUE)
         self._holding = ",".join(sorted(s.value for s in HOLDS_IDEMPOTENCY_KEY))
+        self._terminal = ",".join(sorted(s.value for s in TERMINAL))
+        #: For each status, the statuses it may follow (states.ALLOWED turned around), for the Lua check.
+        self._may_follow = {
+            target: ",".join(sorted(s.value for s, targets in ALLOWED.items() if target in targets))
+            for target in TaskStatus
+        }
 
     # -- keys ----------------------------------------------------------------------------------------------
 
@@ -173,32 +100,38 @@ class RedisStore:
     # -- records -------------------------------------------------------------------------------------------
 
     def create(self, record: TaskRecord) -> TaskRecord:
-        key = record.idempotency_key
-        keys = [
-            self._task(record.id),
-            self._idem(key) if key is not None else "",
-            self._logs(record.id),
-            self._created,
-            self._status(record.status),
-            self._expires,
-        ]
-        expiring = record.status in TERMINAL and record.expires_at is not None
-        args = [
-            record.id,
-            _blob(record),
-            repr(record.created_at),
-            repr(record.expires_at) if expiring else "",
-            self._task(""),
-            self._holding,
-            *(json.dumps(line.to_dict(), separators=(",", ":")) for line in record.logs),
-        ]
+        return self.create_many([record])[0]
+
+    def create_many(self, records: Sequence[TaskRecord]) -> list[TaskRecord]:
+        if len({record.id for record in records}) != len(records):
+            raise StoreError("a task id repeats within the batch; task ids must be unique")
+        if not records:
+            return []
+        ns = self.namespace
+        args: list[Any] = [f"{ns}:task:", f"{ns}:logs:", f"{ns}:idem:", f"{ns}:index:status:", self._holding]
+        for record in records:
+            expiring = record.status in TERMINAL and record.expires_at is not None
+            args.extend(
+                [
+                    record.id,
+                    record.idempotency_key if record.idempotency_key is not None else "",
+                    record.status.value,
+                    _blob(record),
+                    repr(record.created_at),
+                    repr(record.expires_at) if expiring else "",
+                    len(record.logs),
+                    *(_json(line.to_dict()) for line in record.logs),
+                ]
+            )
         with self._errors():
-            reply = self._create_script(keys=keys, args=args)
-            if reply[0] == "exists":
-                raise StoreError(f"task {record.id} already exists; task ids must be unique")
-            if reply[0] == "held":
-                return _record(reply[1], self._client.lrange(self._logs(reply[2]), 0, -1))
-        return _copy(record)
+            # One script, so all records are written in one atomic step (and one round trip).
+            replies = self._create_script(keys=[self._created, self._expires], args=args)
+        if replies[0] == "exists":
+            raise StoreError(f"task {replies[1]} already exists; task ids must be unique")
+        return [
+            _record(reply[1], reply[2:]) if reply[0] == "held" else _copy(record)
+            for record, reply in zip(records, replies, strict=True)
+        ]
 
     def get(self, task_id: str) -> TaskRecord | None:
         with self._errors():
@@ -221,28 +154,75 @@ class RedisStore:
         schedule: ScheduleEntry | None = None,
         **changes: Any,
     ) -> TaskRecord | None:
-        expected = frozenset(expect) if expect is not None else None  # an iterator must survive a retry
-        key = self._task(task_id)
+        expected = frozenset(expect) if expect is not None else None
+        step = TransitionStep(task_id, status, expected, expect_attempt, schedule, changes)
+        (outcome,) = self.transition_many([step])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
-        def step(pipe: Any) -> TaskRecord | None:
-            raw = pipe.get(key)
-            if raw is None:
-                return None
-            current = TaskRecord.from_json(raw)
-            updated = apply_transition(current, status, expected, expect_attempt, changes, time.time())
-            if updated is None:
-                return None
-            pipe.multi()
-            pipe.set(key, _blob(updated))
-            self._reindex(pipe, current, updated)
-            if schedule is not None:
-                self._add_entries(pipe, [schedule])
-            pipe.lrange(self._logs(task_id), 0, -1)  # last, so its reply is the last one
-            lines = pipe.execute()[-1]
-            updated.logs = [LogLine.from_dict(json.loads(line)) for line in lines]
-            return updated
+    def transition_many(self, steps: Sequence[TransitionStep]) -> list[TaskRecord | Exception | None]:
+        """Apply `steps` in order in one script: one atomic step and one round trip (see `store/writer.py`).
 
-        return self._watched([key], step)
+        A step's own error (`IllegalTransition`, a field `transition` may not set) is returned in its place
+        and writes nothing for that step; a failure of Redis raises `StoreError`.
+        """
+        ns = self.namespace
+        args: list[Any] = [
+            f"{ns}:task:",
+            f"{ns}:logs:",
+            f"{ns}:index:status:",
+            self._queue_prefix,
+            self._terminal,
+        ]
+        outcomes: list[TaskRecord | Exception | None] = [None] * len(steps)
+        sent: list[int] = []
+        now = repr(time.time())
+        for index, step in enumerate(steps):
+            unknown = set(step.changes) - MUTABLE_FIELDS
+            if unknown:
+                outcomes[index] = ValueError(
+                    f"cannot set {sorted(unknown)} through transition(); allowed: {sorted(MUTABLE_FIELDS)}"
+                )
+                continue
+            sent.append(index)
+            entry = step.schedule
+            args.extend(
+                [
+                    step.task_id,
+                    step.status.value,
+                    "*" if step.expect is None else ",".join(s.value for s in step.expect),
+                    "" if step.expect_attempt is None else str(step.expect_attempt),
+                    self._may_follow[step.status],
+                    "" if step.max_deliveries is None else str(step.max_deliveries),
+                    "1" if step.logs else "0",
+                    *(
+                        (entry.id, repr(entry.due_at), entry.queue, _entry_json(entry))
+                        if entry is not None
+                        else ("", "", "", "")
+                    ),
+                    len(step.changes) + 2,
+                    "status",
+                    _json(step.status.value),
+                    "updated_at",
+                    now,
+                ]
+            )
+            for name, value in step.changes.items():
+                args.extend([name, _json(value)])
+        if not sent:
+            return outcomes
+        with self._errors():
+            replies = self._transition_script(keys=[self._expires, *self._sched], args=args)
+        for index, reply in zip(sent, replies, strict=True):
+            if reply[0] == "ok":
+                outcomes[index] = _record(reply[1], reply[2:])
+            elif reply[0] == "illegal":
+                try:
+                    check_transition(steps[index].task_id, TaskStatus(reply[1]), steps[index].status)
+                except IllegalTransition as exc:
+                    outcomes[index] = exc
+        return outcomes
 
     def append_log(self, task_id: str, line: LogLine) -> None:
         text = json.dumps(line.to_dict(), separators=(",", ":"))
@@ -250,18 +230,9 @@ class RedisStore:
             self._append_script(keys=[self._task(task_id), self._logs(task_id)], args=[text])
 
     def set_progress(self, task_id: str, progress: float, message: str | None = None) -> None:
-        key = self._task(task_id)
-
-        def step(pipe: Any) -> None:
-            raw = pipe.get(key)
-            if raw is not None:
-                data = json.loads(raw)
-                data["progress"], data["progress_message"] = progress, message
-                pipe.multi()
-                pipe.set(key, json.dumps(data, separators=(",", ":")))
-                pipe.execute()
-
-        self._watched([key], step)
+        args = ["progress", _json(progress), "progress_message", _json(message)]
+        with self._errors():
+            self._set_fields_script(keys=[self._task(task_id)], args=args)
 
     def list_tasks(self, query: TaskQuery) -> list[TaskRecord]:
         if query.limit <= 0:
@@ -352,6 +323,18 @@ class RedisStore:
             value = self._client.get(f"{self.namespace}:heartbeat:{worker_id}")
         return float(value) if value is not None else None
 
+    def heartbeats(self) -> dict[str, float]:
+        prefix = f"{self.namespace}:heartbeat:"
+        with self._errors():
+            keys = list(self._client.scan_iter(match=prefix + "*", count=BATCH))
+            values = self._client.mget(keys) if keys else []
+        # A heartbeat that expired between the scan and the read is simply left out.
+        return {
+            _text(key)[len(prefix) :]: float(value)
+            for key, value in zip(keys, values, strict=True)
+            if value is not None
+        }
+
     def close(self) -> None:
         with contextlib.suppress(RedisError):
             self._client.close()
@@ -371,21 +354,10 @@ class RedisStore:
         except RedisError as exc:
             raise StoreError(f"the Redis store at {self._masked} failed: {exc}") from exc
 
-    def _reindex(self, pipe: Any, old: TaskRecord, new: TaskRecord) -> None:
-        """Queue the index updates that move `old` to `new` inside a MULTI."""
-        if old.status is not new.status:
-            pipe.zrem(self._status(old.status), new.id)
-            pipe.zadd(self._status(new.status), {new.id: new.created_at})
-        if new.status in TERMINAL and new.expires_at is not None:
-            pipe.zadd(self._expires, {new.id: new.expires_at})
-        elif old.status in TERMINAL and old.expires_at is not None:
-            pipe.zrem(self._expires, new.id)
-
     def _add_entries(self, client: Any, entries: Sequence[ScheduleEntry]) -> None:
         args: list[Any] = [self._queue_prefix]
         for e in entries:
-            body = json.dumps(dataclasses.asdict(e), separators=(",", ":"))
-            args.extend([e.id, repr(e.due_at), e.queue, body])
+            args.extend([e.id, repr(e.due_at), e.queue, _entry_json(e)])
         self._add_script(keys=self._sched, args=args, client=client)
 
     def _delete_where(
@@ -516,13 +488,20 @@ def _blob(record: TaskRecord) -> str:
 
 
 def _copy(record: TaskRecord) -> TaskRecord:
-    return dataclasses.replace(
-        record,
-        args=list(record.args),
-        kwargs=dict(record.kwargs),
-        logs=list(record.logs),
-        tags=dict(record.tags),
-    )
+    return record.detached()
+
+
+def _json(value: Any) -> str:
+    """One field's JSON text, as `_blob` writes it inside the record."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _entry_json(entry: ScheduleEntry) -> str:
+    return json.dumps(dataclasses.asdict(entry), separators=(",", ":"))
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _record(raw: str, lines: Sequence[str]) -> TaskRecord:

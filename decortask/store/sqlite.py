@@ -8,7 +8,6 @@ live in their own table so appending one never rewrites the record.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import sqlite3
@@ -23,6 +22,7 @@ from ..config import sqlite_path
 from ..errors import ConfigurationError, StoreError
 from ..states import TERMINAL, TaskStatus
 from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, apply_transition
+from .writer import TransitionStep
 
 T = TypeVar("T")
 
@@ -35,7 +35,6 @@ LOCK_BACKOFF = 0.05
 HEARTBEAT_TTL = 24 * 3600.0
 #: Most `?` parameters put in one `IN (...)` list.
 CHUNK = 500
-_SQLITE_HEADER = b"SQLite format 3\x00"
 _TERMINAL_VALUES = tuple(sorted(s.value for s in TERMINAL))
 
 _SCHEMA = (
@@ -74,7 +73,6 @@ class SQLiteStore:
         self._conns: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._generation = 0
         self._pid = os.getpid()
-        _check_header(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -84,43 +82,10 @@ class SQLiteStore:
     # -- records -------------------------------------------------------------------------------------------
 
     def create(self, record: TaskRecord) -> TaskRecord:
-        def body(conn: sqlite3.Connection) -> TaskRecord:
-            if conn.execute("SELECT 1 FROM decortask_tasks WHERE id = ?", (record.id,)).fetchone():
-                raise StoreError(f"task {record.id} already exists; task ids must be unique")
-            key = record.idempotency_key
-            if key is not None:
-                row = conn.execute(
-                    "SELECT task_id FROM decortask_idempotency WHERE key = ?", (key,)
-                ).fetchone()
-                holder = _load(conn, row[0]) if row else None
-                if holder is not None and holder.holds_idempotency_key:
-                    return holder
-                # The previous holder failed, was cancelled or is gone: the key is free to take over.
-                conn.execute(
-                    "INSERT INTO decortask_idempotency (key, task_id) VALUES (?, ?) "
-                    "ON CONFLICT (key) DO UPDATE SET task_id = excluded.task_id",
-                    (key, record.id),
-                )
-            conn.execute(
-                "INSERT INTO decortask_tasks (id, name, queue, status, created_at, expires_at, record) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.id,
-                    record.name,
-                    record.queue,
-                    record.status.value,
-                    record.created_at,
-                    record.expires_at,
-                    _blob(record),
-                ),
-            )
-            conn.executemany(
-                "INSERT INTO decortask_logs (task_id, line) VALUES (?, ?)",
-                [(record.id, _line(line)) for line in record.logs],
-            )
-            return _copy(record)
+        return self._run(lambda conn: _insert(conn, record))
 
-        return self._run(body)
+    def create_many(self, records: Sequence[TaskRecord]) -> list[TaskRecord]:
+        return self._run(lambda conn: [_insert(conn, record) for record in records])
 
     def get(self, task_id: str) -> TaskRecord | None:
         return self._run(lambda conn: _load(conn, task_id), write=False)
@@ -139,22 +104,22 @@ class SQLiteStore:
         **changes: Any,
     ) -> TaskRecord | None:
         expected = frozenset(expect) if expect is not None else None  # an iterator must survive a retry
+        step = TransitionStep(task_id, status, expected, expect_attempt, schedule, changes)
+        return self._run(lambda conn: _transition(conn, step))
 
-        def body(conn: sqlite3.Connection) -> TaskRecord | None:
-            current = _load(conn, task_id, logs=False)
-            if current is None:
-                return None
-            updated = apply_transition(current, status, expected, expect_attempt, changes, time.time())
-            if updated is None:
-                return None
-            conn.execute(
-                "UPDATE decortask_tasks SET status = ?, expires_at = ?, record = ? WHERE id = ?",
-                (updated.status.value, updated.expires_at, _blob(updated), task_id),
-            )
-            if schedule is not None:
-                _put_schedule(conn, schedule)
-            updated.logs = _load_logs(conn, [task_id]).get(task_id, [])
-            return updated
+    def transition_many(self, steps: Sequence[TransitionStep]) -> list[TaskRecord | Exception | None]:
+        """Apply `steps` in order in one transaction (group commit; see `store/writer.py`)."""
+
+        def body(conn: sqlite3.Connection) -> list[TaskRecord | Exception | None]:
+            outcomes: list[TaskRecord | Exception | None] = []
+            for step in steps:
+                try:
+                    outcomes.append(_transition(conn, step))
+                except sqlite3.Error:
+                    raise  # the store failed: the whole batch rolls back, and every caller retries
+                except Exception as exc:  # this step's own error (it raises before writing anything)
+                    outcomes.append(exc)
+            return outcomes
 
         return self._run(body)
 
@@ -289,6 +254,11 @@ class SQLiteStore:
         row = self._run(lambda conn: conn.execute(sql, (worker_id,)).fetchone(), write=False)
         return float(row[0]) if row is not None else None
 
+    def heartbeats(self) -> dict[str, float]:
+        sql = "SELECT worker_id, ts FROM decortask_heartbeats"
+        rows = self._run(lambda conn: conn.execute(sql).fetchall(), write=False)
+        return {str(worker_id): float(ts) for worker_id, ts in rows}
+
     # -- connections ---------------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -321,7 +291,10 @@ class SQLiteStore:
         return conn
 
     def _open(self) -> sqlite3.Connection:
-        _check_header(self.path)
+        # SQLite checks the header, never a plain read of the file: closing any other descriptor of the
+        # database drops every POSIX lock this process's connections hold on it, and another process that
+        # then closes its last connection checkpoints and removes the WAL under them ("database disk
+        # image is malformed").
         # check_same_thread=False only so close() may close every thread's connection; each is used by one.
         conn = sqlite3.connect(
             str(self.path), timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
@@ -329,6 +302,11 @@ class SQLiteStore:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.DatabaseError as exc:
+            _close_quietly(conn)
+            if "not a database" in str(exc):  # SQLite read the header and wrote nothing
+                raise _not_a_database(self.path) from None
+            raise
         except BaseException:
             _close_quietly(conn)
             raise
@@ -385,19 +363,6 @@ def _create_schema(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-def _check_header(path: Path) -> None:
-    """Refuse a file that exists but is not SQLite, before SQLite could touch it."""
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(len(_SQLITE_HEADER))
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise StoreError(f"cannot read the SQLite store {path}: {exc}; check the store URL") from exc
-    if head and head != _SQLITE_HEADER:
-        raise _not_a_database(path)
-
-
 def _not_a_database(path: Path) -> StoreError:
     return StoreError(
         f"{path} is not a SQLite database, so decortask cannot use it as its store and left it untouched; "
@@ -427,18 +392,36 @@ def _line(line: LogLine) -> str:
 
 
 def _copy(record: TaskRecord) -> TaskRecord:
-    return dataclasses.replace(
-        record,
-        args=list(record.args),
-        kwargs=dict(record.kwargs),
-        logs=list(record.logs),
-        tags=dict(record.tags),
-    )
+    return record.detached()
 
 
 def _chunks(items: Sequence[str]) -> Iterable[list[str]]:
     for start in range(0, len(items), CHUNK):
         yield list(items[start : start + CHUNK])
+
+
+def _transition(conn: sqlite3.Connection, step: TransitionStep) -> TaskRecord | None:
+    """One compare-and-set transition inside the caller's write transaction; see `TaskStore.transition`."""
+    current = _load(conn, step.task_id, logs=False)
+    if current is None:
+        return None
+    changes = step.changes
+    if step.max_deliveries is not None:  # a claim: count the delivery, up to the cap
+        if current.deliveries >= step.max_deliveries:
+            return None
+        changes = {**changes, "deliveries": current.deliveries + 1}
+    updated = apply_transition(current, step.status, step.expect, step.expect_attempt, changes, time.time())
+    if updated is None:
+        return None
+    conn.execute(
+        "UPDATE decortask_tasks SET status = ?, expires_at = ?, record = ? WHERE id = ?",
+        (updated.status.value, updated.expires_at, _blob(updated), step.task_id),
+    )
+    if step.schedule is not None:
+        _put_schedule(conn, step.schedule)
+    if step.logs:
+        updated.logs = _load_logs(conn, [step.task_id]).get(step.task_id, [])
+    return updated
 
 
 def _load(conn: sqlite3.Connection, task_id: str, *, logs: bool = True) -> TaskRecord | None:
@@ -531,3 +514,39 @@ def _busy_timeout(url: str) -> float:
     if value < 0:
         raise ConfigurationError(f"busy_timeout must be >= 0 seconds, got {value}")
     return value
+
+
+def _insert(conn: sqlite3.Connection, record: TaskRecord) -> TaskRecord:
+    """Insert one record inside the caller's transaction; see `TaskStore.create`."""
+    if conn.execute("SELECT 1 FROM decortask_tasks WHERE id = ?", (record.id,)).fetchone():
+        raise StoreError(f"task {record.id} already exists; task ids must be unique")
+    key = record.idempotency_key
+    if key is not None:
+        row = conn.execute("SELECT task_id FROM decortask_idempotency WHERE key = ?", (key,)).fetchone()
+        holder = _load(conn, row[0]) if row else None
+        if holder is not None and holder.holds_idempotency_key:
+            return holder
+        # The previous holder failed, was cancelled or is gone: the key is free to take over.
+        conn.execute(
+            "INSERT INTO decortask_idempotency (key, task_id) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET task_id = excluded.task_id",
+            (key, record.id),
+        )
+    conn.execute(
+        "INSERT INTO decortask_tasks (id, name, queue, status, created_at, expires_at, record) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            record.id,
+            record.name,
+            record.queue,
+            record.status.value,
+            record.created_at,
+            record.expires_at,
+            _blob(record),
+        ),
+    )
+    conn.executemany(
+        "INSERT INTO decortask_logs (task_id, line) VALUES (?, ?)",
+        [(record.id, _line(line)) for line in record.logs],
+    )
+    return _copy(record)

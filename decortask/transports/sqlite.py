@@ -1,22 +1,33 @@
 """An embedded kombu transport over stdlib sqlite3: leases, delete on ack, safe across processes on one host.
 
-A fetch leases the next visible row (`leased_until`, `owner`) in one `UPDATE ... RETURNING`; ack deletes
-it, reject/requeue or a normal close clears the lease, and a killed consumer's leases simply run out. A live
-consumer renews its leases from its polling path, so a long task is never handed to a second consumer.
+A fetch leases the next visible rows (`leased_until`, `owner`) in one `UPDATE ... RETURNING`; ack deletes
+a row, reject/requeue or a normal close clears its lease, and a killed consumer's leases simply run out. A
+live consumer renews its leases from its polling path, so a long task is never handed to a second consumer.
+
+Fewer write transactions on a file the state store shares: a consuming channel leases as many rows as its
+prefetch window has room for in one statement, hands them out one per kombu `_get`, and defers the deletes
+of acked rows to its next poll, where they commit in the same transaction as the next lease. An ack is only
+ever deferred, never advanced: the row stays leased by this consumer until the delete commits, and if the
+process dies first the lease runs out and the message is redelivered (the worker's receipt rules then see
+its finished record). An idle consumer probes for visible rows with a read before it takes the write lock.
 
 Durability: WAL with `synchronous=NORMAL`. A committed publish or ack is in the WAL (the OS page cache)
 before the statement returns, so it survives the crash of any process; only an OS crash or power loss can roll
-back the last transactions. `FULL` would fsync every commit (milliseconds each) for power-loss durability: opt
-in through the `synchronous` transport option.
+back the last transactions: a publish that returned may then be lost, and a lease or a deferred ack undone
+(the message is delivered again, never lost). `FULL` would fsync every commit (milliseconds each) for
+power-loss durability: opt in through the `synchronous` transport option.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import sqlite3
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from queue import Empty
 from typing import Any
@@ -58,6 +69,14 @@ _LEASE = (
     "UPDATE decortask_messages SET leased_until = ?, owner = ?, deliveries = deliveries + 1"
     f" WHERE id = ({_NEXT}) RETURNING id, payload, deliveries"
 )
+# Up to `LIMIT` rows at once; RETURNING gives no order, so the caller sorts them by (priority DESC, id).
+_LEASE_MANY = (
+    "UPDATE decortask_messages SET leased_until = ?, owner = ?, deliveries = deliveries + 1"
+    " WHERE id IN (SELECT id FROM decortask_messages WHERE queue = ? AND leased_until <= ?"
+    " ORDER BY priority DESC, id LIMIT ?) RETURNING id, priority, payload, deliveries"
+)
+_VISIBLE = "SELECT EXISTS (SELECT 1 FROM decortask_messages WHERE queue = ? AND leased_until <= ?)"
+_ACK_MANY = "DELETE FROM decortask_messages WHERE owner = ? AND id IN "
 _TAKE = f"DELETE FROM decortask_messages WHERE id = ({_NEXT}) RETURNING id, payload, deliveries + 1"
 _ACK = "DELETE FROM decortask_messages WHERE id = ? AND owner = ?"
 _RELEASE = "UPDATE decortask_messages SET leased_until = 0, owner = NULL WHERE id = ? AND owner = ?"
@@ -70,8 +89,21 @@ _HAS_QUEUE = (
     " OR EXISTS (SELECT 1 FROM decortask_messages WHERE queue = ?)"
 )
 _CHUNK = 500  # ids per IN (...) list, far below SQLite's bound-parameter limit
+#: Deferred acks a consuming channel holds before it deletes them without waiting for its next poll.
+MAX_DEFERRED_ACKS = 256
 
 logger = logging.getLogger(__name__)
+
+
+def _delivered(payload: str, deliveries: int) -> dict[str, Any]:
+    # kombu's loads builds a decoder per call to revive {"__type__": ..., "__value__": ...} envelopes; a
+    # payload without that key (its dumps never escapes an ASCII name) parses the same with the stdlib's.
+    message: dict[str, Any] = _loads(payload) if '"__type__"' in payload else json.loads(payload)
+    # kombu's virtual transports never set these; the worker's poison-message cap reads delivery_count.
+    info = message["properties"].setdefault("delivery_info", {})
+    info["redelivered"] = deliveries > 1
+    info["delivery_count"] = deliveries
+    return message
 
 
 def connect(path: str, busy_timeout: float = 30.0, synchronous: str = "NORMAL") -> sqlite3.Connection:
@@ -137,6 +169,9 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
             raise ValueError(f"lease_seconds must be positive, not {self.lease_seconds!r}")
         self._owner = uuid.uuid4().hex
         self._leases: dict[str, int] = {}  # delivery tag -> row id, for every message this channel holds
+        self._buffered: dict[str, deque[dict[str, Any]]] = {}  # leased in a batch, not yet handed to kombu
+        self._acked: list[int] = []  # acked row ids whose delete waits for the next poll (still leased)
+        self._idle: set[str] = set()  # queues whose last lease found nothing: probe with a read first
         self._no_ack_queues: set[str] = set()
         self._declared: set[str] = set()
         # Only renew_leases() may come from another thread; uncontended, this costs ~0.1 us per statement.
@@ -157,9 +192,15 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
             self._conn().execute(_PUT, row)
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
-        return self._fetch(queue, take=queue in self._no_ack_queues)
+        if queue in self._no_ack_queues:
+            return self._fetch(queue, take=True)
+        buffered = self._buffered.get(queue)
+        if buffered:
+            return buffered.popleft()
+        return self._lease_batch(queue)
 
     def _fetch(self, queue: str, take: bool) -> dict[str, Any]:
+        """One row, leased or (`take`) deleted at once: `basic_get` and no-ack consumers."""
         now = time.time()
         with self._lock:
             if take:
@@ -170,21 +211,79 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
             if not rows:
                 raise Empty()
             rowid, payload, deliveries = rows[0]
-            message: dict[str, Any] = _loads(payload)
+            message = _delivered(payload, deliveries)
             if not take:
                 self._leases[message["properties"]["delivery_tag"]] = rowid
-        # kombu's virtual transports never set these; the worker's poison-message cap reads delivery_count.
-        info = message["properties"].setdefault("delivery_info", {})
-        info["redelivered"] = deliveries > 1
-        info["delivery_count"] = deliveries
         return message
+
+    def _lease_room(self) -> int:
+        """How many rows one lease may take: the prefetch window's free room, less what is buffered."""
+        if not self.qos.prefetch_count:
+            return 1  # no window: one row at a time, so one consumer never hoards a queue
+        buffered = sum(len(messages) for messages in self._buffered.values())
+        room: int = self.qos.can_consume_max_estimate() - buffered
+        return room
+
+    def _lease_batch(self, queue: str) -> dict[str, Any]:
+        """Lease up to the prefetch window's room of rows in one transaction, together with deferred acks."""
+        limit = self._lease_room()
+        if limit <= 0:
+            raise Empty()  # the window is full of rows buffered for other queues
+        now = time.time()
+        with self._lock:
+            db = self._conn()
+            if (
+                not self._acked
+                and queue in self._idle
+                and not db.execute(_VISIBLE, (queue, now)).fetchone()[0]
+            ):
+                raise Empty()  # a read: an idle consumer never takes the write lock just to find nothing
+            lease = (now + self.lease_seconds, self._owner, queue, now, limit)
+            if self._acked:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._update_many(_ACK_MANY, (self._owner,), self._acked)
+                    rows = db.execute(_LEASE_MANY, lease).fetchall()
+                    db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                    raise
+                self._acked = []
+            else:
+                rows = db.execute(_LEASE_MANY, lease).fetchall()
+            if not rows:
+                self._idle.add(queue)
+                raise Empty()
+            self._idle.discard(queue)
+            rows.sort(key=lambda row: (-row[1], row[0]))
+            messages: deque[dict[str, Any]] = deque()
+            for rowid, _priority, payload, deliveries in rows:
+                message = _delivered(payload, deliveries)
+                self._leases[message["properties"]["delivery_tag"]] = rowid
+                messages.append(message)
+        first = messages.popleft()
+        if messages:
+            self._buffered.setdefault(queue, deque()).extend(messages)
+        return first
+
+    def _flush_acks(self) -> None:
+        """Delete the rows of deferred acks now (they stay leased by this channel until this commits)."""
+        with self._lock:
+            if self._acked and self._db is not None:
+                self._update_many(_ACK_MANY, (self._owner,), self._acked)
+                self._acked = []
 
     def _settle(self, delivery_tag: str, requeue: bool, siblings: bool = True) -> None:
         with self._lock:
             rowid = self._leases.pop(delivery_tag, None)
             if rowid is not None and self._db is not None:
-                # owner = ? : if our lease had run out and another consumer took the row, it is theirs now.
-                self._db.execute(_RELEASE if requeue else _ACK, (rowid, self._owner))
+                if not requeue and self._consumers and len(self._acked) < MAX_DEFERRED_ACKS:
+                    # A consuming channel polls again within milliseconds: the delete goes with that lease.
+                    self._acked.append(rowid)
+                else:
+                    # owner = ? : if our lease had run out and another consumer took the row, it is theirs.
+                    self._db.execute(_RELEASE if requeue else _ACK, (rowid, self._owner))
         if rowid is None and siblings and self.connection is not None:
             # kombu rejects a message that found no callback through the connection's first channel, which
             # need not be the channel holding its lease.
@@ -208,15 +307,23 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
         """
         with self._lock:
             self._renew_at = time.monotonic() + self.lease_seconds / 3
-            ids = list(self._leases.values())
+            ids = [*self._leases.values(), *self._acked]
             if not ids or self._db is None:
                 return 0
             return self._update_many(_RENEW_MANY, (time.time() + self.lease_seconds, self._owner), ids)
 
     def _release_all(self) -> None:
+        try:
+            self._flush_acks()
+        except sqlite3.Error as exc:
+            # Their records are settled: if the rows come back once the leases run out, they are skipped.
+            logger.warning(
+                "could not delete %d acked messages (%s); their leases run out", len(self._acked), exc
+            )
         with self._lock:
             ids = list(self._leases.values())
             self._leases.clear()
+            self._buffered.clear()
             if ids and self._db is not None:
                 try:
                     self._update_many(_RELEASE_MANY, (self._owner,), ids)
@@ -229,7 +336,12 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
         # The transport calls this on every poll, even when prefetch is full, so renewal keeps running.
         if time.monotonic() >= self._renew_at:
             self.renew_leases()
+        if self._acked and not (self._consumers and self.qos.can_consume() and not self._has_buffered()):
+            self._flush_acks()  # this poll leases nothing, so the deletes cannot ride along with a lease
         return super().drain_events(timeout=timeout, callback=callback)
+
+    def _has_buffered(self) -> bool:
+        return any(self._buffered.values())
 
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         if no_ack:
@@ -237,8 +349,28 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
         return super().basic_consume(queue, no_ack, *args, **kwargs)
 
     def basic_cancel(self, consumer_tag: str) -> Any:
-        self._no_ack_queues.discard(self._tag_to_queue.get(consumer_tag))
-        return super().basic_cancel(consumer_tag)
+        queue = self._tag_to_queue.get(consumer_tag)
+        self._no_ack_queues.discard(queue)
+        result = super().basic_cancel(consumer_tag)
+        try:
+            self._release_buffered(queue)
+            if not self._consumers:
+                self._flush_acks()  # no poll may follow
+        except sqlite3.Error as exc:  # e.g. locked past the busy timeout: the leases run out instead
+            logger.warning(
+                "could not settle messages of a cancelled consumer (%s); their leases run out", exc
+            )
+        return result
+
+    def _release_buffered(self, queue: str | None) -> None:
+        """Give back the rows leased for `queue` but never handed to kombu."""
+        with self._lock:
+            messages = self._buffered.pop(queue, None) if queue is not None else None
+            if not messages:
+                return
+            ids = [self._leases.pop(message["properties"]["delivery_tag"]) for message in messages]
+            if self._db is not None:
+                self._update_many(_RELEASE_MANY, (self._owner,), ids)
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
         # Without an ack to come, the row is deleted as it is fetched rather than leased.
@@ -292,6 +424,9 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
         super().close()  # cancels consumers and gives unacked messages back through QoS.restore_unacked
         if self.do_restore:
             self._release_all()  # fetched but never handed to the QoS (e.g. no callback for the queue)
+        else:
+            with contextlib.suppress(sqlite3.Error):  # if not, the leases run out; the records are settled
+                self._flush_acks()
         with self._lock:
             if self._db is not None:
                 self._db.close()

@@ -4,10 +4,14 @@ The checker proves the invariant of SCENARIOS.md: every task reaches exactly one
 lost, nothing stays RUNNING or PENDING once the chaos stops, a task not opted in to requeue never starts
 twice, and the surviving workers' memory and open files stay flat. By default (and in CI) 2,000 mixed tasks
 and about 40 s of chaos on RabbitMQ with a SQLite store; `--long` runs 10,000 tasks for 30 minutes.
+
+To soak a RabbitMQ node of its own (so other suites on the machine's node are not disturbed by its
+restarts), set `DECORTASK_TEST_AMQP_URL` to that node's URL and `DECORTASK_TEST_RABBITMQ_NODE` to its name.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -16,6 +20,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import behaviour_tasks as bt
 import pytest
@@ -29,14 +34,17 @@ from decortask.store import TaskQuery
 
 pytestmark = pytest.mark.broker
 
+
 WORKERS = 3
+#: The RabbitMQ node behind AMQP_URL, for rabbitmqctl (default: the machine's own node).
+RABBITMQ_NODE = os.environ.get("DECORTASK_TEST_RABBITMQ_NODE", "")
 
 
 def restart_rabbitmq() -> None:
     """Stop and start the RabbitMQ application; returns once it accepts connections again."""
-    subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True, timeout=60)
-    subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True, timeout=120)
-    subprocess.run(["rabbitmqctl", "await_startup"], check=True, capture_output=True, timeout=120)
+    node = ["-n", RABBITMQ_NODE] if RABBITMQ_NODE else []
+    for command, timeout in (("stop_app", 60), ("start_app", 120), ("await_startup", 120)):
+        subprocess.run(["rabbitmqctl", *node, command], check=True, capture_output=True, timeout=timeout)
 
 
 def _rss_and_fds(pid: int) -> tuple[int, int]:
@@ -46,7 +54,8 @@ def _rss_and_fds(pid: int) -> tuple[int, int]:
 
 
 def test_f22_chaos_soak(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    require_server("RabbitMQ", "127.0.0.1", 5672)
+    amqp = urlsplit(AMQP_URL)
+    require_server("RabbitMQ", amqp.hostname or "127.0.0.1", amqp.port or 5672)
     long_mode = bool(request.config.getoption("--long"))
     total = 10_000 if long_mode else 2_000
     chaos_seconds = 30 * 60 if long_mode else 40
@@ -120,7 +129,8 @@ def test_f22_chaos_soak(tmp_path: Path, request: pytest.FixtureRequest) -> None:
                 assert workers[victim].wait(60) == 0, workers[victim].log_tail()
                 actions["sigterm"] += 1
             workers[victim] = new_worker()
-        assert actions["broker_restart"] == 1 and actions["sigkill"] and actions["sigterm"], actions
+        # One restart in the default run, one every 10 minutes with --long.
+        assert actions["broker_restart"] >= 1 and actions["sigkill"] and actions["sigterm"], actions
         producer.join(timeout=120)
         assert not producer.is_alive()
 

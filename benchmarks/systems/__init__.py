@@ -1,0 +1,1 @@
+"""One module per benchmarked system; each runs the same no-op workload (`tracker.work`)."""

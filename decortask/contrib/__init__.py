@@ -1,0 +1,1 @@
+"""Integrations with other frameworks. Only modules in here (and in `dashboard/`) import optional packages."""
