@@ -340,23 +340,22 @@ def targets(broker: str, key: str, mine: float | None, theirs: dict[str, float |
 
 #: What the profiles (docs/performance.md) say about a missed target: the cause, then the change (by number).
 WHY = {
-    "drain": "Profile: three store transactions per task (get, RUNNING, SUCCESS), eight threads queueing "
-    "for SQLite's write lock, ~0.65 ms of CPU per task; closes with group commit in the worker and one "
-    "transaction fewer per task (changes 1-3)",
-    "drain-redis": "Profile: as on RabbitMQ, plus kombu fetching one message per BRPOP round trip; closes with "
-    "group commit, one transaction fewer per task, no deep copies (changes 1-3)",
-    "drain-sqlite": "Profile: broker and store share one file, five write transactions per task; closes with "
-    "batched fetch/ack in transports/sqlite.py and group commit (changes 1, 5)",
-    "enqueue-amqp": "Profile: 53% of .delay() waits for the publisher confirm Celery does not ask for, 10% "
-    "deep-copies the record; closes with opt-in deferred confirms and no deep copies (changes 3, 6)",
-    "enqueue-redis": "Profile: kombu builds a Redis client per publish (0.2 ms), the record is deep-copied "
-    "(0.13 ms); closes with a publishing client reused per channel and no deep copies (changes 3, 7)",
-    "p50-amqp": "Profile: the producer's confirm and record write plus three store transactions in the "
-    "worker; closes with changes 1-3 and 6 (change 8)",
-    "p50": "Profile: the producer's record write and per-publish Redis client plus three store transactions "
-    "in the worker; closes with changes 1-3 and 7 (change 8)",
-    "batch": "Profile: 60% of map() is the records' deep copy and JSON (asdict); closes with change 3 "
-    "(shallow to_dict) and a pipelined LPUSH of the batch (change 7)",
+    "drain": "Profile after group commit and claim-first: the store is ~14% of the worker's samples; acking "
+    "through kombu ~19%, waiting in drain ~26%, pool hand-offs 6-10%; closes with batched acks and a "
+    "leaner consumer loop (changes 9, 10)",
+    "drain-redis": "Profile: kombu's Redis transport fetches one message per BRPOP round trip and costs "
+    "~1.1 ms of CPU per task; closes with a batched fetch in transports/redis.py (change 11)",
+    "drain-sqlite": "Profile: with a memory broker the SQLite store alone drains ~2,200-2,300/s, under Huey; "
+    "closes with fewer writes per task in the store (change 12)",
+    "enqueue-amqp": "Profile: ~0.66 ms of the ~1.05 ms .delay() waits for the publisher confirm Celery does "
+    "not ask for; closes with confirms collected asynchronously and a store-backed outbox (change 13)",
+    "enqueue-redis": "Profile: the publish is now one LPUSH round trip; the rest is the record write "
+    "(change 12) and message building",
+    "p50-amqp": "Profile: the producer's confirm wait plus the worker's claim and outcome commits; closes "
+    "with changes 9, 12 and 13",
+    "p50": "Profile: the producer's record write plus the worker's claim and outcome commits; closes with "
+    "changes 9 and 12",
+    "batch": "Profile: the records' JSON and the store transaction; see changes 3 and 7",
 }
 
 
