@@ -128,16 +128,52 @@ class Executor(ReceiptRules):
             return None
         limit = task.options.max_deliveries or self.app.settings.max_deliveries
         writer = self.writer
-        return self._write(
+        started_at = time.time()
+        return self._claim(
             lambda: writer.claim(
                 message.id,
                 message.attempt,
                 limit,
                 owner=self.worker_id,
-                started_at=time.time(),
+                started_at=started_at,
                 finished_at=None,
-            )
+            ),
+            message.id,
+            message.attempt,
+            started_at,
         )
+
+    def _claim(
+        self, claim: Callable[[], TaskRecord | None], task_id: str, attempt: int, started_at: float
+    ) -> TaskRecord | None:
+        """Run a claim through `_write`; one whose commit landed but whose reply was lost is still ours.
+
+        A store error after the commit (a Redis connection reset after the script ran) makes `_write`
+        retry, and the retry fails the compare-and-set against this very claim: without this check the
+        worker would park its own claim as running elsewhere, and the task would end `worker_lost`.
+        """
+        failed = False
+
+        def step() -> TaskRecord | None:
+            nonlocal failed
+            try:
+                return claim()
+            except StoreError:
+                failed = True
+                raise
+
+        claimed = self._write(step)
+        if claimed is None and failed:
+            current = self._write(lambda: self.app.store.get(task_id))
+            if (
+                current is not None
+                and current.status is TaskStatus.RUNNING
+                and current.owner == self.worker_id
+                and current.attempt == attempt
+                and current.started_at == started_at
+            ):
+                return current
+        return claimed
 
     def refuse(self, task_id: str, reason: str, detail: str) -> TaskStatus | None:
         """Mark a known, unfinished task FAILED because its message was refused (e.g. `integrity_error`)."""
@@ -198,7 +234,7 @@ class Executor(ReceiptRules):
             logger.error("task %s dead-lettered: %s", record.id, detail)
             return Outcome(Settle.DEAD_LETTER, TaskStatus.FAILED, "max_deliveries", detail)
         writer = self.writer
-        claimed = self._write(
+        claimed = self._claim(
             lambda: writer.transition(
                 record.id,
                 TaskStatus.RUNNING,
@@ -209,7 +245,10 @@ class Executor(ReceiptRules):
                 started_at=now,
                 finished_at=None,
                 deliveries=record.deliveries + 1,
-            )
+            ),
+            record.id,
+            attempt,
+            now,
         )
         if claimed is None:
             logger.info("task %s was claimed elsewhere first: acked, not run", record.id)
