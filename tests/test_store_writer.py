@@ -154,6 +154,27 @@ def test_a_step_error_fails_only_its_own_caller(sqlite_store: SQLiteStore) -> No
     ]
 
 
+def test_a_step_that_fails_after_its_update_leaves_no_trace_of_itself(
+    sqlite_store: SQLiteStore, tmp_path: Path
+) -> None:
+    for task_id in ("a", "b"):
+        sqlite_store.create(pending(task_id))
+    with sqlite3.connect(tmp_path / "store.db") as raw:  # a log line no reader can parse
+        raw.execute("INSERT INTO decortask_logs (task_id, line) VALUES ('a', 'not json')")
+    steps = [
+        TransitionStep("a", TaskStatus.RUNNING, expect=frozenset({TaskStatus.PENDING}), logs=True),
+        TransitionStep("b", TaskStatus.RUNNING, expect=frozenset({TaskStatus.PENDING})),
+    ]
+
+    outcomes = sqlite_store.transition_many(steps)
+
+    # The first step failed while reading its logs, after its UPDATE: that UPDATE must not be committed.
+    assert isinstance(outcomes[0], ValueError) and isinstance(outcomes[1], TaskRecord)
+    with sqlite3.connect(tmp_path / "store.db") as raw:
+        statuses = dict(raw.execute("SELECT id, status FROM decortask_tasks").fetchall())
+    assert statuses == {"a": "PENDING", "b": "RUNNING"}
+
+
 def test_a_store_failure_in_a_batch_writes_none_of_it_and_every_caller_sees_it(
     sqlite_store: SQLiteStore,
 ) -> None:

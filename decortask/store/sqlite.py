@@ -113,12 +113,17 @@ class SQLiteStore:
         def body(conn: sqlite3.Connection) -> list[TaskRecord | Exception | None]:
             outcomes: list[TaskRecord | Exception | None] = []
             for step in steps:
+                # A savepoint per step: a step that fails part-way (after its UPDATE) leaves nothing behind,
+                # while the other steps of the batch still commit.
+                conn.execute("SAVEPOINT decortask_step")
                 try:
                     outcomes.append(_transition(conn, step))
                 except sqlite3.Error:
                     raise  # the store failed: the whole batch rolls back, and every caller retries
-                except Exception as exc:  # this step's own error (it raises before writing anything)
+                except Exception as exc:  # this step's own error: undo what it wrote, keep the rest
+                    conn.execute("ROLLBACK TO decortask_step")
                     outcomes.append(exc)
+                conn.execute("RELEASE decortask_step")
             return outcomes
 
         return self._run(body)
