@@ -33,6 +33,7 @@ from .middleware import (
     report_outcome,
 )
 from .receipt import ETA_TOLERANCE, Outcome, ReceiptRules, Settle
+from .records import ended_fields
 from .security import mask_text
 from .states import TaskStatus
 from .store.base import ScheduleEntry, TaskRecord
@@ -372,10 +373,8 @@ class Executor(ReceiptRules):
             return Outcome(Settle.ACK, TaskStatus.FAILED, "result_not_serializable", ran=True)
         if verdict.exception is not None:
             return self._failed(record, run.message, task, verdict.exception, verdict.retry_delay)
-        ttl = self.app.settings.history_ttl if task.options.persist else self.app.settings.result_ttl
-        self._finish(
-            record.id, attempt, TaskStatus.SUCCESS, result=verdict.result, expires_at=time.time() + ttl
-        )
+        ended = ended_fields(self.app.settings, time.time(), task.options.persist)
+        self._finish(record.id, attempt, TaskStatus.SUCCESS, result=verdict.result, **ended)
         return Outcome(Settle.ACK, TaskStatus.SUCCESS, ran=True)
 
     def _failed(
@@ -434,11 +433,9 @@ class Executor(ReceiptRules):
                 )
                 return Outcome(Settle.ACK, TaskStatus.RETRYING, ran=True)
             return Outcome(Settle.ACK, None, "lost_claim", ran=True)
-        ttl = self.app.settings.history_ttl if task.options.persist else self.app.settings.result_ttl
+        ended = ended_fields(self.app.settings, time.time(), task.options.persist)
         reason = "timeout" if isinstance(exc, TimeLimitExceeded) else None
-        self._finish(
-            record.id, attempt, TaskStatus.FAILED, reason=reason, expires_at=time.time() + ttl, **error
-        )
+        self._finish(record.id, attempt, TaskStatus.FAILED, reason=reason, **ended, **error)
         logger.warning("task %s failed on attempt %d: %s", record.id, attempt, error["error_type"])
         return Outcome(Settle.ACK, TaskStatus.FAILED, ran=True)
 
@@ -489,9 +486,9 @@ class Executor(ReceiptRules):
         expect: TaskStatus = TaskStatus.RUNNING,
         **changes: Any,
     ) -> TaskRecord | None:
-        changes.setdefault("finished_at", time.time())
-        if status.terminal and "expires_at" not in changes:
-            changes["expires_at"] = time.time() + self.app.settings.history_ttl
+        """Write the terminal `status` of attempt `attempt`; None if the record changed meanwhile."""
+        # Callers that know the task pass its own `persist` (ended_fields); otherwise it is kept as history.
+        changes = {**ended_fields(self.app.settings, time.time()), **changes}
         writer = self.writer
         done = self._write(
             lambda: writer.transition(task_id, status, expect={expect}, expect_attempt=attempt, **changes),

@@ -280,3 +280,29 @@ def test_async_tasks_run_on_the_event_loop_with_their_context(decortask_app: Dec
     run_pending(decortask_app)
     assert handle.get(timeout=1) == 42
     assert [(line.message, line.extra) for line in handle.logs] == [("inside the coroutine", {"task": True})]
+
+
+@task(name="exec.transient", persist=False)
+def transient(a: int) -> int:
+    return a
+
+
+@task(name="exec.transient_failure", persist=False)
+def transient_failure() -> None:
+    raise ValueError("no")
+
+
+@pytest.mark.decortask(result_ttl=60.0, history_ttl=7200.0)
+def test_an_ended_record_is_kept_for_result_ttl_without_persist_and_history_ttl_with_it(
+    decortask_app: Decortask,
+) -> None:
+    kept = add.delay(1, 2)
+    short = transient.delay(3)
+    short_failed = transient_failure.delay()
+    run_pending(decortask_app)
+    ttl = {}
+    for handle in (kept, short, short_failed):
+        record = handle.record()
+        assert record.status.terminal and record.finished_at is not None and record.expires_at is not None
+        ttl[handle.id] = round(record.expires_at - record.finished_at)
+    assert (ttl[kept.id], ttl[short.id], ttl[short_failed.id]) == (7200, 60, 60)
