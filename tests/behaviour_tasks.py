@@ -181,6 +181,12 @@ def soak_opted_in(ctx: TaskContext, n: int) -> int:
     return n
 
 
+@task(name="bt.soak_idempotent", requeue_on_interrupt=True)
+def soak_idempotent(a: int, b: int) -> int:
+    """Safe to run again, so opted in: a SIGKILL between its claim and its outcome re-runs it."""
+    return a + b
+
+
 @task(name="bt.soak_not_opted_in")
 def soak_not_opted_in(ctx: TaskContext, n: int) -> int:
     record_effect(ctx, "started")

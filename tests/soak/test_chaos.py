@@ -95,7 +95,9 @@ def test_f22_chaos_soak(tmp_path: Path, request: pytest.FixtureRequest) -> None:
             kind = ("idempotent", "opted_in", "not_opted_in")[n % 3]
             try:
                 if kind == "idempotent":
-                    handle = bt.add.apply_async(args=(n, n), idempotency_key=f"{token}-{n}", app=app)
+                    handle = bt.soak_idempotent.apply_async(
+                        args=(n, n), idempotency_key=f"{token}-{n}", app=app
+                    )
                     handles.append((kind, handle, 2 * n))
                 elif kind == "opted_in":
                     handles.append((kind, bt.soak_opted_in.apply_async(args=(n,), app=app), n))
