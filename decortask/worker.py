@@ -407,8 +407,12 @@ class Worker:
         return True
 
     def _fill(self, submit: Callable[[Delivery], Future[Outcome]]) -> None:
-        """Start backlog messages while pool slots are free; the rest stay unstarted (and returnable)."""
-        while self._backlog and self._in_flight < self.concurrency:
+        """Start backlog messages while pool slots are free; the rest stay unstarted (and returnable).
+
+        Nothing starts once shutdown began: a SIGTERM handled during this loop iteration (e.g. while the
+        drain waited on the broker) leaves the backlog for `_shut_down` to return, still PENDING.
+        """
+        while self._backlog and self._in_flight < self.concurrency and not self._stop.is_set():
             delivery = self._backlog.popleft()
             self.stats.received += 1
             self._in_flight += 1
