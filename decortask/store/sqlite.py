@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+from .. import sqlitelocks
 from ..config import sqlite_path
 from ..errors import ConfigurationError, StoreError
 from ..states import TERMINAL, TaskStatus
@@ -300,10 +301,8 @@ class SQLiteStore:
         # database drops every POSIX lock this process's connections hold on it, and another process that
         # then closes its last connection checkpoints and removes the WAL under them ("database disk
         # image is malformed").
-        # check_same_thread=False only so close() may close every thread's connection; each is used by one.
-        conn = sqlite3.connect(
-            str(self.path), timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-        )
+        # Lock waits in fine steps (sqlitelocks.py): SQLite's own handler sleeps a millisecond or more.
+        conn = sqlitelocks.connect(str(self.path), self.busy_timeout)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")

@@ -35,6 +35,8 @@ from typing import Any
 from kombu.transport import virtual
 from kombu.utils import json as kombu_json
 
+from .. import sqlitelocks
+
 # kombu ships py.typed but leaves most functions unannotated; typing its bases and helpers as Any keeps strict
 # mypy quiet about every super() call without an ignore on each.
 _VirtualQoS: Any = virtual.QoS
@@ -111,8 +113,9 @@ def connect(path: str, busy_timeout: float = 30.0, synchronous: str = "NORMAL") 
     if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
         raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA, not {synchronous!r}")
     # isolation_level=None: every statement is its own transaction, so no read snapshot is ever held open
-    # and the busy handler can retry any lock conflict (a deferred transaction could fail with BUSY_SNAPSHOT).
-    db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    # and a lock conflict can be retried statement by statement (a deferred transaction could fail with
+    # BUSY_SNAPSHOT); sqlitelocks waits for the lock in finer steps than SQLite's own busy handler.
+    db = sqlitelocks.connect(path, busy_timeout)
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={synchronous.upper()}")
