@@ -51,8 +51,10 @@ command = json.loads(
 if os.environ.get("PROFILE_EXPERIMENT"):  # e.g. ack-poll=0.0005: see experiment_worker.py
     command = ["experiment_worker.py", os.environ["PROFILE_EXPERIMENT"], "--", *command[2:]]
 raw = workdir / "stacks.txt"
+# PROFILE_GIL=1: sample only the thread holding the GIL, i.e. where the worker's one core of Python goes.
+gil = ["--gil"] if os.environ.get("PROFILE_GIL") else []
 spy = subprocess.Popen(
-    [str(Path(py).parent / "py-spy"), "record", "-r", "250", "-f", "raw", "-o", str(raw), "--", py, *command],
+    [str(Path(py).parent / "py-spy"), "record", "-r", os.environ.get("PROFILE_RATE", "250"), *gil, "-f", "raw", "-o", str(raw), "--", py, *command],
     cwd=HERE,
     env=env,
     stdout=subprocess.DEVNULL,

@@ -175,6 +175,22 @@ def test_a_step_that_fails_after_its_update_leaves_no_trace_of_itself(
     assert statuses == {"a": "PENDING", "b": "RUNNING"}
 
 
+def test_a_batch_of_one_step_that_fails_after_its_update_leaves_no_trace_either(
+    sqlite_store: SQLiteStore, tmp_path: Path
+) -> None:
+    # A batch of one runs without a savepoint (its transaction is one): the rollback must still undo it.
+    sqlite_store.create(pending("a"))
+    with sqlite3.connect(tmp_path / "store.db") as raw:
+        raw.execute("INSERT INTO decortask_logs (task_id, line) VALUES ('a', 'not json')")
+    step = TransitionStep("a", TaskStatus.RUNNING, expect=frozenset({TaskStatus.PENDING}), logs=True)
+
+    outcomes = sqlite_store.transition_many([step])
+
+    assert isinstance(outcomes[0], ValueError)
+    with sqlite3.connect(tmp_path / "store.db") as raw:
+        assert raw.execute("SELECT status FROM decortask_tasks").fetchall() == [("PENDING",)]
+
+
 def test_a_store_failure_in_a_batch_writes_none_of_it_and_every_caller_sees_it(
     sqlite_store: SQLiteStore,
 ) -> None:

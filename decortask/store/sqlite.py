@@ -22,6 +22,7 @@ from .. import sqlitelocks
 from ..config import sqlite_path
 from ..errors import ConfigurationError, StoreError
 from ..states import TERMINAL, TaskStatus
+from . import sqlite_cas
 from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, apply_transition
 from .writer import TransitionStep
 
@@ -112,6 +113,14 @@ class SQLiteStore:
         """Apply `steps` in order in one transaction (group commit; see `store/writer.py`)."""
 
         def body(conn: sqlite3.Connection) -> list[TaskRecord | Exception | None]:
+            if len(steps) == 1:  # its own transaction is its savepoint: a failed step rolls it all back
+                try:
+                    return [_transition(conn, steps[0])]
+                except sqlite3.Error:
+                    raise
+                except Exception as exc:
+                    conn.execute("ROLLBACK")
+                    return [exc]
             outcomes: list[TaskRecord | Exception | None] = []
             for step in steps:
                 # A savepoint per step: a step that fails part-way (after its UPDATE) leaves nothing behind,
@@ -325,7 +334,8 @@ class SQLiteStore:
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 try:
                     result = body(conn)
-                    conn.execute("COMMIT")
+                    if conn.in_transaction:  # a body may have rolled back on its own (transition_many)
+                        conn.execute("COMMIT")
                     return result
                 except BaseException:
                     if conn.in_transaction:
@@ -406,6 +416,21 @@ def _chunks(items: Sequence[str]) -> Iterable[list[str]]:
 
 def _transition(conn: sqlite3.Connection, step: TransitionStep) -> TaskRecord | None:
     """One compare-and-set transition inside the caller's write transaction; see `TaskStore.transition`."""
+    now = time.time()
+    done = sqlite_cas.update(conn, step, now)  # in SQL when it can (nearly every claim and outcome)
+    if done is sqlite_cas.UNSUPPORTED:
+        done = _transition_in_python(conn, step, now)
+    if not isinstance(done, TaskRecord):
+        return None
+    if step.schedule is not None:
+        _put_schedule(conn, step.schedule)
+    if step.logs:
+        done.logs = _load_logs(conn, [step.task_id]).get(step.task_id, [])
+    return done
+
+
+def _transition_in_python(conn: sqlite3.Connection, step: TransitionStep, now: float) -> TaskRecord | None:
+    """The general path: read the record, apply the transition in Python, write the whole record back."""
     current = _load(conn, step.task_id, logs=False)
     if current is None:
         return None
@@ -414,17 +439,13 @@ def _transition(conn: sqlite3.Connection, step: TransitionStep) -> TaskRecord | 
         if current.deliveries >= step.max_deliveries:
             return None
         changes = {**changes, "deliveries": current.deliveries + 1}
-    updated = apply_transition(current, step.status, step.expect, step.expect_attempt, changes, time.time())
+    updated = apply_transition(current, step.status, step.expect, step.expect_attempt, changes, now)
     if updated is None:
         return None
     conn.execute(
         "UPDATE decortask_tasks SET status = ?, expires_at = ?, record = ? WHERE id = ?",
         (updated.status.value, updated.expires_at, _blob(updated), step.task_id),
     )
-    if step.schedule is not None:
-        _put_schedule(conn, step.schedule)
-    if step.logs:
-        updated.logs = _load_logs(conn, [step.task_id]).get(step.task_id, [])
     return updated
 
 
@@ -522,8 +543,6 @@ def _busy_timeout(url: str) -> float:
 
 def _insert(conn: sqlite3.Connection, record: TaskRecord) -> TaskRecord:
     """Insert one record inside the caller's transaction; see `TaskStore.create`."""
-    if conn.execute("SELECT 1 FROM decortask_tasks WHERE id = ?", (record.id,)).fetchone():
-        raise StoreError(f"task {record.id} already exists; task ids must be unique")
     key = record.idempotency_key
     if key is not None:
         row = conn.execute("SELECT task_id FROM decortask_idempotency WHERE key = ?", (key,)).fetchone()
@@ -536,21 +555,25 @@ def _insert(conn: sqlite3.Connection, record: TaskRecord) -> TaskRecord:
             "ON CONFLICT (key) DO UPDATE SET task_id = excluded.task_id",
             (key, record.id),
         )
-    conn.execute(
-        "INSERT INTO decortask_tasks (id, name, queue, status, created_at, expires_at, record) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (
-            record.id,
-            record.name,
-            record.queue,
-            record.status.value,
-            record.created_at,
-            record.expires_at,
-            _blob(record),
-        ),
-    )
-    conn.executemany(
-        "INSERT INTO decortask_logs (task_id, line) VALUES (?, ?)",
-        [(record.id, _line(line)) for line in record.logs],
-    )
+    try:
+        conn.execute(
+            "INSERT INTO decortask_tasks (id, name, queue, status, created_at, expires_at, record) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.id,
+                record.name,
+                record.queue,
+                record.status.value,
+                record.created_at,
+                record.expires_at,
+                _blob(record),
+            ),
+        )
+    except sqlite3.IntegrityError:  # the primary key: one statement fewer than looking first
+        raise StoreError(f"task {record.id} already exists; task ids must be unique") from None
+    if record.logs:
+        conn.executemany(
+            "INSERT INTO decortask_logs (task_id, line) VALUES (?, ?)",
+            [(record.id, _line(line)) for line in record.logs],
+        )
     return _copy(record)

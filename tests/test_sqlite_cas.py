@@ -1,0 +1,179 @@
+"""SQLite transitions done in SQL (store/sqlite_cas.py) leave exactly the record the general path leaves."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from decortask.states import TaskStatus
+from decortask.store import sqlite as sqlite_module
+from decortask.store.base import TaskRecord
+from decortask.store.sqlite import SQLiteStore
+from decortask.store.writer import TransitionStep, claim_step
+
+S = TaskStatus
+NOW = 1_795_396_452.0210176  # a float that 15 significant digits would round
+
+
+def record(task_id: str, **fields: Any) -> TaskRecord:
+    base: dict[str, Any] = {
+        "id": task_id,
+        "name": "cas.task",
+        "queue": "q",
+        "status": S.PENDING,
+        "created_at": NOW,
+        "updated_at": NOW,
+        "args": [1, "two", {"three": 3.25}],
+        "kwargs": {"k": [None, True]},
+        "tags": {"tenant": "acme"},
+    }
+    base.update(fields)
+    return TaskRecord(**base)
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> tuple[SQLiteStore, SQLiteStore]:
+    """Two stores with the same records: one may take the SQL path, the other never does."""
+    return SQLiteStore(f"sqlite:///{tmp_path / 'sql.db'}"), SQLiteStore(f"sqlite:///{tmp_path / 'py.db'}")
+
+
+def both(
+    stores: tuple[SQLiteStore, SQLiteStore], monkeypatch: pytest.MonkeyPatch, steps: list[TransitionStep]
+) -> tuple[list[Any], list[Any]]:
+    """Apply `steps` to each store (the second with the SQL path turned off) at the same clock."""
+    monkeypatch.setattr(sqlite_module.time, "time", lambda: NOW + 1.5)
+    with_sql = stores[0].transition_many(steps)
+    monkeypatch.setattr(sqlite_module.sqlite_cas, "update", lambda *_: sqlite_module.sqlite_cas.UNSUPPORTED)
+    in_python = stores[1].transition_many(steps)
+    return with_sql, in_python
+
+
+def same_records(stores: tuple[SQLiteStore, SQLiteStore], task_id: str) -> TaskRecord:
+    via_sql, via_python = stores[0].get(task_id), stores[1].get(task_id)
+    assert via_sql is not None and via_python is not None
+    assert via_sql.to_dict() == via_python.to_dict()
+    return via_sql
+
+
+def claim(task_id: str, attempt: int = 1, cap: int = 3) -> TransitionStep:
+    return claim_step(task_id, attempt, cap, owner="w1", started_at=NOW + 0.25, finished_at=None)
+
+
+def finish(task_id: str, status: TaskStatus, attempt: int = 1, **changes: Any) -> TransitionStep:
+    return TransitionStep(task_id, status, frozenset({S.RUNNING}), attempt, None, changes, logs=False)
+
+
+@pytest.mark.parametrize(
+    "result",
+    [None, True, 0, -7, 2**70, 0.1, NOW, 'é\n"quoted"', [1, [2, {"x": None}]], {"nested": {"f": 1e-300}}],
+)
+def test_a_claim_and_an_outcome_in_sql_match_the_general_path(
+    stores: tuple[SQLiteStore, SQLiteStore], monkeypatch: pytest.MonkeyPatch, result: Any
+) -> None:
+    for store in stores:
+        store.create(record("t"))
+
+    claimed = both(stores, monkeypatch, [claim("t")])
+    monkeypatch.undo()
+    finished = both(
+        stores,
+        monkeypatch,
+        [finish("t", S.SUCCESS, result=result, finished_at=NOW + 2, expires_at=NOW + 86400.5)],
+    )
+
+    assert all(isinstance(r, TaskRecord) for r in (*claimed[0], *claimed[1], *finished[0], *finished[1]))
+    assert claimed[0][0].to_dict() == claimed[1][0].to_dict()
+    assert finished[0][0].to_dict() == finished[1][0].to_dict()
+    done = same_records(stores, "t")
+    assert (done.status, done.result, done.attempt, done.deliveries, done.owner) == (
+        S.SUCCESS,
+        result,
+        1,
+        1,
+        "w1",
+    )
+    assert done.started_at == NOW + 0.25 and done.updated_at == NOW + 1.5  # every bit of the floats
+
+
+@pytest.mark.parametrize(
+    ("fields", "step"),
+    [
+        ({}, claim("t", attempt=2)),  # the message is one attempt ahead of a record still at 0
+        ({"status": S.RUNNING, "attempt": 1}, claim("t", attempt=2)),  # RUNNING is not claimable
+        (
+            {"deliveries": 3, "status": S.RETRYING, "attempt": 1},
+            claim("t", attempt=2, cap=3),
+        ),  # out of deliveries
+        ({"status": S.RUNNING, "attempt": 2}, finish("t", S.SUCCESS, attempt=1)),  # a stale attempt
+        ({}, finish("t", S.SUCCESS)),  # not RUNNING
+    ],
+)
+def test_a_failed_expectation_changes_nothing_on_either_path(
+    stores: tuple[SQLiteStore, SQLiteStore],
+    monkeypatch: pytest.MonkeyPatch,
+    fields: dict[str, Any],
+    step: TransitionStep,
+) -> None:
+    for store in stores:
+        store.create(record("t", **fields))
+
+    assert both(stores, monkeypatch, [step]) == ([None], [None])
+    assert same_records(stores, "t").updated_at == NOW
+
+
+def test_an_unknown_task_is_none_on_either_path(
+    stores: tuple[SQLiteStore, SQLiteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert both(stores, monkeypatch, [claim("missing"), finish("missing", S.FAILED)]) == (
+        [None, None],
+        [None, None],
+    )
+
+
+def test_a_retry_with_a_schedule_entry_matches_the_general_path(
+    stores: tuple[SQLiteStore, SQLiteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from decortask.store.base import ScheduleEntry
+
+    for store in stores:
+        store.create(record("t", status=S.RUNNING, attempt=1, deliveries=1))
+    entry = ScheduleEntry(id="t:2", task_id="t", queue="q", due_at=NOW + 5, body="{}", priority=0)
+    step = TransitionStep(
+        "t",
+        S.RETRYING,
+        frozenset({S.RUNNING}),
+        1,
+        entry,
+        {"scheduled_for": NOW + 5, "deliveries": 0, "error_type": "builtins.ValueError", "traceback": "T\nB"},
+    )
+
+    both(stores, monkeypatch, [step])
+
+    assert same_records(stores, "t").status is S.RETRYING
+    assert [e.id for e in stores[0].claim_due(NOW + 10, 10, "w", 30.0)] == ["t:2"]
+
+
+def test_values_json_cannot_hold_exactly_take_the_general_path(tmp_path: Path) -> None:
+    store = SQLiteStore(f"sqlite:///{tmp_path / 's.db'}")
+    store.create(record("t", status=S.RUNNING, attempt=1))
+
+    done = store.transition("t", S.SUCCESS, expect={S.RUNNING}, result=float("nan"))
+
+    assert done is not None and done.status is S.SUCCESS and done.result != done.result  # NaN, as before
+
+
+def test_claims_and_outcomes_take_the_sql_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = SQLiteStore(f"sqlite:///{tmp_path / 's.db'}")
+    store.create(record("t"))
+
+    def general_path(*_: Any) -> None:
+        raise AssertionError("took the general path")
+
+    monkeypatch.setattr(sqlite_module, "_transition_in_python", general_path)
+    outcomes = store.transition_many([claim("t")])
+    outcomes += store.transition_many([finish("t", S.SUCCESS, result={"ok": True}, finished_at=time.time())])
+
+    assert [o.status for o in outcomes if isinstance(o, TaskRecord)] == [S.RUNNING, S.SUCCESS]
