@@ -45,8 +45,11 @@ _SCHEMA = (
     " record TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS decortask_tasks_created ON decortask_tasks (created_at)",
     "CREATE INDEX IF NOT EXISTS decortask_tasks_status ON decortask_tasks (status, created_at)",
-    "CREATE INDEX IF NOT EXISTS decortask_tasks_name ON decortask_tasks (name, created_at)",
-    "CREATE INDEX IF NOT EXISTS decortask_tasks_queue ON decortask_tasks (queue, created_at)",
+    # No index on name or queue: each index costs every enqueue about 7 µs (a fifth of a batched one).
+    # Listings filtered by them walk the created_at index newest first and stop at their page size; a
+    # name or queue that matches rarely in a very large store costs a scan. Files from before drop them.
+    "DROP INDEX IF EXISTS decortask_tasks_name",
+    "DROP INDEX IF EXISTS decortask_tasks_queue",
     "CREATE INDEX IF NOT EXISTS decortask_tasks_expires ON decortask_tasks (expires_at)",
     # Log lines in order of seq: a new rowid is always above every existing one.
     "CREATE TABLE IF NOT EXISTS decortask_logs (seq INTEGER PRIMARY KEY, task_id TEXT NOT NULL,"
