@@ -4,6 +4,7 @@
 
 `ack-poll=S`: the consumer loop waits at most S seconds for deliveries while tasks are in flight
 (decortask uses 0.005), so finished tasks are acked and the next deliveries fetched sooner.
+`switch=S`: the interpreter's GIL switch interval (`sys.setswitchinterval`, Python's default 0.005).
 """
 
 from __future__ import annotations
@@ -24,5 +25,7 @@ if name == "ack-poll":
         return original(self, session, min(timeout, cap))
 
     Worker._drain = capped  # type: ignore[method-assign]
+elif name == "switch":
+    sys.setswitchinterval(float(value))
 sys.argv = ["decortask", *rest]
 cli.main()

@@ -336,6 +336,10 @@ class Worker:
                 self._interrupt_running(session)
             self._supervise()
             self._settle_ready(session, block=True)
+            try:
+                session.flush_acks()  # no poll follows to carry the acks a transport deferred
+            except Exception as exc:  # the broker redelivers them; the receipt rules skip finished tasks
+                logger.warning("could not send deferred acks (%s)", mask_text(str(exc)) or type(exc).__name__)
         self._tick_scheduler()  # publish the next attempts of requeued tasks before exiting
 
     def _interrupt_running(self, session: ConsumerSession) -> None:

@@ -207,3 +207,30 @@ def test_a_cancel_broadcast_to_a_broker_that_is_down_is_a_warning_not_an_error(
         transport.close()
     assert "next store poll" in caplog.text
     assert "s3cr3t-sentinel" not in caplog.text
+
+
+def _still_held_by_the_broker(transport: BrokerTransport, delivery: Delivery) -> bool:
+    """Whether the broker still keeps an acked delivery in its unacked bookkeeping (Redis, SQLite)."""
+    if transport.scheme == "redis":
+        import redis
+
+        return bool(redis.Redis.from_url(transport.url).hexists("unacked", delivery.raw.delivery_tag))
+    if transport.scheme == "sqlite":
+        import sqlite3
+
+        with sqlite3.connect(transport._sqlite_path) as db:
+            return bool(db.execute("SELECT count(*) FROM decortask_messages").fetchone()[0])
+    return False  # RabbitMQ and memory settle an ack at once
+
+
+def test_flush_acks_settles_deferred_acks_without_a_poll(transport: BrokerTransport, queue: str) -> None:
+    # A worker shutting down settles outcomes without polling; flush_acks must make those acks final.
+    transport.publish(b"{}", queue)
+    session = transport.open_consumer([queue], prefetch=4)
+    try:
+        (delivery,) = _receive(session, 1)
+        session.ack(delivery)
+        session.flush_acks()
+        assert not _still_held_by_the_broker(transport, delivery)
+    finally:
+        session.close()

@@ -216,6 +216,17 @@ class ConsumerSession:
         inbox, self._inbox = self._inbox, []
         return inbox
 
+    def flush_acks(self) -> None:
+        """Send the acks the transport deferred to its next poll (Redis, the SQLite broker) now.
+
+        While a worker shuts down it settles outcomes without polling, so nothing else would carry them
+        before the connection closes.
+        """
+        if self._conn is not None:
+            flush = getattr(self._conn.default_channel, "flush_acks", None)
+            if flush is not None:
+                flush()
+
     def cancel(self) -> None:
         """Stop receiving new deliveries but keep the channel, so running tasks can still be acked."""
         if self._consumer is not None:

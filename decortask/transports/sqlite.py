@@ -277,6 +277,10 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
                 self._update_many(_ACK_MANY, (self._owner,), self._acked)
                 self._acked = []
 
+    def flush_acks(self) -> None:
+        """Commit the deferred acks now (the worker calls it while shutting down, when no poll follows)."""
+        self._flush_acks()
+
     def _settle(self, delivery_tag: str, requeue: bool, siblings: bool = True) -> None:
         with self._lock:
             rowid = self._leases.pop(delivery_tag, None)
