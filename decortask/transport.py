@@ -240,6 +240,12 @@ class BrokerTransport:
                     if queue not in declared:
                         self.queue(queue)(producer.channel).declare()
                         declared.add(queue)
+                push = getattr(producer.channel, "push_many", None)  # Redis: the envelopes in one round trip
+                if push is not None and push(
+                    [(b, q, self.broker_priority(p), h) for b, q, p, h in pending], 2 if persistent else 1
+                ):
+                    pending.clear()
+                    continue
                 confirms = confirm_tracker(producer.channel) if self._is_amqp() else None
                 grouped: contextlib.AbstractContextManager[Any]
                 if confirms is not None:

@@ -563,3 +563,38 @@ def test_with_a_global_key_prefix_the_channel_consumes_exactly_as_kombu(
         for key in admin.keys(prefix + "*"):
             admin.delete(key)
         conn.release()
+
+
+def test_a_publish_writes_the_envelope_kombus_producer_writes(
+    transport: BrokerTransport, queues: list[str]
+) -> None:
+    # transport.publish pushes its own envelopes (push_many); kombu's consumers and restore read them as
+    # their own, so they must be what kombu's Producer.publish would have written, list and all.
+    queue = queues[0]
+    headers = {"x-decortask-reason": "demo", "n": 1.5}
+    transport.publish(b'{"id":"a"}', queue, priority=3, headers=headers)
+    client = redis.Redis.from_url(REDIS_URL)
+    ours = {key: client.lrange(key, 0, -1) for key in client.keys(f"{queue}*")}
+    for key in ours:
+        client.delete(key)
+    with redis_connection(REDIS_URL) as conn:
+        producer = kombu.Producer(conn.default_channel)
+        producer.publish(
+            b'{"id":"a"}',
+            routing_key=queue,
+            content_type="application/json",
+            content_encoding="utf-8",
+            delivery_mode=2,
+            priority=transport.broker_priority(3),
+            headers=headers,
+        )
+    kombus = {key: client.lrange(key, 0, -1) for key in client.keys(f"{queue}*")}
+
+    assert ours.keys() == kombus.keys() and len(next(iter(ours.values()))) == 1  # the same priority list
+    (ours_message,), (kombu_message,) = (
+        (json.loads(v[0]) for v in ours.values()),
+        (json.loads(v[0]) for v in kombus.values()),
+    )
+    for message in (ours_message, kombu_message):
+        message["properties"].pop("delivery_tag")
+    assert ours_message == kombu_message
