@@ -177,3 +177,46 @@ def test_claims_and_outcomes_take_the_sql_path(tmp_path: Path, monkeypatch: pyte
     outcomes += store.transition_many([finish("t", S.SUCCESS, result={"ok": True}, finished_at=time.time())])
 
     assert [o.status for o in outcomes if isinstance(o, TaskRecord)] == [S.RUNNING, S.SUCCESS]
+
+
+def _damage(store: SQLiteStore, task_id: str, blob: str) -> None:
+    import sqlite3
+
+    with sqlite3.connect(store.path) as raw:
+        raw.execute("UPDATE decortask_tasks SET record = ? WHERE id = ?", (blob, task_id))
+
+
+def test_a_damaged_record_fails_its_own_step_and_the_rest_of_the_batch_commits(tmp_path: Path) -> None:
+    store = SQLiteStore(f"sqlite:///{tmp_path / 's.db'}")
+    for task_id in ("bad", "good"):
+        store.create(record(task_id))
+    _damage(store, "bad", "{not json")
+
+    outcomes = store.transition_many([claim("bad"), claim("good")])
+
+    assert isinstance(outcomes[0], ValueError) and isinstance(outcomes[1], TaskRecord)
+    good = store.get("good")
+    assert good is not None and good.status is S.RUNNING
+
+
+def test_a_step_whose_updated_record_is_unreadable_leaves_no_trace_and_the_rest_commits(
+    tmp_path: Path,
+) -> None:
+    # The UPDATE itself succeeds (the JSON is valid) but the record it returns cannot be read back: the batch
+    # is applied again with a savepoint per step, so that step's UPDATE is undone.
+    import json
+    import sqlite3
+
+    store = SQLiteStore(f"sqlite:///{tmp_path / 's.db'}")
+    for task_id in ("bad", "good"):
+        store.create(record(task_id))
+    broken = record("bad").to_dict()
+    del broken["name"]
+    _damage(store, "bad", json.dumps(broken))
+
+    outcomes = store.transition_many([claim("bad"), claim("good")])
+
+    assert isinstance(outcomes[0], Exception) and isinstance(outcomes[1], TaskRecord)
+    with sqlite3.connect(store.path) as raw:
+        statuses = dict(raw.execute("SELECT id, status FROM decortask_tasks").fetchall())
+    assert statuses == {"bad": "PENDING", "good": "RUNNING"}

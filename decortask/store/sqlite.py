@@ -113,33 +113,17 @@ class SQLiteStore:
         return self._run(lambda conn: _transition(conn, step))
 
     def transition_many(self, steps: Sequence[TransitionStep]) -> list[TaskRecord | Exception | None]:
-        """Apply `steps` in order in one transaction (group commit; see `store/writer.py`)."""
+        """Apply `steps` in order in one transaction (group commit; see `store/writer.py`).
 
-        def body(conn: sqlite3.Connection) -> list[TaskRecord | Exception | None]:
-            if len(steps) == 1:  # its own transaction is its savepoint: a failed step rolls it all back
-                try:
-                    return [_transition(conn, steps[0])]
-                except sqlite3.Error:
-                    raise
-                except Exception as exc:
-                    conn.execute("ROLLBACK")
-                    return [exc]
-            outcomes: list[TaskRecord | Exception | None] = []
-            for step in steps:
-                # A savepoint per step: a step that fails part-way (after its UPDATE) leaves nothing behind,
-                # while the other steps of the batch still commit.
-                conn.execute("SAVEPOINT decortask_step")
-                try:
-                    outcomes.append(_transition(conn, step))
-                except sqlite3.Error:
-                    raise  # the store failed: the whole batch rolls back, and every caller retries
-                except Exception as exc:  # this step's own error: undo what it wrote, keep the rest
-                    conn.execute("ROLLBACK TO decortask_step")
-                    outcomes.append(exc)
-                conn.execute("RELEASE decortask_step")
-            return outcomes
-
-        return self._run(body)
+        A step that fails leaves nothing behind while the other steps still commit. Steps done by one
+        statement (`sqlite_cas`) need no savepoint for that; the others get one each. Should a one-statement
+        step fail after its statement ran (its returned record unreadable), the whole batch is rolled back
+        and applied again with a savepoint around every step.
+        """
+        try:
+            return self._run(lambda conn: _apply_steps(conn, steps, savepoints=False))
+        except _NeedsSavepoints:
+            return self._run(lambda conn: _apply_steps(conn, steps, savepoints=True))
 
     def append_log(self, task_id: str, line: LogLine) -> None:
         # One statement: the line is written only if the task exists, with no window for a delete in between.
@@ -415,6 +399,49 @@ def _copy(record: TaskRecord) -> TaskRecord:
 def _chunks(items: Sequence[str]) -> Iterable[list[str]]:
     for start in range(0, len(items), CHUNK):
         yield list(items[start : start + CHUNK])
+
+
+class _NeedsSavepoints(Exception):
+    """A step without a savepoint failed after its statement ran: the batch must be applied again with them."""
+
+
+def _apply_steps(
+    conn: sqlite3.Connection, steps: Sequence[TransitionStep], *, savepoints: bool
+) -> list[TaskRecord | Exception | None]:
+    """The steps of `transition_many` inside its transaction: for each, its record, None or its own error."""
+    if len(steps) == 1:  # its own transaction is its savepoint: a failed step rolls it all back
+        try:
+            return [_transition(conn, steps[0])]
+        except sqlite3.Error:
+            raise
+        except Exception as exc:
+            conn.execute("ROLLBACK")
+            return [exc]
+    outcomes: list[TaskRecord | Exception | None] = []
+    for step in steps:
+        if not savepoints and step.schedule is None and not step.logs:
+            # One statement, atomic by itself, and each statement costs the writer a GIL round trip.
+            try:
+                done = sqlite_cas.update(conn, step, time.time())
+            except sqlite3.Error:
+                raise
+            except Exception as exc:
+                raise _NeedsSavepoints from exc
+            if done is not sqlite_cas.UNSUPPORTED:
+                outcomes.append(done if isinstance(done, TaskRecord) else None)
+                continue
+        # A savepoint per step: a step that fails part-way (after its UPDATE) leaves nothing behind,
+        # while the other steps of the batch still commit.
+        conn.execute("SAVEPOINT decortask_step")
+        try:
+            outcomes.append(_transition(conn, step))
+        except sqlite3.Error:
+            raise  # the store failed: the whole batch rolls back, and every caller retries
+        except Exception as exc:  # this step's own error: undo what it wrote, keep the rest
+            conn.execute("ROLLBACK TO decortask_step")
+            outcomes.append(exc)
+        conn.execute("RELEASE decortask_step")
+    return outcomes
 
 
 def _transition(conn: sqlite3.Connection, step: TransitionStep) -> TaskRecord | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 from typing import Any, Final
 
 from ..states import ALLOWED
@@ -81,5 +82,10 @@ def update(conn: Any, step: TransitionStep, now: float) -> TaskRecord | object |
         f"UPDATE decortask_tasks SET {columns}, record = json_set(record, {', '.join(setters)}) "
         f"WHERE {' AND '.join(where)} RETURNING record"
     )
-    row = conn.execute(sql, (*column_params, *params, *where_params)).fetchone()
+    try:
+        row = conn.execute(sql, (*column_params, *params, *where_params)).fetchone()
+    except sqlite3.OperationalError as exc:
+        if "malformed JSON" in str(exc):  # a damaged record: the general path reports it for this step alone
+            return UNSUPPORTED
+        raise
     return None if row is None else TaskRecord.from_json(row[0])
