@@ -54,7 +54,20 @@ raw = workdir / "stacks.txt"
 # PROFILE_GIL=1: sample only the thread holding the GIL, i.e. where the worker's one core of Python goes.
 gil = ["--gil"] if os.environ.get("PROFILE_GIL") else []
 spy = subprocess.Popen(
-    [str(Path(py).parent / "py-spy"), "record", "-r", os.environ.get("PROFILE_RATE", "250"), *gil, "-f", "raw", "-o", str(raw), "--", py, *command],
+    [
+        str(Path(py).parent / "py-spy"),
+        "record",
+        "-r",
+        os.environ.get("PROFILE_RATE", "250"),
+        *gil,
+        "-f",
+        "raw",
+        "-o",
+        str(raw),
+        "--",
+        py,
+        *command,
+    ],
     cwd=HERE,
     env=env,
     stdout=subprocess.DEVNULL,

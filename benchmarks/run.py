@@ -340,22 +340,26 @@ def targets(broker: str, key: str, mine: float | None, theirs: dict[str, float |
 
 #: What the profiles (docs/performance.md) say about a missed target: the cause, then the change (by number).
 WHY = {
-    "drain": "Profile after group commit and claim-first: the store is ~14% of the worker's samples; acking "
-    "through kombu ~19%, waiting in drain ~26%, pool hand-offs 6-10%; closes with batched acks and a "
-    "leaner consumer loop (changes 9, 10)",
-    "drain-redis": "Profile: kombu's Redis transport fetches one message per BRPOP round trip and costs "
-    "~1.1 ms of CPU per task; closes with a batched fetch in transports/redis.py (change 11)",
-    "drain-sqlite": "Profile: with a memory broker the SQLite store alone drains ~2,200-2,300/s, under Huey; "
-    "closes with fewer writes per task in the store (change 12)",
-    "enqueue-amqp": "Profile: ~0.66 ms of the ~1.05 ms .delay() waits for the publisher confirm Celery does "
-    "not ask for; closes with confirms collected asynchronously and a store-backed outbox (change 13)",
-    "enqueue-redis": "Profile: the publish is now one LPUSH round trip; the rest is the record write "
-    "(change 12) and message building",
-    "p50-amqp": "Profile: the producer's confirm wait plus the worker's claim and outcome commits; closes "
-    "with changes 9, 12 and 13",
-    "p50": "Profile: the producer's record write plus the worker's claim and outcome commits; closes with "
-    "changes 9 and 12",
-    "batch": "Profile: the records' JSON and the store transaction; see changes 3 and 7",
+    "drain": "Stage timing of a drain: a pool thread waits ~1.9 ms of its ~2.1 ms per task on the store writer "
+    "(claim, then outcome); the group commits run back to back (writer busy ~70% of the drain) and each "
+    "statement waits for the GIL (p50 ~25 us, mean ~85 us). The worker costs ~450 us of CPU per task against "
+    "Celery's ~265 us, with RabbitMQ on the other core; closes with the store writer in its own process, "
+    "off the GIL (change 14), and pool threads that take their next delivery themselves (change 10)",
+    "drain-sqlite": "The worker is CPU-bound (~100% of a core, ~450 us per task against Huey's ~300 us): the "
+    "store writer (two records per task) and kombu's virtual-transport message building are the largest "
+    "shares; closes with changes 14 and 10 and a leaner delivery path in the embedded transport",
+    "enqueue-amqp": "~0.66 ms of the ~1.05 ms .delay() waits for the publisher confirm that F-12 requires "
+    "(.delay() must fail within confirm_timeout when the broker never confirms); Celery does not ask for "
+    "one. Only a store-backed outbox with asynchronous confirms (change 13) closes it, and it needs F-12 "
+    "changed",
+    "enqueue-redis": "The publish is one LPUSH round trip and the record one SQLite commit; what remains is "
+    "redis-py and the record's JSON",
+    "p50-amqp": "The producer's confirm wait (F-12) is ~0.66 ms of the round trip; closes only with change 13",
+    "p50": "Latency path on Redis: .delay() ~0.42 ms, BRPOP plus kombu's unacked write ~0.2 ms, the hand-off to "
+    "a pool thread ~0.1 ms, the claim ~0.2 ms (0.06 ms on an idle store: the rest is GIL contention with "
+    "the consumer thread's next poll); closes with a claim on the consumer thread for a lone message "
+    "(change 15)",
+    "batch": "The records' JSON and the store transaction; see changes 3 and 7",
 }
 
 

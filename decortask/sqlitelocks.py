@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 FIRST_PAUSE = 0.00002
@@ -37,31 +37,25 @@ class PatientConnection(sqlite3.Connection):
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
         if self.in_transaction:
             return super().execute(sql, parameters)
-        pause, deadline = FIRST_PAUSE, 0.0
-        while True:
-            try:
-                return super().execute(sql, parameters)
-            except sqlite3.OperationalError as exc:
-                pause, deadline = self._wait(exc, pause, deadline)
+        return self._retry(lambda: super(PatientConnection, self).execute(sql, parameters))
 
     def executemany(self, sql: str, parameters: Iterable[Any], /) -> sqlite3.Cursor:
         if self.in_transaction:
             return super().executemany(sql, parameters)
         rows = list(parameters)  # an iterator must survive a retry
-        pause, deadline = FIRST_PAUSE, 0.0
-        while True:
-            try:
-                return super().executemany(sql, rows)
-            except sqlite3.OperationalError as exc:
-                pause, deadline = self._wait(exc, pause, deadline)
+        return self._retry(lambda: super(PatientConnection, self).executemany(sql, rows))
 
     def executescript(self, sql_script: str, /) -> sqlite3.Cursor:
+        return self._retry(lambda: super(PatientConnection, self).executescript(sql_script), script=True)
+
+    def _retry(self, run: Callable[[], sqlite3.Cursor], script: bool = False) -> sqlite3.Cursor:
+        """Run a statement that starts a transaction, again after each lock error until patience runs out."""
         pause, deadline = FIRST_PAUSE, 0.0
         while True:
             try:
-                return super().executescript(sql_script)
+                return run()
             except sqlite3.OperationalError as exc:
-                if self.in_transaction:  # a statement of the script failed part-way: not ours to retry
+                if script and self.in_transaction:  # a statement of the script failed part-way: not ours
                     raise
                 pause, deadline = self._wait(exc, pause, deadline)
 
