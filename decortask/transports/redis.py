@@ -6,8 +6,10 @@ itself. The client is a thin object over the channel's connection pool, so this 
 reuses it: the commands, the pool and the connections they use are the same as before. Delivery tags are
 a per-channel random prefix and a counter instead of a uuid4 per message.
 
-A batch (`Producer.batch()`, used by `publish_many`) is pushed as one `LPUSH` of many values per queue
-(and priority list) instead of one `LPUSH` per message, in kombu's non-transactional pipeline.
+Publishing (`Channel.push_many`, what `BrokerTransport.publish_many` uses): the envelope kombu's producer
+would write is built directly and each priority list gets one `LPUSH` of all its messages, in one round
+trip; kombu's layers in between cost more than the push. A queue with an expiry goes through kombu's
+`Producer.batch()` instead, where `GroupedPublishBatch` also merges the pushes to one list.
 
 Consuming: kombu pops one message per `BRPOP` round trip and records it as unacked in a second (the
 `unacked` hash and `unacked_index` sorted set), with a window between the two where a crash loses the
