@@ -599,7 +599,9 @@ def _insert(conn: sqlite3.Connection, record: TaskRecord) -> TaskRecord:
                 _blob(record),
             ),
         )
-    except sqlite3.IntegrityError:  # the primary key: one statement fewer than looking first
+    except sqlite3.IntegrityError as exc:  # the primary key: one statement fewer than looking first
+        if "UNIQUE" not in str(exc):
+            raise
         raise StoreError(f"task {record.id} already exists; task ids must be unique") from None
     if record.logs:
         conn.executemany(
