@@ -23,10 +23,10 @@ FIRST_PAUSE = 0.00002
 MAX_PAUSE = 0.002
 
 
-def is_locked(exc: BaseException) -> bool:
+def is_locked(exc: sqlite3.Error) -> bool:
     """Whether `exc` is SQLite's "database is locked" / "busy" (another connection holds the lock)."""
     text = str(exc).lower()
-    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+    return "locked" in text or "busy" in text
 
 
 class PatientConnection(sqlite3.Connection):

@@ -330,7 +330,7 @@ class SQLiteStore:
                             conn.execute("ROLLBACK")
                     raise
             except sqlite3.OperationalError as exc:
-                if not _is_locked(exc) or attempt == LOCK_RETRIES:
+                if not sqlitelocks.is_locked(exc) or attempt == LOCK_RETRIES:
                     raise self._error(exc) from exc
                 time.sleep(delay)
                 delay *= 2
@@ -340,7 +340,7 @@ class SQLiteStore:
 
     def _error(self, exc: sqlite3.Error) -> StoreError:
         text = str(exc)
-        if _is_locked(exc):
+        if sqlitelocks.is_locked(exc):
             return StoreError(
                 f"the SQLite store {self.path} stayed locked for over {self.busy_timeout:g} s "
                 f"({LOCK_RETRIES} retries): another process holds a long write transaction on it; stop stuck "
@@ -369,11 +369,6 @@ def _not_a_database(path: Path) -> StoreError:
         f"{path} is not a SQLite database, so decortask cannot use it as its store and left it untouched; "
         "point the store URL (sqlite:///path.db) at another file, or move this one away if it is garbage"
     )
-
-
-def _is_locked(exc: sqlite3.Error) -> bool:
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
 
 
 def _close_quietly(conn: sqlite3.Connection) -> None:
