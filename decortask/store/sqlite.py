@@ -414,6 +414,7 @@ def _apply_steps(
             return [exc]
     outcomes: list[TaskRecord | Exception | None] = []
     for step in steps:
+        in_sql = True  # whether `_transition` should still try the one-statement path
         if not savepoints and step.schedule is None and not step.logs:
             # One statement, atomic by itself, and each statement costs the writer a GIL round trip.
             try:
@@ -425,11 +426,12 @@ def _apply_steps(
             if done is not sqlite_cas.UNSUPPORTED:
                 outcomes.append(done if isinstance(done, TaskRecord) else None)
                 continue
+            in_sql = False  # it just said no: the general path, without asking again
         # A savepoint per step: a step that fails part-way (after its UPDATE) leaves nothing behind,
         # while the other steps of the batch still commit.
         conn.execute("SAVEPOINT decortask_step")
         try:
-            outcomes.append(_transition(conn, step))
+            outcomes.append(_transition(conn, step, in_sql=in_sql))
         except sqlite3.Error:
             raise  # the store failed: the whole batch rolls back, and every caller retries
         except Exception as exc:  # this step's own error: undo what it wrote, keep the rest
@@ -439,10 +441,13 @@ def _apply_steps(
     return outcomes
 
 
-def _transition(conn: sqlite3.Connection, step: TransitionStep) -> TaskRecord | None:
-    """One compare-and-set transition inside the caller's write transaction; see `TaskStore.transition`."""
+def _transition(conn: sqlite3.Connection, step: TransitionStep, *, in_sql: bool = True) -> TaskRecord | None:
+    """One compare-and-set transition inside the caller's write transaction; see `TaskStore.transition`.
+
+    In SQL when it can (nearly every claim and outcome); `in_sql=False` goes straight to the general path.
+    """
     now = time.time()
-    done = sqlite_cas.update(conn, step, now)  # in SQL when it can (nearly every claim and outcome)
+    done = sqlite_cas.update(conn, step, now) if in_sql else sqlite_cas.UNSUPPORTED
     if done is sqlite_cas.UNSUPPORTED:
         done = _transition_in_python(conn, step, now)
     if not isinstance(done, TaskRecord):
