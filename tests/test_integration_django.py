@@ -409,6 +409,26 @@ def test_the_worker_command_runs_the_project_and_refuses_another_app() -> None:
         worker_arguments(["-A", "other.tasks"])
 
 
+def test_manage_py_decortask_worker_help_offers_only_options_the_command_accepts(tmp_path: Path) -> None:
+    """The help of the real `manage.py decortask_worker` names no -A/--app, since the command refuses it."""
+    import subprocess
+
+    env = {**os.environ, "NOTES_DATA_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "mysite.settings"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "decortask_worker", "--help"],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Usage: manage.py decortask_worker [OPTIONS]" in result.stdout
+    assert "--concurrency" in result.stdout and "--queues" in result.stdout  # the worker's own options
+    assert not re.search(r"(^|[\s,])(-A|--app)\b", result.stdout), result.stdout
+    assert "Django project" in result.stdout  # says whose tasks it runs instead
+
+
 def test_decortask_worker_pointed_at_a_settings_module_says_how_to_run_a_django_project(
     data_dir: Path,
 ) -> None:

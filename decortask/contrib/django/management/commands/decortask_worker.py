@@ -1,11 +1,12 @@
 """`python manage.py decortask_worker [options]`: `decortask worker` for this Django project.
 
-Every option of `decortask worker --help` works. The project is the app: `-A` is set to
+Every option of `decortask worker` works except `-A`/`--app`: the project is the app. `-A` is set to
 `decortask.contrib.django.project`, so process-pool children set up the same project.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import sys
@@ -47,6 +48,20 @@ def worker_arguments(argv: list[str]) -> list[str]:
     return ["-A", PROJECT_MODULE, *arguments]
 
 
+def project_worker_command() -> click.Command:
+    """`decortask worker` as this command presents it: the same options and parsing, with `-A`/`--app` left
+    out of the help (this command passes it itself and refuses it from the user)."""
+    command = copy.copy(worker)
+    command.help = "Consume and run this Django project's tasks (each installed app's tasks.py)."
+    command.params = []
+    for param in worker.params:
+        if isinstance(param, click.Option) and param.name == "app_target":
+            param = copy.copy(param)  # the shared `decortask worker` keeps advertising its -A
+            param.hidden = True
+        command.params.append(param)
+    return command
+
+
 class Command(BaseCommand):  # type: ignore[misc]  # django ships no type hints
     help = "Run a decortask worker for this project's tasks (options as for `decortask worker --help`)."
 
@@ -62,7 +77,7 @@ class Command(BaseCommand):  # type: ignore[misc]  # django ships no type hints
         except CommandError as exc:
             self.stderr.write(f"CommandError: {exc}")
             sys.exit(2)
-        worker.main(args=arguments, prog_name=prog)
+        project_worker_command().main(args=arguments, prog_name=prog)
 
     def handle(self, *args: Any, **options: Any) -> None:
         # call_command("decortask_worker", "--", "--burst", "-c", "2"): the same, from code, which gets a
@@ -71,7 +86,7 @@ class Command(BaseCommand):  # type: ignore[misc]  # django ships no type hints
         # The worker takes SIGINT/SIGTERM over; the calling process gets its own handlers back afterwards.
         saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
         try:
-            worker.main(args=arguments, prog_name="decortask_worker", standalone_mode=False)
+            project_worker_command().main(args=arguments, prog_name="decortask_worker", standalone_mode=False)
         except click.ClickException as exc:
             raise CommandError(exc.format_message()) from None
         except SystemExit as exc:
