@@ -49,6 +49,15 @@ class BrokerUnavailable(DecortaskError, ConnectionError):
     """The broker could not be reached within the retry budget."""
 
 
+class QueueMismatch(BrokerUnavailable):
+    """A queue exists on the broker with other arguments than decortask declares (e.g. a quorum queue).
+
+    RabbitMQ refuses the declaration (PRECONDITION_FAILED), so nothing can be published to or consumed from
+    that queue until it is deleted or another name is used. A `BrokerUnavailable`, so every caller that
+    handles "could not publish" handles this too.
+    """
+
+
 class StoreError(DecortaskError):
     """The state store failed or holds something unexpected."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import socket
 import struct
 import threading
@@ -20,7 +21,7 @@ import kombu
 from kombu import Exchange, Queue
 
 from .config import Settings, sqlite_path
-from .errors import BrokerUnavailable, ConfigurationError
+from .errors import BrokerUnavailable, ConfigurationError, QueueMismatch
 from .message import CONTENT_ENCODING, CONTENT_TYPE
 from .security import mask_text, mask_url
 from .transports.broadcast import BROADCAST_SCHEMES, CONTROL_EXCHANGE, CONTROL_TTL_MS, encode_cancel
@@ -142,6 +143,24 @@ class BrokerTransport:
             self._queues[name] = found
         return found
 
+    def declare_queue(self, name: str, channel: Any) -> Any:
+        """Declare queue `name` on `channel` and return it bound to the channel.
+
+        Raises:
+            QueueMismatch: the queue exists with other arguments (RabbitMQ PRECONDITION_FAILED). The broker
+                has closed the channel then: the caller drops its connection, as after any failure.
+        """
+        bound = self.queue(name)(channel)
+        try:
+            bound.declare()
+        except Exception as exc:
+            if self._is_amqp() and getattr(exc, "reply_code", None) == PRECONDITION_FAILED:
+                raise QueueMismatch(
+                    _queue_mismatch_line(name, str(getattr(exc, "reply_text", "") or exc), self.url_masked)
+                ) from None
+            raise
+        return bound
+
     def broker_priority(self, priority: int) -> int:
         """decortask priority (0..9, higher sooner) as this broker reads it (Redis: lower is sooner)."""
         if self.scheme in ("redis", "rediss"):
@@ -238,7 +257,7 @@ class BrokerTransport:
                 _conn, producer, declared = self._producer()
                 for _body, queue, _priority, _headers in pending:
                     if queue not in declared:
-                        self.queue(queue)(producer.channel).declare()
+                        self.declare_queue(queue, producer.channel)
                         declared.add(queue)
                 push = getattr(producer.channel, "push_many", None)  # Redis: the envelopes in one round trip
                 if push is not None and push(
@@ -268,6 +287,9 @@ class BrokerTransport:
                 if confirms is not None:
                     confirms.wait(first, self.settings.confirm_timeout)
                 pending.clear()
+            except QueueMismatch:
+                self._drop_producer()  # the broker closed the channel: the next publish starts afresh
+                raise
             except BrokerUnavailable:
                 raise
             except Exception as exc:
@@ -387,9 +409,7 @@ class BrokerTransport:
     def purge(self, name: str) -> int:
         """Delete the ready messages of `name`; returns how many."""
         with self._admin_channel() as channel:
-            bound = self.queue(name)(channel)
-            bound.declare()
-            return int(bound.purge() or 0)
+            return int(self.declare_queue(name, channel).purge() or 0)
 
     def delete_queue(self, name: str) -> None:
         """Delete a queue and its messages (tests and `decortask purge --delete`)."""
@@ -403,6 +423,44 @@ class BrokerTransport:
             with contextlib.suppress(Exception):
                 conn.release()
         self._local = threading.local()
+
+
+#: The AMQP reply code of a declaration that does not match the existing queue.
+PRECONDITION_FAILED = 406
+# RabbitMQ's reply text: inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': received none but
+# current is the value 'quorum' of type 'longstr'
+_INEQUIVALENT = re.compile(
+    r"inequivalent arg '(?P<arg>[^']*)' for queue '[^']*' in vhost '(?P<vhost>[^']*)': "
+    r"received (?P<ours>.*?) but current is (?P<theirs>.*?)\s*$"
+)
+_TYPED_VALUE = re.compile(r"^the value (?P<value>'.*') of type '[^']*'$")
+
+
+def _with_argument(arg: str, text: str) -> str:
+    """RabbitMQ's "the value 'quorum' of type 'longstr'" as "with x-queue-type='quorum'", "none" as "without"."""
+    if text == "none":
+        return f"without {arg}"
+    typed = _TYPED_VALUE.match(text)
+    return f"with {arg}={typed.group('value') if typed else text}"
+
+
+def _queue_mismatch_line(name: str, reply: str, url: str) -> str:
+    """One line: which argument differs between decortask's declaration and the queue, and the two ways out."""
+    found = _INEQUIVALENT.search(reply)
+    vhost = found.group("vhost") if found else "/"
+    if found:
+        arg = found.group("arg")
+        what = (
+            f"queue {name!r} on {url} already exists {_with_argument(arg, found.group('theirs'))}, "
+            f"but decortask declares it {_with_argument(arg, found.group('ours'))}"
+        )
+    else:
+        what = f"the broker at {url} refused decortask's declaration of queue {name!r} ({reply})"
+    return (
+        f"{what}; decortask needs a classic durable queue with x-max-priority=9: delete the queue "
+        f"(rabbitmqctl -p {vhost} delete_queue {name}, once its messages are drained) so decortask declares "
+        f"it, or use another queue name"
+    )
 
 
 def _is_connection_error(exc: BaseException) -> bool:

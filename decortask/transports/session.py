@@ -130,9 +130,7 @@ class ConsumerSession:
                 0, self.prefetch, False
             )  # positional: py-amqp and kombu's virtual channels name them differently
             guard_channel(channel)
-            bound = [self.transport.queue(name)(channel) for name in self.queues]
-            for queue in bound:
-                queue.declare()
+            bound = [self.transport.declare_queue(name, channel) for name in self.queues]
             self._conn = conn
             if self.consume:
                 # on_message, not callbacks: kombu then hands over the raw message without deserializing
