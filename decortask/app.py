@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from .call_options import NO_OPTIONS, CallOptions
 from .config import Settings
 from .registry import Registry, registry
 from .security import MessageCipher, mask_url
@@ -164,12 +165,12 @@ class Decortask:
         task: Task[Any, Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        **options: Any,
+        options: CallOptions = NO_OPTIONS,
     ) -> TaskHandle[Any]:
         """Validate, record and publish one call (what `.delay()`/`.apply_async()` do)."""
         from .producer import send_task
 
-        handle = send_task(self, task, args, kwargs, **options)
+        handle = send_task(self, task, args, kwargs, options)
         if self.eager_runner is not None:
             self.eager_runner(handle)
         return handle

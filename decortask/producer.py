@@ -6,10 +6,9 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigurationError
+from .call_options import NO_OPTIONS, CallOptions
 from .message import Message
 from .middleware import finish_enqueue, prepare_enqueue
 from .states import TaskStatus
@@ -26,14 +25,7 @@ def send_task(
     task: Task[Any, Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    *,
-    countdown: float | None = None,
-    eta: datetime | float | None = None,
-    expires: datetime | float | None = None,
-    priority: int | None = None,
-    queue: str | None = None,
-    idempotency_key: str | None = None,
-    tags: Mapping[str, str] | None = None,
+    options: CallOptions = NO_OPTIONS,
 ) -> TaskHandle[Any]:
     """Validate, record and publish one call: what `.delay()` and `.apply_async()` do.
 
@@ -43,10 +35,8 @@ def send_task(
     from .handle import TaskHandle
 
     task.bind_arguments(args, kwargs)
-    common = _Common.of(app, task, countdown, eta, expires, priority, queue)
-    if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key):
-        raise ConfigurationError("idempotency_key must be a non-empty string")
-    item = common.prepare(app, task, args, kwargs, idempotency_key, tags, "")
+    common = _Common.of(app, task, options)
+    item = common.prepare(app, task, args, kwargs, options, "")
     store = app.store
     if common.due is not None:
         # The entry is written before the record: a crash in between leaves an entry whose message
@@ -108,27 +98,16 @@ class _Common:
     queue: str
 
     @classmethod
-    def of(
-        cls,
-        app: Decortask,
-        task: Task[Any, Any],
-        countdown: float | None,
-        eta: datetime | float | None,
-        expires: datetime | float | None,
-        priority: int | None,
-        queue: str | None,
-    ) -> _Common:
+    def of(cls, app: Decortask, task: Task[Any, Any], options: CallOptions) -> _Common:
         now = time.time()
-        options = task.options
-        prio = options.priority if priority is None else priority
-        if isinstance(prio, bool) or not isinstance(prio, int) or not 0 <= prio <= 9:
-            raise ConfigurationError(f"priority={prio!r} is invalid: expected an integer from 0 to 9")
+        defaults = task.options
+        priority = options.priority_or(defaults.priority)  # a bad priority is reported before bad times
         return cls(
             now=now,
-            due=_due_time(now, countdown, eta),
-            expires_at=_expiry_time(now, expires if expires is not None else options.expires),
-            priority=prio,
-            queue=queue or options.queue or app.settings.default_queue,
+            due=options.due_at(now),
+            expires_at=options.expires_at(now, defaults.expires),
+            priority=priority,
+            queue=options.queue or defaults.queue or app.settings.default_queue,
         )
 
     def prepare(
@@ -137,13 +116,12 @@ class _Common:
         task: Task[Any, Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        idempotency_key: str | None,
-        tags: Mapping[str, str] | None,
+        options: CallOptions,
         where: str,
     ) -> _Prepared:
         """The message (encoded: JSON and size checked) and the record of one call whose arguments fit."""
-        if tags is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
-            raise ConfigurationError(f"{where}tags must map strings to strings")
+        options.check_key_and_tags(where)
+        idempotency_key = options.idempotency_key
         message = Message(
             id=uuid.uuid4().hex,
             task=task.name,
@@ -154,7 +132,7 @@ class _Common:
             expires=self.expires_at,
             created_at=self.now,
             idempotency_key=idempotency_key,
-            tags=dict(tags or {}),
+            tags=dict(options.tags or {}),
             priority=self.priority,
             cipher=app.cipher,  # the broker sees only ciphertext; the store keeps the arguments (it is trusted)
         )
@@ -190,16 +168,7 @@ class _Common:
 
 
 def send_many(
-    app: Decortask,
-    task: Task[Any, Any],
-    calls: Iterable[Call],
-    *,
-    countdown: float | None = None,
-    eta: datetime | float | None = None,
-    expires: datetime | float | None = None,
-    priority: int | None = None,
-    queue: str | None = None,
-    tags: Mapping[str, str] | None = None,
+    app: Decortask, task: Task[Any, Any], calls: Iterable[Call], options: CallOptions = NO_OPTIONS
 ) -> list[TaskHandle[Any]]:
     """Validate, record and publish many calls of one task: one store write and one publish for all.
 
@@ -216,7 +185,7 @@ def send_many(
     """
     from .handle import TaskHandle
 
-    common = _Common.of(app, task, countdown, eta, expires, priority, queue)
+    common = _Common.of(app, task, options)
     prepared: list[_Prepared] = []
     for index, call in enumerate(calls):
         if not isinstance(call, Call):
@@ -228,11 +197,11 @@ def send_many(
             task.bind_arguments(args, kwargs)
         except TypeError as exc:
             raise TypeError(f"item {index} of the batch: {exc}") from None
-        key = call.idempotency_key
-        if key is not None and (not isinstance(key, str) or not key):
-            raise ConfigurationError(f"item {index} of the batch: idempotency_key must be a non-empty string")
-        merged = {**(tags or {}), **(call.tags or {})}
-        prepared.append(common.prepare(app, task, args, kwargs, key, merged, f"item {index} of the batch: "))
+        # The batch's options with this call's own key, and its tags over the batch's.
+        own = replace(
+            options, idempotency_key=call.idempotency_key, tags={**(options.tags or {}), **(call.tags or {})}
+        )
+        prepared.append(common.prepare(app, task, args, kwargs, own, f"item {index} of the batch: "))
     if not prepared:
         return []
     store = app.store
@@ -265,38 +234,3 @@ def send_many(
         for handle in handles:
             app.eager_runner(handle)
     return handles
-
-
-def _timestamp(value: datetime | float, what: str) -> float:
-    if isinstance(value, datetime):
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ConfigurationError(
-                f"{what} is a naive datetime; pass a timezone-aware one, e.g. datetime.now(timezone.utc)"
-            )
-        return value.timestamp()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{what} must be a timezone-aware datetime or UNIX seconds, got {value!r}")
-    return float(value)
-
-
-def _due_time(now: float, countdown: float | None, eta: datetime | float | None) -> float | None:
-    if countdown is not None and eta is not None:
-        raise ConfigurationError("give countdown or eta, not both")
-    if countdown is not None:
-        if isinstance(countdown, bool) or not isinstance(countdown, (int, float)) or countdown < 0:
-            raise ConfigurationError(f"countdown must be a number of seconds >= 0, got {countdown!r}")
-        return now + countdown if countdown > 0 else None
-    if eta is not None:
-        when = _timestamp(eta, "eta")
-        return when if when > now else None  # a past eta runs now
-    return None
-
-
-def _expiry_time(now: float, expires: datetime | float | None) -> float | None:
-    if expires is None:
-        return None
-    if isinstance(expires, datetime):
-        return _timestamp(expires, "expires")
-    if isinstance(expires, bool) or not isinstance(expires, (int, float)) or expires <= 0:
-        raise ConfigurationError(f"expires must be seconds > 0 or a timezone-aware datetime, got {expires!r}")
-    return now + float(expires)

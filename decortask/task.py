@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
+_Self = TypeVar("_Self")
+_Params = ParamSpec("_Params")
+_Result = TypeVar("_Result")
 
 _UNSET: Any = object()
 
@@ -164,6 +167,27 @@ def _context_parameter(fn: Callable[..., Any]) -> str | None:
     return None
 
 
+def _same_parameters_as(
+    sync: Callable[Concatenate[_Self, _Params], _Result],
+) -> Callable[
+    [Callable[..., Coroutine[Any, Any, _Result]]],
+    Callable[Concatenate[_Self, _Params], Coroutine[Any, Any, _Result]],
+]:
+    """Declare that an async method forwarding `*args, **kwargs` to `sync` takes exactly `sync`'s parameters.
+
+    Type checkers and `inspect.signature` see `sync`'s parameters on it, so `aapply_async` is typed like
+    `apply_async` and an option added to `apply_async` needs no second copy.
+    """
+
+    def adopt(
+        forwarder: Callable[..., Coroutine[Any, Any, _Result]],
+    ) -> Callable[Concatenate[_Self, _Params], Coroutine[Any, Any, _Result]]:
+        forwarder.__signature__ = inspect.signature(sync)  # type: ignore[attr-defined]
+        return forwarder
+
+    return adopt
+
+
 class Task(Generic[P, R]):
     """A registered task. Call it for a plain local call; `.delay()` / `.apply_async()` to enqueue."""
 
@@ -269,11 +293,9 @@ class Task(Generic[P, R]):
             app: the app to use (default: the current app).
         """
         from .app import current_app
+        from .call_options import CallOptions
 
-        return (app or current_app()).send_task(
-            self,
-            tuple(args or ()),
-            dict(kwargs or {}),
+        options = CallOptions(
             countdown=countdown,
             eta=eta,
             expires=expires,
@@ -282,6 +304,7 @@ class Task(Generic[P, R]):
             idempotency_key=idempotency_key,
             tags=tags,
         )
+        return (app or current_app()).send_task(self, tuple(args or ()), dict(kwargs or {}), options)
 
     def call(self, *args: P.args, **kwargs: P.kwargs) -> Call:
         """One call for `apply_many`, its arguments type-checked like `.delay()`'s."""
@@ -322,19 +345,13 @@ class Task(Generic[P, R]):
         what a `BrokerUnavailable` leaves behind.
         """
         from .app import current_app
+        from .call_options import CallOptions
         from .producer import send_many
 
-        return send_many(
-            app or current_app(),
-            self,
-            calls,
-            countdown=countdown,
-            eta=eta,
-            expires=expires,
-            priority=priority,
-            queue=queue,
-            tags=tags,
+        options = CallOptions(
+            countdown=countdown, eta=eta, expires=expires, priority=priority, queue=queue, tags=tags
         )
+        return send_many(app or current_app(), self, calls, options)
 
     def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
         """Enqueue once the current database transaction commits (nothing is sent if it rolls back).
@@ -379,39 +396,15 @@ class Task(Generic[P, R]):
         """`delay()` for asyncio code: records and publishes in a thread, never blocking the event loop."""
         return await self.aapply_async(args=args, kwargs=kwargs)
 
-    async def aapply_async(
-        self,
-        args: tuple[Any, ...] | list[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        *,
-        countdown: float | None = None,
-        eta: datetime | float | None = None,
-        expires: datetime | float | None = None,
-        priority: int | None = None,
-        queue: str | None = None,
-        idempotency_key: str | None = None,
-        tags: Mapping[str, str] | None = None,
-        app: Decortask | None = None,
-    ) -> TaskHandle[R]:
+    @_same_parameters_as(apply_async)
+    async def aapply_async(self, *args: Any, **kwargs: Any) -> TaskHandle[R]:
         """`apply_async()` for asyncio code, with the same parameters.
 
         The store write and the publish run in the loop's default executor (`asyncio.to_thread`, which
         copies context variables, so middleware sees the caller's request context); each of its threads
         publishes over its own broker connection, as kombu channels are not thread-safe.
         """
-        return await asyncio.to_thread(
-            self.apply_async,
-            args,
-            kwargs,
-            countdown=countdown,
-            eta=eta,
-            expires=expires,
-            priority=priority,
-            queue=queue,
-            idempotency_key=idempotency_key,
-            tags=tags,
-            app=app,
-        )
+        return await asyncio.to_thread(self.apply_async, *args, **kwargs)
 
 
 class AsyncTask(Task[P, R]):

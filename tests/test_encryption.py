@@ -283,7 +283,7 @@ def test_a_retry_is_published_encrypted(make_app: AppFactory) -> None:
 
 def test_a_countdown_waits_in_the_schedule_encrypted(make_app: AppFactory) -> None:
     app = make_app(encryption_keys=new_key())
-    handle = app.send_task(echo, (SECRET,), {}, countdown=3600)
+    handle = echo.apply_async(args=(SECRET,), countdown=3600, app=app)
     assert Scheduler(app, "peek").tick(FAR_FUTURE) == 1
     (envelope,) = take_bodies(app, 1)
     assert "enc" in envelope and SECRET not in json.dumps(envelope)
