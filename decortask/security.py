@@ -1,7 +1,9 @@
-"""Secret masking (one sanitizer for logs, banners and errors), payload limits, argument encryption."""
+"""Secret masking (one sanitizer for logs, banners, errors, pages and commands), argument encryption."""
 
 from __future__ import annotations
 
+import inspect
+import math
 import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -11,15 +13,33 @@ from .errors import ConfigurationError
 if TYPE_CHECKING:
     from cryptography.fernet import MultiFernet
 
+    from .registry import Registry
+    from .store.base import TaskRecord
+
 _USERINFO_PASSWORD = re.compile(
     r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@"
 )
 MASK = "****"
-#: `password=...`, `token: ...` and the like, in free text (exception messages, log lines).
-_SECRET_ASSIGNMENT = re.compile(
-    r"(?i)\b(?P<key>password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|auth)(?P<sep>\s*[=:]\s*)"
-    r"(?P<value>[^\s,;&'\"]+)"
+#: The words that make a name secret-looking (`password`, `DB_PASSWORD`, `csrf_token`, `X-Api-Key`, ...).
+_SECRET_WORD = (
+    r"(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credentials?|auth)"
 )
+_SECRET_NAME = re.compile(rf"(?i){_SECRET_WORD}")
+#: `password=...`, `token: ...`, `'password': '...'`, `Authorization: Bearer ...` in free text (exception
+#: messages, log lines). The name may carry more words (`db_password`, `secret_key`, but not `author`); its
+#: closing quote is allowed so JSON and Python dict reprs match; a quoted value is masked up to its quote.
+_SECRET_ASSIGNMENT = re.compile(
+    rf"(?i)(?P<key>{_SECRET_WORD}(?:[_.-][a-z0-9]+)*|authorization)"
+    r"(?P<sep>['\"]?[ \t]*(?P<op>[=:])[ \t]*)"
+    r"(?:(?P<quote>['\"])(?P<quoted>(?:(?!(?P=quote)).)*)(?P=quote)"
+    r"|(?P<scheme>(?:bearer|basic|token|digest)[ \t]+)?(?P<value>[^\s,;&'\"]+))"
+)
+#: After `token:`, a lowercase word that a sentence continues: the words of a message, not a value
+#: ("no CSRF token: send the X-CSRF-Token header"). A value after `=` is always masked.
+_PROSE_WORD = re.compile(r"[a-z]+")
+_SENTENCE_GOES_ON = re.compile(r"[ \t]+[A-Za-z]")
+#: What help texts put where a value goes (`Bearer <token>`, `token=...`): no value to mask.
+_PLACEHOLDER = re.compile(r"(?:<[^<>\s]*>|\.\.\.)[)\]}'\"`.]*")
 
 
 def mask_url(url: str) -> str:
@@ -37,14 +57,16 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-_SECRET_KEY = re.compile(r"(?i)(password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|auth)")
+def is_secret_name(name: str) -> bool:
+    """Whether a field, keyword or parameter name looks like it holds a secret (`api_key`, `db_password`)."""
+    return _SECRET_NAME.search(name) is not None
 
 
 def mask_fields(values: dict[str, Any]) -> dict[str, Any]:
     """A copy of `values` with secret-looking keys masked and secrets inside strings masked."""
     masked: dict[str, Any] = {}
     for key, value in values.items():
-        if _SECRET_KEY.search(key):
+        if is_secret_name(key):
             masked[key] = MASK
         elif isinstance(value, str):
             masked[key] = mask_text(value)
@@ -54,9 +76,73 @@ def mask_fields(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def mask_text(text: str) -> str:
-    """Mask URL passwords and `password=...`-style secrets inside free text (errors, log lines)."""
+    """Mask URL passwords and `password=...`-style secrets inside free text (errors, log lines).
+
+    The value is masked, never the words around it: `token: <value>` and `password=<value>` are masked,
+    while a sentence that goes on after `token:` with lowercase words (decortask's own advice, "without a
+    token: anyone who can reach that address") is left alone. A value with a digit, a capital or a symbol is
+    masked even inside a sentence.
+    """
     text = _USERINFO_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
-    return _SECRET_ASSIGNMENT.sub(lambda m: f"{m['key']}{m['sep']}{MASK}", text)
+    return _SECRET_ASSIGNMENT.sub(_mask_assignment, text)
+
+
+def _mask_assignment(match: re.Match[str]) -> str:
+    head = f"{match['key']}{match['sep']}"
+    if match["quote"] is not None:
+        return f"{head}{match['quote']}{MASK}{match['quote']}"
+    scheme, value = match["scheme"] or "", match["value"]
+    if _PLACEHOLDER.fullmatch(value) or not any(char.isalnum() for char in value):
+        return match[0]
+    if match["op"] == ":" and _is_prose([*scheme.split(), value], match.string, match.end()):
+        return match[0]
+    return f"{head}{scheme}{MASK}"
+
+
+def _is_prose(words: list[str], text: str, end: int) -> bool:
+    """Whether the words after `token:` are a sentence: lowercase words, and more than one of them."""
+    if not all(_PROSE_WORD.fullmatch(word) for word in words):
+        return False
+    return len(words) > 1 or _SENTENCE_GOES_ON.match(text, end) is not None
+
+
+def scrub(value: Any) -> Any:
+    """A JSON-ready copy of `value` with secrets masked: secret-looking keys, URL passwords, `password=...`.
+
+    What every page and command that shows stored data (arguments, results, logs) passes it through.
+    """
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, bool) or value is None or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None  # NaN is not JSON a browser can parse
+    if isinstance(value, dict):
+        return {
+            str(k): MASK if is_secret_name(str(k)) else scrub(v)
+            for k, v in value.items()  # keys too may hold text
+        }
+    if isinstance(value, (list, tuple)):
+        return [scrub(v) for v in value]
+    return mask_text(str(value))
+
+
+def masked_args(record: TaskRecord, registry: Registry | None) -> list[Any]:
+    """`record.args` scrubbed, and masked by parameter name where the task is defined in this process.
+
+    A secret passed by position (`login("alice", "hunter2")` for `def login(user, password)`) is masked when
+    `registry` defines the task; the task named by the record is only looked up, never imported.
+    """
+    args: list[Any] = scrub(record.args)
+    task = registry.find(record.name) if registry is not None else None
+    if task is None:
+        return args
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = [p.name for p in task.signature.parameters.values() if p.kind in positional]
+    for index, name in enumerate(names[: len(args)]):
+        if is_secret_name(name):
+            args[index] = MASK
+    return args
 
 
 # -- argument encryption (the optional `crypto` extra) ------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -16,9 +17,11 @@ from workers import WorkerProcess, poll_until
 
 from decortask import BrokerUnavailable, Decortask, TaskStatus
 from decortask.app import reset_default_app
+from decortask.security import mask_text
 
 SENTINEL = "s3ntinel-" + uuid.uuid4().hex[:8]
 REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "decortask"
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -95,3 +98,80 @@ def test_a_store_error_masks_the_password(tmp_path: Path) -> None:
     with pytest.raises(StoreError) as caught:
         store.get("anything")
     assert SENTINEL not in str(caught.value)
+
+
+# -- issue 10 item 3: the sanitizer masks values, never the words of decortask's own advice -------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("password=hunter2", "password=****"),
+        ("login failed (password=hunter2)", "login failed (password=****"),
+        ("password = hunter2, user=bob", "password = ****, user=bob"),
+        ("password: hunter2", "password: ****"),
+        ("password: hunter2 was rejected", "password: **** was rejected"),
+        ("token: abcdef", "token: ****"),
+        ("invalid token: Zm9vYmFy\nnext line", "invalid token: ****\nnext line"),
+        ("?api_key=k3y&user=bob", "?api_key=****&user=bob"),
+        ("API-KEY: Zx9", "API-KEY: ****"),
+        ("access_key=AKIA1 secret=s3 pwd=p4 passwd=p5 auth=a6", "access_key=**** secret=**** pwd=**** passwd=**** auth=****"),
+        ("amqp://guest:hunter2@127.0.0.1//", "amqp://guest:****@127.0.0.1//"),
+        # Forms the pattern missed before: names ending in a secret word, quoted values, an HTTP header.
+        ("DB_PASSWORD=hunter2", "DB_PASSWORD=****"),
+        ("csrf_token=abc secret_key=def", "csrf_token=**** secret_key=****"),
+        ("{'user': 'bob', 'password': 'two words'}", "{'user': 'bob', 'password': '****'}"),
+        ('{"token": "abc", "n": 1}', '{"token": "****", "n": 1}'),
+        ("Authorization: Bearer abc.def-ghi", "Authorization: Bearer ****"),
+        ("Authorization: Bearer <token>, token=...", "Authorization: Bearer <token>, token=..."),
+    ],
+)
+def test_issue10_item3_secret_values_are_still_masked_in_every_form(text: str, masked: str) -> None:
+    assert mask_text(text) == masked
+    assert mask_text(masked) == masked  # masking twice changes nothing
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "refusing to serve the dashboard on 0.0.0.0 without a token: anyone who can reach that address",
+        "this POST has no CSRF token: send the X-CSRF-Token header with the csrf_token from GET /api/session",
+        "auth: token required",
+        "the token is missing",
+        "author: someone",
+    ],
+)
+def test_issue10_item3_english_after_a_secret_word_is_not_masked(text: str) -> None:
+    assert mask_text(text) == text
+
+
+def _message_literals() -> list[tuple[str, int, str]]:
+    """Every string literal in decortask's code but docstrings and the page's script, with file and line."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "assets.py":  # the dashboard's JavaScript: code, never passed through the sanitizer
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = set()
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+                docstrings.add(id(body[0].value))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                found.append((str(path.relative_to(PACKAGE)), node.lineno, node.value))
+    return found
+
+
+def test_issue10_item3_no_message_of_decortask_is_changed_by_its_own_sanitizer() -> None:
+    literals = _message_literals()
+    assert any("without a token: anyone" in text for _, _, text in literals)  # the scan sees our messages
+    # Example URLs (`amqp://user:pass@host`) keep their placeholder password masked: that is a value.
+    eaten = [(f, line, text) for f, line, text in literals if "://" not in text and mask_text(text) != text]
+    assert eaten == []
+
+
+def test_issue10_item3_the_dashboard_refusal_reaches_the_terminal_intact(tmp_path: Path) -> None:
+    result = _cli({}, "dashboard", "--host", "0.0.0.0", "--broker-url", "memory://", "--store-url", "memory://")
+    assert result.returncode != 0
+    assert "without a token: anyone who can reach that address" in result.stderr

@@ -7,8 +7,6 @@ masked here even if the code that wrote it forgot.
 
 from __future__ import annotations
 
-import inspect
-import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -16,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..deadletters import dead_letter_queue, list_dead_letters
 from ..errors import DecortaskError
-from ..security import MASK, mask_text, mask_url
+from ..security import mask_text, mask_url, masked_args, scrub
 from ..states import TaskStatus
 from ..store.base import TaskQuery, TaskRecord
 
@@ -31,30 +29,6 @@ SCAN_BATCH = 200
 MAX_PAGE = 500
 #: Recent records whose queues the queue panel lists (besides the default queue and configured ones).
 QUEUE_DISCOVERY = 500
-_SECRET_WORDS = ("password", "passwd", "pwd", "secret", "token", "api_key", "apikey", "access_key", "auth")
-
-
-def scrub(value: Any) -> Any:
-    """A JSON-ready copy of `value` with secrets masked: secret-looking keys, URL passwords, `password=...`."""
-    if isinstance(value, str):
-        return mask_text(value)
-    if isinstance(value, bool) or value is None or isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None  # NaN is not JSON a browser can parse
-    if isinstance(value, dict):
-        return {
-            str(k): MASK if _secret_key(str(k)) else scrub(v)
-            for k, v in value.items()  # keys too may hold text
-        }
-    if isinstance(value, (list, tuple)):
-        return [scrub(v) for v in value]
-    return mask_text(str(value))
-
-
-def _secret_key(key: str) -> bool:
-    folded = key.lower().replace("-", "_")
-    return any(word in folded for word in _SECRET_WORDS)
 
 
 # -- tasks ---------------------------------------------------------------------------------------------
@@ -151,21 +125,6 @@ def task_detail(
         detail["args"] = masked_args(record, registry)
         detail["kwargs"] = scrub(record.kwargs)
     return detail
-
-
-def masked_args(record: TaskRecord, registry: Registry | None) -> list[Any]:
-    """`record.args` scrubbed, and masked by parameter name where the task is defined in this process."""
-    args: list[Any] = scrub(record.args)
-    # A lookup among tasks this process registered itself: nothing named by the store is ever imported.
-    task = registry.find(record.name) if registry is not None else None
-    if task is None:
-        return args
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    names = [p.name for p in task.signature.parameters.values() if p.kind in positional]
-    for index, name in enumerate(names[: len(args)]):
-        if _secret_key(name):
-            args[index] = MASK
-    return args
 
 
 def list_tasks(app: Decortask, flt: TaskFilter) -> dict[str, Any]:
