@@ -6,8 +6,11 @@ embedded SQLite broker and store.
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,14 @@ class RecordingTransport(Transport):
                 if item.type == kind and item.payload.json is not None:
                     found.append(item.payload.json)
         return found
+
+    def dump(self) -> str:
+        """Everything sent, every item of every kind, as one text to search."""
+        return "\n".join(
+            item.payload.get_bytes().decode("utf-8", "replace")
+            for envelope in self.envelopes
+            for item in envelope.items
+        )
 
 
 class InvoiceError(Exception):
@@ -215,3 +226,84 @@ def test_async_task_failures_are_reported_from_the_event_loop(
 def test_unknown_report_mode_is_refused_with_the_choices() -> None:
     with pytest.raises(ConfigurationError, match="'final' or 'every_attempt'"):
         SentryMiddleware(report="sometimes")  # type: ignore[arg-type]
+
+
+# -- issue 10 item 1: argument values never reach Sentry through decortask's frames --------------------------
+
+SECRET = "s3cret-" + uuid.uuid4().hex[:12]
+#: An argument value under a name sentry-sdk's own denylist does not know: it shows only in the user's frame.
+PLAIN = "alice-" + uuid.uuid4().hex[:12]
+
+
+@task(name="sentry_tests.login_refused")
+def login_refused(user: str, secret: str, password: str = "") -> None:
+    raise PermissionError("login refused")
+
+
+@task(name="sentry_tests.async_login_refused")
+async def async_login_refused(user: str, secret: str, password: str = "") -> None:
+    raise PermissionError("login refused")
+
+
+@pytest.fixture
+def default_sentry() -> Iterator[RecordingTransport]:
+    """sentry-sdk with its defaults (local variables on, default integrations), recording instead of sending."""
+    recorder = RecordingTransport()
+    sentry_sdk.init(dsn="http://public@127.0.0.1:9/1", transport=recorder)
+    yield recorder
+    sentry_sdk.init()
+
+
+def _frames(event: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        frame
+        for value in event.get("exception", {}).get("values", [])
+        for frame in (value.get("stacktrace") or {}).get("frames", [])
+    ]
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+@pytest.mark.parametrize("which", ["sync", "async"])
+def test_issue10_item1_sentry_events_hold_no_argument_values(
+    encrypted: bool, which: str, tmp_path: Path, unique: str, default_sentry: RecordingTransport
+) -> None:
+    from cryptography.fernet import Fernet
+
+    url = f"sqlite:///{os.fspath(tmp_path)}/decortask.db"
+    keys = {"encryption_keys": Fernet.generate_key().decode()} if encrypted else {}
+    app = Decortask(url, url, default_queue=f"q-{unique}", middleware=[SentryMiddleware()], **keys)  # type: ignore[arg-type]
+    target = login_refused if which == "sync" else async_login_refused
+    try:
+        handle = target.delay(PLAIN, SECRET, password=SECRET)
+        run_pending(app)
+        assert handle.status is TaskStatus.FAILED
+    finally:
+        app.close()
+        reset_default_app()
+    sentry_sdk.flush()
+    events = default_sentry.events()
+    assert len(events) == 1
+    frames = _frames(events[0])
+    assert frames and all("vars" in frame for frame in frames)  # local variables are on (the default)
+    assert any(f["module"].startswith("decortask.") for f in frames)
+    assert default_sentry.dump().count(SECRET) == 0  # a count: the events are too long to print
+    # The user's own frame keeps sentry-sdk's rules (its denylist hides `secret` and `password`, not `user`);
+    # every other frame on decortask's path holds no argument value at all.
+    elsewhere = [f for f in frames if f["function"] != target.fn.__name__]
+    assert elsewhere and json.dumps(elsewhere, default=str).count(PLAIN) == 0
+
+
+def test_issue10_item1_decortask_frames_are_blank_in_events_made_outside_a_task_scope(
+    default_sentry: RecordingTransport,
+) -> None:
+    # E.g. the logging integration turning a worker's `logger.exception(...)` into an event: the same frames.
+    SentryMiddleware()
+    try:  # the arguments built inline: this test's own frame must not hold them either
+        login_refused.run(None, inspect.signature(login_refused.fn).bind(PLAIN, SECRET, password=SECRET))  # type: ignore[arg-type]
+    except PermissionError:
+        sentry_sdk.capture_exception()
+    sentry_sdk.flush()
+    (event,) = default_sentry.events()
+    (decortask_frame,) = [f for f in _frames(event) if f["module"] == "decortask.task"]
+    assert decortask_frame["vars"] == {"self": "[Filtered]", "ctx": "[Filtered]", "bound": "[Filtered]"}
+    assert default_sentry.dump().count(SECRET) == 0

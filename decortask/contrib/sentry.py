@@ -14,18 +14,26 @@ each attempt continues it in an isolation scope of its own, tagged with the task
 worker. A task's exception is reported once, when the task finally fails (or on every failed attempt with
 `report="every_attempt"`), with the task's `task_log` lines as breadcrumbs. A task that succeeds after retries
 reports nothing, and `Retry` raised by a task is control flow, never an error.
+
+No argument value reaches Sentry through decortask's own frames: sentry-sdk sends each frame's local
+variables by default, and decortask's frames (executor, task, records, messages) hold whole copies of the
+message and record, which its name-based scrubber cannot recognise. An event processor therefore blanks the
+local variables of every decortask frame in every event this process sends; the task's own frames keep
+sentry-sdk's rules (`include_local_variables`, `event_scrubber`, `before_send`).
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 try:
     import sentry_sdk
     from sentry_sdk.integrations.logging import ignore_logger
+    from sentry_sdk.scope import add_global_event_processor
     from sentry_sdk.tracing import NoOpSpan, Transaction, TransactionSource
     from sentry_sdk.utils import event_from_exception
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -35,11 +43,14 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "decortask.contrib.sentry needs sentry-sdk: pip install 'decortask[sentry]'"
     ) from exc
 
+import decortask
 from decortask.errors import Retry
 from decortask.middleware import ExecutionOutcome, Middleware
 from decortask.states import TaskStatus
 
 if TYPE_CHECKING:
+    from sentry_sdk._types import Event
+
     from decortask.app import Decortask
     from decortask.context import TaskContext
     from decortask.message import Message
@@ -51,6 +62,9 @@ TRACE_KEYS = ("sentry-trace", "baggage")
 MAX_LOG_BREADCRUMBS = 100
 
 Report = Literal["final", "every_attempt"]
+#: What a decortask frame's local variables become in an event (sentry-sdk's own word for a scrubbed value).
+FILTERED = "[Filtered]"
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(decortask.__file__)) + os.sep
 
 
 @dataclass
@@ -85,6 +99,7 @@ class SentryMiddleware(Middleware):
         self.report = report
         self.propagate_traces = propagate_traces
         self.log_breadcrumbs = log_breadcrumbs
+        _install_frame_scrubber()
         if log_breadcrumbs:
             # The lines arrive as breadcrumbs from the task's record instead, once each and with their fields.
             ignore_logger("decortask.task")
@@ -178,3 +193,48 @@ class SentryMiddleware(Middleware):
 def _log_lines(app: Decortask, task_id: str) -> list[LogLine]:
     record = app.store.get(task_id)
     return [] if record is None else record.logs[-MAX_LOG_BREADCRUMBS:]
+
+
+def scrub_decortask_frames(event: Event, hint: dict[str, Any]) -> Event:
+    """Sentry event processor: blank the local variables of every decortask frame in `event`.
+
+    Covers the frames of exceptions, of threads and of a message's own stack trace, whichever integration
+    made the event (this middleware, the logging integration, the threading integration). Variable names are
+    kept, so a trace still shows which locals existed; their values become `[Filtered]`.
+    """
+    data = cast("dict[str, Any]", event)  # sentry-sdk's TypedDict leaves most of these fields untyped
+    stacktraces = [data.get("stacktrace")]
+    for kind in ("exception", "threads"):
+        container = data.get(kind)
+        if isinstance(container, dict):
+            stacktraces += [value.get("stacktrace") for value in container.get("values") or ()]
+    for stacktrace in stacktraces:
+        if not isinstance(stacktrace, dict):
+            continue
+        for frame in stacktrace.get("frames") or ():
+            variables = frame.get("vars")
+            if isinstance(variables, dict) and _is_decortask_frame(frame):
+                frame["vars"] = {str(name): FILTERED for name in variables}
+    return event
+
+
+def _is_decortask_frame(frame: dict[str, Any]) -> bool:
+    module = frame.get("module") or ""
+    if module == "decortask" or module.startswith("decortask."):
+        return True
+    # The path too: a frame's module name may be missing (e.g. code run from a zip or by exec).
+    path = frame.get("abs_path") or ""
+    return bool(path) and os.path.abspath(path).startswith(_PACKAGE_DIR)
+
+
+_scrubber_installed = False
+
+
+def _install_frame_scrubber() -> None:
+    # Global, not on the attempt's scope: events about a task are also made outside its scope (an error the
+    # worker logs, a thread's crash), and they hold the same frames. Installed once per process; it survives
+    # a later `sentry_sdk.init`, as global processors do.
+    global _scrubber_installed
+    if not _scrubber_installed:
+        add_global_event_processor(scrub_decortask_frames)
+        _scrubber_installed = True
