@@ -9,6 +9,7 @@ with no PYTHONPATH or MYPYPATH, so they can only find decortask where the instal
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -69,6 +70,17 @@ def installed_names(bin_dir: Path) -> set[str]:
 def redis_extra_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`pip install '<repo>[redis]'`, a regular (not editable) install, so the wheel's contents are used."""
     return make_venv(tmp_path_factory.mktemp("venv-redis"), f"{REPO}[redis]")
+
+
+@pytest.fixture(scope="session")
+def fastapi_extra_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_venv(tmp_path_factory.mktemp("venv-fastapi"), f"{REPO}[fastapi]")
+
+
+@pytest.fixture(scope="session")
+def readme_editable_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The README's first line: `pip install -e .`, no extras."""
+    return make_venv(tmp_path_factory.mktemp("venv-editable"), "-e", str(REPO))
 
 
 @pytest.fixture
@@ -157,3 +169,41 @@ def test_the_redis_extra_alone_runs_a_producer_and_a_worker_on_redis_to_success(
     # the venv holds the redis extra and nothing of the dev tools that used to hide a missing dependency
     assert "redis" in installed_names(redis_extra_venv)
     assert not {"pytest", "mypy", "django", "flask", "fastapi"} & installed_names(redis_extra_venv)
+
+
+def _python_blocks(markdown: str, heading: str) -> list[str]:
+    """The ```python blocks of one `## heading` section of a docs page."""
+    section = markdown.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+
+
+def _imported_top_level_modules(source: str) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.partition(".")[0])
+    return names
+
+
+def test_the_fastapi_extra_alone_has_what_the_fastapi_pages_testing_section_imports(
+    fastapi_extra_venv: Path, tmp_path: Path
+) -> None:
+    """Issue 10 item 5: docs/integrations/fastapi.md tests endpoints with httpx (and fastapi's TestClient
+    needs it too), so `decortask[fastapi]` must bring it."""
+    page = (REPO / "docs" / "integrations" / "fastapi.md").read_text()
+    modules = set().union(*map(_imported_top_level_modules, _python_blocks(page, "Testing")))
+    modules -= {"reports"} | set(sys.stdlib_module_names)  # the page's own example project; the stdlib
+    assert "httpx" in modules  # the section still reads as this test assumes
+    check = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
+    check += "from fastapi.testclient import TestClient\n"
+    result = subprocess.run(
+        [str(fastapi_extra_venv / "python"), "-c", check, *sorted(modules)],
+        cwd=tmp_path,
+        env=isolated_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
