@@ -13,6 +13,7 @@ import ast
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import pytest
 from broker_apps import BrokerApp, close_app, open_app
 
 REPO = Path(__file__).resolve().parent.parent
+CASES = Path(__file__).resolve().parent / "typing_cases"
 
 pytestmark = pytest.mark.install
 
@@ -207,3 +209,28 @@ def test_the_fastapi_extra_alone_has_what_the_fastapi_pages_testing_section_impo
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_readmes_editable_install_is_typed_for_mypy(readme_editable_venv: Path, tmp_path: Path) -> None:
+    """Issue 10 item 6: after the README's `pip install -e .`, mypy run on a user's file outside the repository
+    finds decortask through the install and rejects `add.delay("1", 2)`; correct calls pass."""
+    case = tmp_path / "delay_arguments.py"
+    shutil.copy(CASES / "delay_arguments.py", case)
+    expected = {
+        n for n, line in enumerate(case.read_text().splitlines(), 1) if line.rstrip().endswith("# error")
+    }
+    # mypy from the dev venv, told to find packages where the fresh venv's interpreter finds them
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "mypy", "--strict", "--no-incremental",
+            "--python-executable", str(readme_editable_venv / "python"), case.name,
+        ],
+        cwd=tmp_path,
+        env=isolated_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    reported = {int(m.group(1)) for m in re.finditer(r"delay_arguments\.py:(\d+): error", result.stdout)}
+    assert "import-not-found" not in result.stdout and "import-untyped" not in result.stdout, result.stdout
+    assert reported == expected, result.stdout
