@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -26,7 +27,8 @@ def load_app(target: str | None) -> Decortask:
 
     `-A pkg.tasks` (the app the module made current, else one from the environment), `-A pkg.tasks:app`
     where `app` is a Decortask app or a framework app carrying one in `app.extensions["decortask"]` (the
-    Flask extension). A Django project runs with `python manage.py decortask_worker`. The module name comes
+    Flask extension), or a function making one (an app factory such as Flask's `create_app`, called with no
+    arguments). A Django project runs with `python manage.py decortask_worker`. The module name comes
     from the command line, never from a message or the store.
     """
     if os.getcwd() not in sys.path:
@@ -40,13 +42,15 @@ def load_app(target: str | None) -> Decortask:
         raise click.ClickException(f"cannot import -A {module_name!r}: {exc}") from None
     if attr:
         found = getattr(module, attr, None)
+        if inspect.isfunction(found):
+            found = found()  # an app factory (-A flaskr:create_app), as `flask --app` calls it
         extensions = getattr(found, "extensions", None)
         if not isinstance(found, Decortask) and isinstance(extensions, Mapping):
             found = extensions.get("decortask")
         if not isinstance(found, Decortask):
             raise click.ClickException(
                 f"-A {target!r}: {attr!r} in {module_name} is neither a Decortask app nor a Flask app "
-                "carrying one (decortask.contrib.flask.Decortask(app))"
+                "carrying one (decortask.contrib.flask.Decortask(app)), nor a factory returning one"
             )
         return found.set_default()
     if hasattr(module, "INSTALLED_APPS") and hasattr(module, "DATABASES"):
@@ -120,7 +124,9 @@ def worker(
 
     _configure_logging(loglevel)
     try:
-        app = _override(load_app(app_target), broker_url, store_url)
+        loaded = load_app(app_target)
+        _refuse_an_unbound_flask_extension(loaded, app_target)
+        app = _override(loaded, broker_url, store_url)
         if not len(app.registry):
             raise click.ClickException(
                 "no tasks are registered, so this worker could run nothing; pass -A naming the module "
@@ -129,7 +135,7 @@ def worker(
         app.transport.check()
         app.store.count_schedule()  # opens the store now, so a bad URL or file fails before consuming
         names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
-        modules = [app_target.partition(":")[0]] if app_target else []  # a pool child imports the same
+        modules = [_child_target(app_target)] if app_target else []  # a pool child imports the same
         runner = Worker(
             app, names, concurrency=concurrency, pool=pool, burst=burst, grace=grace, app_modules=modules
         )
@@ -138,6 +144,24 @@ def worker(
     except DecortaskError as exc:
         raise click.ClickException(mask_text(str(exc))) from None
     sys.exit(code)
+
+
+def _refuse_an_unbound_flask_extension(app: Decortask, target: str | None) -> None:
+    """Refuse to run tasks whose Flask extension never met its Flask app (`-A flaskr.tasks`)."""
+    if "decortask.contrib.flask" not in sys.modules:
+        return  # no Flask extension exists in this process (and Flask is not imported to find out)
+    from .contrib.flask import unbound_extension_problem
+
+    problem = unbound_extension_problem(app, target)
+    if problem is not None:
+        raise click.ClickException(problem)
+
+
+def _child_target(target: str) -> str:
+    """What a process-pool child loads: the -A module, and the factory too when -A names one."""
+    module_name, _, attr = target.partition(":")
+    factory = attr and inspect.isfunction(getattr(sys.modules.get(module_name), attr, None))
+    return target if factory else module_name
 
 
 @main.command("tasks")

@@ -159,7 +159,10 @@ def child_main(conn: Connection) -> None:
         return
     logging.basicConfig(level=int(config["loglevel"]), format=LOG_FORMAT)
     for name in config["modules"]:  # the worker's -A modules: never a name from a message
-        importlib.import_module(name)
+        module_name, _, factory = name.partition(":")
+        module = importlib.import_module(module_name)
+        if factory:  # -A pkg:create_app: the factory binds the framework's extension, as in the parent
+            getattr(module, factory)()
     from .app import Decortask, current_app
     from .executor import Executor
 

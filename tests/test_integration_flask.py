@@ -1,15 +1,18 @@
 """Flask integration, proven by the example (`examples/flask_app`).
 
 The web side runs in this process with Flask's `test_client`; the worker is a real
-`decortask worker -A examples.flask_app.app:app` subprocess configured through the app's config, on the
-embedded broker, Redis and RabbitMQ.
+`decortask worker -A examples.flask_app:create_app` subprocess configured through the app's config, on the
+embedded broker, Redis and RabbitMQ. A flaskr-like project (the package is the app factory) shows what a
+worker pointed at the tasks module instead says.
 """
 
 from __future__ import annotations
 
 import asyncio
 import html
+import os
 import re
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +28,7 @@ from conftest import BROKERS, broker_urls
 from flask import Flask, current_app, has_app_context
 from workers import REPO, WorkerProcess, poll_until
 
+import decortask
 from decortask import ConfigurationError, task
 from decortask.app import reset_default_app
 from decortask.cli import load_app
@@ -40,7 +44,7 @@ TEXT = "The cat sat. The cat ran! The dog sat <script>alert('x')</script> and th
 @pytest.fixture
 def site(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> Iterator[Any]:
     """The example app in this process, and the config a worker gets (as `FLASK_*` environment variables)."""
-    from examples.flask_app.app import create_app
+    from examples.flask_app import create_app
 
     kind = getattr(request, "param", "sqlite")
     broker_url, store_url = broker_urls(kind, tmp_path, unique)
@@ -65,10 +69,10 @@ def site(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> Iterato
 
 
 def flask_worker(site: Any, *args: str) -> WorkerProcess:
-    """`decortask worker -A examples.flask_app.app:app`, configured only through the app's config."""
+    """`decortask worker -A examples.flask_app:create_app`, configured only through the app's config."""
     worker = WorkerProcess("", "", site.queue, site.tmp / "worker.log", env=site.env)
     worker.command = [
-        sys.executable, "-m", "decortask", "worker", "-A", "examples.flask_app.app:app", "-c", "2",
+        sys.executable, "-m", "decortask", "worker", "-A", "examples.flask_app:create_app", "-c", "2",
         "-l", "INFO", *args,
     ]  # fmt: skip
     return worker
@@ -226,14 +230,133 @@ def test_init_app_reads_app_config_and_refuses_unknown_keys(unique: str) -> None
         reset_default_app()
 
 
-def test_the_cli_finds_the_extension_on_a_flask_app_and_explains_a_bare_one() -> None:
+def test_the_cli_finds_the_extension_on_a_flask_app_or_its_factory_and_explains_a_bare_one() -> None:
     try:
+        import examples.flask_app as package
         from examples.flask_app import app as example
 
         assert load_app("examples.flask_app.app:app") is example.app.extensions["decortask"]
+        made = load_app("examples.flask_app:create_app")  # a factory: called, as `flask --app` does
+        assert made is package.decortask_ext and made.flask_app is not None
         with pytest.raises(
             click.ClickException, match="neither a Decortask app nor a Flask app carrying one"
         ):
-            load_app("examples.flask_app.app:create_app")
+            load_app("examples.flask_app.tasks:summarize")
     finally:
         reset_default_app()
+
+
+# flaskr, the Flask tutorial's layout: the package is the app factory, `tasks.py` sits beside it, and the
+# factory imports its parts. The extension is named so that the `tasks` submodule cannot replace it.
+FLASKR = {
+    "flaskr/__init__.py": """
+from flask import Flask
+
+from decortask.contrib.flask import Decortask
+
+decortask_ext = Decortask()
+
+
+def create_app(test_config=None):
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.from_mapping(GREETING="hello")
+    app.config.from_prefixed_env()
+    app.config.update(test_config or {})
+    decortask_ext.init_app(app)
+    from . import tasks  # noqa: F401 - as flaskr imports its blueprints
+
+    return app
+""",
+    "flaskr/tasks.py": """
+from flask import current_app
+
+from decortask import task
+
+
+@task(name="flaskr.greet", retries=2, delay=0.1)
+def greet(name: str) -> str:
+    return f"{current_app.config['GREETING']} {name}"
+""",
+}
+ENQUEUE = """
+import sys
+
+from flaskr import create_app
+
+create_app()
+app = create_app()  # a second app (as tests make one per case): the extension moves to it
+from flaskr.tasks import greet
+
+print(greet.delay(sys.argv[1]).id)
+"""
+
+
+@pytest.fixture
+def flaskr(tmp_path: Path, unique: str) -> SimpleNamespace:
+    """The flaskr-like project in a fresh directory, configured only through `FLASK_DECORTASK_*`."""
+    for name, text in FLASKR.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    url = f"sqlite:///{tmp_path}/queue.db"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "FLASK_DECORTASK_BROKER_URL": url,
+        "FLASK_DECORTASK_STORE_URL": url,
+        "FLASK_DECORTASK_DEFAULT_QUEUE": f"flaskr-{unique}",
+        "FLASK_GREETING": '"bonjour"',  # from_prefixed_env reads JSON
+    }
+    return SimpleNamespace(path=tmp_path, url=url, env=env)
+
+
+def run_in(project: SimpleNamespace, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=project.path,
+        env=project.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_worker_pointed_at_the_tasks_module_of_an_app_factory_refuses_naming_the_right_a(
+    flaskr: SimpleNamespace,
+) -> None:
+    result = run_in(flaskr, "-m", "decortask", "worker", "-A", "flaskr.tasks", "--burst")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr
+    assert "never bound" in errors[0] and "-A flaskr:create_app" in errors[0], errors[0]
+    assert not (flaskr.path / "decortask.db").exists()  # the default store was never opened
+
+
+@pytest.mark.parametrize("pool", ["threads", "processes"])
+def test_a_worker_given_the_app_factory_runs_the_tasks_in_the_apps_context_with_its_config(
+    flaskr: SimpleNamespace, pool: str
+) -> None:
+    sent = run_in(flaskr, "-c", ENQUEUE, "ann")
+    assert sent.returncode == 0, sent.stderr
+    task_id = sent.stdout.strip().splitlines()[-1]
+    worker = run_in(
+        flaskr, "-m", "decortask", "worker", "-A", "flaskr:create_app", "--burst", "--pool", pool, "-c", "1"
+    )
+    assert worker.returncode == 0, worker.stderr
+    store = decortask.Decortask(flaskr.url, flaskr.url, set_default=False)
+    try:
+        record = store.store.get(task_id)
+        assert record is not None, worker.stderr
+        assert (record.status.value, record.result, record.attempt) == ("SUCCESS", "bonjour ann", 1), record
+    finally:
+        store.close()
+    assert not (flaskr.path / "decortask.db").exists()
+
+
+def test_the_flask_docs_and_example_never_name_the_extension_like_the_tasks_module() -> None:
+    # `tasks = Decortask()` beside a tasks.py module is replaced by that module at its first import.
+    for path in (
+        REPO / "docs" / "integrations" / "flask.md",
+        *sorted((REPO / "examples" / "flask_app").glob("*.py")),
+    ):
+        assert not re.search(r"^\s*tasks\s*=\s*Decortask\(", path.read_text(), re.MULTILINE), path
