@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -258,6 +259,15 @@ class WorkerThread:
 
 # -- an app per test ---------------------------------------------------------------------------------------
 
+#: The apps `isolated_app` made, so a framework app bound during a test can find the test's app (contrib.flask).
+_test_apps: weakref.WeakSet[Decortask] = weakref.WeakSet()
+
+
+def isolated_test_app() -> Decortask | None:
+    """The current app if it is a test's own (`isolated_app`, the pytest fixtures), else None."""
+    current = app_module._default_app  # read directly: current_app() would build one if there is none
+    return current if current is not None and current in _test_apps else None
+
 
 @contextlib.contextmanager
 def isolated_app(
@@ -266,7 +276,9 @@ def isolated_app(
     """An app of its own for one test, current for the block; then closed, and the previous app is current.
 
     Its default queue is `test-<random>` unless `default_queue` is given (that queue is purged first). It
-    keeps the previous current app's `commit_hook` (set by the Django integration), not its middleware.
+    keeps the previous current app's `commit_hook` (set by the Django integration) and the middleware that
+    gives tasks their framework's context (Flask's app context), not its other middleware. A Flask app
+    bound while the block runs leaves this app current and lends it its app context the same way.
     On `memory://`, which every app in the process shares, the queues of registered tasks are purged on
     the way in and out, with their dead-letter queues; on a server broker the app's own default queue and
     its dead-letter queue are deleted at the end, and other queues are left alone (other processes may
@@ -281,7 +293,10 @@ def isolated_app(
     if own_queue:
         settings["default_queue"] = f"test-{uuid.uuid4().hex[:10]}"
     previous = app_module._default_app  # read directly: current_app() would build one if there is none
-    app = Decortask(broker_url, store_url, **settings)
+    # Tasks that need their framework's context (Flask's current_app, its database) need it in tests too.
+    inherited = [mw for mw in (previous.middleware if previous else []) if _inherited_by_test_apps(mw)]
+    app = Decortask(broker_url, store_url, middleware=inherited, **settings)
+    _test_apps.add(app)
     if previous is not None:
         # The framework's "after commit" (Django's transaction.on_commit) still applies to the test's code.
         app.commit_hook = previous.commit_hook
@@ -297,6 +312,10 @@ def isolated_app(
                 previous.set_default()
             else:
                 reset_default_app()
+
+
+def _inherited_by_test_apps(middleware: object) -> bool:
+    return bool(getattr(middleware, "inherited_by_test_apps", False))
 
 
 def _clean_queues(app: Decortask, own_queue: bool, finished: bool) -> None:

@@ -250,3 +250,143 @@ def test_each_test_gets_a_clean_app_and_the_previous_one_back_in_one_process(
         """
     )
     run(pytester, "-v", "-p", "no:randomly").assert_outcomes(passed=4, xfailed=1)
+
+
+# A flaskr-like project: the package is the app factory, the extension lives beside a tasks.py module, and
+# the task needs the app context (it writes to the app's own database, which the app fixture creates).
+FLASK_PROJECT = {
+    "shop/__init__.py": """
+    from flask import Flask
+
+    from decortask.contrib.flask import Decortask
+
+    decortask_ext = Decortask()
+
+
+    def create_app(test_config=None):
+        app = Flask(__name__)
+        app.config.from_mapping(DATABASE="shop.sqlite")
+        app.config.update(test_config or {})
+        decortask_ext.init_app(app)
+        from . import views
+
+        app.register_blueprint(views.bp)
+        return app
+    """,
+    "shop/db.py": """
+    import sqlite3
+
+    from flask import current_app
+
+
+    def connect():
+        return sqlite3.connect(current_app.config["DATABASE"])
+
+
+    def init_db():
+        with connect() as db:
+            db.execute("create table orders (id integer primary key, receipt text)")
+    """,
+    "shop/tasks.py": """
+    from decortask import task
+
+    from .db import connect
+
+
+    @task
+    def write_receipt(order_id: int) -> str:
+        receipt = f"receipt {order_id}"
+        with connect() as db:  # the app context of the app the test created: its database
+            db.execute("update orders set receipt = ? where id = ?", (receipt, order_id))
+        return receipt
+    """,
+    "shop/views.py": """
+    from flask import Blueprint
+
+    from .db import connect
+    from .tasks import write_receipt
+
+    bp = Blueprint("orders", __name__)
+
+
+    @bp.post("/orders/<int:order_id>")
+    def place_order(order_id):
+        with connect() as db:
+            db.execute("insert into orders (id) values (?)", (order_id,))
+        return write_receipt.delay(order_id).id
+    """,
+    "conftest.py": """
+    import pytest
+
+    from shop import create_app
+    from shop.db import init_db
+
+
+    @pytest.fixture
+    def app(tmp_path):
+        app = create_app({"TESTING": True, "DATABASE": str(tmp_path / "shop.sqlite")})
+        with app.app_context():
+            init_db()
+        return app
+
+
+    def receipt_of(app, order_id):
+        from shop.db import connect
+
+        with app.app_context():
+            return connect().execute("select receipt from orders where id = ?", (order_id,)).fetchone()[0]
+    """,
+    "test_orders.py": """
+    from conftest import receipt_of
+
+    from decortask.testing import run_pending
+
+
+    def test_eager_app_created_first(app, decortask_eager):
+        task_id = app.test_client().post("/orders/1").get_data(as_text=True)
+        assert decortask_eager.handle(task_id).get() == "receipt 1"
+        assert receipt_of(app, 1) == "receipt 1"
+
+
+    def test_eager_app_created_after_the_fixture(decortask_eager, app):
+        task_id = app.test_client().post("/orders/2").get_data(as_text=True)
+        assert decortask_eager.handle(task_id).get() == "receipt 2"
+        assert receipt_of(app, 2) == "receipt 2"
+
+
+    def test_run_pending_app_created_first(app, decortask_app):
+        app.test_client().post("/orders/3")
+        assert run_pending() == 1
+        assert receipt_of(app, 3) == "receipt 3"
+
+
+    def test_run_pending_app_created_after_the_fixture(decortask_app, app):
+        app.test_client().post("/orders/4")
+        assert run_pending() == 1
+        assert receipt_of(app, 4) == "receipt 4"
+
+
+    def test_worker_app_created_first(app, decortask_worker):
+        task_id = app.test_client().post("/orders/5").get_data(as_text=True)
+        [result] = decortask_worker.wait(decortask_worker.app.handle(task_id))
+        assert (result.value, result.error_message) == ("receipt 5", None)
+        assert receipt_of(app, 5) == "receipt 5"
+
+
+    def test_worker_app_created_after_the_fixture(decortask_worker, app):
+        task_id = app.test_client().post("/orders/6").get_data(as_text=True)
+        [result] = decortask_worker.wait(decortask_worker.app.handle(task_id), timeout=5)
+        assert (result.value, result.error_message) == ("receipt 6", None)
+        assert receipt_of(app, 6) == "receipt 6"
+    """,
+}
+
+
+def test_a_flask_app_created_before_or_after_the_fixtures_runs_its_tasks_on_the_test_app_in_its_context(
+    pytester: pytest.Pytester,
+) -> None:
+    pytest.importorskip("flask")
+    pytester.makepyfile(**FLASK_PROJECT)
+    result = run(pytester, "-v", "-p", "no:randomly")
+    result.assert_outcomes(passed=6)
+    assert not (pytester.path / "decortask.db").exists()  # nothing went to the default app's store
