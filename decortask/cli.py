@@ -8,18 +8,20 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
 import click
 
 from .app import Decortask, current_app
+from .config import sqlite_path
 from .errors import DecortaskError
 from .pools import POOL_KINDS
-from .security import mask_text
+from .security import mask_text, masked_args, scrub
 from .states import TaskStatus
-from .store.base import TaskQuery
+from .store.base import TaskQuery, TaskRecord, TaskStore
 
 
 def load_app(target: str | None) -> Decortask:
@@ -164,6 +166,17 @@ def _child_target(target: str) -> str:
     return target if factory else module_name
 
 
+_BROKER_URL = click.option("--broker-url", default=None, help="Overrides the app's broker (as for `worker`).")
+_STORE_URL = click.option(
+    "--store-url", default=None, help="The store to read (else the -A app's, else DECORTASK_STORE_URL)."
+)
+#: How to point a command at the right store, for the error that says it found none.
+_POINT_AT_A_STORE = (
+    "point the command at your app's store: -A naming the module that configures your app (as for the "
+    "worker), --store-url sqlite:////absolute/path/decortask.db, or DECORTASK_STORE_URL"
+)
+
+
 @main.command("tasks")
 @click.option("-A", "--app", "app_target", help="Module defining your tasks.")
 @click.option("--status", "statuses", multiple=True, type=click.Choice([s.value.lower() for s in TaskStatus]))
@@ -171,6 +184,8 @@ def _child_target(target: str) -> str:
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--offset", default=0, type=click.IntRange(0))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@_BROKER_URL
+@_STORE_URL
 def list_tasks(
     app_target: str | None,
     statuses: tuple[str, ...],
@@ -178,19 +193,21 @@ def list_tasks(
     limit: int,
     offset: int,
     as_json: bool,
+    broker_url: str | None,
+    store_url: str | None,
 ) -> None:
-    """List task records, newest first."""
-    app = load_app(app_target)
+    """List task records, newest first (reads the store; never creates one)."""
     query = TaskQuery(
         statuses=frozenset(TaskStatus(s.upper()) for s in statuses) or None,
         name=name,
         limit=limit,
         offset=offset,
     )
-    try:
-        records = app.store.list_tasks(query)
-    except DecortaskError as exc:
-        raise click.ClickException(mask_text(str(exc))) from None
+    with _reading(app_target, broker_url, store_url) as (_, store):
+        try:
+            records = store.list_tasks(query)
+        except DecortaskError as exc:
+            raise click.ClickException(mask_text(str(exc))) from None
     for record in records:
         if as_json:
             click.echo(json.dumps(_summary(record.to_dict())))
@@ -199,6 +216,54 @@ def list_tasks(
             click.echo(
                 f"{record.id}  {record.status.value:<11} {record.name}  attempt {record.attempt}{reason}"
             )
+
+
+@contextmanager
+def _reading(
+    app_target: str | None, broker_url: str | None, store_url: str | None
+) -> Iterator[tuple[Decortask, TaskStore]]:
+    """The app of a read-only command and its store, opened for reading: never created, never written.
+
+    Says on stderr which store it reads (masked), so stdout stays the command's output.
+    """
+    try:
+        app = _override(load_app(app_target), broker_url, store_url)
+        store = _open_for_reading(app)
+    except DecortaskError as exc:
+        raise click.ClickException(mask_text(str(exc))) from None
+    try:
+        click.echo(f"decortask: reading the store {_describe_store(app)}", err=True)
+        yield app, store
+    finally:
+        store.close()
+
+
+def _open_for_reading(app: Decortask) -> TaskStore:
+    url = app.settings.store_url
+    scheme = url.split("://", 1)[0].lower()
+    if scheme == "memory":
+        raise click.ClickException(
+            f"the store is {url}, which lives inside one process: there is nothing to read from here; "
+            + _POINT_AT_A_STORE
+        )
+    if scheme != "sqlite":
+        return app.store  # a server store: reading it creates nothing
+    from .store.sqlite import SQLiteStore
+
+    path = sqlite_path(url)
+    if not path.is_file():
+        raise click.ClickException(
+            f"no SQLite store at {path.resolve()} (store URL {app.store_url_masked}), so there is nothing to "
+            f"read, and none was created; {_POINT_AT_A_STORE}"
+        )
+    return SQLiteStore(url, read_only=True)
+
+
+def _describe_store(app: Decortask) -> str:
+    url = app.settings.store_url
+    if url.lower().startswith("sqlite://") and not url.lower().startswith("sqlite:////"):
+        return f"{app.store_url_masked} ({sqlite_path(url).resolve()})"  # relative: say relative to what
+    return app.store_url_masked
 
 
 @main.command()
@@ -226,13 +291,38 @@ def cancel(task_id: str, app_target: str | None) -> None:
 @main.command()
 @click.argument("task_id")
 @click.option("-A", "--app", "app_target", help="Module defining your tasks.")
-def show(task_id: str, app_target: str | None) -> None:
-    """Show one task's record, logs included, as JSON."""
-    app = load_app(app_target)
-    record = app.store.get(task_id)
-    if record is None:
-        raise click.ClickException(f"no task {task_id} in the store {app.store_url_masked}")
-    click.echo(json.dumps(record.to_dict(), indent=2, default=str))
+@click.option(
+    "--args",
+    "include_args",
+    is_flag=True,
+    help="Include the arguments, masked like the dashboard's: secret-looking names (password=, api_key=), "
+    "and positional ones by parameter name when -A names the module defining the task.",
+)
+@_BROKER_URL
+@_STORE_URL
+def show(
+    task_id: str, app_target: str | None, include_args: bool, broker_url: str | None, store_url: str | None
+) -> None:
+    """Show one task's record, logs included, as JSON; arguments only with --args (reads; never creates)."""
+    with _reading(app_target, broker_url, store_url) as (app, store):
+        try:
+            record = store.get(task_id)
+        except DecortaskError as exc:
+            raise click.ClickException(mask_text(str(exc))) from None
+        if record is None:
+            raise click.ClickException(f"no task {task_id} in the store {app.store_url_masked}")
+        click.echo(json.dumps(_detail(record, app, include_args), indent=2, default=str))
+
+
+def _detail(record: TaskRecord, app: Decortask, include_args: bool) -> dict[str, Any]:
+    """The record as `show` prints it: scrubbed like the dashboard's page, arguments only when asked."""
+    fields = {key: value for key, value in record.to_dict().items() if key not in ("args", "kwargs")}
+    detail: dict[str, Any] = scrub(fields)
+    detail["args_included"] = include_args
+    if include_args:
+        detail["args"] = masked_args(record, app.registry)
+        detail["kwargs"] = scrub(record.kwargs)
+    return detail
 
 
 def _summary(data: dict[str, Any]) -> dict[str, Any]:

@@ -72,8 +72,10 @@ class PatientConnection(sqlite3.Connection):
         return min(pause * 2, MAX_PAUSE), deadline
 
 
-def connect(path: str, patience: float) -> PatientConnection:
+def connect(path: str, patience: float, *, uri: bool = False) -> PatientConnection:
     """Open `path` in autocommit mode (`isolation_level=None`) with lock waits of up to `patience` seconds.
+
+    `uri`: `path` is a `file:` URI (e.g. `?mode=ro` for a read-only connection).
 
     `check_same_thread=False` only so an owner may close every thread's connection; each is used by one.
     """
@@ -83,6 +85,7 @@ def connect(path: str, patience: float) -> PatientConnection:
         isolation_level=None,
         check_same_thread=False,
         factory=PatientConnection,
+        uri=uri,
     )
     assert isinstance(conn, PatientConnection)
     conn.patience = patience

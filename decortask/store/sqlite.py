@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from .. import sqlitelocks
 from ..config import sqlite_path
@@ -69,8 +69,14 @@ _SCHEMA = (
 class SQLiteStore:
     """A `TaskStore` in one SQLite file, shared by every thread and process on the host."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
+        """Open (and create, unless `read_only`) the store a `sqlite://` URL names.
+
+        `read_only` (`decortask show`, `tasks`): the file must exist and hold a decortask store; nothing is
+        created or written, and a missing file is a `StoreError` naming the absolute path looked for.
+        """
         self.url = url
+        self.read_only = read_only
         self.path: Path = sqlite_path(url)
         self.busy_timeout = _busy_timeout(url)
         self._local = threading.local()
@@ -78,6 +84,10 @@ class SQLiteStore:
         self._conns: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._generation = 0
         self._pid = os.getpid()
+        if read_only:
+            if not self.path.is_file():
+                raise StoreError(f"there is no SQLite store at {self.path.resolve()} (nothing was created)")
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -298,10 +308,17 @@ class SQLiteStore:
         # then closes its last connection checkpoints and removes the WAL under them ("database disk
         # image is malformed").
         # Lock waits in fine steps (sqlitelocks.py): SQLite's own handler sleeps a millisecond or more.
-        conn = sqlitelocks.connect(str(self.path), self.busy_timeout)
+        if self.read_only:  # mode=ro: SQLite itself refuses every write, and never creates the file
+            target, uri = f"file:{quote(str(self.path.resolve()))}?mode=ro", True
+        else:
+            target, uri = str(self.path), False
+        conn = sqlitelocks.connect(target, self.busy_timeout, uri=uri)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            if self.read_only:
+                _require_schema(conn, self.path)
+            else:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.DatabaseError as exc:
             _close_quietly(conn)
             if "not a database" in str(exc):  # SQLite read the header and wrote nothing
@@ -362,6 +379,15 @@ class SQLiteStore:
 def _create_schema(conn: sqlite3.Connection) -> None:
     for statement in _SCHEMA:
         conn.execute(statement)
+
+
+def _require_schema(conn: sqlite3.Connection, path: Path) -> None:
+    sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'decortask_tasks'"
+    if conn.execute(sql).fetchone() is None:
+        raise StoreError(
+            f"{path.resolve()} is a SQLite database but not a decortask store (it has no decortask_tasks "
+            "table); it was left untouched"
+        )
 
 
 def _not_a_database(path: Path) -> StoreError:
