@@ -5,6 +5,9 @@ Here every publish on the channel is counted (RabbitMQ numbers them 1, 2, ... fr
 every ack is tracked (single or `multiple`), so a batch is confirmed by waiting until the highest
 contiguously acked number reaches the last one published. The guarantee is unchanged: nothing counts as
 published before the broker confirmed it.
+
+This reaches into py-amqp's channel (`_basic_publish`, `_confirm_selected`, the `basic_ack`/`basic_nack`
+events); tests/test_kombu_contract.py checks each of them against the installed py-amqp.
 """
 
 from __future__ import annotations

@@ -25,6 +25,10 @@ deferred and sent together (one `ZREM` and one `HDEL` for all tags) at the next 
 restore or close: an ack is only ever later, never earlier; a crash before the flush means a redelivery,
 which decortask's receipt rules skip. Rejects and requeues stay immediate. With a `global_keyprefix`,
 `ack_emulation` off or a `no_ack` consumer, the channel consumes exactly as kombu does.
+
+Everything here leans on kombu's private Redis internals (`Channel._brpop_start` and `_brpop_read`,
+`PublishBatch`, `QoS.append`, ...), some new in kombu 5.7. tests/test_kombu_contract.py lists each one with
+the shape relied upon and names it when a kombu release changes it: run it before moving the kombu pin.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ before the statement returns, so it survives the crash of any process; only an O
 back the last transactions: a publish that returned may then be lost, and a lease or a deferred ack undone
 (the message is delivered again, never lost). `FULL` would fsync every commit (milliseconds each) for
 power-loss durability: opt in through the `synchronous` transport option.
+
+The channel overrides kombu's virtual-transport hooks (`_get`, `_put`, `QoS.restore_unacked`, ...); those it
+relies on are checked in tests/test_kombu_contract.py, which names any that a kombu release changes.
 """
 
 from __future__ import annotations
