@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import kombu
-from conftest import AMQP_URL, REDIS_URL, require_server
+from conftest import AMQP_URL, REDIS_URL, require_amqp, require_redis
 
 from decortask import Decortask
 from decortask.app import reset_default_app
@@ -45,11 +45,11 @@ def open_app(kind: str, tmp_path: Path, token: str, **settings: Any) -> BrokerAp
     if kind == "sqlite":
         broker, store = sqlite_file, sqlite_file
     elif kind == "redis":
-        require_server("Redis", "127.0.0.1", 6379)
+        require_redis()
         namespace = f"dt-test-{token}"
         broker, store = REDIS_URL, f"{REDIS_URL}?namespace={namespace}"
     else:
-        require_server("RabbitMQ", "127.0.0.1", 5672)
+        require_amqp()
         broker, store = AMQP_URL, sqlite_file
     queue = f"t-{token}"
     app = Decortask(broker, store, default_queue=queue, **settings)

@@ -9,6 +9,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -35,6 +36,23 @@ def require_server(name: str, host: str, port: int) -> None:
     pytest.skip(message)
 
 
+def require_redis() -> None:
+    """`require_server` for the Redis that REDIS_URL names."""
+    url = urlsplit(REDIS_URL)
+    require_server("Redis", url.hostname or "127.0.0.1", url.port or 6379)
+
+
+def require_amqp() -> None:
+    """`require_server` for the RabbitMQ that AMQP_URL names."""
+    url = urlsplit(AMQP_URL)
+    require_server("RabbitMQ", url.hostname or "127.0.0.1", url.port or 5672)
+
+
+def amqp_vhost(url: str = AMQP_URL) -> str:
+    """The RabbitMQ vhost an AMQP URL names, as kombu reads it (`//` and none are `/`), for rabbitmqctl -p."""
+    return unquote(urlsplit(url).path[1:]) or "/"
+
+
 BROKERS = ("sqlite", "redis", "amqp")
 
 
@@ -45,21 +63,21 @@ def broker_urls(kind: str, tmp: os.PathLike[str], token: str) -> tuple[str, str]
     if kind == "sqlite":
         return sqlite_file, sqlite_file
     if kind == "redis":
-        require_server("Redis", "127.0.0.1", 6379)
+        require_redis()
         return REDIS_URL, f"{REDIS_URL}?namespace=test-{token}"
-    require_server("RabbitMQ", "127.0.0.1", 5672)
+    require_amqp()
     return AMQP_URL, sqlite_file
 
 
 @pytest.fixture
 def redis_url() -> str:
-    require_server("Redis", "127.0.0.1", 6379)
+    require_redis()
     return REDIS_URL
 
 
 @pytest.fixture
 def amqp_url() -> str:
-    require_server("RabbitMQ", "127.0.0.1", 5672)
+    require_amqp()
     return AMQP_URL
 
 

@@ -26,7 +26,7 @@ import behaviour_tasks as bt
 import kombu
 import pytest
 import redis
-from conftest import AMQP_URL, BROKERS, REDIS_URL, broker_urls, require_server
+from conftest import AMQP_URL, BROKERS, REDIS_URL, amqp_vhost, broker_urls, require_amqp
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from workers import Rig, WorkerProcess, poll_until
@@ -166,7 +166,7 @@ def rabbitmq_blocking_publishers() -> Iterator[None]:
 def _unacked(kind: str, queue: str, store_file: Path) -> int:
     """Messages of `queue` a consumer holds without having acked them, read from the broker itself."""
     if kind == "amqp":
-        out = _ctl("rabbitmqctl", "-q", "list_queues", "name", "messages_unacknowledged")
+        out = _ctl("rabbitmqctl", "-q", "-p", amqp_vhost(), "list_queues", "name", "messages_unacknowledged")
         return sum(int(line.split()[1]) for line in out.splitlines() if line.split()[:1] == [queue])
     if kind == "redis":
         held = redis.Redis.from_url(REDIS_URL).hvals("unacked")  # kombu's unacked index: [raw, exchange, key]
@@ -337,7 +337,7 @@ def test_f11_broker_down_at_delay_raises_broker_unavailable_without_a_phantom_re
 
 
 def test_f12_unconfirmed_publish_fails_within_the_confirm_timeout(tmp_path: Path) -> None:
-    require_server("RabbitMQ", "127.0.0.1", 5672)
+    require_amqp()
     queue = f"f12-{uuid.uuid4().hex[:10]}"
     app = Decortask(AMQP_URL, f"sqlite:///{tmp_path}/decortask.db", default_queue=queue, confirm_timeout=2)
     try:

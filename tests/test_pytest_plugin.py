@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import AMQP_URL, REDIS_URL, require_server
+from conftest import AMQP_URL, REDIS_URL, require_amqp, require_redis
 
 pytest_plugins = ["pytester"]
 
@@ -125,9 +125,9 @@ def test_mocker_patch_of_a_task_in_the_projects_module_is_honoured(pytester: pyt
 def test_the_worker_fixture_runs_tasks_on_each_broker(pytester: pytest.Pytester, kind: str) -> None:
     broker = {"sqlite": "sqlite:///{tmp_path}/decortask.db", "redis": REDIS_URL, "amqp": AMQP_URL}[kind]
     if kind == "redis":
-        require_server("Redis", "127.0.0.1", 6379)
+        require_redis()
     elif kind == "amqp":
-        require_server("RabbitMQ", "127.0.0.1", 5672)
+        require_amqp()
     pytester.makepyfile(
         test_broker=f"""
         import pytest

@@ -25,7 +25,7 @@ from pathlib import Path
 import kombu
 import pytest
 import redis
-from conftest import REDIS_URL, require_server
+from conftest import REDIS_URL, require_redis
 
 from decortask.config import Settings
 from decortask.transport import BrokerTransport, ConsumerSession, Delivery
@@ -41,7 +41,7 @@ from decortask.transports.redis import (
 
 @pytest.fixture
 def transport() -> Iterator[BrokerTransport]:
-    require_server("Redis", "127.0.0.1", 6379)
+    require_redis()
     made = BrokerTransport(REDIS_URL, Settings.load({"broker_url": REDIS_URL}))
     yield made
     made.close()
@@ -163,7 +163,7 @@ def test_pushes_to_one_list_are_merged_and_everything_else_keeps_its_place() -> 
 @pytest.fixture
 def admin() -> Iterator[redis.Redis]:
     """A plain client on the test database, to look at what the transport left in Redis."""
-    require_server("Redis", "127.0.0.1", 6379)
+    require_redis()
     client = redis.Redis.from_url(REDIS_URL)
     yield client
     client.close()
@@ -334,7 +334,7 @@ time.sleep(60)
 def test_a_consumer_killed_after_fetching_a_batch_loses_nothing(
     queues: list[str], admin: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    require_server("Redis", "127.0.0.1", 6379)
+    require_redis()
     # Its own unacked keys: kombu's restore scan takes a mutex every consumer of the database shares, which
     # a consumer SIGKILLed while scanning (other tests kill workers) leaves held for five minutes.
     keys = [f"{name}-{uuid.uuid4().hex[:8]}" for name in ("unacked", "index", "mutex")]

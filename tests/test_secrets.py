@@ -12,7 +12,7 @@ from pathlib import Path
 
 import behaviour_tasks as bt
 import pytest
-from conftest import require_server
+from conftest import REDIS_URL, require_redis
 from workers import WorkerProcess, poll_until
 
 from decortask import BrokerUnavailable, Decortask, TaskStatus
@@ -36,10 +36,12 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_sentinel_password_never_appears_anywhere(tmp_path: Path) -> None:
-    require_server("Redis", "127.0.0.1", 6379)
-    # Redis's default user accepts any password in the two-argument AUTH form: a working URL with a secret.
-    broker = f"redis://default:{SENTINEL}@127.0.0.1:6379/15"
-    masked = "redis://default:****@127.0.0.1:6379/15"
+    require_redis()
+    # The suite's Redis, with the sentinel as password: Redis's default user accepts any password in the
+    # two-argument AUTH form, so the URL works and carries a secret.
+    where = REDIS_URL.split("://", 1)[1].rpartition("@")[2]
+    broker = f"redis://default:{SENTINEL}@{where}"
+    masked = f"redis://default:****@{where}"
     store = f"sqlite:///{tmp_path}/decortask.db"
     queue = f"secrets-{uuid.uuid4().hex[:8]}"
     app = Decortask(broker, store, default_queue=queue)

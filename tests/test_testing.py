@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AMQP_URL, REDIS_URL, require_server
+from conftest import AMQP_URL, REDIS_URL, require_amqp, require_redis
 from pytest_mock import MockerFixture
 from workers import poll_until
 
@@ -317,9 +317,9 @@ def test_a_worker_that_dies_reports_why(decortask_app: Decortask, tmp_path: Path
 def broker_worker(request: pytest.FixtureRequest) -> WorkerThread:
     """`decortask_worker` on each real broker (the server is checked before the app is built)."""
     if request.param == "redis":
-        require_server("Redis", "127.0.0.1", 6379)
+        require_redis()
     elif request.param == "amqp":
-        require_server("RabbitMQ", "127.0.0.1", 5672)
+        require_amqp()
     worker: WorkerThread = request.getfixturevalue("decortask_worker")
     return worker
 

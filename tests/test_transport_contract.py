@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from conftest import AMQP_URL, REDIS_URL, require_server
+from conftest import AMQP_URL, REDIS_URL, require_amqp, require_redis
 
 from decortask import BrokerUnavailable, ConfigurationError
 from decortask.config import Settings
@@ -22,10 +22,10 @@ def transport(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[Brok
     elif kind == "sqlite":
         url = f"sqlite:///{tmp_path}/broker.db"
     elif kind == "redis":
-        require_server("Redis", "127.0.0.1", 6379)
+        require_redis()
         url = REDIS_URL
     else:
-        require_server("RabbitMQ", "127.0.0.1", 5672)
+        require_amqp()
         url = AMQP_URL
     made = BrokerTransport(url, Settings.load({"broker_url": url}))
     yield made
