@@ -8,17 +8,20 @@ transport that appends every envelope to that file instead of sending it) and an
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
 from decortask import Decortask, task, task_log
 
 EVENTS_FILE = os.environ.get("DECORTASK_TEST_SENTRY_EVENTS")
+logger = logging.getLogger(__name__)
 
 
 @task(name="secret_tasks.login", retries=1, delay=0.2)
 def login(user: str, secret: str, password: str = "") -> None:
     """Fails every attempt, as a login with wrong credentials would; the secrets are only its arguments."""
+    logger.debug("login attempt started")  # shows a test that the worker's DEBUG output was on
     task_log("checking the credentials")
     raise PermissionError("login refused: the credentials do not match")
 

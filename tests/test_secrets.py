@@ -5,14 +5,17 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
+import warnings
 from pathlib import Path
 
 import behaviour_tasks as bt
 import pytest
-from conftest import REDIS_URL, require_redis
+import secret_tasks
+from conftest import REDIS_URL, broker_urls, require_redis
 from workers import WorkerProcess, poll_until
 
 from decortask import BrokerUnavailable, Decortask, TaskStatus
@@ -117,7 +120,10 @@ def test_a_store_error_masks_the_password(tmp_path: Path) -> None:
         ("invalid token: Zm9vYmFy\nnext line", "invalid token: ****\nnext line"),
         ("?api_key=k3y&user=bob", "?api_key=****&user=bob"),
         ("API-KEY: Zx9", "API-KEY: ****"),
-        ("access_key=AKIA1 secret=s3 pwd=p4 passwd=p5 auth=a6", "access_key=**** secret=**** pwd=**** passwd=**** auth=****"),
+        (
+            "access_key=AKIA1 secret=s3 pwd=p4 passwd=p5 auth=a6",
+            "access_key=**** secret=**** pwd=**** passwd=**** auth=****",
+        ),
         ("amqp://guest:hunter2@127.0.0.1//", "amqp://guest:****@127.0.0.1//"),
         # Forms the pattern missed before: names ending in a secret word, quoted values, an HTTP header.
         ("DB_PASSWORD=hunter2", "DB_PASSWORD=****"),
@@ -174,6 +180,89 @@ def test_issue10_item3_no_message_of_decortask_is_changed_by_its_own_sanitizer()
 
 
 def test_issue10_item3_the_dashboard_refusal_reaches_the_terminal_intact(tmp_path: Path) -> None:
-    result = _cli({}, "dashboard", "--host", "0.0.0.0", "--broker-url", "memory://", "--store-url", "memory://")
+    result = _cli(
+        {}, "dashboard", "--host", "0.0.0.0", "--broker-url", "memory://", "--store-url", "memory://"
+    )
     assert result.returncode != 0
     assert "without a token: anyone who can reach that address" in result.stderr
+
+
+# -- B-20: a secret passed to a failing task appears nowhere ---------------------------------------------------
+
+B20_SECRET = "b20-s3cret-" + uuid.uuid4().hex[:12]
+B20_USER = "b20-alice-" + uuid.uuid4().hex[:8]
+
+
+@pytest.mark.parametrize(
+    ("kind", "pool"),
+    [("sqlite", "threads"), ("sqlite", "processes"), ("redis", "threads"), ("amqp", "threads")],
+)
+def test_b20_secret_appears_nowhere(kind: str, pool: str, tmp_path: Path, unique: str) -> None:
+    """A real `decortask worker -l DEBUG` with Sentry (sentry-sdk defaults) runs a task that fails on both of
+    its attempts, called with the secret by position and as password=. Then nothing shows the secret: the
+    worker's output, the Sentry envelopes, `decortask tasks`, `decortask show` (with --args: masked), the
+    dashboard."""
+    broker, store = broker_urls(kind, tmp_path, unique)
+    queue = f"b20-{unique}"
+    envelopes = tmp_path / "sentry-envelopes"
+    app = Decortask(broker, store, default_queue=queue)
+    try:
+        handle = secret_tasks.login.delay(B20_USER, B20_SECRET, password=B20_SECRET)
+        worker = WorkerProcess(
+            broker,
+            store,
+            queue,
+            tmp_path / "worker.log",
+            concurrency=2,
+            env={"DECORTASK_TEST_SENTRY_EVENTS": str(envelopes)},
+            extra_args=("-A", "tests.secret_tasks", "-l", "DEBUG", "--pool", pool),  # the last -A/-l win
+        )
+        with worker:
+            poll_until(lambda: handle.done(), 60, f"the login task to fail; worker log:\n{worker.log_tail()}")
+        assert handle.status is TaskStatus.FAILED and handle.attempts == 2
+        _assert_the_dashboard_hides(app, handle.id)
+    finally:
+        app.transport.delete_queue(queue)
+        app.transport.delete_queue(queue + ".dlq")
+        app.close()
+        reset_default_app()
+
+    log = worker.log_path.read_text()
+    # The worker's output was at DEBUG while the task ran (in a pool child the logger name carries its pid).
+    assert re.search(r" DEBUG tests\.secret_tasks(\[\d+\])?: login attempt started", log), log
+    assert log.count(B20_SECRET) == 0
+
+    sentry = envelopes.read_text()
+    assert '"type":"PermissionError"' in sentry  # the failure was reported, with sentry-sdk's defaults
+    assert sentry.count(B20_SECRET) == 0
+
+    env = {"DECORTASK_BROKER_URL": broker, "DECORTASK_STORE_URL": store}
+    for args in (("tasks",), ("tasks", "--json"), ("show", handle.id), ("show", handle.id, "--args", *TASKS)):
+        shown = _cli(env, *args)
+        assert shown.returncode == 0, shown.stderr
+        assert (shown.stdout + shown.stderr).count(B20_SECRET) == 0, args
+    # Without -A the positional secret's parameter name is unknown: --args shows it, but password= is masked.
+    unnamed = _cli(env, "show", handle.id, "--args")
+    record = json.loads(unnamed.stdout)
+    assert record["kwargs"] == {"password": "****"} and record["args"] == [B20_USER, B20_SECRET]
+
+
+TASKS = ("-A", "tests.secret_tasks")
+
+
+def _assert_the_dashboard_hides(app: Decortask, task_id: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Starlette's TestClient prefers httpx2
+        from starlette.testclient import TestClient
+
+    from decortask.dashboard import create_dashboard
+
+    with TestClient(create_dashboard(app), base_url="http://127.0.0.1:8000") as client:
+        pages = [
+            client.get("/").text,
+            client.get("/api/tasks").text,
+            client.get(f"/api/tasks/{task_id}").text,
+            client.get(f"/api/tasks/{task_id}", params={"args": "1"}).text,
+        ]
+    assert all(page.count(B20_SECRET) == 0 for page in pages)
+    assert B20_USER in pages[-1]  # the arguments were shown, masked
