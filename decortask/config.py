@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,14 @@ from .security import check_keys
 
 DEFAULT_URL = "sqlite:///decortask.db"
 ENV_PREFIX = "DECORTASK_"
+#: `DECORTASK_*` variables that are not settings and are read elsewhere: the dashboard's `--token`
+#: (cli.py) and the SQLite store's busy timeout (store/sqlite.py). `DECORTASK_TEST_*` belong to test suites.
+OTHER_ENV_VARIABLES = frozenset({"DECORTASK_DASHBOARD_TOKEN", "DECORTASK_SQLITE_BUSY_TIMEOUT"})
+TEST_ENV_PREFIX = "DECORTASK_TEST_"
+
+logger = logging.getLogger("decortask.config")
+#: Misspelled variables already warned about: each is named once per process, however many apps load.
+_warned_env_names: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,7 @@ class Settings:
         """Build settings: explicit `overrides` win over `DECORTASK_*` variables, which win over defaults."""
         env = os.environ if env is None else env
         known = {f.name: f for f in fields(cls)}
+        warn_misspelled_env(env, known)
         values: dict[str, Any] = {}
         for name, spec in known.items():
             raw = env.get(ENV_PREFIX + name.upper())
@@ -154,6 +165,39 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def warn_misspelled_env(env: Mapping[str, str], settings: Collection[str]) -> None:
+    """Warn about `DECORTASK_*` variables that are no setting but close to one (`DECORTASK_BROKR_URL`).
+
+    Such a variable is ignored, so the app quietly runs on a default (the local SQLite file) instead of the
+    broker the user meant. Each is named once per process, with the setting it most resembles.
+
+    Args:
+        env: the environment variables.
+        settings: the `Settings` field names (the variables' names are derived from them).
+    """
+    for name in env:
+        if (
+            not name.startswith(ENV_PREFIX)
+            or name in _warned_env_names
+            or name in OTHER_ENV_VARIABLES
+            or name.startswith(TEST_ENV_PREFIX)
+        ):
+            continue
+        spelled = name[len(ENV_PREFIX) :].lower()
+        if spelled in settings and name == ENV_PREFIX + spelled.upper():
+            continue
+        closest = difflib.get_close_matches(spelled, list(settings), n=1)
+        if not closest:
+            continue  # not like any setting: someone else's variable
+        _warned_env_names.add(name)
+        logger.warning(
+            "environment variable %s is not a decortask setting and is ignored; did you mean %s%s?",
+            name,
+            ENV_PREFIX,
+            closest[0].upper(),
+        )
 
 
 _BOOLEANS = {

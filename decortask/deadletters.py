@@ -27,6 +27,7 @@ from .transport import DEAD_LETTER_SUFFIX
 
 if TYPE_CHECKING:
     from .app import Decortask
+    from .receipt import Outcome
     from .security import MessageCipher
     from .transport import ConsumerSession, Delivery
 
@@ -41,6 +42,8 @@ DEAD_LETTERED_AT = "x-decortask-dead-lettered-at"
 RAW_ID_PREFIX = "sha256:"
 #: The id shown for a dead letter the broker client cannot read (see `decortask.admin.fetch`).
 UNREADABLE = "unreadable"
+#: Longest refusal detail a dead letter's log line shows (the dead letter's header keeps 500 characters).
+LOGGED_DETAIL_CHARS = 300
 
 REPLAYED = "replayed"
 DROPPED = "dropped"
@@ -50,6 +53,36 @@ KEPT = "kept"
 def dead_letter_queue(queue: str) -> str:
     """The dead-letter queue of `queue`; a name that already ends in `.dlq` is taken as it is."""
     return queue if queue.endswith(DEAD_LETTER_SUFFIX) else queue + DEAD_LETTER_SUFFIX
+
+
+def raw_id(body: bytes) -> str:
+    """The id of a dead letter whose envelope cannot be read: `sha256:` and 16 hex digits of its body."""
+    return RAW_ID_PREFIX + hashlib.sha256(body).hexdigest()[:16]
+
+
+def log_dead_letter(delivery: Delivery, outcome: Outcome) -> None:
+    """The one log line of a dead letter, written by the worker once it is published.
+
+    It names the task (id, and name when the store knows it) or, for a body that cannot be read, the id
+    `decortask dlq list` shows for it; then the queue, the reason and the refusal's detail (masked). Never
+    the body or the arguments.
+    """
+    if outcome.task_id is None:
+        who = f"message {raw_id(delivery.body)}"
+    elif outcome.task_name:
+        who = f"task {outcome.task_name}[{outcome.task_id}]"
+    else:
+        who = f"task {outcome.task_id}"
+    detail = mask_text(outcome.detail)
+    if len(detail) > LOGGED_DETAIL_CHARS:
+        detail = detail[:LOGGED_DETAIL_CHARS] + "..."
+    logger.error(
+        "%s dead-lettered to %s (%s)%s",
+        who,
+        dead_letter_queue(delivery.queue),
+        outcome.reason or "unknown",
+        f": {detail}" if detail else "",
+    )
 
 
 @dataclass(frozen=True)
@@ -176,10 +209,7 @@ def inspect_dead_letter(
             message = decode(delivery.body, original_type or None, max_bytes, cipher=cipher)
         except MessageError as exc:
             problem = mask_text(f"{exc.reason}: {exc.detail}")
-    if message is not None:
-        ident = message.id
-    else:
-        ident = RAW_ID_PREFIX + hashlib.sha256(delivery.body).hexdigest()[:16]
+    ident = message.id if message is not None else raw_id(delivery.body)
     letter = DeadLetter(
         id=ident,
         queue=_text(headers.get(ORIGINAL_QUEUE)) or _original_queue(delivery.queue),

@@ -33,10 +33,10 @@ from .middleware import (
     report_outcome,
 )
 from .receipt import ETA_TOLERANCE, Outcome, ReceiptRules, Settle
-from .records import ended_fields
+from .records import ended_fields, failed_attempt_line, succeeded_fields
 from .security import mask_text
 from .states import TaskStatus
-from .store.base import ScheduleEntry, TaskRecord
+from .store.base import LogLine, ScheduleEntry, TaskRecord
 from .store.writer import StoreWriter
 
 if TYPE_CHECKING:
@@ -48,6 +48,8 @@ __all__ = ["Executor", "Outcome", "Settle"]
 
 logger = logging.getLogger("decortask.worker")
 T = TypeVar("T")
+#: Longest exception message a worker's log line shows (the record keeps it whole).
+LOGGED_MESSAGE_CHARS = 500
 
 
 class Executor(ReceiptRules):
@@ -176,22 +178,46 @@ class Executor(ReceiptRules):
                 return current
         return claimed
 
-    def refuse(self, task_id: str, reason: str, detail: str) -> TaskStatus | None:
-        """Mark a known, unfinished task FAILED because its message was refused (e.g. `integrity_error`)."""
+    def refuse(self, task_id: str | None, reason: str, detail: str) -> Outcome:
+        """The outcome of a refused message: dead-lettered, and its task FAILED (`reason`) when known.
+
+        Every refusal goes through here or `_refuse_record` (bad input, `integrity_error`,
+        `payload_too_large`, `unregistered_task`, `max_deliveries`): a message whose task id can be read
+        never leaves that task PENDING for a `get()` that could only time out.
+
+        Args:
+            task_id: the envelope's id, if it could be read (None: nothing in the store can be told).
+        """
+        if task_id is None:
+            return Outcome(Settle.DEAD_LETTER, None, reason, detail)
         record = self._write(lambda: self.app.store.get(task_id))
-        if record is None or record.status.terminal:
-            return None
-        if record.status is TaskStatus.RUNNING and record.owner and self.owner_alive(record.owner):
-            return None  # a forged or corrupt copy must not fail a task that is legitimately running
+        if record is None:
+            return Outcome(Settle.DEAD_LETTER, None, reason, detail, task_id=task_id)
+        if record.status.terminal or (
+            record.status is TaskStatus.RUNNING and record.owner and self.owner_alive(record.owner)
+        ):
+            # Ended already; or a forged or corrupt copy, which must not fail a task that is legitimately
+            # running.
+            return Outcome(Settle.DEAD_LETTER, None, reason, detail, task_id=record.id, task_name=record.name)
+        return self._refuse_record(record, reason, detail)
+
+    def _refuse_record(
+        self, record: TaskRecord, reason: str, detail: str, error_type: str | None = None
+    ) -> Outcome:
+        """Dead-letter the message of an unfinished task that may be failed (the caller checked): FAILED
+        (`reason`), the refusal's detail replacing any earlier attempt's error."""
         done = self._finish(
-            task_id,
+            record.id,
             record.attempt,
             TaskStatus.FAILED,
             expect=record.status,
             reason=reason,
+            error_type=error_type,
             error_message=detail,
+            traceback=None,
         )
-        return TaskStatus.FAILED if done else None
+        status = TaskStatus.FAILED if done else None
+        return Outcome(Settle.DEAD_LETTER, status, reason, detail, task_id=record.id, task_name=record.name)
 
     # -- running -------------------------------------------------------------------------------------------
 
@@ -203,37 +229,18 @@ class Executor(ReceiptRules):
             self._finish(
                 record.id, record.attempt, TaskStatus.CANCELLED, expect=record.status, reason="expired"
             )
-            logger.info("task %s expired before it ran: CANCELLED (expired)", record.id)
+            logger.info("task %s expired before it ran: CANCELLED (expired)", _label(record))
             return Outcome(Settle.ACK, TaskStatus.CANCELLED, "expired")
         if task is None:
             detail = self.app.registry.unknown_message(message.task)
-            self._finish(
-                record.id,
-                record.attempt,
-                TaskStatus.FAILED,
-                expect=record.status,
-                reason="unregistered_task",
-                error_type="UnknownTaskError",
-                error_message=detail,
-            )
-            logger.error("task %s dead-lettered: %s", record.id, detail)
-            return Outcome(Settle.DEAD_LETTER, TaskStatus.FAILED, "unregistered_task", detail)
+            return self._refuse_record(record, "unregistered_task", detail, error_type="UnknownTaskError")
         limit = task.options.max_deliveries or self.app.settings.max_deliveries
         if record.deliveries >= limit:
             detail = (
                 f"attempt {attempt} was taken up {record.deliveries} times by workers that died with it "
                 f"(max_deliveries={limit}); fix the task, then `decortask dlq replay` or `decortask retry` it"
             )
-            self._finish(
-                record.id,
-                record.attempt,
-                TaskStatus.FAILED,
-                expect=record.status,
-                reason="max_deliveries",
-                error_message=detail,
-            )
-            logger.error("task %s dead-lettered: %s", record.id, detail)
-            return Outcome(Settle.DEAD_LETTER, TaskStatus.FAILED, "max_deliveries", detail)
+            return self._refuse_record(record, "max_deliveries", detail)
         writer = self.writer
         claimed = self._claim(
             lambda: writer.transition(
@@ -270,15 +277,18 @@ class Executor(ReceiptRules):
         try:
             bound = task.bind_arguments(tuple(message.args), message.kwargs)
         except TypeError as exc:
-            self._finish(
+            detail = mask_text(str(exc))
+            if self._finish(
                 record.id,
                 attempt,
                 TaskStatus.FAILED,
                 reason="bad_arguments",
                 error_type="TypeError",
-                error_message=mask_text(str(exc)),
-            )
-            logger.error("task %s failed: bad arguments for %s", record.id, task.name)
+                error_message=detail,
+            ):
+                logger.warning(
+                    "task %s failed (bad_arguments) without running: TypeError: %s", _label(record), detail
+                )
             return Outcome(Settle.ACK, TaskStatus.FAILED, "bad_arguments", ran=False)
         ctx = TaskContext(
             task_id=record.id,
@@ -306,12 +316,13 @@ class Executor(ReceiptRules):
             self.on_start(run)
         middleware = self.app.middleware  # read once: the no-middleware path allocates nothing more
         token = activate(ctx)
+        began = time.monotonic()
         try:
             verdict = self._call(run, task, bound, middleware)
         finally:
             deactivate(token)
             self.running.pop(record.id, None)
-        return self._store_verdict(run, task, verdict)
+        return self._store_verdict(run, task, verdict, time.monotonic() - began)
 
     def _call(
         self,
@@ -348,33 +359,54 @@ class Executor(ReceiptRules):
             report_outcome(middleware, self.app, message, ctx, verdict)
         return verdict
 
-    def _store_verdict(self, run: RunningTask, task: Task[Any, Any], verdict: ExecutionOutcome) -> Outcome:
-        """Write the attempt's outcome to the store (write, then the caller acks)."""
+    def _store_verdict(
+        self, run: RunningTask, task: Task[Any, Any], verdict: ExecutionOutcome, runtime: float
+    ) -> Outcome:
+        """Write the attempt's outcome to the store (write, then the caller acks), and log it in one line.
+
+        Args:
+            runtime: seconds the task's code ran.
+        """
         record, attempt = run.record, run.record.attempt
         if verdict.status is TaskStatus.CANCELLED:
-            self._finish(
+            if self._finish(
                 record.id,
                 attempt,
                 TaskStatus.CANCELLED,
                 reason="cancelled",
                 error_message="cancelled while running" + (" (stopped by force)" if run.forced else ""),
-            )
-            logger.info("task %s cancelled while running", record.id)
+            ):
+                logger.info("task %s cancelled while running, after %.3f s", _label(record), runtime)
             return Outcome(Settle.ACK, TaskStatus.CANCELLED, "cancelled", ran=True)
         if verdict.reason == "result_not_serializable":
-            self._finish(
+            detail = mask_text(str(verdict.exception))
+            if self._finish(
                 record.id,
                 attempt,
                 TaskStatus.FAILED,
                 reason="result_not_serializable",
                 error_type="ArgumentEncodingError",
-                error_message=str(verdict.exception),
-            )
+                error_message=detail,
+            ):
+                logger.warning(
+                    "task %s failed (result_not_serializable) in %.3f s on attempt %d: %s",
+                    _label(record),
+                    runtime,
+                    attempt,
+                    _shown(detail),
+                )
             return Outcome(Settle.ACK, TaskStatus.FAILED, "result_not_serializable", ran=True)
         if verdict.exception is not None:
-            return self._failed(record, run.message, task, verdict.exception, verdict.retry_delay)
-        ended = ended_fields(self.app.settings, time.time(), task.options.persist)
-        self._finish(record.id, attempt, TaskStatus.SUCCESS, result=verdict.result, **ended)
+            return self._failed(record, run.message, task, verdict.exception, verdict.retry_delay, runtime)
+        succeeded = succeeded_fields(self.app.settings, time.time(), task.options.persist, verdict.result)
+        if self._finish(record.id, attempt, TaskStatus.SUCCESS, **succeeded):
+            # Name, id and time only: never the arguments or the result.
+            logger.info(
+                "task %s succeeded in %.3f s%s",
+                _label(record),
+                runtime,
+                f" on attempt {attempt}" if attempt > 1 else "",
+            )
         return Outcome(Settle.ACK, TaskStatus.SUCCESS, ran=True)
 
     def _failed(
@@ -384,13 +416,20 @@ class Executor(ReceiptRules):
         task: Task[Any, Any],
         exc: BaseException,
         delay: float | None = None,
+        runtime: float | None = None,
     ) -> Outcome:
-        """Write a failed attempt: RETRYING with its next attempt scheduled, or FAILED.
+        """Write a failed attempt: RETRYING with its next attempt scheduled, or FAILED; and log it.
+
+        The attempt's error also goes into the task's log as history (`failed_attempt_line`): a later
+        attempt that succeeds clears the record's error, and `decortask retry` does too.
 
         Args:
             delay: the retry delay already decided (`RunningTask.judge`); None: decide it here.
+            runtime: seconds the task's code ran; None: since the attempt was claimed.
         """
         attempt = record.attempt
+        if runtime is None:
+            runtime = max(0.0, time.time() - (record.started_at or time.time()))
         error: dict[str, Any] = {
             "error_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
             "error_message": mask_text(str(exc)),
@@ -398,6 +437,10 @@ class Executor(ReceiptRules):
         }
         if delay is None:
             delay = task.options.retry_policy.next_delay(attempt, exc)
+        self._keep_in_history(
+            record.id,
+            failed_attempt_line(attempt, error["error_type"], error["error_message"], delay, time.time()),
+        )
         if delay is not None:
             now = time.time()
             nxt = dataclasses.replace(message, attempt=attempt + 1, eta=now + delay)
@@ -425,19 +468,37 @@ class Executor(ReceiptRules):
             )
             if done is not None:
                 logger.info(
-                    "task %s attempt %d failed (%s); retry in %.2f s",
-                    record.id,
+                    "task %s attempt %d failed in %.3f s: %s: %s; attempt %d in %.2f s",
+                    _label(record),
                     attempt,
+                    runtime,
                     error["error_type"],
+                    _shown(error["error_message"]),
+                    attempt + 1,
                     delay,
                 )
                 return Outcome(Settle.ACK, TaskStatus.RETRYING, ran=True)
             return Outcome(Settle.ACK, None, "lost_claim", ran=True)
         ended = ended_fields(self.app.settings, time.time(), task.options.persist)
         reason = "timeout" if isinstance(exc, TimeLimitExceeded) else None
-        self._finish(record.id, attempt, TaskStatus.FAILED, reason=reason, **ended, **error)
-        logger.warning("task %s failed on attempt %d: %s", record.id, attempt, error["error_type"])
+        if self._finish(record.id, attempt, TaskStatus.FAILED, reason=reason, **ended, **error):
+            logger.warning(
+                "task %s failed%s in %.3f s on attempt %d: %s: %s",
+                _label(record),
+                f" ({reason})" if reason else "",
+                runtime,
+                attempt,
+                error["error_type"],
+                _shown(error["error_message"]),
+            )
         return Outcome(Settle.ACK, TaskStatus.FAILED, ran=True)
+
+    def _keep_in_history(self, task_id: str, line: LogLine) -> None:
+        # Best effort, like task_log(): the outcome that follows is what must be written.
+        try:
+            self.app.store.append_log(task_id, line)
+        except StoreError as exc:
+            logger.warning("could not store the history line of task %s (%s)", task_id, mask_text(str(exc)))
 
     def settle_stopped(self, record: TaskRecord, message: Message, reason: str) -> Outcome:
         """Write the outcome of an attempt stopped by force in another process (a process-pool child).
@@ -464,6 +525,8 @@ class Executor(ReceiptRules):
                 error_type="decortask.errors.TimeLimitExceeded",
                 error_message=str(exc),
             )
+            if done:
+                logger.warning("task %s failed (timeout): %s", _label(record), exc)
             return Outcome(Settle.ACK, TaskStatus.FAILED if done else None, "timeout", ran=True)
         done = self._finish(
             record.id,
@@ -472,7 +535,8 @@ class Executor(ReceiptRules):
             reason="cancelled",
             error_message="cancelled while running (stopped by force)",
         )
-        logger.info("task %s cancelled while running", record.id)
+        if done:
+            logger.info("task %s cancelled while running (stopped by force)", _label(record))
         return Outcome(Settle.ACK, TaskStatus.CANCELLED if done else None, "cancelled", ran=True)
 
     # -- store writes --------------------------------------------------------------------------------------
@@ -518,6 +582,16 @@ class Executor(ReceiptRules):
                 logger.warning("store write failed (%s); retrying", mask_text(str(exc)))
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0 if patient else 1.0)
+
+
+def _label(record: TaskRecord) -> str:
+    """How the worker's log lines name a task: `name[id]`, as Celery's do."""
+    return f"{record.name}[{record.id}]"
+
+
+def _shown(message: str) -> str:
+    """An (already masked) exception message as a log line shows it: at most LOGGED_MESSAGE_CHARS."""
+    return message if len(message) <= LOGGED_MESSAGE_CHARS else message[:LOGGED_MESSAGE_CHARS] + "..."
 
 
 async def _await(value: Any) -> Any:

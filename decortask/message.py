@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -183,7 +184,11 @@ def decode(
     if content_type is not None and content_type.split(";", 1)[0].strip().lower() != CONTENT_TYPE:
         raise MessageError("content_type_not_allowed", f"content type {content_type!r} is never deserialized")
     if max_bytes is not None and len(body) > max_bytes:
-        raise MessageError("payload_too_large", f"{len(body)} bytes is over the {max_bytes}-byte limit")
+        raise MessageError(
+            "payload_too_large",
+            f"{len(body)} bytes is over the {max_bytes}-byte limit",
+            task_id=envelope_id(body, max_bytes),
+        )
     try:
         data = json.loads(body)
     except RecursionError:
@@ -229,6 +234,49 @@ def decode(
         meta=_meta(data),
         cipher=cipher,
     )
+
+
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _skip_space(text: str, at: int) -> int:
+    found = _SPACE.match(text, at)
+    return found.end() if found else at
+
+
+def envelope_id(body: bytes | str, budget: int) -> str | None:
+    """The task id of an envelope too large to decode, read from its first `budget` bytes; None if unreadable.
+
+    The top-level fields are read in order, up to `id`, within no more bytes than the worker would parse
+    for a message it accepts (decortask's own envelopes put `id` second, after `v`); no other field is
+    kept. A refused message whose id this finds fails its task instead of leaving it PENDING.
+    """
+    head = body[:budget]
+    text = head.decode("utf-8", "replace") if isinstance(head, bytes) else head
+    decoder = json.JSONDecoder()
+    try:
+        at = _skip_space(text, 0)
+        if text[at : at + 1] != "{":
+            return None
+        at += 1
+        while True:
+            at = _skip_space(text, at)
+            key, at = decoder.raw_decode(text, at)
+            at = _skip_space(text, at)
+            if type(key) is not str or text[at : at + 1] != ":":
+                return None
+            at = _skip_space(text, at + 1)
+            value, at = decoder.raw_decode(text, at)
+            if key == "v" and value != VERSION:
+                return None
+            if key == "id":
+                return value if type(value) is str and value else None
+            at = _skip_space(text, at)
+            if text[at : at + 1] != ",":
+                return None
+            at += 1
+    except (ValueError, RecursionError):  # cut off within the budget, or not JSON
+        return None
 
 
 def _decrypt_arguments(

@@ -127,6 +127,8 @@ class _Child:
                     "reason": outcome.reason,
                     "detail": outcome.detail,
                     "ran": outcome.ran,
+                    "task_id": outcome.task_id,
+                    "task_name": outcome.task_name,
                 }
             )
 

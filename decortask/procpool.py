@@ -356,6 +356,8 @@ class ProcessPool:
                         header.get("reason"),
                         str(header.get("detail", "")),
                         bool(header.get("ran")),
+                        header.get("task_id"),
+                        header.get("task_name"),
                     )
                 )
             else:

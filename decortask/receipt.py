@@ -42,13 +42,18 @@ class Settle(str, Enum):
 
 @dataclass(frozen=True)
 class Outcome:
-    """The executor's verdict for one delivery."""
+    """The executor's verdict for one delivery.
+
+    `task_id` and `task_name` are set on a dead-letter outcome when they could be read (for its log line).
+    """
 
     settle: Settle
     status: TaskStatus | None = None
     reason: str | None = None
     detail: str = ""
     ran: bool = False
+    task_id: str | None = None
+    task_name: str | None = None
 
 
 class ReceiptRules:
@@ -160,7 +165,12 @@ class ReceiptRules:
         # The owner died mid-task: the task was interrupted, and its opt-in decides what happens next.
         if task is not None and task.options.requeue_on_interrupt:
             logger.warning(
-                "task %s lost its worker %s; running attempt %d", record.id, record.owner, record.attempt + 1
+                "task %s[%s] attempt %d was interrupted: its worker %s was lost; running attempt %d",
+                record.name,
+                record.id,
+                record.attempt,
+                record.owner,
+                record.attempt + 1,
             )
             notify_interrupt(self.app, None, record, "worker_lost")
             return self._start(record, message, queue, task, attempt=record.attempt + 1)
@@ -172,10 +182,15 @@ class ReceiptRules:
             reason="worker_lost",
             error_message=f"worker {record.owner} died while running attempt {record.attempt}",
         )
-        logger.warning(
-            "task %s interrupted: worker %s was lost (not opted in to requeue)", record.id, record.owner
-        )
         if done:
+            logger.warning(
+                "task %s[%s] attempt %d interrupted (worker_lost): its worker %s was lost; INTERRUPTED, not run "
+                "again (not opted in to requeue_on_interrupt)",
+                record.name,
+                record.id,
+                record.attempt,
+                record.owner,
+            )
             notify_interrupt(self.app, None, record, "worker_lost")
         return Outcome(Settle.ACK, TaskStatus.INTERRUPTED if done else None, "worker_lost")
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from .config import Settings
 from .message import Message
 from .states import TaskStatus
-from .store.base import TaskRecord
+from .store.base import LogLine, TaskRecord
 
 if TYPE_CHECKING:
     from .security import MessageCipher
@@ -69,3 +69,43 @@ def ended_fields(settings: Settings, now: float, persist: bool = True) -> EndedF
         "finished_at": now,
         "expires_at": now + (settings.history_ttl if persist else settings.result_ttl),
     }
+
+
+class SucceededFields(EndedFields):
+    result: Any
+    reason: None
+    error_type: None
+    error_message: None
+    traceback: None
+
+
+def succeeded_fields(settings: Settings, now: float, persist: bool, result: Any) -> SucceededFields:
+    """What the SUCCESS write sets: the result, the end, and no error.
+
+    A task that failed, was retried and then succeeded must not keep the earlier attempt's error as its
+    own: SUCCESS clears it, and `failed_attempt_line` kept it in the task's log as history. Built here,
+    once, so every store backend's SUCCESS write (Python, SQL, Lua) gets the same fields.
+    """
+    return {
+        **ended_fields(settings, now, persist),
+        "result": result,
+        "reason": None,
+        "error_type": None,
+        "error_message": None,
+        "traceback": None,
+    }
+
+
+def failed_attempt_line(
+    attempt: int, error_type: str, error_message: str, retry_in: float | None, now: float
+) -> LogLine:
+    """The line a failed attempt leaves in its task's log: the attempts' history, read by `show` and the
+    dashboard after a later attempt (or `decortask retry`) cleared the record's error.
+
+    Args:
+        error_message: already masked (`mask_text`).
+        retry_in: seconds until the next attempt, or None when this attempt was the last.
+    """
+    then = f"; attempt {attempt + 1} in {retry_in:.2f} s" if retry_in is not None else ""
+    message = f"attempt {attempt} failed: {error_type}: {error_message}{then}"
+    return LogLine(ts=now, message=message, attempt=attempt, extra={"error_type": error_type})

@@ -52,7 +52,12 @@ def interrupt(app: Decortask, record: TaskRecord, message: Message | None, reaso
             error_message=f"cancelled; its worker stopped ({reason}) before it did",
             **ended_fields(app.settings, now, record.persist),
         )
-        return TaskStatus.CANCELLED if done is not None else None
+        if done is None:
+            return None
+        logger.info(
+            "task %s[%s] cancelled; its worker stopped (%s) before it did", record.name, record.id, reason
+        )
+        return TaskStatus.CANCELLED
     if task is not None and task.options.requeue_on_interrupt:
         nxt = _next_message(record, message, app.cipher)
         entry = ScheduleEntry(
@@ -75,7 +80,15 @@ def interrupt(app: Decortask, record: TaskRecord, message: Message | None, reaso
             deliveries=0 if reason == "shutdown" else record.deliveries,
         )
         if done is not None:
-            logger.warning("task %s interrupted (%s); attempt %d is queued", record.id, reason, nxt.attempt)
+            logger.warning(
+                "task %s[%s] attempt %d interrupted (%s)%s; attempt %d is queued",
+                record.name,
+                record.id,
+                record.attempt,
+                reason,
+                _ran_for(record, now),
+                nxt.attempt,
+            )
             notify_interrupt(app, message, record, reason)
             return TaskStatus.PENDING
         return None
@@ -90,7 +103,15 @@ def interrupt(app: Decortask, record: TaskRecord, message: Message | None, reaso
         **ended_fields(app.settings, now, record.persist),
     )
     if done is not None:
-        logger.warning("task %s interrupted (%s): INTERRUPTED, not run again", record.id, reason)
+        logger.warning(
+            "task %s[%s] attempt %d interrupted (%s)%s: INTERRUPTED, not run again (not opted in to "
+            "requeue_on_interrupt)",
+            record.name,
+            record.id,
+            record.attempt,
+            reason,
+            _ran_for(record, now),
+        )
         notify_interrupt(app, message, record, reason)
         return TaskStatus.INTERRUPTED
     return None
@@ -113,6 +134,10 @@ def reap(
         if interrupt(app, record, None, "worker_lost") is not None:
             settled += 1
     return settled
+
+
+def _ran_for(record: TaskRecord, now: float) -> str:
+    return f" after {now - record.started_at:.1f} s" if record.started_at else ""
 
 
 def _next_message(record: TaskRecord, message: Message | None, cipher: MessageCipher | None) -> Message:

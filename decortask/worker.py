@@ -24,6 +24,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from . import recovery
+from .deadletters import log_dead_letter
 from .errors import BrokerUnavailable, MessageError
 from .executor import Executor, Outcome, Settle
 from .message import decode
@@ -58,7 +59,7 @@ def process_delivery(app: Decortask, executor: Executor, delivery: Delivery) -> 
     What a pool thread runs, and what a process-pool child runs for each delivery its parent sends.
     """
     if delivery.refused is not None:
-        return Outcome(Settle.DEAD_LETTER, None, delivery.refused, delivery.refused_detail)
+        return executor.refuse(None, delivery.refused, delivery.refused_detail)
     try:
         message = decode(
             delivery.body,
@@ -67,12 +68,12 @@ def process_delivery(app: Decortask, executor: Executor, delivery: Delivery) -> 
             cipher=app.cipher,
         )
     except MessageError as exc:
-        status = executor.refuse(exc.task_id, exc.reason, exc.detail) if exc.task_id else None
-        return Outcome(Settle.DEAD_LETTER, status, exc.reason, exc.detail)
+        return executor.refuse(exc.task_id, exc.reason, exc.detail)
     except Exception as exc:
         # Whatever else a body can make the decoder raise, retrying it would fail the same way for ever.
-        logger.exception("decoding a message on %s failed unexpectedly; dead-lettering it", delivery.queue)
-        return Outcome(Settle.DEAD_LETTER, None, "decode_error", f"unexpected {type(exc).__name__}")
+        # Its dead letter is logged once when published; the traceback only at DEBUG.
+        logger.debug("decoding a message on %s failed unexpectedly", delivery.queue, exc_info=True)
+        return executor.refuse(None, "decode_error", f"unexpected {type(exc).__name__}")
     return executor.execute(message, delivery.queue)
 
 
@@ -180,9 +181,7 @@ class Worker:
         """Ack, requeue or dead-letter on the consumer thread, after the store was written."""
         if outcome.settle is Settle.DEAD_LETTER:
             self.app.transport.dead_letter(delivery, outcome.reason or "unknown", outcome.detail)
-            logger.error(
-                "message on %s dead-lettered to %s.dlq: %s", delivery.queue, delivery.queue, outcome.reason
-            )
+            log_dead_letter(delivery, outcome)  # the one line per dead letter
             self.stats.dead_lettered += 1
             session.ack(delivery)
         elif outcome.settle is Settle.REQUEUE:
