@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -21,8 +22,9 @@ from decortask import (
     task,
     task_log,
 )
+from decortask.dashboard.queries import task_detail
 from decortask.message import Message
-from decortask.testing import run_pending
+from decortask.testing import isolated_app, run_pending
 
 FAR_FUTURE = time.time() + 10 * 365 * 86400
 
@@ -88,7 +90,12 @@ def test_fails_twice_then_succeeds_with_three_attempts(decortask_app: Decortask)
     run_pending(decortask_app, now=FAR_FUTURE)
     assert handle.get(timeout=1) == "ok on 3"
     assert handle.attempts == 3
-    assert [line.extra["attempt"] for line in handle.logs] == [1, 2, 3]
+    started = [line.extra["attempt"] for line in handle.logs if line.message == "attempt started"]
+    assert started == [1, 2, 3]
+    history = [
+        line.attempt for line in handle.logs if line.message.startswith(f"attempt {line.attempt} failed")
+    ]
+    assert history == [1, 2]
 
 
 def test_retry_delays_follow_backoff(decortask_app: Decortask) -> None:
@@ -306,3 +313,63 @@ def test_an_ended_record_is_kept_for_result_ttl_without_persist_and_history_ttl_
         assert record.status.terminal and record.finished_at is not None and record.expires_at is not None
         ttl[handle.id] = round(record.expires_at - record.finished_at)
     assert (ttl[kept.id], ttl[short.id], ttl[short_failed.id]) == (7200, 60, 60)
+
+
+# -- issue 10 item 7: SUCCESS after a retry clears the earlier attempt's error ---------------------------------
+
+
+@task(name="exec.fails_once", retries=1, delay=5.0)
+def fails_once(ctx: TaskContext) -> str:
+    if ctx.attempt == 1:
+        raise ConnectionError("attempt 1 lost its connection")
+    return "ok on 2"
+
+
+def _redis_store(request: pytest.FixtureRequest) -> str:
+    import redis
+
+    base: str = request.getfixturevalue("redis_url")
+    namespace = f"dt-test-{request.getfixturevalue('unique')}"
+
+    def cleanup() -> None:
+        client = redis.Redis.from_url(base)
+        try:
+            keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()
+
+    request.addfinalizer(cleanup)
+    return f"{base}?namespace={namespace}"
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each store backend: the worker's SUCCESS write takes each one's own path (Python, SQL, Lua)."""
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/store.db"
+    return _redis_store(request)
+
+
+def test_success_after_a_retry_clears_the_earlier_attempts_error_on_every_store(store_url: str) -> None:
+    with isolated_app("memory://", store_url) as app:
+        handle = fails_once.delay()
+        run_pending(app)
+        failed = handle.record()
+        assert (failed.status, failed.error_type) == (TaskStatus.RETRYING, "builtins.ConnectionError")
+        run_pending(app, now=FAR_FUTURE)
+        record = handle.record()
+        assert (record.status, record.result, record.attempt) == (TaskStatus.SUCCESS, "ok on 2", 2)
+        assert (record.error_type, record.error_message, record.traceback, record.reason) == (None,) * 4
+        result = handle.wait(timeout=1)
+        assert (result.error_type, result.error_message, result.traceback) == (None, None, None)
+        detail = task_detail(record)
+        assert (detail["error_type"], detail["error_message"], detail["traceback"]) == (None, None, None)
+        # The attempts' history keeps the error: each failed attempt leaves a line in the task's log.
+        [history] = [line for line in record.logs if line.attempt == 1]
+        assert "attempt 1 failed" in history.message
+        assert "builtins.ConnectionError: attempt 1 lost its connection" in history.message
+        assert history.extra["error_type"] == "builtins.ConnectionError"
