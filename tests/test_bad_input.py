@@ -25,8 +25,10 @@ from broker_apps import KINDS, BrokerApp, close_app, open_app, publish_raw, take
 from decortask import (
     ArgumentEncodingError,
     ConfigurationError,
+    Decortask,
     PayloadTooLargeError,
     TaskContext,
+    TaskFailed,
     TaskStatus,
     task,
 )
@@ -327,6 +329,54 @@ def test_b06_oversized_raw_message_is_dead_lettered(ba: BrokerApp) -> None:
     [dead] = take_all(ba.app, ba.queue + ".dlq")
     assert dead.body == body
     assert_still_serving(ba)
+
+
+def test_b06_payload_too_large_for_the_worker_fails_its_task_instead_of_leaving_it_pending(
+    ba: BrokerApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The producer allows more than the worker: the record is written PENDING, then the worker refuses.
+    settings = ba.app.settings
+    producer = Decortask(
+        settings.broker_url,
+        settings.store_url,
+        default_queue=ba.queue,
+        max_payload_bytes=4 * MAX_PAYLOAD,
+    )
+    try:
+        sent = takes_data.apply_async(args=({"blob": "x" * (MAX_PAYLOAD + 10)},), app=producer)
+    finally:
+        producer.close()
+    caplog.set_level(logging.INFO, logger="decortask")
+    run_pending(ba.app, [ba.queue])
+    handle = ba.app.handle(sent.id)
+    record = handle.record()
+    assert (record.status, record.reason) == (TaskStatus.FAILED, "payload_too_large")
+    assert f"over the {MAX_PAYLOAD}-byte limit" in (record.error_message or "")
+    with pytest.raises(TaskFailed) as failed:
+        handle.get(timeout=1)  # it ends at once instead of timing out
+    assert failed.value.reason == "payload_too_large"
+    letter = only_dead_letter(ba)
+    assert (letter.reason, letter.replayable) == ("payload_too_large", False)
+    lines = [r.getMessage() for r in caplog.records if "dead-lettered" in r.getMessage()]
+    assert lines == [
+        f"task badinput.takes_data[{sent.id}] dead-lettered to {ba.queue}.dlq (payload_too_large): "
+        f"{record.error_message}"
+    ]
+    assert "xxxxxxxx" not in caplog.text
+    assert_still_serving(ba)
+
+
+def test_b06_payload_too_large_does_not_fail_a_task_that_has_ended(ba: BrokerApp) -> None:
+    handle = sum_numbers.delay(1, 2)
+    run_pending(ba.app, [ba.queue])
+    assert handle.get(timeout=1) == 3
+    # A late, oversized copy of the finished task's message (its id comes first, as decortask writes it).
+    body = json.dumps(envelope(id=handle.id, args=[1, 2], kwargs={"pad": "x" * MAX_PAYLOAD})).encode()
+    ba.app.transport.publish(body, ba.queue)
+    run_pending(ba.app, [ba.queue])
+    assert only_dead_letter(ba).reason == "payload_too_large"
+    record = handle.record()
+    assert (record.status, record.result) == (TaskStatus.SUCCESS, 3)
 
 
 def test_b06_a_compressed_bomb_is_dead_lettered_unexpanded_and_readable(ba: BrokerApp) -> None:
