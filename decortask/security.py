@@ -16,8 +16,10 @@ if TYPE_CHECKING:
     from .registry import Registry
     from .store.base import TaskRecord
 
+#: The lookbehind starts a scheme only where a word starts: without it, every position inside a long run of
+#: letters (a base64 blob in an exception message) rescans the run, and masking took minutes.
 _USERINFO_PASSWORD = re.compile(
-    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@"
+    r"(?<![a-zA-Z0-9+.\-])(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@"
 )
 MASK = "****"
 #: The words that make a name secret-looking (`password`, `DB_PASSWORD`, `csrf_token`, `X-Api-Key`, ...).
@@ -29,7 +31,7 @@ _SECRET_NAME = re.compile(rf"(?i){_SECRET_WORD}")
 #: messages, log lines). The name may carry more words (`db_password`, `secret_key`, but not `author`); its
 #: closing quote is allowed so JSON and Python dict reprs match; a quoted value is masked up to its quote.
 _SECRET_ASSIGNMENT = re.compile(
-    rf"(?i)(?P<key>{_SECRET_WORD}(?:[_.-][a-z0-9]+)*|authorization)"
+    rf"(?i)(?P<key>{_SECRET_WORD}(?:[_.-][a-z0-9]+){{0,3}}|authorization)"  # bounded: linear time
     r"(?P<sep>['\"]?[ \t]*(?P<op>[=:])[ \t]*)"
     r"(?:(?P<quote>['\"])(?P<quoted>(?:(?!(?P=quote)).)*)(?P=quote)"
     r"|(?P<scheme>(?:bearer|basic|token|digest)[ \t]+)?(?P<value>[^\s,;&'\"]+))"

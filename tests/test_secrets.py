@@ -153,6 +153,13 @@ def test_issue10_item3_english_after_a_secret_word_is_not_masked(text: str) -> N
     assert mask_text(text) == text
 
 
+@pytest.mark.timeout(30)  # linear: a few hundredths of a second; the quadratic pattern took about a minute
+@pytest.mark.parametrize("blob", ["a" * 200_000, "token_" * 40_000, "password-" * 25_000])
+def test_masking_a_long_run_of_letters_takes_linear_time(blob: str) -> None:
+    # An exception message carrying a base64 blob goes through mask_text in the worker.
+    assert mask_text(blob) == blob
+
+
 def _message_literals() -> list[tuple[str, int, str]]:
     """Every string literal in decortask's code but docstrings and the page's script, with file and line."""
     found = []
