@@ -39,6 +39,9 @@ _SECRET_ASSIGNMENT = re.compile(
 #: After `token:`, a lowercase word that a sentence continues: the words of a message, not a value
 #: ("no CSRF token: send the X-CSRF-Token header"). A value after `=` is always masked.
 _PROSE_WORD = re.compile(r"[a-z]+")
+#: A password is often a plain lowercase word ("password: letmein is wrong"), so after these names the
+#: value is masked even when a sentence seems to go on; decortask's own messages never use them that way.
+_PASSWORD_WORD = re.compile(r"(?i)pass(?:word|wd)|pwd|secret|credential")
 _SENTENCE_GOES_ON = re.compile(r"[ \t]+[A-Za-z]")
 #: What help texts put where a value goes (`Bearer <token>`, `token=...`): no value to mask.
 _PLACEHOLDER = re.compile(r"(?:<[^<>\s]*>|\.\.\.)[)\]}'\"`.]*")
@@ -96,7 +99,11 @@ def _mask_assignment(match: re.Match[str]) -> str:
     scheme, value = match["scheme"] or "", match["value"]
     if _PLACEHOLDER.fullmatch(value) or not any(char.isalnum() for char in value):
         return match[0]
-    if match["op"] == ":" and _is_prose([*scheme.split(), value], match.string, match.end()):
+    if (
+        match["op"] == ":"
+        and _PASSWORD_WORD.search(match["key"]) is None
+        and _is_prose([*scheme.split(), value], match.string, match.end())
+    ):
         return match[0]
     return f"{head}{scheme}{MASK}"
 

@@ -116,6 +116,9 @@ def test_a_store_error_masks_the_password(tmp_path: Path) -> None:
         ("password = hunter2, user=bob", "password = ****, user=bob"),
         ("password: hunter2", "password: ****"),
         ("password: hunter2 was rejected", "password: **** was rejected"),
+        # a weak, all-lowercase password looks like prose: after a password-like name it is masked anyway
+        ("password: letmein is wrong", "password: **** is wrong"),
+        ("client secret: opensesame was revoked", "client secret: **** was revoked"),
         ("token: abcdef", "token: ****"),
         ("invalid token: Zm9vYmFy\nnext line", "invalid token: ****\nnext line"),
         ("?api_key=k3y&user=bob", "?api_key=****&user=bob"),
