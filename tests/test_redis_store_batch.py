@@ -16,8 +16,9 @@ import pytest
 from decortask.errors import IllegalTransition
 from decortask.states import TaskStatus
 from decortask.store import LogLine, TaskRecord, open_store
+from decortask.store.base import TransitionStep, claim_step
 from decortask.store.redis import RedisStore
-from decortask.store.writer import StoreWriter, TransitionStep, claim_step
+from decortask.store.writer import StoreWriter
 
 S = TaskStatus
 

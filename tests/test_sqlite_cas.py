@@ -9,10 +9,9 @@ from typing import Any
 import pytest
 
 from decortask.states import TaskStatus
-from decortask.store import sqlite as sqlite_module
-from decortask.store.base import TaskRecord
+from decortask.store import sqlite_cas, sqlite_steps
+from decortask.store.base import TaskRecord, TransitionStep, claim_step
 from decortask.store.sqlite import SQLiteStore
-from decortask.store.writer import TransitionStep, claim_step
 
 S = TaskStatus
 NOW = 1_795_396_452.0210176  # a float that 15 significant digits would round
@@ -44,9 +43,9 @@ def both(
     stores: tuple[SQLiteStore, SQLiteStore], monkeypatch: pytest.MonkeyPatch, steps: list[TransitionStep]
 ) -> tuple[list[Any], list[Any]]:
     """Apply `steps` to each store (the second with the SQL path turned off) at the same clock."""
-    monkeypatch.setattr(sqlite_module.time, "time", lambda: NOW + 1.5)
+    monkeypatch.setattr(time, "time", lambda: NOW + 1.5)  # the clock `sqlite_steps` reads
     with_sql = stores[0].transition_many(steps)
-    monkeypatch.setattr(sqlite_module.sqlite_cas, "update", lambda *_: sqlite_module.sqlite_cas.UNSUPPORTED)
+    monkeypatch.setattr(sqlite_cas, "update", lambda *_: sqlite_cas.UNSUPPORTED)
     in_python = stores[1].transition_many(steps)
     return with_sql, in_python
 
@@ -172,7 +171,7 @@ def test_claims_and_outcomes_take_the_sql_path(tmp_path: Path, monkeypatch: pyte
     def general_path(*_: Any) -> None:
         raise AssertionError("took the general path")
 
-    monkeypatch.setattr(sqlite_module, "_transition_in_python", general_path)
+    monkeypatch.setattr(sqlite_steps, "transition_in_python", general_path)
     outcomes = store.transition_many([claim("t")])
     outcomes += store.transition_many([finish("t", S.SUCCESS, result={"ok": True}, finished_at=time.time())])
 

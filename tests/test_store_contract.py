@@ -20,6 +20,7 @@ import pytest
 from decortask.errors import IllegalTransition, StoreError
 from decortask.states import TaskStatus
 from decortask.store import LogLine, ScheduleEntry, TaskQuery, TaskRecord, TaskStore, open_store
+from decortask.store.base import claim_step
 
 S = TaskStatus
 T0 = 1_700_000_000.0
@@ -242,6 +243,28 @@ def test_transition_with_schedule_writes_record_and_entry_together(store: TaskSt
     assert updated is not None and updated.status is S.RETRYING
     assert store.count_schedule() == 1
     assert store.claim_due(T0 + 5, 10, "w", 30) == [retry]
+
+
+def test_a_claim_step_takes_the_next_attempt_and_counts_one_delivery_up_to_the_cap(store: TaskStore) -> None:
+    store.create(make("fresh"))
+    spent = store.create(make("spent", status=S.RETRYING, attempt=1, deliveries=3))
+
+    claimed = store.apply_step(claim_step("fresh", 1, 3, owner="w", started_at=T0 + 1))
+
+    assert claimed is not None
+    assert (claimed.status, claimed.attempt, claimed.deliveries, claimed.owner, claimed.started_at) == (
+        S.RUNNING,
+        1,
+        1,
+        "w",
+        T0 + 1,
+    )
+    assert store.get("fresh") == claimed
+    assert store.apply_step(claim_step("fresh", 1, 3, owner="other")) is None  # RUNNING: the attempt is taken
+    assert store.apply_step(claim_step("spent", 3, 3, owner="w")) is None  # the record is at attempt 1, not 2
+    assert store.apply_step(claim_step("spent", 2, 3, owner="w")) is None  # out of deliveries
+    assert store.apply_step(claim_step("missing", 1, 3, owner="w")) is None
+    assert store.get("spent") == spent
 
 
 def test_threads_racing_for_one_claim_have_exactly_one_winner(store: TaskStore) -> None:

@@ -18,9 +18,9 @@ from decortask.errors import IllegalTransition, StoreError
 from decortask.executor import Executor, Settle
 from decortask.message import Message
 from decortask.store import open_store
-from decortask.store.base import ScheduleEntry, TaskRecord, TaskStore
+from decortask.store.base import ScheduleEntry, TaskRecord, TaskStore, TransitionStep, claim_step
 from decortask.store.sqlite import SQLiteStore
-from decortask.store.writer import StoreWriter, TransitionStep, claim_step
+from decortask.store.writer import StoreWriter
 
 
 @task(name="writer.noop")
@@ -394,3 +394,29 @@ def test_an_outcome_blocked_by_a_locked_store_is_retried_past_the_budget_until_i
     finally:
         _held.pop("release").join()
         app.close()
+
+
+def test_the_backends_take_their_steps_from_base_not_from_the_writer_that_calls_them() -> None:
+    import ast
+
+    import decortask.store
+
+    folder = Path(decortask.store.__file__).parent
+    importers = sorted(
+        path.name
+        for path in folder.glob("*.py")
+        if path.name != "writer.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module == "writer"
+    )
+
+    assert importers == []
+
+
+def test_the_keyword_transition_is_written_once_for_every_store_and_the_writer() -> None:
+    from decortask.store.base import Transitions
+    from decortask.store.memory import MemoryStore
+    from decortask.store.redis import RedisStore
+
+    for kind in (MemoryStore, SQLiteStore, RedisStore, StoreWriter):
+        assert kind.transition is Transitions.transition, kind.__name__

@@ -2,6 +2,11 @@
 
 A store keeps one `TaskRecord` per task and the schedule of delayed work (countdown, eta, retry delays).
 Every backend passes `tests/test_store_contract.py`. Timestamps are UNIX seconds (float, UTC).
+
+A transition is data, a `TransitionStep`; `Transitions.transition` (the keyword form every caller uses)
+is written once here and hands its step to the one method each backend implements, `apply_step`. The
+backends (`memory.py`, `sqlite.py`, `redis.py`) and the group-commit writer (`writer.py`) subclass the
+protocols explicitly to inherit it, and depend on nothing in this package but this module.
 """
 
 from __future__ import annotations
@@ -10,9 +15,9 @@ import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from ..states import HOLDS_IDEMPOTENCY_KEY, TaskStatus
+from ..states import CLAIMABLE, HOLDS_IDEMPOTENCY_KEY, TaskStatus, check_transition
 
 #: Fields a caller may set through `TaskStore.transition(..., **changes)`.
 MUTABLE_FIELDS = frozenset(
@@ -171,12 +176,97 @@ class TaskQuery:
     offset: int = 0
 
 
+@dataclass(frozen=True)
+class TransitionStep:
+    """One `TaskStore.transition` call, as data; with `max_deliveries` it is a claim (see `claim_step`).
+
+    Attributes:
+        expect: the statuses the record must be in (None: any); a frozenset, so a retry sees it again.
+        max_deliveries: when set, the step also counts one more delivery of the attempt: it sets
+            `deliveries` to the stored count plus one, and does nothing (None) when the stored count has
+            already reached this cap.
+        logs: whether the returned record carries its log lines (one more query).
+    """
+
+    task_id: str
+    status: TaskStatus
+    expect: frozenset[TaskStatus] | None = None
+    expect_attempt: int | None = None
+    schedule: ScheduleEntry | None = None
+    changes: dict[str, Any] = field(default_factory=dict)
+    max_deliveries: int | None = None
+    logs: bool = True
+
+
+def claim_step(task_id: str, attempt: int, max_deliveries: int, **changes: Any) -> TransitionStep:
+    """The claim of attempt `attempt` from a claimable record still at `attempt - 1` (RUNNING, CAS).
+
+    `changes` are the claim's other fields (owner, started_at, ...); `deliveries` is counted by the store.
+    """
+    return TransitionStep(
+        task_id,
+        TaskStatus.RUNNING,
+        expect=CLAIMABLE,
+        expect_attempt=attempt - 1,
+        changes={**changes, "attempt": attempt},
+        max_deliveries=max_deliveries,
+        logs=False,
+    )
+
+
+class Transitions(Protocol):
+    """Compare-and-set transitions of task records: `apply_step` applies one `TransitionStep`, and
+    `transition` is its keyword form, written once here.
+
+    A class that subclasses this protocol (or `TaskStore`) explicitly inherits `transition` and implements
+    only `apply_step`.
+    """
+
+    #: Whether the records `transition` returns carry their log lines (the group-commit writer's do not:
+    #: the executor never reads them, and loading them costs SQLite one more query per step).
+    returns_logs: ClassVar[bool] = True
+
+    def apply_step(self, step: TransitionStep) -> TaskRecord | None:
+        """Apply `step` atomically; what `transition` returns or raises for the same arguments.
+
+        A claim step (`max_deliveries` set) also counts one more delivery, and is None once the stored
+        count has reached the cap. The returned record carries its log lines when `step.logs` (it may
+        carry them anyway).
+        """
+        ...
+
+    def transition(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        *,
+        expect: Iterable[TaskStatus] | None = None,
+        expect_attempt: int | None = None,
+        schedule: ScheduleEntry | None = None,
+        **changes: Any,
+    ) -> TaskRecord | None:
+        """Atomically move a task to `status` and set `changes` (names from MUTABLE_FIELDS).
+
+        Compare-and-set: when `expect` is given the current status must be in it, and when `expect_attempt`
+        is given the current attempt must equal it; otherwise nothing changes and None is returned.
+        None is also returned for an unknown task. An expected transition that the state machine forbids
+        raises `IllegalTransition` (via `states.check_transition`). With `schedule`, the entry is
+        written in the same atomic step. Returns the updated record.
+        """
+        expected = frozenset(expect) if expect is not None else None  # an iterator must survive a retry
+        step = TransitionStep(
+            task_id, status, expected, expect_attempt, schedule, changes, None, self.returns_logs
+        )
+        return self.apply_step(step)
+
+
 @runtime_checkable
-class TaskStore(Protocol):
+class TaskStore(Transitions, Protocol):
     """What the producer, worker, handle and CLI need from a state store.
 
     Implementations must be safe to call from several threads of one process; the SQLite and Redis ones
-    are also safe across processes (and Redis across hosts).
+    are also safe across processes (and Redis across hosts). `transition` and `apply_step` come from
+    `Transitions`.
     """
 
     url: str
@@ -205,26 +295,6 @@ class TaskStore(Protocol):
 
     def delete(self, task_id: str) -> None:
         """Remove a record (and its idempotency key); used when a publish fails after the record was written."""
-        ...
-
-    def transition(
-        self,
-        task_id: str,
-        status: TaskStatus,
-        *,
-        expect: Iterable[TaskStatus] | None = None,
-        expect_attempt: int | None = None,
-        schedule: ScheduleEntry | None = None,
-        **changes: Any,
-    ) -> TaskRecord | None:
-        """Atomically move a task to `status` and set `changes` (names from MUTABLE_FIELDS).
-
-        Compare-and-set: when `expect` is given the current status must be in it, and when `expect_attempt`
-        is given the current attempt must equal it; otherwise nothing changes and None is returned.
-        None is also returned for an unknown task. An expected transition that the state machine forbids
-        raises `IllegalTransition` (via `states.check_transition`). With `schedule`, the entry is
-        written in the same atomic step. Returns the updated record.
-        """
         ...
 
     def append_log(self, task_id: str, line: LogLine) -> None:
@@ -288,33 +358,29 @@ class TaskStore(Protocol):
         ...
 
 
-def apply_transition(
-    record: TaskRecord,
-    status: TaskStatus,
-    expect: Iterable[TaskStatus] | None,
-    expect_attempt: int | None,
-    changes: dict[str, Any],
-    now: float,
-) -> TaskRecord | None:
-    """The compare-and-set every backend runs inside its own atomic step.
+def apply_transition(record: TaskRecord, step: TransitionStep, now: float) -> TaskRecord | None:
+    """The compare-and-set of `step` on `record`, for backends that run it in Python inside their own
+    atomic step (memory, SQLite's general path): they load the current record, call this, and write the
+    result back without letting another writer in between.
 
-    Returns the new record, or None when the expectation does not hold. Backends load the current record,
-    call this, and write the result back without letting another writer in between.
+    Returns the new record, or None when an expectation does not hold or a claim's deliveries are spent.
     """
-    from ..states import check_transition
-
-    if expect is not None and record.status not in set(expect):
+    changes = step.changes
+    if step.max_deliveries is not None:  # a claim: count one more delivery, up to the cap
+        if record.deliveries >= step.max_deliveries:
+            return None
+        changes = {**changes, "deliveries": record.deliveries + 1}
+    if step.expect is not None and record.status not in step.expect:
         return None
-    if expect_attempt is not None and record.attempt != expect_attempt:
+    if step.expect_attempt is not None and record.attempt != step.expect_attempt:
         return None
     unknown = set(changes) - MUTABLE_FIELDS
     if unknown:
         raise ValueError(
             f"cannot set {sorted(unknown)} through transition(); allowed: {sorted(MUTABLE_FIELDS)}"
         )
-    check_transition(record.id, record.status, status)
-    updated = dataclasses.replace(record, status=status, updated_at=now, **changes)
-    return updated
+    check_transition(record.id, record.status, step.status)
+    return dataclasses.replace(record, status=step.status, updated_at=now, **changes)
 
 
 def matches(record: TaskRecord, query: TaskQuery) -> bool:

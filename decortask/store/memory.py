@@ -6,14 +6,22 @@ import copy
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from ..errors import StoreError
-from ..states import TERMINAL, TaskStatus
-from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, apply_transition, matches
+from ..states import TERMINAL
+from .base import (
+    LogLine,
+    ScheduleEntry,
+    TaskQuery,
+    TaskRecord,
+    TaskStore,
+    TransitionStep,
+    apply_transition,
+    matches,
+)
 
 
-class MemoryStore:
+class MemoryStore(TaskStore):
     """A dict behind one lock. Records are deep-copied in and out so callers never share state."""
 
     def __init__(self, url: str = "memory://") -> None:
@@ -59,25 +67,17 @@ class MemoryStore:
             if key is not None and self._keys.get(key) == task_id:
                 del self._keys[key]
 
-    def transition(
-        self,
-        task_id: str,
-        status: TaskStatus,
-        *,
-        expect: Iterable[TaskStatus] | None = None,
-        expect_attempt: int | None = None,
-        schedule: ScheduleEntry | None = None,
-        **changes: Any,
-    ) -> TaskRecord | None:
+    def apply_step(self, step: TransitionStep) -> TaskRecord | None:
         with self._lock:
-            current = self._records.get(task_id)
+            current = self._records.get(step.task_id)
             if current is None:
                 return None
-            updated = apply_transition(current, status, expect, expect_attempt, changes, time.time())
+            updated = apply_transition(current, step, time.time())
             if updated is None:
                 return None
             # Stored as a copy: `changes` (a result, say) are the caller's objects.
-            self._records[task_id] = _copy(updated)
+            self._records[step.task_id] = _copy(updated)
+            schedule = step.schedule
             if schedule is not None:
                 self._schedule[schedule.id] = schedule
                 self._claims.pop(schedule.id, None)

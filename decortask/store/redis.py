@@ -38,8 +38,16 @@ from ..errors import ConfigurationError, IllegalTransition, StoreError
 from ..security import mask_url
 from ..states import ALLOWED, HOLDS_IDEMPOTENCY_KEY, TERMINAL, TaskStatus, check_transition
 from . import redis_scripts as scripts
-from .base import MUTABLE_FIELDS, LogLine, ScheduleEntry, TaskQuery, TaskRecord, matches
-from .writer import TransitionStep
+from .base import (
+    MUTABLE_FIELDS,
+    LogLine,
+    ScheduleEntry,
+    TaskQuery,
+    TaskRecord,
+    TaskStore,
+    TransitionStep,
+    matches,
+)
 
 T = TypeVar("T")
 
@@ -50,7 +58,7 @@ HEARTBEAT_TTL = 24 * 3600
 BATCH = 200
 
 
-class RedisStore:
+class RedisStore(TaskStore):
     """A `TaskStore` in Redis, safe across threads, processes and hosts."""
 
     def __init__(self, url: str) -> None:
@@ -144,18 +152,7 @@ class RedisStore:
     def delete(self, task_id: str) -> None:
         self._delete_where([task_id], lambda record: True)
 
-    def transition(
-        self,
-        task_id: str,
-        status: TaskStatus,
-        *,
-        expect: Iterable[TaskStatus] | None = None,
-        expect_attempt: int | None = None,
-        schedule: ScheduleEntry | None = None,
-        **changes: Any,
-    ) -> TaskRecord | None:
-        expected = frozenset(expect) if expect is not None else None
-        step = TransitionStep(task_id, status, expected, expect_attempt, schedule, changes)
+    def apply_step(self, step: TransitionStep) -> TaskRecord | None:
         (outcome,) = self.transition_many([step])
         if isinstance(outcome, Exception):
             raise outcome

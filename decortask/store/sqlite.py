@@ -1,14 +1,14 @@
 """SQLite state store: the default, one host, many threads and processes sharing one WAL file.
 
 Every read-modify-write runs inside one `BEGIN IMMEDIATE` transaction, so SQLite's single writer lock is the
-compare-and-set. Records are JSON blobs next to the few columns that listing filters and sorts on; log lines
-live in their own table so appending one never rewrites the record.
+compare-and-set. This module holds the `TaskStore` methods, the listing queries, and the connections and
+transactions they run in (one connection per thread, lock retries, error messages); the tables and the SQL
+on their rows are in `sqlite_rows.py`, transitions in `sqlite_steps.py` and `sqlite_cas.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 import threading
@@ -21,10 +21,9 @@ from urllib.parse import parse_qs, quote, urlsplit
 from .. import sqlitelocks
 from ..config import sqlite_path
 from ..errors import ConfigurationError, StoreError
-from ..states import TERMINAL, TaskStatus
-from . import sqlite_cas
-from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, apply_transition
-from .writer import TransitionStep
+from ..states import TERMINAL
+from . import sqlite_rows, sqlite_steps
+from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, TaskStore, TransitionStep
 
 T = TypeVar("T")
 
@@ -35,38 +34,10 @@ LOCK_RETRIES = 3
 LOCK_BACKOFF = 0.05
 #: Heartbeats older than this are forgotten; a worker silent for a day counts as dead either way.
 HEARTBEAT_TTL = 24 * 3600.0
-#: Most `?` parameters put in one `IN (...)` list.
-CHUNK = 500
 _TERMINAL_VALUES = tuple(sorted(s.value for s in TERMINAL))
 
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS decortask_tasks (id TEXT PRIMARY KEY, name TEXT NOT NULL,"
-    " queue TEXT NOT NULL, status TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL,"
-    " record TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS decortask_tasks_created ON decortask_tasks (created_at)",
-    "CREATE INDEX IF NOT EXISTS decortask_tasks_status ON decortask_tasks (status, created_at)",
-    # No index on name or queue: each index costs every enqueue about 7 µs (a fifth of a batched one).
-    # Listings filtered by them walk the created_at index newest first and stop at their page size; a
-    # name or queue that matches rarely in a very large store costs a scan. Files from before drop them.
-    "DROP INDEX IF EXISTS decortask_tasks_name",
-    "DROP INDEX IF EXISTS decortask_tasks_queue",
-    "CREATE INDEX IF NOT EXISTS decortask_tasks_expires ON decortask_tasks (expires_at)",
-    # Log lines in order of seq: a new rowid is always above every existing one.
-    "CREATE TABLE IF NOT EXISTS decortask_logs (seq INTEGER PRIMARY KEY, task_id TEXT NOT NULL,"
-    " line TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS decortask_logs_task ON decortask_logs (task_id, seq)",
-    "CREATE TABLE IF NOT EXISTS decortask_idempotency (key TEXT PRIMARY KEY, task_id TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS decortask_idempotency_task ON decortask_idempotency (task_id)",
-    "CREATE TABLE IF NOT EXISTS decortask_schedule (id TEXT PRIMARY KEY, task_id TEXT NOT NULL,"
-    " queue TEXT NOT NULL, due_at REAL NOT NULL, body TEXT NOT NULL, priority INTEGER NOT NULL DEFAULT 0,"
-    " claimed_until REAL NOT NULL DEFAULT 0, claimed_by TEXT)",
-    "CREATE INDEX IF NOT EXISTS decortask_schedule_due ON decortask_schedule (due_at)",
-    "CREATE INDEX IF NOT EXISTS decortask_schedule_queue ON decortask_schedule (queue, due_at)",
-    "CREATE TABLE IF NOT EXISTS decortask_heartbeats (worker_id TEXT PRIMARY KEY, ts REAL NOT NULL)",
-)
 
-
-class SQLiteStore:
+class SQLiteStore(TaskStore):
     """A `TaskStore` in one SQLite file, shared by every thread and process on the host."""
 
     def __init__(self, url: str, *, read_only: bool = False) -> None:
@@ -92,35 +63,24 @@ class SQLiteStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the directory for the SQLite store {self.path}: {exc}") from exc
-        self._run(_create_schema)
+        self._run(sqlite_rows.create_schema)
 
     # -- records -------------------------------------------------------------------------------------------
 
     def create(self, record: TaskRecord) -> TaskRecord:
-        return self._run(lambda conn: _insert(conn, record))
+        return self._run(lambda conn: sqlite_rows.insert(conn, record))
 
     def create_many(self, records: Sequence[TaskRecord]) -> list[TaskRecord]:
-        return self._run(lambda conn: [_insert(conn, record) for record in records])
+        return self._run(lambda conn: [sqlite_rows.insert(conn, record) for record in records])
 
     def get(self, task_id: str) -> TaskRecord | None:
-        return self._run(lambda conn: _load(conn, task_id), write=False)
+        return self._run(lambda conn: sqlite_rows.load(conn, task_id), write=False)
 
     def delete(self, task_id: str) -> None:
-        self._run(lambda conn: _delete(conn, [task_id]))
+        self._run(lambda conn: sqlite_rows.delete(conn, [task_id]))
 
-    def transition(
-        self,
-        task_id: str,
-        status: TaskStatus,
-        *,
-        expect: Iterable[TaskStatus] | None = None,
-        expect_attempt: int | None = None,
-        schedule: ScheduleEntry | None = None,
-        **changes: Any,
-    ) -> TaskRecord | None:
-        expected = frozenset(expect) if expect is not None else None  # an iterator must survive a retry
-        step = TransitionStep(task_id, status, expected, expect_attempt, schedule, changes)
-        return self._run(lambda conn: _transition(conn, step))
+    def apply_step(self, step: TransitionStep) -> TaskRecord | None:
+        return self._run(lambda conn: sqlite_steps.transition(conn, step))
 
     def transition_many(self, steps: Sequence[TransitionStep]) -> list[TaskRecord | Exception | None]:
         """Apply `steps` in order in one transaction (group commit; see `store/writer.py`).
@@ -131,9 +91,9 @@ class SQLiteStore:
         and applied again with a savepoint around every step.
         """
         try:
-            return self._run(lambda conn: _apply_steps(conn, steps, savepoints=False))
-        except _NeedsSavepoints:
-            return self._run(lambda conn: _apply_steps(conn, steps, savepoints=True))
+            return self._run(lambda conn: sqlite_steps.apply_steps(conn, steps, savepoints=False))
+        except sqlite_steps.NeedsSavepoints:
+            return self._run(lambda conn: sqlite_steps.apply_steps(conn, steps, savepoints=True))
 
     def append_log(self, task_id: str, line: LogLine) -> None:
         # One statement: the line is written only if the task exists, with no window for a delete in between.
@@ -141,17 +101,19 @@ class SQLiteStore:
             lambda conn: conn.execute(
                 "INSERT INTO decortask_logs (task_id, line) "
                 "SELECT ?, ? WHERE EXISTS (SELECT 1 FROM decortask_tasks WHERE id = ?)",
-                (task_id, _line(line), task_id),
+                (task_id, sqlite_rows.line_json(line), task_id),
             )
         )
 
     def set_progress(self, task_id: str, progress: float, message: str | None = None) -> None:
         def body(conn: sqlite3.Connection) -> None:
-            record = _load(conn, task_id, logs=False)
+            record = sqlite_rows.load(conn, task_id, logs=False)
             if record is not None:
                 record.progress = progress
                 record.progress_message = message
-                conn.execute("UPDATE decortask_tasks SET record = ? WHERE id = ?", (_blob(record), task_id))
+                conn.execute(
+                    "UPDATE decortask_tasks SET record = ? WHERE id = ?", (sqlite_rows.blob(record), task_id)
+                )
 
         self._run(body)
 
@@ -167,7 +129,7 @@ class SQLiteStore:
         def body(conn: sqlite3.Connection) -> list[TaskRecord]:
             rows = conn.execute(sql, [*params, query.limit, max(query.offset, 0)]).fetchall()
             records = [TaskRecord.from_json(row[0]) for row in rows]
-            logs = _load_logs(conn, [r.id for r in records])
+            logs = sqlite_rows.load_logs(conn, [r.id for r in records])
             for record in records:
                 record.logs = logs.get(record.id, [])
             return records
@@ -187,7 +149,7 @@ class SQLiteStore:
 
         def body(conn: sqlite3.Connection) -> int:
             ids = [row[0] for row in conn.execute(sql, (now, *_TERMINAL_VALUES))]
-            _delete(conn, ids)
+            sqlite_rows.delete(conn, ids)
             return len(ids)
 
         return self._run(body)
@@ -195,7 +157,7 @@ class SQLiteStore:
     # -- schedule ------------------------------------------------------------------------------------------
 
     def add_schedule(self, entry: ScheduleEntry) -> None:
-        self._run(lambda conn: _put_schedule(conn, entry))
+        self._run(lambda conn: sqlite_rows.put_schedule(conn, entry))
 
     def claim_due(self, now: float, limit: int, owner: str, lease: float) -> list[ScheduleEntry]:
         if limit <= 0:
@@ -226,7 +188,7 @@ class SQLiteStore:
             return
 
         def body(conn: sqlite3.Connection) -> None:
-            for chunk in _chunks(ids):
+            for chunk in sqlite_rows.chunks(ids):
                 marks = ", ".join("?" * len(chunk))
                 conn.execute(f"DELETE FROM decortask_schedule WHERE id IN ({marks})", chunk)
 
@@ -315,7 +277,7 @@ class SQLiteStore:
         conn = sqlitelocks.connect(target, self.busy_timeout, uri=uri)
         try:
             if self.read_only:
-                _require_schema(conn, self.path)
+                sqlite_rows.require_schema(conn, self.path)
             else:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
@@ -376,20 +338,6 @@ class SQLiteStore:
         )
 
 
-def _create_schema(conn: sqlite3.Connection) -> None:
-    for statement in _SCHEMA:
-        conn.execute(statement)
-
-
-def _require_schema(conn: sqlite3.Connection, path: Path) -> None:
-    sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'decortask_tasks'"
-    if conn.execute(sql).fetchone() is None:
-        raise StoreError(
-            f"{path.resolve()} is a SQLite database but not a decortask store (it has no decortask_tasks "
-            "table); it was left untouched"
-        )
-
-
 def _not_a_database(path: Path) -> StoreError:
     return StoreError(
         f"{path} is not a SQLite database, so decortask cannot use it as its store and left it untouched; "
@@ -400,152 +348,6 @@ def _not_a_database(path: Path) -> StoreError:
 def _close_quietly(conn: sqlite3.Connection) -> None:
     with contextlib.suppress(sqlite3.Error):
         conn.close()
-
-
-def _blob(record: TaskRecord) -> str:
-    """The stored JSON: the record without its logs, which have their own table."""
-    data = record.to_dict()
-    data["logs"] = []
-    return json.dumps(data, separators=(",", ":"))
-
-
-def _line(line: LogLine) -> str:
-    return json.dumps(line.to_dict(), separators=(",", ":"))
-
-
-def _copy(record: TaskRecord) -> TaskRecord:
-    return record.detached()
-
-
-def _chunks(items: Sequence[str]) -> Iterable[list[str]]:
-    for start in range(0, len(items), CHUNK):
-        yield list(items[start : start + CHUNK])
-
-
-class _NeedsSavepoints(Exception):
-    """A step without a savepoint failed after its statement ran: the batch must be applied again with them."""
-
-
-def _apply_steps(
-    conn: sqlite3.Connection, steps: Sequence[TransitionStep], *, savepoints: bool
-) -> list[TaskRecord | Exception | None]:
-    """The steps of `transition_many` inside its transaction: for each, its record, None or its own error."""
-    if len(steps) == 1:  # its own transaction is its savepoint: a failed step rolls it all back
-        try:
-            return [_transition(conn, steps[0])]
-        except sqlite3.Error:
-            raise
-        except Exception as exc:
-            conn.execute("ROLLBACK")
-            return [exc]
-    outcomes: list[TaskRecord | Exception | None] = []
-    for step in steps:
-        in_sql = True  # whether `_transition` should still try the one-statement path
-        if not savepoints and step.schedule is None and not step.logs:
-            # One statement, atomic by itself, and each statement costs the writer a GIL round trip.
-            try:
-                done = sqlite_cas.update(conn, step, time.time())
-            except sqlite3.Error:
-                raise
-            except Exception as exc:
-                raise _NeedsSavepoints from exc
-            if done is not sqlite_cas.UNSUPPORTED:
-                outcomes.append(done if isinstance(done, TaskRecord) else None)
-                continue
-            in_sql = False  # it just said no: the general path, without asking again
-        # A savepoint per step: a step that fails part-way (after its UPDATE) leaves nothing behind,
-        # while the other steps of the batch still commit.
-        conn.execute("SAVEPOINT decortask_step")
-        try:
-            outcomes.append(_transition(conn, step, in_sql=in_sql))
-        except sqlite3.Error:
-            raise  # the store failed: the whole batch rolls back, and every caller retries
-        except Exception as exc:  # this step's own error: undo what it wrote, keep the rest
-            conn.execute("ROLLBACK TO decortask_step")
-            outcomes.append(exc)
-        conn.execute("RELEASE decortask_step")
-    return outcomes
-
-
-def _transition(conn: sqlite3.Connection, step: TransitionStep, *, in_sql: bool = True) -> TaskRecord | None:
-    """One compare-and-set transition inside the caller's write transaction; see `TaskStore.transition`.
-
-    In SQL when it can (nearly every claim and outcome); `in_sql=False` goes straight to the general path.
-    """
-    now = time.time()
-    done = sqlite_cas.update(conn, step, now) if in_sql else sqlite_cas.UNSUPPORTED
-    if done is sqlite_cas.UNSUPPORTED:
-        done = _transition_in_python(conn, step, now)
-    if not isinstance(done, TaskRecord):
-        return None
-    if step.schedule is not None:
-        _put_schedule(conn, step.schedule)
-    if step.logs:
-        done.logs = _load_logs(conn, [step.task_id]).get(step.task_id, [])
-    return done
-
-
-def _transition_in_python(conn: sqlite3.Connection, step: TransitionStep, now: float) -> TaskRecord | None:
-    """The general path: read the record, apply the transition in Python, write the whole record back."""
-    current = _load(conn, step.task_id, logs=False)
-    if current is None:
-        return None
-    changes = step.changes
-    if step.max_deliveries is not None:  # a claim: count the delivery, up to the cap
-        if current.deliveries >= step.max_deliveries:
-            return None
-        changes = {**changes, "deliveries": current.deliveries + 1}
-    updated = apply_transition(current, step.status, step.expect, step.expect_attempt, changes, now)
-    if updated is None:
-        return None
-    conn.execute(
-        "UPDATE decortask_tasks SET status = ?, expires_at = ?, record = ? WHERE id = ?",
-        (updated.status.value, updated.expires_at, _blob(updated), step.task_id),
-    )
-    return updated
-
-
-def _load(conn: sqlite3.Connection, task_id: str, *, logs: bool = True) -> TaskRecord | None:
-    row = conn.execute("SELECT record FROM decortask_tasks WHERE id = ?", (task_id,)).fetchone()
-    if row is None:
-        return None
-    record = TaskRecord.from_json(row[0])
-    if logs:
-        record.logs = _load_logs(conn, [task_id]).get(task_id, [])
-    return record
-
-
-def _load_logs(conn: sqlite3.Connection, task_ids: Sequence[str]) -> dict[str, list[LogLine]]:
-    found: dict[str, list[LogLine]] = {}
-    for chunk in _chunks(task_ids):
-        marks = ", ".join("?" * len(chunk))
-        rows = conn.execute(
-            f"SELECT task_id, line FROM decortask_logs WHERE task_id IN ({marks}) ORDER BY seq",
-            chunk,
-        )
-        for task_id, line in rows:
-            found.setdefault(task_id, []).append(LogLine.from_dict(json.loads(line)))
-    return found
-
-
-def _delete(conn: sqlite3.Connection, task_ids: Sequence[str]) -> None:
-    for chunk in _chunks(task_ids):
-        marks = ", ".join("?" * len(chunk))
-        conn.execute(f"DELETE FROM decortask_tasks WHERE id IN ({marks})", chunk)
-        conn.execute(f"DELETE FROM decortask_logs WHERE task_id IN ({marks})", chunk)
-        # A key another task has since taken over points at that task and stays.
-        conn.execute(f"DELETE FROM decortask_idempotency WHERE task_id IN ({marks})", chunk)
-
-
-def _put_schedule(conn: sqlite3.Connection, entry: ScheduleEntry) -> None:
-    # An upsert (not INSERT OR REPLACE) keeps the rowid, so ties on due_at keep their first-written order.
-    conn.execute(
-        "INSERT INTO decortask_schedule (id, task_id, queue, due_at, body, priority, claimed_until, "
-        "claimed_by) VALUES (?, ?, ?, ?, ?, ?, 0, NULL) ON CONFLICT (id) DO UPDATE SET "
-        "task_id = excluded.task_id, queue = excluded.queue, due_at = excluded.due_at, body = excluded.body, "
-        "priority = excluded.priority, claimed_until = 0, claimed_by = NULL",
-        (entry.id, entry.task_id, entry.queue, entry.due_at, entry.body, entry.priority),
-    )
 
 
 def _where(query: TaskQuery) -> tuple[str | None, list[Any]]:
@@ -595,43 +397,3 @@ def _busy_timeout(url: str) -> float:
     if value < 0:
         raise ConfigurationError(f"busy_timeout must be >= 0 seconds, got {value}")
     return value
-
-
-def _insert(conn: sqlite3.Connection, record: TaskRecord) -> TaskRecord:
-    """Insert one record inside the caller's transaction; see `TaskStore.create`."""
-    key = record.idempotency_key
-    if key is not None:
-        row = conn.execute("SELECT task_id FROM decortask_idempotency WHERE key = ?", (key,)).fetchone()
-        holder = _load(conn, row[0]) if row else None
-        if holder is not None and holder.holds_idempotency_key:
-            return holder
-        # The previous holder failed, was cancelled or is gone: the key is free to take over.
-        conn.execute(
-            "INSERT INTO decortask_idempotency (key, task_id) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET task_id = excluded.task_id",
-            (key, record.id),
-        )
-    try:
-        conn.execute(
-            "INSERT INTO decortask_tasks (id, name, queue, status, created_at, expires_at, record) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                record.id,
-                record.name,
-                record.queue,
-                record.status.value,
-                record.created_at,
-                record.expires_at,
-                _blob(record),
-            ),
-        )
-    except sqlite3.IntegrityError as exc:  # the primary key: one statement fewer than looking first
-        if "UNIQUE" not in str(exc):
-            raise
-        raise StoreError(f"task {record.id} already exists; task ids must be unique") from None
-    if record.logs:
-        conn.executemany(
-            "INSERT INTO decortask_logs (task_id, line) VALUES (?, ?)",
-            [(record.id, _line(line)) for line in record.logs],
-        )
-    return _copy(record)

@@ -1,6 +1,6 @@
 """A SQLite store transition as one `UPDATE ... RETURNING`: the compare-and-set and the change run in SQL.
 
-The general path (`store/sqlite.py` `_transition`) reads the record, decodes its JSON, checks the
+The general path (`store/sqlite_steps.py` `transition_in_python`) reads the record, decodes its JSON, checks the
 expectations in Python, encodes the whole record again and writes it back. A worker does that twice per
 task (the claim and the outcome), and the decoding and encoding were a tenth of a draining worker's Python
 time. Here the expectations become the `WHERE` clause (the status column, the attempt and delivery count in
@@ -20,8 +20,7 @@ import sqlite3
 from typing import Any, Final
 
 from ..states import ALLOWED
-from .base import MUTABLE_FIELDS, TaskRecord
-from .writer import TransitionStep
+from .base import MUTABLE_FIELDS, TaskRecord, TransitionStep
 
 #: Returned when a step must take the general path.
 UNSUPPORTED: Final = object()

@@ -14,52 +14,16 @@ SQLite and Redis stores batch (`transition_many`: one transaction, one Lua call)
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from ..states import CLAIMABLE, TaskStatus
-from .base import ScheduleEntry, TaskRecord, TaskStore
+from .base import TaskRecord, TaskStore, Transitions, TransitionStep, claim_step
+
+# `TransitionStep` and `claim_step` live in base.py (the backends take steps); importable from here as well.
+__all__ = ["MAX_BATCH", "BatchingStore", "StoreWriter", "TransitionStep", "claim_step"]
 
 #: Most transitions applied in one transaction: bounds how long one commit holds the write lock.
 MAX_BATCH = 64
-
-
-@dataclass(frozen=True)
-class TransitionStep:
-    """One `TaskStore.transition` call, as data; with `max_deliveries` it is a claim (see `claim_step`).
-
-    Attributes:
-        max_deliveries: when set, the step also counts one more delivery of the attempt: it sets
-            `deliveries` to the stored count plus one, and does nothing (None) when the stored count has
-            already reached this cap.
-        logs: whether the returned record carries its log lines (one more query).
-    """
-
-    task_id: str
-    status: TaskStatus
-    expect: frozenset[TaskStatus] | None = None
-    expect_attempt: int | None = None
-    schedule: ScheduleEntry | None = None
-    changes: dict[str, Any] = field(default_factory=dict)
-    max_deliveries: int | None = None
-    logs: bool = True
-
-
-def claim_step(task_id: str, attempt: int, max_deliveries: int, **changes: Any) -> TransitionStep:
-    """The claim of attempt `attempt` from a claimable record still at `attempt - 1` (RUNNING, CAS).
-
-    `changes` are the claim's other fields (owner, started_at, ...); `deliveries` is counted by the store.
-    """
-    return TransitionStep(
-        task_id,
-        TaskStatus.RUNNING,
-        expect=CLAIMABLE,
-        expect_attempt=attempt - 1,
-        changes={**changes, "attempt": attempt},
-        max_deliveries=max_deliveries,
-        logs=False,
-    )
 
 
 @runtime_checkable
@@ -91,13 +55,17 @@ class _Pending:
         self.outcome: TaskRecord | BaseException | None = None
 
 
-class StoreWriter:
+class StoreWriter(Transitions):
     """Applies the transitions of many threads in shared transactions; one per worker and store.
 
-    Call only from code that no forced stop can interrupt (the executor's own bookkeeping, never from a
-    task's code): a leader applies other threads' writes, and must always hand over what it took.
-    Records it returns from a batching store carry no log lines (the executor never reads them).
+    `transition` (inherited from `Transitions`) is `TaskStore.transition`, committed together with the
+    other threads' pending transitions. Call only from code that no forced stop can interrupt (the
+    executor's own bookkeeping, never from a task's code): a leader applies other threads' writes, and must
+    always hand over what it took. Records it returns from a batching store carry no log lines (the
+    executor never reads them).
     """
+
+    returns_logs = False
 
     def __init__(self, store: TaskStore) -> None:
         self.store = store
@@ -106,54 +74,21 @@ class StoreWriter:
         self._queue: list[_Pending] = []
         self._leading = False
 
-    def transition(
-        self,
-        task_id: str,
-        status: TaskStatus,
-        *,
-        expect: Iterable[TaskStatus] | None = None,
-        expect_attempt: int | None = None,
-        schedule: ScheduleEntry | None = None,
-        **changes: Any,
-    ) -> TaskRecord | None:
-        """`TaskStore.transition`, committed together with the other threads' pending transitions."""
-        if self._batching is None:
-            return self.store.transition(
-                task_id, status, expect=expect, expect_attempt=expect_attempt, schedule=schedule, **changes
-            )
-        expected = frozenset(expect) if expect is not None else None
-        step = TransitionStep(task_id, status, expected, expect_attempt, schedule, changes, logs=False)
-        return self.apply(step)
-
     def claim(self, task_id: str, attempt: int, max_deliveries: int, **changes: Any) -> TaskRecord | None:
         """Claim attempt `attempt` of a claimable task at `attempt - 1`, counting one more delivery.
 
         None when the record is missing, not claimable, at another attempt, or out of deliveries: the
         caller then reads the record to find out which (the rare path).
         """
-        step = claim_step(task_id, attempt, max_deliveries, **changes)
-        if self._batching is not None:
-            return self.apply(step)
-        # One call per step for stores without batches: read, then the same compare-and-set.
-        current = self.store.get(task_id)
-        if (
-            current is None
-            or current.status not in CLAIMABLE
-            or current.attempt != attempt - 1
-            or current.deliveries >= max_deliveries
-        ):
-            return None
-        return self.store.transition(
-            task_id,
-            TaskStatus.RUNNING,
-            expect={current.status},
-            expect_attempt=current.attempt,
-            deliveries=current.deliveries + 1,
-            **step.changes,
-        )
+        return self.apply_step(claim_step(task_id, attempt, max_deliveries, **changes))
 
-    def apply(self, step: TransitionStep) -> TaskRecord | None:
-        """Apply one step in the next group commit; returns its result or raises its error."""
+    def apply_step(self, step: TransitionStep) -> TaskRecord | None:
+        """Apply one step in the next group commit; returns its result or raises its error.
+
+        A store without batches (memory) applies it at once, one call per step.
+        """
+        if self._batching is None:
+            return self.store.apply_step(step)
         pending = _Pending(step)
         with self._lock:
             self._queue.append(pending)
