@@ -144,7 +144,13 @@ class Worker:
         self._backlog: deque[Delivery] = deque()
         self._abandoned: set[int] = set()
         self._thread_delivery: dict[int, Delivery] = {}
-        self._outcomes: queue.SimpleQueue[tuple[Delivery, Future[Outcome]]] = queue.SimpleQueue()
+        # A Queue, not a SimpleQueue: on CPython 3.10-3.12, a SimpleQueue.get(timeout=...) interrupted by a
+        # signal whose handler ends past the deadline waits for the next put instead of raising Empty (its
+        # remaining time turns negative, which means "for ever"). SIGTERM is handled on this, the consumer,
+        # thread, mostly inside its short waits for outcomes while every slot is busy: shutdown then waited
+        # for the next task to end, --grace notwithstanding (issue 10, item 9). Queue waits on a lock,
+        # whose acquire handles a signal correctly.
+        self._outcomes: queue.Queue[tuple[Delivery, Future[Outcome]]] = queue.Queue()
         self._in_flight = 0
         self._previous_handlers: dict[int, Any] = {}
 

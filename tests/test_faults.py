@@ -7,6 +7,7 @@ it opted in to `requeue_on_interrupt`.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -90,6 +91,64 @@ def test_f03_past_grace_a_task_not_opted_in_ends_interrupted(faults: Faults) -> 
         time.sleep(LEASE + 1)  # long enough for any lease to lapse: nothing may come back
     assert faults.effects_of(handle) == [(1, "started")]
     assert handle.status is TaskStatus.INTERRUPTED
+
+
+#: F-02 as it once failed on RabbitMQ (issue 10, item 9): with every pool slot busy, the consumer thread waits
+#: for outcomes in short timed waits, and a SIGTERM handled inside one of them made it wait for the next task
+#: to end instead, --grace notwithstanding (in one run of 10 to 15; test_shutdown_signals.py pins the cause
+#: deterministically). So the scenario runs many times, a few workers at once to keep it short. The tasks
+#: are far longer than the grace: a worker that keeps the grace is gone long before any of them could end,
+#: and one that waits for them shows it in the effects.
+GRACE_REPEATS = 30
+GRACE_IN_PARALLEL = 3
+GRACE_TASKS = 6
+GRACE_SLOTS = 4
+GRACE_TASK_SECONDS = 10.0
+
+
+def _worker_with_every_slot_busy(rig: Rig) -> tuple[WorkerProcess, list[TaskHandle[str]]]:
+    """A worker whose pool slots and prefetch window are all taken by opted-in tasks, more waiting behind."""
+    handles = [rig.app.send_task(bt.sleep_opted_in, (GRACE_TASK_SECONDS,), {}) for _ in range(GRACE_TASKS)]
+    worker = rig.worker("w1", "--grace", "1", concurrency=GRACE_SLOTS).start()
+    return worker, handles
+
+
+def _wait_every_slot_busy(worker: WorkerProcess, handles: list[TaskHandle[str]]) -> None:
+    def busy() -> bool:
+        return sum(h.status is TaskStatus.RUNNING for h in handles) == GRACE_SLOTS
+
+    try:
+        poll_until(busy, 30, "every pool slot to run a task")
+    except AssertionError:
+        worker.kill()
+        raise AssertionError(worker.log_tail()) from None
+
+
+def test_f02_grace_is_kept_on_rabbitmq_with_requeue_repeated(tmp_path: Path) -> None:
+    for batch in range(GRACE_REPEATS // GRACE_IN_PARALLEL):
+        with contextlib.ExitStack() as stack:
+            runs = []
+            for n in range(GRACE_IN_PARALLEL):
+                tmp = tmp_path / f"run-{batch}-{n}"
+                tmp.mkdir()
+                rig = stack.enter_context(short_lease_rig("amqp", tmp, "grace"))
+                worker, handles = _worker_with_every_slot_busy(rig)
+                stack.callback(worker.stop)
+                runs.append((rig, worker, handles))
+            for _rig, worker, handles in runs:
+                _wait_every_slot_busy(worker, handles)
+            for _rig, worker, _handles in runs:
+                worker.signal(signal.SIGTERM)
+            for rig, worker, handles in runs:
+                assert worker.wait(GRACE_TASK_SECONDS + 30) == 0, worker.log_tail()
+                # Interrupted past the grace, not waited for: no task ended, each started one is PENDING
+                # again with its next attempt on the queue, beside the two that never started.
+                events = [event for h in handles for event in rig.effects_of(h)]
+                assert events == [(1, "started")] * GRACE_SLOTS, (events, worker.log_tail())
+                records = sorted((r.status.value, r.attempt) for r in (h.record() for h in handles))
+                never_started = GRACE_TASKS - GRACE_SLOTS
+                assert records == [("PENDING", 0)] * never_started + [("PENDING", 1)] * GRACE_SLOTS
+                assert rig.app.transport.queue_size(rig.queue) == GRACE_TASKS
 
 
 def test_f04_unstarted_prefetched_messages_go_back_still_pending(faults: Faults) -> None:
