@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .context import TaskContext
 from .errors import ArgumentEncodingError, TaskInterrupted, TimeLimitExceeded
 from .message import Message, encode_json_value
-from .middleware import ExecutionOutcome
+from .outcomes import ExecutionOutcome, Reason, failure_outcome
 from .states import TaskStatus
 from .store.base import TaskRecord
 
@@ -89,21 +89,17 @@ def leave_user_code(run: RunningTask) -> None:
 def _judge(
     run: RunningTask, task: Task[Any, Any], value: Any, failure: BaseException | None
 ) -> ExecutionOutcome:
-    if run.stop_reason == "cancelled":
-        return ExecutionOutcome(TaskStatus.CANCELLED, exception=failure, reason="cancelled")
-    if run.stop_reason == "timeout":
+    if run.stop_reason == Reason.CANCELLED:
+        return ExecutionOutcome(TaskStatus.CANCELLED, exception=failure, reason=Reason.CANCELLED)
+    if run.stop_reason == Reason.TIMEOUT:
         failure = TimeLimitExceeded(
             f"attempt {run.record.attempt} ran past its time limit of {task.options.timeout} s"
             + (" and was stopped by force" if run.forced else "")
         )
     if failure is not None:
-        delay = task.options.retry_policy.next_delay(run.record.attempt, failure)
-        if delay is not None:
-            return ExecutionOutcome(TaskStatus.RETRYING, exception=failure, retry_delay=delay)
-        reason = "timeout" if isinstance(failure, TimeLimitExceeded) else None
-        return ExecutionOutcome(TaskStatus.FAILED, exception=failure, reason=reason)
+        return failure_outcome(task.options.retry_policy, run.record.attempt, failure)
     try:
         result = encode_json_value(value, "the return value")
     except ArgumentEncodingError as exc:
-        return ExecutionOutcome(TaskStatus.FAILED, exception=exc, reason="result_not_serializable")
+        return ExecutionOutcome(TaskStatus.FAILED, exception=exc, reason=Reason.RESULT_NOT_SERIALIZABLE)
     return ExecutionOutcome(TaskStatus.SUCCESS, result=result)

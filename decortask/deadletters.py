@@ -27,7 +27,7 @@ from .transport import DEAD_LETTER_SUFFIX
 
 if TYPE_CHECKING:
     from .app import Decortask
-    from .receipt import Outcome
+    from .outcomes import Outcome
     from .security import MessageCipher
     from .transport import ConsumerSession, Delivery
 

@@ -26,13 +26,13 @@ from .context import TaskContext, activate, deactivate
 from .errors import StoreError, TimeLimitExceeded
 from .message import Message
 from .middleware import (
-    ExecutionOutcome,
     Middleware,
     around_coroutine,
     call_hooks,
     report_outcome,
 )
-from .receipt import ETA_TOLERANCE, Outcome, ReceiptRules, Settle
+from .outcomes import ExecutionOutcome, Outcome, Settle
+from .receipt import ETA_TOLERANCE, ReceiptRules
 from .records import ended_fields, failed_attempt_line, succeeded_fields
 from .security import mask_text
 from .states import TaskStatus
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from .app import Decortask
     from .task import Task
 
-# Outcome and Settle live in receipt.py; the worker and the pools import them from here.
+# Outcome and Settle live in outcomes.py; the worker and the pools import them from here too.
 __all__ = ["Executor", "Outcome", "Settle"]
 
 logger = logging.getLogger("decortask.worker")

@@ -12,11 +12,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import Retry
 from .message import MAX_META_ENTRIES, MAX_META_KEY, MAX_META_VALUE, Message
+from .outcomes import ExecutionOutcome as ExecutionOutcome  # re-exported: middleware authors import it here
 from .security import mask_text
 from .states import TaskStatus
 
@@ -27,36 +27,6 @@ if TYPE_CHECKING:
     from .worker import Worker
 
 logger = logging.getLogger("decortask.middleware")
-
-
-@dataclass(frozen=True)
-class ExecutionOutcome:
-    """How one attempt ended, as `after_execute` sees it.
-
-    Attributes:
-        status: the state the attempt leads to: `SUCCESS`, `RETRYING` (another attempt follows), `FAILED`
-            or `CANCELLED`. (Interruptions are settled outside the attempt: see `on_interrupt`.)
-        result: the return value (on `SUCCESS`), else None.
-        exception: what the task raised (on `RETRYING`/`FAILED`, and for a forced stop), else None.
-        retry_delay: seconds until the next attempt when `status` is `RETRYING`, else None.
-        reason: the terminal record's reason where one applies (`timeout`, `cancelled`,
-            `result_not_serializable`, ...).
-    """
-
-    status: TaskStatus
-    result: Any = None
-    exception: BaseException | None = None
-    retry_delay: float | None = None
-    reason: str | None = None
-
-    @property
-    def will_retry(self) -> bool:
-        """True when another attempt of the task follows this one."""
-        return self.status is TaskStatus.RETRYING
-
-    @property
-    def succeeded(self) -> bool:
-        return self.status is TaskStatus.SUCCESS
 
 
 class Middleware:

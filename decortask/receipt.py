@@ -11,13 +11,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import Enum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import StoreError
 from .message import Message
 from .middleware import notify_interrupt
+from .outcomes import Outcome, Settle
 from .records import record_from_message
 from .states import CLAIMABLE, TaskStatus
 from .store.base import ScheduleEntry, TaskRecord
@@ -30,30 +29,6 @@ logger = logging.getLogger("decortask.worker")
 T = TypeVar("T")
 #: A message whose eta is at most this far ahead runs now (clocks of different hosts differ a little).
 ETA_TOLERANCE = 1.0
-
-
-class Settle(str, Enum):
-    """What the consumer thread does with the delivery once the executor is done."""
-
-    ACK = "ack"
-    REQUEUE = "requeue"
-    DEAD_LETTER = "dead_letter"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The executor's verdict for one delivery.
-
-    `task_id` and `task_name` are set on a dead-letter outcome when they could be read (for its log line).
-    """
-
-    settle: Settle
-    status: TaskStatus | None = None
-    reason: str | None = None
-    detail: str = ""
-    ran: bool = False
-    task_id: str | None = None
-    task_name: str | None = None
 
 
 class ReceiptRules:
