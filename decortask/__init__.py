@@ -28,6 +28,7 @@ from .handle import TaskHandle, TaskResult
 from .middleware import ExecutionOutcome, Middleware
 from .producer import Call
 from .registry import registry
+from .schedules import cron, every
 from .states import TaskStatus
 from .task import AsyncTask, Task, task
 
@@ -45,6 +46,9 @@ __all__ = [
     "get_task_context",
     "task",
     "task_log",
+    # periodic tasks
+    "cron",
+    "every",
     # configuration
     "Decortask",
     "current_app",
