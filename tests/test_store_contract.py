@@ -21,6 +21,7 @@ from decortask.errors import IllegalTransition, StoreError
 from decortask.states import TaskStatus
 from decortask.store import LogLine, ScheduleEntry, TaskQuery, TaskRecord, TaskStore, open_store
 from decortask.store.base import claim_step
+from decortask.store.periodic_state import PeriodicStateStore, ScheduleState
 
 S = TaskStatus
 T0 = 1_700_000_000.0
@@ -659,3 +660,67 @@ def test_create_many_with_an_existing_id_raises_and_writes_nothing(store: TaskSt
     with pytest.raises(StoreError, match="unique"):
         store.create_many([make("twice"), make("twice")])
     assert store.get("twice") is None
+
+
+# -- periodic tasks: leases and schedule state (issue 14) ----------------------------------------------------
+
+
+def periodic(store: TaskStore) -> PeriodicStateStore:
+    assert isinstance(store, PeriodicStateStore)
+    return store
+
+
+def test_a_lease_is_held_by_one_owner_until_it_lapses_and_renewed_by_its_owner(store: TaskStore) -> None:
+    leases = periodic(store)
+    assert leases.acquire_lease("periodic:a", "w1", 4.0, T0)
+    assert leases.lease_owner("periodic:a", T0 + 1) == "w1"
+    assert not leases.acquire_lease("periodic:a", "w2", 4.0, T0 + 1)
+    assert leases.acquire_lease("periodic:a", "w1", 4.0, T0 + 3)  # renewed: now held until T0 + 7
+    assert not leases.acquire_lease("periodic:a", "w2", 4.0, T0 + 6.5)
+    assert leases.acquire_lease("periodic:a", "w2", 4.0, T0 + 7)  # lapsed: taken over
+    assert leases.lease_owner("periodic:a", T0 + 8) == "w2"
+    assert not leases.acquire_lease("periodic:a", "w1", 4.0, T0 + 8)
+    assert leases.lease_owner("periodic:a", T0 + 11) is None
+    assert leases.acquire_lease("periodic:b", "w1", 4.0, T0 + 8)  # leases are independent by name
+
+
+def test_a_released_lease_is_free_at_once_and_only_its_owner_releases_it(store: TaskStore) -> None:
+    leases = periodic(store)
+    assert leases.acquire_lease("periodic:a", "w1", 4.0, T0)
+    leases.release_lease("periodic:a", "w2")
+    assert leases.lease_owner("periodic:a", T0) == "w1"
+    leases.release_lease("periodic:a", "w1")
+    assert leases.lease_owner("periodic:a", T0) is None
+    assert leases.acquire_lease("periodic:a", "w2", 4.0, T0 + 0.1)
+
+
+def test_schedule_state_moves_forward_only_and_keeps_the_pause(store: TaskStore) -> None:
+    state = periodic(store)
+    assert state.schedule_state("nightly") is None
+    assert state.advance_schedule("nightly", T0) == ScheduleState("nightly", T0, False)
+    assert state.advance_schedule("nightly", T0 - 60) == ScheduleState("nightly", T0, False)  # a stale leader
+    assert state.set_schedule_paused("nightly", True) == ScheduleState("nightly", T0, True)
+    assert state.advance_schedule("nightly", T0 + 60) == ScheduleState("nightly", T0 + 60, True)
+    assert state.set_schedule_paused("poll", True) == ScheduleState("poll", None, True)
+    assert state.schedule_states() == [
+        ScheduleState("nightly", T0 + 60, True),
+        ScheduleState("poll", None, True),
+    ]
+    assert state.set_schedule_paused("nightly", False) == ScheduleState("nightly", T0 + 60, False)
+    assert state.schedule_state("nightly") == ScheduleState("nightly", T0 + 60, False)
+
+
+def _lease_in_process(url: str, n: int, barrier: Any, results: Any) -> None:
+    store = open_store(url)
+    assert isinstance(store, PeriodicStateStore)
+    barrier.wait(timeout=60)
+    results.put(
+        [name for name in (f"lease-{i}" for i in range(20)) if store.acquire_lease(name, f"p{n}", 30, T0)]
+    )
+    store.close()
+
+
+def test_processes_racing_for_leases_get_each_exactly_once(shared_url: str) -> None:
+    outcomes = _race(_lease_in_process, lambda n: (shared_url, n))
+    won = sorted(name for names in outcomes for name in names)
+    assert won == sorted(f"lease-{i}" for i in range(20))

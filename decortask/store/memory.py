@@ -19,9 +19,10 @@ from .base import (
     apply_transition,
     matches,
 )
+from .periodic_state import PeriodicStateStore, ScheduleState
 
 
-class MemoryStore(TaskStore):
+class MemoryStore(TaskStore, PeriodicStateStore):
     """A dict behind one lock. Records are deep-copied in and out so callers never share state."""
 
     def __init__(self, url: str = "memory://") -> None:
@@ -32,6 +33,8 @@ class MemoryStore(TaskStore):
         self._schedule: dict[str, ScheduleEntry] = {}
         self._claims: dict[str, float] = {}
         self._heartbeats: dict[str, float] = {}
+        self._leases: dict[str, tuple[str, float]] = {}
+        self._periodic: dict[str, ScheduleState] = {}
 
     def create(self, record: TaskRecord) -> TaskRecord:
         with self._lock:
@@ -167,6 +170,48 @@ class MemoryStore(TaskStore):
 
     def close(self) -> None:
         return None
+
+    # -- periodic tasks ------------------------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, owner: str, ttl: float, now: float) -> bool:
+        with self._lock:
+            holder, until = self._leases.get(name, ("", 0.0))
+            if holder and holder != owner and until > now:
+                return False
+            self._leases[name] = (owner, now + ttl)
+            return True
+
+    def release_lease(self, name: str, owner: str) -> None:
+        with self._lock:
+            if self._leases.get(name, ("", 0.0))[0] == owner:
+                del self._leases[name]
+
+    def lease_owner(self, name: str, now: float) -> str | None:
+        with self._lock:
+            holder, until = self._leases.get(name, ("", 0.0))
+            return holder if holder and until > now else None
+
+    def schedule_state(self, name: str) -> ScheduleState | None:
+        with self._lock:
+            return self._periodic.get(name)
+
+    def schedule_states(self) -> list[ScheduleState]:
+        with self._lock:
+            return [self._periodic[name] for name in sorted(self._periodic)]
+
+    def advance_schedule(self, name: str, slot: float) -> ScheduleState:
+        with self._lock:
+            state = self._periodic.get(name, ScheduleState(name))
+            if state.last_slot is None or slot > state.last_slot:
+                state = ScheduleState(name, slot, state.paused)
+            self._periodic[name] = state
+            return state
+
+    def set_schedule_paused(self, name: str, paused: bool) -> ScheduleState:
+        with self._lock:
+            state = ScheduleState(name, self._periodic.get(name, ScheduleState(name)).last_slot, paused)
+            self._periodic[name] = state
+            return state
 
 
 def _copy(record: TaskRecord) -> TaskRecord:

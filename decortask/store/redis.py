@@ -9,6 +9,8 @@ Layout under the namespace `ns` (the URL's `?namespace=`, default `decortask`):
   `ns:schedule:body` hash entry id -> entry JSON; `ns:schedule:claims` zset entry id -> claimed_until;
   `ns:schedule:owner` hash entry id -> claimer.
 - `ns:heartbeat:WORKER` last heartbeat time, expiring after a day.
+- Periodic tasks: `ns:lease:NAME` hash owner, until; `ns:periodic:state:NAME` hash last_slot, paused;
+  `ns:periodic:names` set of schedule names.
 
 The Lua scripts touch keys they derive from a prefix, so this store wants plain Redis, not Redis Cluster.
 
@@ -48,6 +50,7 @@ from .base import (
     TransitionStep,
     matches,
 )
+from .periodic_state import PeriodicStateStore, ScheduleState
 
 T = TypeVar("T")
 
@@ -58,7 +61,7 @@ HEARTBEAT_TTL = 24 * 3600
 BATCH = 200
 
 
-class RedisStore(TaskStore):
+class RedisStore(TaskStore, PeriodicStateStore):
     """A `TaskStore` in Redis, safe across threads, processes and hosts."""
 
     def __init__(self, url: str) -> None:
@@ -83,6 +86,9 @@ class RedisStore(TaskStore):
         self._add_script = self._client.register_script(scripts.SCHEDULE_ADD)
         self._remove_script = self._client.register_script(scripts.SCHEDULE_REMOVE)
         self._claim_script = self._client.register_script(scripts.CLAIM_DUE)
+        self._lease_script = self._client.register_script(scripts.LEASE_ACQUIRE)
+        self._release_script = self._client.register_script(scripts.LEASE_RELEASE)
+        self._advance_script = self._client.register_script(scripts.SCHEDULE_ADVANCE)
         self._holding = ",".join(sorted(s.value for s in HOLDS_IDEMPOTENCY_KEY))
         self._terminal = ",".join(sorted(s.value for s in TERMINAL))
         #: For each status, the statuses it may follow (states.ALLOWED turned around), for the Lua check.
@@ -336,6 +342,52 @@ class RedisStore(TaskStore):
         with contextlib.suppress(RedisError):
             self._client.close()
 
+    # -- periodic tasks ------------------------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, owner: str, ttl: float, now: float) -> bool:
+        # The key itself outlives its lease by a minute, so an abandoned lease is cleaned up by Redis.
+        args = [owner, repr(now + ttl), repr(now), int(ttl) + 60]
+        with self._errors():
+            return bool(self._lease_script(keys=[f"{self.namespace}:lease:{name}"], args=args))
+
+    def release_lease(self, name: str, owner: str) -> None:
+        with self._errors():
+            self._release_script(keys=[f"{self.namespace}:lease:{name}"], args=[owner])
+
+    def lease_owner(self, name: str, now: float) -> str | None:
+        with self._errors():
+            holder, until = self._client.hmget(f"{self.namespace}:lease:{name}", "owner", "until")
+        return str(holder) if holder is not None and float(until) > now else None
+
+    def schedule_state(self, name: str) -> ScheduleState | None:
+        with self._errors():
+            last, paused = self._client.hmget(
+                f"{self.namespace}:periodic:state:{name}", "last_slot", "paused"
+            )
+        return _state(name, last, paused) if (last, paused) != (None, None) else None
+
+    def schedule_states(self) -> list[ScheduleState]:
+        with self._errors():
+            names = sorted(_text(n) for n in self._client.smembers(f"{self.namespace}:periodic:names"))
+        found = (self.schedule_state(name) for name in names)
+        return [state for state in found if state is not None]
+
+    def advance_schedule(self, name: str, slot: float) -> ScheduleState:
+        keys = [f"{self.namespace}:periodic:state:{name}", f"{self.namespace}:periodic:names"]
+        with self._errors():
+            last, paused = self._advance_script(keys=keys, args=[name, repr(slot)])
+        return _state(name, last, paused)
+
+    def set_schedule_paused(self, name: str, paused: bool) -> ScheduleState:
+        key = f"{self.namespace}:periodic:state:{name}"
+        with self._errors():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hset(key, "paused", int(paused))
+            pipe.sadd(f"{self.namespace}:periodic:names", name)
+            pipe.hmget(key, "last_slot", "paused")
+            last, stored = pipe.execute()[-1]
+        return _state(name, last, stored)
+
     # -- helpers -------------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -505,3 +557,7 @@ def _record(raw: str, lines: Sequence[str]) -> TaskRecord:
     record = TaskRecord.from_json(raw)
     record.logs = [LogLine.from_dict(json.loads(line)) for line in lines]
     return record
+
+
+def _state(name: str, last: Any, paused: Any) -> ScheduleState:
+    return ScheduleState(name, float(last) if last is not None else None, str(paused or "0") == "1")

@@ -262,3 +262,28 @@ while #claimed < limit do
 end
 return claimed
 """
+
+# Periodic tasks (store/periodic_state.py). KEYS: the lease hash. ARGV: owner, until, now, key ttl (s).
+# Takes the lease when it is free, lapsed or already the owner's.
+LEASE_ACQUIRE = """
+local holder = redis.call('HMGET', KEYS[1], 'owner', 'until')
+if holder[1] and holder[1] ~= ARGV[1] and tonumber(holder[2]) > tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'until', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+# KEYS: the lease hash. ARGV: owner. Deletes the lease only if the owner holds it.
+LEASE_RELEASE = """
+if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+# KEYS: the schedule's state hash, the set of schedule names. ARGV: name, slot.
+# Moves last_slot forward only; returns last_slot and paused.
+SCHEDULE_ADVANCE = """
+local last = redis.call('HGET', KEYS[1], 'last_slot')
+if not last or tonumber(last) < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'last_slot', ARGV[2]) end
+redis.call('SADD', KEYS[2], ARGV[1])
+return redis.call('HMGET', KEYS[1], 'last_slot', 'paused')
+"""

@@ -22,8 +22,9 @@ from .. import sqlitelocks
 from ..config import sqlite_path
 from ..errors import ConfigurationError, StoreError
 from ..states import TERMINAL
-from . import sqlite_rows, sqlite_steps
+from . import sqlite_periodic, sqlite_rows, sqlite_steps
 from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, TaskStore, TransitionStep
+from .periodic_state import PeriodicStateStore, ScheduleState
 
 T = TypeVar("T")
 
@@ -37,7 +38,7 @@ HEARTBEAT_TTL = 24 * 3600.0
 _TERMINAL_VALUES = tuple(sorted(s.value for s in TERMINAL))
 
 
-class SQLiteStore(TaskStore):
+class SQLiteStore(TaskStore, PeriodicStateStore):
     """A `TaskStore` in one SQLite file, shared by every thread and process on the host."""
 
     def __init__(self, url: str, *, read_only: bool = False) -> None:
@@ -64,6 +65,7 @@ class SQLiteStore(TaskStore):
         except OSError as exc:
             raise StoreError(f"cannot create the directory for the SQLite store {self.path}: {exc}") from exc
         self._run(sqlite_rows.create_schema)
+        self._run(sqlite_periodic.create_schema)
 
     # -- records -------------------------------------------------------------------------------------------
 
@@ -232,6 +234,30 @@ class SQLiteStore(TaskStore):
         sql = "SELECT worker_id, ts FROM decortask_heartbeats"
         rows = self._run(lambda conn: conn.execute(sql).fetchall(), write=False)
         return {str(worker_id): float(ts) for worker_id, ts in rows}
+
+    # -- periodic tasks (SQL in sqlite_periodic.py) ---------------------------------------------------------
+
+    def acquire_lease(self, name: str, owner: str, ttl: float, now: float) -> bool:
+        return self._run(lambda conn: sqlite_periodic.acquire_lease(conn, name, owner, ttl, now))
+
+    def release_lease(self, name: str, owner: str) -> None:
+        self._run(lambda conn: sqlite_periodic.release_lease(conn, name, owner))
+
+    def lease_owner(self, name: str, now: float) -> str | None:
+        return self._run(lambda conn: sqlite_periodic.lease_owner(conn, name, now), write=False)
+
+    def schedule_state(self, name: str) -> ScheduleState | None:
+        found = self._run(lambda conn: sqlite_periodic.schedule_states(conn, name), write=False)
+        return found[0] if found else None
+
+    def schedule_states(self) -> list[ScheduleState]:
+        return self._run(sqlite_periodic.schedule_states, write=False)
+
+    def advance_schedule(self, name: str, slot: float) -> ScheduleState:
+        return self._run(lambda conn: sqlite_periodic.advance_schedule(conn, name, slot))
+
+    def set_schedule_paused(self, name: str, paused: bool) -> ScheduleState:
+        return self._run(lambda conn: sqlite_periodic.set_schedule_paused(conn, name, paused))
 
     # -- connections ---------------------------------------------------------------------------------------
 
