@@ -64,6 +64,10 @@ class Settings:
             encrypted (needs the `crypto` extra). Empty: encryption off. Never shown in a repr.
         accept_plaintext: with `encryption_keys` set, whether a worker still runs messages whose arguments
             are not encrypted (e.g. while producers are being switched over); otherwise they are refused.
+        periodic: whether this process's workers take part in running periodic schedules (any of them may
+            lead a schedule); `DECORTASK_PERIODIC=0` keeps a worker out. See docs/periodic.md.
+        schedules: periodic schedules of tasks of any package, as a JSON object (text) or a mapping:
+            name -> {"task": ..., "cron": ... or "every": seconds, "args": ..., ...}; see docs/periodic.md.
     """
 
     broker_url: str = DEFAULT_URL
@@ -87,6 +91,8 @@ class Settings:
     # repr=False: settings get printed and logged; the keys must never be.
     encryption_keys: str = field(default="", repr=False)
     accept_plaintext: bool = False
+    periodic: bool = True
+    schedules: str | Mapping[str, Any] = ""
 
     @classmethod
     def load(
@@ -148,6 +154,11 @@ class Settings:
         if not isinstance(self.accept_plaintext, bool):
             raise ConfigurationError("setting accept_plaintext must be True or False")
         check_keys(self.encryption_keys)
+        if not isinstance(self.periodic, bool):
+            raise ConfigurationError("setting periodic must be True or False")
+        from .periodic_config import entries_from_setting
+
+        entries_from_setting(self.schedules)  # a malformed schedule is reported at start, not at its slot
 
     def __repr__(self) -> str:
         # Settings get printed and logged: URLs appear with their passwords masked, keys not at all.

@@ -15,6 +15,7 @@ from .context import TaskContext
 from .errors import TaskDefinitionError
 from .registry import registry
 from .retry import RetryPolicy
+from .schedules import Schedule
 
 if TYPE_CHECKING:
     from .app import Decortask
@@ -45,6 +46,7 @@ class TaskOptions:
     timeout: float | None = None
     expires: float | None = None
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    schedule: Schedule | None = None
 
 
 _OPTION_NAMES = [
@@ -64,6 +66,7 @@ _OPTION_NAMES = [
     "priority",
     "timeout",
     "expires",
+    "schedule",
 ]
 
 
@@ -121,6 +124,9 @@ def build_options(fn: Callable[..., Any], raw: Mapping[str, Any]) -> TaskOptions
     jitter = _number("jitter", raw.get("jitter", 0.0), minimum=0.0)
     if jitter > 1:
         raise _fail("jitter", "a fraction from 0 to 1", jitter)
+    schedule = raw.get("schedule")
+    if schedule is not None and not isinstance(schedule, Schedule):
+        raise _fail("schedule", "a schedule: cron('*/5 * * * *') or every(seconds=30) from decortask", schedule)
     policy = RetryPolicy(
         retries=retries,
         delay=float(_number("delay", raw.get("delay", 0.0), minimum=0.0)),
@@ -141,6 +147,7 @@ def build_options(fn: Callable[..., Any], raw: Mapping[str, Any]) -> TaskOptions
         timeout=_number("timeout", raw.get("timeout"), minimum=0.0, allow_none=True, strict=True),
         expires=_number("expires", raw.get("expires"), minimum=0.0, allow_none=True, strict=True),
         retry_policy=policy,
+        schedule=schedule,
     )
 
 
@@ -457,6 +464,7 @@ def task(
     priority: int = ...,
     timeout: float | None = ...,
     expires: float | None = ...,
+    schedule: Schedule | None = ...,
 ) -> TaskDecorator: ...
 def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Register a function as a task, bare (`@task`) or with options (`@task(retries=3)`).
@@ -469,6 +477,15 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
             raise TaskDefinitionError(f"@task decorates functions, got {func!r}")
         kind = AsyncTask if inspect.iscoroutinefunction(func) else Task
         made: Task[Any, Any] = kind(func, build_options(func, options))
+        if made.options.schedule is not None:
+            try:
+                made.bind_arguments((), {})
+            except TypeError:
+                raise TaskDefinitionError(
+                    f"@task(schedule=...) on {made.name}: a scheduled task is called with no arguments, but it "
+                    "needs some; give them defaults, or declare the schedule in the schedules setting with "
+                    "args/kwargs (docs/periodic.md)"
+                ) from None
         registry.register(made)
         return made
 
