@@ -1,7 +1,8 @@
 """One event loop per worker for `async def` tasks, so a worker can mix sync and async tasks.
 
-The pool thread that picked up an async task submits its coroutine to this loop and waits for it; many
-coroutines share the loop while they await. Cancelling the returned future cancels the coroutine.
+Whichever pool runs the task (there is no separate asyncio pool), the thread that picked it up submits its
+coroutine to this loop and waits for it; many coroutines share the loop while they await. Each executor
+owns one, so a process-pool child has its own. Cancelling the returned future cancels the coroutine.
 """
 
 from __future__ import annotations

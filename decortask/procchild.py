@@ -2,7 +2,7 @@
 
 A child is configured by its parent's first frame (settings as JSON, module names, the worker id), imports
 those modules (never a name from a message), and then runs one delivery at a time on its main thread
-through `worker.process_delivery`, writing the store itself. A reader thread takes the parent's frames:
+through `delivery.process_delivery`, writing the store itself. A reader thread takes the parent's frames:
 deliveries, stop requests (`should_stop()` turns true), and `exit`. It exits as soon as its parent is gone.
 
 IPC frames: 4 bytes of header length, a JSON header, then (for a delivery only) the raw message body.
@@ -22,6 +22,8 @@ import time
 from multiprocessing.connection import Connection
 from types import FrameType
 from typing import TYPE_CHECKING, Any
+
+from .delivery import process_delivery
 
 if TYPE_CHECKING:
     from .app import Decortask
@@ -107,8 +109,6 @@ class _Child:
                 return
 
     def serve(self) -> None:
-        from .worker import process_delivery
-
         while True:
             delivery = self.jobs.get()
             if delivery is None:

@@ -2,7 +2,8 @@
 
 The parent keeps the broker: its consumer thread hands each delivery to a free child and settles the
 Outcome the child sends back. A child decodes, applies the receipt rules and runs the task itself, writing
-the store directly, exactly as a pool thread does (`worker.process_delivery`).
+the store directly, exactly as a pool thread does (`delivery.process_delivery`). It implements the same
+`pools.Pool` interface as the thread pool, so the worker never asks which one it has.
 
 Parent and child talk over one `multiprocessing` pipe per child, in JSON frames (`procchild.frame`) that
 carry a delivery's body as raw bytes: nothing that came from the broker is ever pickled. Children start
@@ -35,11 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 from . import recovery
 from .errors import ConfigurationError
-from .executor import Outcome, Settle
 from .message import Message, decode
+from .outcomes import Outcome, Settle
 from .procchild import child_main, frame, unframe
 from .security import mask_text
 from .states import TaskStatus
+from .supervision import Supervised
 
 if TYPE_CHECKING:
     from .app import Decortask
@@ -83,7 +85,7 @@ class _Slot:
 
 @dataclass(eq=False)
 class RemoteAttempt:
-    """An attempt running in a child, as the parent's `Supervisor` and shutdown see it."""
+    """An attempt running in a child, as the parent's `Supervisor` and shutdown see it (a `Supervised`)."""
 
     task_id: str
     attempt: int
@@ -105,10 +107,6 @@ class RemoteAttempt:
         header = {"op": "stop", "id": self.task_id, "attempt": self.attempt, "reason": reason}
         self.pool.send(self.slot, header)
 
-    def stop_by_force(self) -> bool:
-        """Terminate the child; the parent then writes the attempt's outcome (`_settle_lost`)."""
-        return self.pool.kill(self.slot, self, "forced")
-
 
 class ProcessPool:
     """`size` spawned children, each running one delivery at a time.
@@ -117,7 +115,8 @@ class ProcessPool:
         app: the worker's app; its settings (not the app object) are sent to each child.
         executor: the worker's executor, used to write the outcome of attempts the parent stopped by force.
         worker_id: the worker's id; each child's owner id is `<worker_id>/<pid>`.
-        modules: the modules a child imports to register the tasks (the worker's `-A`).
+        modules: the modules a child imports to register the tasks (the worker's `-A`); default: the
+            modules that define the registered tasks when the pool starts.
         size: how many children.
     """
 
@@ -132,12 +131,7 @@ class ProcessPool:
         self.worker_id = worker_id
         self.size = size
         self.modules = list(modules)
-        self._config = {
-            "settings": asdict(app.settings),
-            "modules": self.modules,
-            "worker_id": worker_id,
-            "loglevel": logging.getLogger("decortask").getEffectiveLevel(),
-        }
+        self._config: dict[str, Any] = {}
         self._context = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()
         self._slots: list[_Slot] = []
@@ -154,6 +148,13 @@ class ProcessPool:
 
     def start(self) -> None:
         """Spawn the children and wait until each has imported the tasks (a failure stops the worker)."""
+        self.modules = self.modules or task_modules(self.app)
+        self._config = {
+            "settings": asdict(self.app.settings),
+            "modules": self.modules,
+            "worker_id": self.worker_id,
+            "loglevel": logging.getLogger("decortask").getEffectiveLevel(),
+        }
         self._slots = [self._spawn() for _ in range(self.size)]
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while not all(slot.ready for slot in self._slots):
@@ -181,10 +182,14 @@ class ProcessPool:
         self._dispatch()
         return job.future
 
-    def attempts(self) -> list[RemoteAttempt]:
-        """Attempts running in children now (for the supervisor)."""
+    def running(self) -> list[RemoteAttempt]:
+        """Attempts running in children now (for the supervisor and shutdown)."""
         with self._lock:
             return [s.job.attempt for s in self._slots if s.job is not None and s.job.attempt is not None]
+
+    def stop_by_force(self, run: Supervised) -> bool:
+        """Terminate the child running `run`; the monitor then writes the attempt's outcome (`_settle_lost`)."""
+        return isinstance(run, RemoteAttempt) and self.kill(run.slot, run, "forced")
 
     def owners(self) -> list[str]:
         """Owner ids of the live children, whose heartbeats the worker writes."""
@@ -193,6 +198,7 @@ class ProcessPool:
 
     def request_stop_all(self) -> None:
         """Shutdown: jobs no child has taken go back (REQUEUE); running ones see `should_stop()` true."""
+        self.executor.request_stop_all()  # the parent's own writes (`settle_stopped`) stop being patient
         with self._lock:
             self._draining = True
             unstarted = list(self._pending)
@@ -205,7 +211,7 @@ class ProcessPool:
 
     def interrupt_running(self) -> None:
         """Shutdown past the grace: terminate the children running attempts (but `must_complete` ones)."""
-        for run in self.attempts():
+        for run in self.running():
             if not run.must_complete:
                 self.kill(run.slot, run, "shutdown")
 
@@ -462,6 +468,17 @@ def _plain(headers: dict[str, Any]) -> dict[str, Any]:
     except (TypeError, ValueError):
         return {}
     return plain if isinstance(plain, dict) else {}
+
+
+def task_modules(app: Decortask) -> list[str]:
+    """The modules defining the registered tasks: what a child imports when the worker was given no -A."""
+    modules: set[str] = set()
+    for name in app.registry.names():
+        task = app.registry.find(name)
+        module = getattr(task.fn, "__module__", None) if task is not None else None
+        if module and module != "__main__":  # a script's own tasks cannot be imported by name
+            modules.add(module)
+    return sorted(modules)
 
 
 def check_store(app: Decortask) -> None:

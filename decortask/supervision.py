@@ -1,19 +1,19 @@
 """Watches running attempts from the worker loop: time limits and cancellation requests.
 
 A task is first asked to stop (`ctx.should_stop()` turns true); past its grace period it is stopped by
-force. On the thread pool that means raising `TaskInterrupted` in the task's thread, which Python
-delivers at the next bytecode the thread runs: code blocked inside one long C call (a single long
-`time.sleep`, a socket read) is stopped when that call returns. On the process pool the parent asks the
-child over its pipe, and the forced step terminates the child (`procpool.RemoteAttempt`).
+force. The supervisor sees running attempts through the worker's pool (`pools.Pool`), which also does the
+forced stop: on the thread pool, `force_stop` raises `TaskInterrupted` in the task's thread, which Python
+delivers at the next bytecode the thread runs (code blocked inside one long C call, a single long
+`time.sleep` or a socket read, is stopped when that call returns); on the process pool the parent asks the
+child over its pipe, and the forced step terminates the child (`procpool.ProcessPool.stop_by_force`).
 """
 
 from __future__ import annotations
 
 import ctypes
-import functools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from .errors import TaskInterrupted
@@ -22,7 +22,6 @@ from .security import mask_text
 if TYPE_CHECKING:
     from .app import Decortask
     from .attempts import RunningTask
-    from .executor import Executor
 
 logger = logging.getLogger("decortask.worker")
 
@@ -41,10 +40,16 @@ class Supervised(Protocol):
     def ask_to_stop(self, reason: str) -> None: ...
 
 
-class RemotelyStoppable(Supervised, Protocol):
-    """An attempt that stops itself by force (a process-pool child: terminate the child)."""
+class RunningAttempts(Protocol):
+    """Where the supervisor finds the running attempts, and who stops one by force: the worker's pool."""
 
-    def stop_by_force(self) -> bool: ...
+    def running(self) -> Sequence[Supervised]:
+        """The attempts running now."""
+        ...
+
+    def stop_by_force(self, run: Supervised) -> bool:
+        """Stop `run` by force if it still runs; True if a stop was sent."""
+        ...
 
 
 class Supervisor:
@@ -52,19 +57,12 @@ class Supervisor:
 
     Args:
         app: the worker's app (settings, store).
-        executor: whose `running` attempts run in this process.
-        remote: attempts running elsewhere (process-pool children), if any.
+        attempts: the worker's pool, whose running attempts it watches.
     """
 
-    def __init__(
-        self,
-        app: Decortask,
-        executor: Executor,
-        remote: Callable[[], Iterable[RemotelyStoppable]] | None = None,
-    ) -> None:
+    def __init__(self, app: Decortask, attempts: RunningAttempts) -> None:
         self.app = app
-        self.executor = executor
-        self.remote = remote
+        self.attempts = attempts
         self._next_cancel_poll = 0.0
         #: Task ids a control-exchange broadcast named since the last tick (consumer thread only).
         self._cancel_hints: set[str] = set()
@@ -75,18 +73,14 @@ class Supervisor:
 
     def tick(self) -> None:
         now = time.monotonic()
-        running: list[tuple[Supervised, Callable[[], bool]]] = [
-            (run, functools.partial(force_stop, run)) for run in list(self.executor.running.values())
-        ]
-        if self.remote is not None:
-            running += [(run, run.stop_by_force) for run in self.remote()]
+        running = self.attempts.running()
         hinted, self._cancel_hints = self._cancel_hints, set()
         if not running:
             return
         poll_cancel = now >= self._next_cancel_poll
         if poll_cancel:
             self._next_cancel_poll = now + self.app.settings.cancel_poll_interval
-        for run, force in running:
+        for run in running:
             if run.deadline is not None and now >= run.deadline:
                 if run.stop_reason is None:
                     logger.warning("task %s reached its time limit; asking it to stop", run.task_id)
@@ -103,7 +97,7 @@ class Supervisor:
                     else self.app.settings.timeout_grace
                 )
                 if now - run.stop_requested_at >= grace:
-                    force()
+                    self.attempts.stop_by_force(run)
 
     def _cancel_requested(self, run: Supervised) -> bool:
         try:

@@ -1,8 +1,9 @@
 """The worker: consumes, hands messages to a pool, and settles outcomes on the consumer thread.
 
 kombu channels are not thread-safe, so acks, requeues, dead letters and scheduler publishes all happen on
-the thread that owns the consumer connection; pool threads (or process-pool children, `procpool.py`) only
-run the executor and hand back an Outcome.
+the thread that owns the consumer connection; the pool (`pools.Pool`: threads, or process-pool children)
+only runs each delivery (`delivery.process_delivery`) and hands back an Outcome. The worker talks to the
+pool through that one interface and never asks which pool it has.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from . import recovery
 from .deadletters import log_dead_letter
-from .errors import BrokerUnavailable, MessageError
-from .executor import Executor, Outcome, Settle
-from .message import decode
+from .delivery import process_delivery
+from .errors import BrokerUnavailable
+from .executor import Executor
 from .middleware import call_hooks
+from .outcomes import Outcome, Settle
 from .pools import make_pool
-from .procpool import ProcessPool, RemoteAttempt, check_store
 from .scheduler import Scheduler
 from .security import mask_text
 from .supervision import Supervisor
@@ -53,41 +54,6 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def process_delivery(app: Decortask, executor: Executor, delivery: Delivery) -> Outcome:
-    """Decode, validate and execute one delivery; bad input becomes a dead-letter outcome.
-
-    What a pool thread runs, and what a process-pool child runs for each delivery its parent sends.
-    """
-    if delivery.refused is not None:
-        return executor.refuse(None, delivery.refused, delivery.refused_detail)
-    try:
-        message = decode(
-            delivery.body,
-            delivery.content_type,
-            app.settings.max_payload_bytes,
-            cipher=app.cipher,
-        )
-    except MessageError as exc:
-        return executor.refuse(exc.task_id, exc.reason, exc.detail)
-    except Exception as exc:
-        # Whatever else a body can make the decoder raise, retrying it would fail the same way for ever.
-        # Its dead letter is logged once when published; the traceback only at DEBUG.
-        logger.debug("decoding a message on %s failed unexpectedly", delivery.queue, exc_info=True)
-        return executor.refuse(None, "decode_error", f"unexpected {type(exc).__name__}")
-    return executor.execute(message, delivery.queue)
-
-
-def task_modules(app: Decortask) -> list[str]:
-    """The modules defining the registered tasks: what a process-pool child imports when no -A was given."""
-    modules: set[str] = set()
-    for name in app.registry.names():
-        task = app.registry.find(name)
-        module = getattr(task.fn, "__module__", None) if task is not None else None
-        if module and module != "__main__":  # a script's own tasks cannot be imported by name
-            modules.add(module)
-    return sorted(modules)
-
-
 @dataclass
 class WorkerStats:
     """What one worker saw: deliveries taken, dead letters sent, and outcomes by the state they left."""
@@ -104,7 +70,7 @@ class Worker:
         app: the app (settings, broker, store) to work for.
         queues: queues to consume (default: the `default_queue` setting).
         concurrency: pool size.
-        pool: `threads` (default) or `processes` (`procpool.py`).
+        pool: `threads` (default) or `processes` (`pools.POOL_KINDS`; see `pools.py`).
         burst: exit once the queues and the schedule are empty.
         worker_id: this worker's id (default: `hostname:pid:random`).
         grace: shutdown grace in seconds (default: the `shutdown_grace` setting).
@@ -124,8 +90,6 @@ class Worker:
         grace: float | None = None,
         app_modules: Sequence[str] = (),
     ) -> None:
-        if pool == "processes":
-            check_store(app)  # refused now, before anything is consumed
         self.app = app
         self.queues = list(queues or [app.settings.default_queue])
         self.concurrency = concurrency
@@ -133,17 +97,16 @@ class Worker:
         self.burst = burst
         self.id = worker_id or new_worker_id()
         self.executor = Executor(app, self.id, owner_alive=self.owner_alive)
+        # Built now, started by `run()`: a pool the app cannot use (a memory:// store for the process
+        # pool's children) is refused before anything is consumed.
+        self.pool = make_pool(pool, app, self.executor, self.id, concurrency, app_modules)
         self.scheduler = Scheduler(app, self.id)
-        self.supervisor = Supervisor(app, self.executor, remote=self._remote_attempts)
-        self.app_modules = list(app_modules)
-        self._procs: ProcessPool | None = None
+        self.supervisor = Supervisor(app, self.pool)
         self.stats = WorkerStats()
         self.grace = app.settings.shutdown_grace if grace is None else grace
         self._stop = threading.Event()
         self._interrupt_now = threading.Event()
         self._backlog: deque[Delivery] = deque()
-        self._abandoned: set[int] = set()
-        self._thread_delivery: dict[int, Delivery] = {}
         # A Queue, not a SimpleQueue: on CPython 3.10-3.12, a SimpleQueue.get(timeout=...) interrupted by a
         # signal whose handler ends past the deadline waits for the next put instead of raising Empty (its
         # remaining time turns negative, which means "for ever"). SIGTERM is handled on this, the consumer,
@@ -166,16 +129,13 @@ class Worker:
         interval = max(0.2, min(5.0, self.app.settings.lease_timeout / 4))
         while not done.is_set():
             # Process-pool children own their attempts under their own ids; they live while they beat.
-            owners = [self.id, *(self._procs.owners() if self._procs is not None else ())]
+            owners = [self.id, *self.pool.owners()]
             try:
                 for owner in owners:
                     self.app.store.heartbeat(owner, time.time())
             except Exception as exc:
                 logger.warning("heartbeat write failed (%s)", mask_text(str(exc)))
             done.wait(interval)
-
-    def _remote_attempts(self) -> list[RemoteAttempt]:
-        return self._procs.attempts() if self._procs is not None else []
 
     # -- one message, shared with the synchronous test driver ----------------------------------------------
 
@@ -241,14 +201,14 @@ class Worker:
             target=self._heartbeat_loop, args=(beating,), name="decortask-heartbeat", daemon=True
         ).start()
         try:
-            submit, close_pool = self._open_pool()
+            self.pool.start()
             prefetch = self.concurrency * self.app.settings.prefetch_multiplier
             try:
                 session = self.app.transport.open_consumer(
                     self.queues, prefetch, on_cancel=self.supervisor.hint_cancel, consumer_id=self.id
                 )
             except BaseException:
-                close_pool(False)
+                self.pool.shutdown(wait=False)
                 raise
         except BaseException:
             beating.set()
@@ -265,28 +225,18 @@ class Worker:
         )
         call_hooks(self.app.middleware, "worker_start", self.app, self)
         try:
-            self._consume(session, submit)
+            self._consume(session)
             self._shut_down(session)
         finally:
             call_hooks(self.app.middleware, "worker_stop", self.app, self, reverse=True)
-            close_pool(self._procs is not None)  # children are reaped; threads may be stuck in a task
+            self.pool.shutdown()
             session.close()
             beating.set()
             self.executor.event_loop.close()
             self._restore_signal_handlers()
         return 0
 
-    def _open_pool(self) -> tuple[Callable[[Delivery], Future[Outcome]], Callable[[bool], None]]:
-        """The pool's submit and shutdown: threads in this process, or spawned children (`procpool`)."""
-        if self.pool_kind == "processes":
-            modules = self.app_modules or task_modules(self.app)
-            procs = self._procs = ProcessPool(self.app, self.executor, self.id, modules, self.concurrency)
-            procs.start()
-            return procs.submit, procs.shutdown
-        pool = make_pool(self.pool_kind, self.concurrency)
-        return lambda delivery: pool.submit(self._run_delivery, delivery), pool.shutdown
-
-    def _consume(self, session: ConsumerSession, submit: Callable[[Delivery], Future[Outcome]]) -> None:
+    def _consume(self, session: ConsumerSession) -> None:
         settings = self.app.settings
         prefetch = self.concurrency * settings.prefetch_multiplier
         next_tick = next_reap = 0.0
@@ -312,7 +262,7 @@ class Worker:
             else:
                 deliveries = self._drain(session, timeout=0.005 if self._in_flight else 0.05)
             self._backlog.extend(deliveries)
-            self._fill(submit)
+            self._fill()
             self._settle_ready(session)
             if self.burst:
                 if deliveries or self._in_flight or self._backlog:
@@ -332,13 +282,12 @@ class Worker:
         if self._backlog:
             logger.info("returned %d unstarted messages to the broker", len(self._backlog))
         self._backlog.clear()
-        self.executor.request_stop_all()
-        if self._procs is not None:
-            self._procs.request_stop_all()
+        self.pool.request_stop_all()
         deadline = time.monotonic() + self.grace
         while self._in_flight:
             if self._interrupt_now.is_set() or time.monotonic() >= deadline:
-                self._interrupt_running(session)
+                # Each interrupted attempt's future now holds its Outcome (ACK), settled just below.
+                self.pool.interrupt_running()
             self._supervise()
             self._settle_ready(session, block=True)
             try:
@@ -346,27 +295,6 @@ class Worker:
             except Exception as exc:  # the broker redelivers them; the receipt rules skip finished tasks
                 logger.warning("could not send deferred acks (%s)", mask_text(str(exc)) or type(exc).__name__)
         self._tick_scheduler()  # publish the next attempts of requeued tasks before exiting
-
-    def _interrupt_running(self, session: ConsumerSession) -> None:
-        """Settle every running attempt (but `must_complete` ones) as interrupted, and ack its message."""
-        if self._procs is not None:
-            # Its children are terminated; the pool settles each attempt (`shutdown`) and hands back an
-            # Outcome that `_settle_ready` acks like any other.
-            self._procs.interrupt_running()
-            return
-        for run in list(self.executor.running.values()):
-            delivery = self._thread_delivery.get(run.thread_id)
-            if run.must_complete or delivery is None or id(delivery) in self._abandoned:
-                continue
-            run.context.request_stop()
-            if recovery.interrupt(self.app, run.record, run.message, "shutdown") is None:
-                continue  # it finished at this very moment: its own outcome settles the message
-            self._abandoned.add(id(delivery))
-            self._in_flight -= 1
-            try:
-                session.ack(delivery)
-            except session.connection_errors as exc:
-                logger.warning("could not ack an interrupted task's message (%s)", type(exc).__name__)
 
     def _drain(self, session: ConsumerSession, timeout: float) -> list[Delivery]:
         if not session.connected and not self._reconnect(session):
@@ -415,7 +343,7 @@ class Worker:
         )
         return True
 
-    def _fill(self, submit: Callable[[Delivery], Future[Outcome]]) -> None:
+    def _fill(self) -> None:
         """Start backlog messages while pool slots are free; the rest stay unstarted (and returnable).
 
         Nothing starts once shutdown began: a SIGTERM handled during this loop iteration (e.g. while the
@@ -425,19 +353,11 @@ class Worker:
             delivery = self._backlog.popleft()
             self.stats.received += 1
             self._in_flight += 1
-            future = submit(delivery)
+            future = self.pool.submit(delivery)
             future.add_done_callback(self._outcome_callback(delivery))
 
     def _outcome_callback(self, delivery: Delivery) -> Callable[[Future[Outcome]], None]:
         return lambda done: self._outcomes.put((delivery, done))
-
-    def _run_delivery(self, delivery: Delivery) -> Outcome:
-        # Shutdown finds a running attempt's message through the thread that runs it.
-        self._thread_delivery[threading.get_ident()] = delivery
-        try:
-            return self.process(delivery)
-        finally:
-            self._thread_delivery.pop(threading.get_ident(), None)
 
     def _settle_ready(self, session: ConsumerSession, block: bool = False, timeout: float = 0.2) -> None:
         while self._in_flight:
@@ -445,9 +365,6 @@ class Worker:
                 delivery, future = self._outcomes.get(block=block, timeout=timeout if block else None)
             except queue.Empty:
                 return
-            if id(delivery) in self._abandoned:
-                self._abandoned.discard(id(delivery))
-                continue  # interrupted at shutdown and already settled
             self._in_flight -= 1
             try:
                 outcome = future.result()

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +22,11 @@ import pytest
 from conftest import BROKERS
 from workers import LEASE, REPO, Rig, WorkerProcess, poll_until, short_lease_rig
 
-from decortask import Decortask, TaskHandle, TaskStatus
+from decortask import Decortask, TaskHandle, TaskStatus, task
 from decortask.app import reset_default_app
 from decortask.errors import ConfigurationError
+from decortask.executor import Executor, Settle
+from decortask.pools import ThreadPool
 from decortask.procchild import frame, unframe
 from decortask.worker import Worker
 
@@ -91,6 +94,60 @@ def test_ipc_frames_carry_a_json_header_and_raw_bytes() -> None:
     body = b'\x00\xff{"not": json'
     assert unframe(frame({"op": "run", "queue": "q"}, body)) == ({"op": "run", "queue": "q"}, body)
     assert unframe(frame({"op": "ready"})) == ({"op": "ready"}, b"")
+
+
+RELEASE = threading.Event()
+
+
+@task(name="test_pools.waits_for_release")
+def waits_for_release() -> str:
+    RELEASE.wait(30)  # ignores should_stop(): shutdown must settle it without its help
+    return "returned late"
+
+
+def test_thread_pool_settles_an_attempt_interrupted_at_shutdown_through_its_future_once() -> None:
+    """The thread pool keeps the `Pool` contract the process pool keeps.
+
+    Past the grace, the interrupted attempt's future holds its Outcome (ACK, `shutdown`), which the worker
+    settles like any other; what the task's thread returns later is dropped, and the thread lives on.
+    """
+    app = Decortask("memory://", "memory://", default_queue="q-threads-interrupt")
+    executor = Executor(app, "pool-test")
+    pool = ThreadPool(app, executor, 1)
+    session = app.transport.open_consumer(["q-threads-interrupt"], prefetch=1, consume=False)
+    RELEASE.clear()
+    try:
+        handle = waits_for_release.delay()
+        delivery = session.get("q-threads-interrupt")
+        assert delivery is not None
+        pool.start()
+        future = pool.submit(delivery)
+        poll_until(lambda: pool.running(), 10, "the attempt to start")
+        pool.request_stop_all()
+        pool.interrupt_running()
+        outcome = future.result(timeout=0)
+        assert (outcome.settle, outcome.status, outcome.reason) == (
+            Settle.ACK,
+            TaskStatus.INTERRUPTED,
+            "shutdown",
+        )
+        assert handle.status is TaskStatus.INTERRUPTED
+        RELEASE.set()
+        poll_until(lambda: not executor.settling, 10, "the task's thread to finish")
+        assert future.result(timeout=0) is outcome
+        assert handle.record().status is TaskStatus.INTERRUPTED
+        # The thread outlived the dropped result: it runs the next delivery.
+        after = waits_for_release.delay()
+        delivery = session.get("q-threads-interrupt")
+        assert delivery is not None
+        assert pool.submit(delivery).result(timeout=10).status is TaskStatus.SUCCESS
+        assert after.get(timeout=1) == "returned late"
+    finally:
+        RELEASE.set()
+        pool.shutdown()
+        session.close()
+        app.close()
+        reset_default_app()
 
 
 def test_a_memory_store_is_refused_with_a_clear_error(tmp_path: Path) -> None:
