@@ -1,11 +1,17 @@
-"""Decortask: settings plus the lazily opened transport and store; and the current (default) app."""
+"""Decortask: settings plus the lazily opened transport and store; and the current (default) app.
+
+The bottom of the package's layers: everything else takes an app, and app.py imports none of it. It holds
+the settings, the registry, the transport (`transport.py`), the store (`store/`) and the middleware list;
+sending is the task's job (`Task.enqueue` through `producer.py`), so `send_task` only hands the call to the
+task it is given. `handle()` builds the documented `TaskHandle` (`handle.py`, which needs only the store).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import threading
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .call_options import NO_OPTIONS, CallOptions
 from .config import Settings
@@ -16,8 +22,18 @@ from .store import TaskStore, open_store
 if TYPE_CHECKING:
     from .handle import TaskHandle
     from .middleware import Middleware
-    from .task import Task
     from .transport import BrokerTransport
+
+Sent_co = TypeVar("Sent_co", covariant=True)
+
+
+class Enqueueable(Protocol[Sent_co]):
+    """What `Decortask.send_task` sends: a task (`decortask.task.Task`), which knows how to enqueue itself."""
+
+    def enqueue(
+        self, app: Decortask, args: tuple[Any, ...], kwargs: dict[str, Any], options: CallOptions
+    ) -> Sent_co: ...
+
 
 _default_lock = threading.Lock()
 _default_app: Decortask | None = None
@@ -162,18 +178,16 @@ class Decortask:
 
     def send_task(
         self,
-        task: Task[Any, Any],
+        task: Enqueueable[Sent_co],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         options: CallOptions = NO_OPTIONS,
-    ) -> TaskHandle[Any]:
-        """Validate, record and publish one call (what `.delay()`/`.apply_async()` do)."""
-        from .producer import send_task
+    ) -> Sent_co:
+        """Validate, record and publish one call of `task` through this app; returns its handle.
 
-        handle = send_task(self, task, args, kwargs, options)
-        if self.eager_runner is not None:
-            self.eager_runner(handle)
-        return handle
+        The same as `task.apply_async(args, kwargs, app=app, ...)` with the options in one `CallOptions`.
+        """
+        return task.enqueue(self, args, kwargs, options)
 
 
 def current_app() -> Decortask:

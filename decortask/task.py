@@ -19,6 +19,7 @@ from .schedules import Schedule
 
 if TYPE_CHECKING:
     from .app import Decortask
+    from .call_options import CallOptions
     from .handle import TaskHandle
     from .producer import Call
 
@@ -311,7 +312,21 @@ class Task(Generic[P, R]):
             idempotency_key=idempotency_key,
             tags=tags,
         )
-        return (app or current_app()).send_task(self, tuple(args or ()), dict(kwargs or {}), options)
+        return self.enqueue(app or current_app(), tuple(args or ()), dict(kwargs or {}), options)
+
+    def enqueue(
+        self, app: Decortask, args: tuple[Any, ...], kwargs: dict[str, Any], options: CallOptions
+    ) -> TaskHandle[R]:
+        """Validate, record and publish one call through `app`: what `apply_async` and `app.send_task` do.
+
+        Under `decortask.testing.eager()` the task also runs to its final state before this returns.
+        """
+        from .producer import send_task
+
+        handle: TaskHandle[R] = send_task(app, self, args, kwargs, options)
+        if app.eager_runner is not None:
+            app.eager_runner(handle)
+        return handle
 
     def call(self, *args: P.args, **kwargs: P.kwargs) -> Call:
         """One call for `apply_many`, its arguments type-checked like `.delay()`'s."""

@@ -1,4 +1,7 @@
-"""The only module that imports kombu: connections, queues, publishing and consuming.
+"""With `transports/`, the only module that imports kombu: connections, queues, publishing and consuming.
+
+`transports/session.py` (a consumer connection) sits below it and sees it as a `session.Broker`: the
+public `connect`/`abort` pair and the queue declarations.
 
 Everything publishes to the default exchange with the queue name as routing key: on Redis that skips a
 binding lookup per message (KOMBU-NOTES), and on every broker the queue is declared before the first
@@ -92,7 +95,17 @@ class BrokerTransport:
             return redis_connection(self.url, transport_options=options, connect_timeout=5)
         return kombu.Connection(self.url, transport_options=options, connect_timeout=5)
 
-    def _connect(self, conn: kombu.Connection, retries: int) -> None:
+    def connect(self, conn: kombu.Connection, retries: int | None = None) -> None:
+        """Connect `conn`, retrying `retries` times (default: the `publish_retries` setting) with backoff.
+
+        With `abort`, the pair a caller (a consumer session) uses to open and to drop its connections.
+
+        Raises:
+            BrokerUnavailable: the broker could not be reached; says where and what to check.
+        """
+        if retries is None:
+            retries = self.settings.publish_retries
+
         def log_retry(exc: BaseException, interval: float) -> None:
             logger.warning(
                 "broker %s unreachable (%s); retrying in %.1f s",
@@ -119,7 +132,7 @@ class BrokerTransport:
         """Connect once (with the publish retry budget) to fail fast on a wrong URL or a stopped broker."""
         conn = self.connection()
         try:
-            self._connect(conn, self.settings.publish_retries)
+            self.connect(conn)
         finally:
             conn.release()
 
@@ -173,7 +186,7 @@ class BrokerTransport:
         state = getattr(self._local, "producer", None)
         if state is None:
             conn = self.connection()
-            self._connect(conn, self.settings.publish_retries if retries is None else retries)
+            self.connect(conn, retries)
             producer = kombu.Producer(conn.default_channel, exchange=DEFAULT_EXCHANGE)
             if self._is_amqp():
                 confirm_tracker(producer.channel)  # before any publish: it numbers them from the first
@@ -392,7 +405,7 @@ class BrokerTransport:
         """A channel on a short-lived connection, for queue administration off the hot path."""
         conn = self.connection()
         try:
-            self._connect(conn, 1)
+            self.connect(conn, 1)
             yield conn.default_channel
         finally:
             conn.release()

@@ -1,4 +1,8 @@
-"""A consumer connection and the messages it receives (kombu channels belong to the thread that opened them)."""
+"""A consumer connection and the messages it receives (kombu channels belong to the thread that opened them).
+
+Below `transport.py`, which re-exports it: a session uses the broker through `Broker`, the transport's
+public connect/abort pair and queue declarations, and never imports `transport.py`.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import kombu
 
@@ -16,14 +20,37 @@ from ..message import CONTENT_ENCODING, CONTENT_TYPE
 from .broadcast import control_queue, decode_cancel
 from .guard import guard_channel
 
-if TYPE_CHECKING:
-    from ..transport import BrokerTransport
-
 #: A consumer that lost its broker tries again after this pause, doubled after each failure up to the max.
 RECONNECT_FIRST_PAUSE = 0.5
 RECONNECT_MAX_PAUSE = 10.0
 #: Errors that mean "the broker is not there right now" across kombu's transports.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, ConnectionError, socket.timeout)
+
+
+class Broker(Protocol):
+    """What a session needs of its transport (`transport.BrokerTransport`)."""
+
+    @property
+    def scheme(self) -> str: ...
+
+    @property
+    def broadcasts(self) -> bool: ...
+
+    def connection(self) -> kombu.Connection:
+        """A new, not yet connected connection."""
+        ...
+
+    def connect(self, conn: kombu.Connection, retries: int | None = None) -> None:
+        """Connect `conn` (default retries: the `publish_retries` setting); raises BrokerUnavailable."""
+        ...
+
+    def abort(self, conn: kombu.Connection) -> None:
+        """Drop a failed connection at once, without the close handshake."""
+        ...
+
+    def queue(self, name: str) -> kombu.Queue: ...
+
+    def declare_queue(self, name: str, channel: Any) -> Any: ...
 
 
 @dataclass
@@ -48,7 +75,7 @@ class ConsumerSession:
 
     def __init__(
         self,
-        transport: BrokerTransport,
+        transport: Broker,
         queues: list[str],
         prefetch: int,
         consume: bool = True,
@@ -122,9 +149,7 @@ class ConsumerSession:
         self.close(abort=True)
         conn = self.transport.connection()
         try:
-            self.transport._connect(
-                conn, retries if retries is not None else self.transport.settings.publish_retries
-            )
+            self.transport.connect(conn, retries)
             channel = conn.default_channel
             channel.basic_qos(
                 0, self.prefetch, False
