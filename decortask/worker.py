@@ -31,6 +31,7 @@ from .errors import BrokerUnavailable
 from .executor import Executor
 from .middleware import call_hooks
 from .outcomes import Outcome, Settle
+from .periodic import PeriodicScheduler
 from .pools import make_pool
 from .scheduler import Scheduler
 from .security import mask_text
@@ -101,6 +102,7 @@ class Worker:
         # pool's children) is refused before anything is consumed.
         self.pool = make_pool(pool, app, self.executor, self.id, concurrency, app_modules)
         self.scheduler = Scheduler(app, self.id)
+        self.periodic = PeriodicScheduler(app, self.id)  # periodic tasks: docs/periodic.md
         self.supervisor = Supervisor(app, self.pool)
         self.stats = WorkerStats()
         self.grace = app.settings.shutdown_grace if grace is None else grace
@@ -405,6 +407,10 @@ class Worker:
             self.scheduler.tick()
         except Exception as exc:
             logger.warning("scheduler tick failed (%s); will retry", mask_text(str(exc)))
+        try:
+            self.periodic.tick()
+        except Exception as exc:
+            logger.warning("periodic scheduler tick failed (%s); will retry", mask_text(str(exc)))
 
     def _purge_expired(self) -> None:
         try:
