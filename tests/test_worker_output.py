@@ -217,6 +217,10 @@ def test_decortask_worker_stderr_shows_one_success_line_and_one_failure_line(
         re.M,
     )
     assert stderr.count("did you mean DECORTASK_STORE_URL?") == 1  # the misspelled variable, once
+    # The last line sums up the run, as an operator reads it after a stop.
+    assert re.search(
+        r" INFO decortask\.worker: worker \S+ stopped: 2 received, 1 FAILED, 1 SUCCESS$", stderr, re.M
+    )
     _assert_no_values(stderr)
 
 
