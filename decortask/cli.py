@@ -18,6 +18,7 @@ import click
 from .app import Decortask, current_app
 from .config import sqlite_path
 from .errors import DecortaskError
+from .periodic_cli import schedules
 from .pools import POOL_KINDS
 from .security import mask_text, masked_args, scrub
 from .states import TaskStatus
@@ -524,3 +525,6 @@ def dashboard(
         )
     except DecortaskError as exc:
         raise click.ClickException(mask_text(str(exc))) from None
+
+
+main.add_command(schedules)  # decortask schedules [list|pause|resume]: periodic_cli.py
