@@ -244,7 +244,9 @@ class PeriodicScheduler:
                 return
             if created:
                 self._publish(message, queue, task)
-                logger.debug("schedule %s: slot %s published as task %s", entry.name, slot_time(slot), task_id)
+                logger.debug(
+                    "schedule %s: slot %s published as task %s", entry.name, slot_time(slot), task_id
+                )
                 return
             record = stored
         if record.status is TaskStatus.PENDING:

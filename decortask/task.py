@@ -127,7 +127,9 @@ def build_options(fn: Callable[..., Any], raw: Mapping[str, Any]) -> TaskOptions
         raise _fail("jitter", "a fraction from 0 to 1", jitter)
     schedule = raw.get("schedule")
     if schedule is not None and not isinstance(schedule, Schedule):
-        raise _fail("schedule", "a schedule: cron('*/5 * * * *') or every(seconds=30) from decortask", schedule)
+        raise _fail(
+            "schedule", "a schedule: cron('*/5 * * * *') or every(seconds=30) from decortask", schedule
+        )
     policy = RetryPolicy(
         retries=retries,
         delay=float(_number("delay", raw.get("delay", 0.0), minimum=0.0)),
