@@ -18,7 +18,7 @@ import click
 from .app import Decortask, current_app
 from .config import sqlite_path
 from .errors import DecortaskError
-from .periodic_cli import schedules
+from .periodic_cli import install_schedules
 from .pools import POOL_KINDS
 from .security import mask_text, masked_args, scrub
 from .states import TaskStatus
@@ -527,4 +527,7 @@ def dashboard(
         raise click.ClickException(mask_text(str(exc))) from None
 
 
-main.add_command(schedules)  # decortask schedules [list|pause|resume]: periodic_cli.py
+# decortask schedules [list|pause|resume]: periodic_cli.py, handed these helpers so it never imports cli.py
+install_schedules(
+    main, reading=_reading, loading=lambda target, store_url: _override(load_app(target), None, store_url)
+)

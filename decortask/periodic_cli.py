@@ -1,29 +1,56 @@
 """`decortask schedules`: list periodic schedules with their next and last runs; pause and resume them.
 
-Registered on the `decortask` command group by cli.py; the app and store helpers come from there.
+cli.py registers it with `install_schedules`, handing over its app and store helpers (so this module
+never imports cli.py, which imports it). The rows and the pause/resume steps come from periodic_status.py,
+shared with the dashboard.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
-from typing import Any
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 
 import click
 
 from .errors import DecortaskError
-from .periodic import lease_name, slot_task_id
-from .periodic_config import PeriodicEntry, declared_entries
-from .schedules import next_slot
+from .periodic_config import declared_entries
+from .periodic_status import pause_schedule, resume_schedule, schedule_rows, unknown_schedule
 from .security import mask_text
 from .store.base import TaskStore
-from .store.periodic_state import ScheduleState, periodic_state
+
+if TYPE_CHECKING:
+    from .app import Decortask
+
+#: Opens the -A app's store for reading: (app_target, broker_url, store_url) -> (app, store). cli._reading.
+Reading = Callable[
+    [str | None, str | None, str | None], AbstractContextManager[tuple["Decortask", TaskStore]]
+]
+#: Loads the -A app with an overridden store: (app_target, store_url) -> app.
+Loading = Callable[[str | None, str | None], "Decortask"]
+
+
+class _Helpers:
+    """What cli.py hands over in `install_schedules`."""
+
+    reading: Reading
+    loading: Loading
+
+
+_helpers = _Helpers()
 
 _APP = click.option("-A", "--app", "app_target", help="Module defining your tasks (and their schedules).")
 _STORE = click.option(
     "--store-url", default=None, help="The store to use (else the -A app's, else the environment's)."
 )
+
+
+def install_schedules(group: click.Group, *, reading: Reading, loading: Loading) -> None:
+    """Add `schedules` to the `decortask` group, with the CLI's way to load the app and read its store."""
+    _helpers.reading, _helpers.loading = reading, loading
+    group.add_command(schedules)
 
 
 @click.group("schedules", invoke_without_command=True)
@@ -43,11 +70,9 @@ def schedules(ctx: click.Context, app_target: str | None, store_url: str | None,
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def list_schedules(app_target: str | None, store_url: str | None, as_json: bool) -> None:
     """Every schedule the -A app declares or the store knows: next run, last run and its outcome, leader."""
-    from .cli import _reading
-
-    with _reading(app_target, None, store_url) as (app, store):
+    with _helpers.reading(app_target, None, store_url) as (app, store):
         try:
-            rows = _rows(declared_entries(app), store, time.time())
+            rows = schedule_rows(declared_entries(app), store, time.time())
         except DecortaskError as exc:
             raise click.ClickException(mask_text(str(exc))) from None
     if as_json:
@@ -73,8 +98,7 @@ def list_schedules(app_target: str | None, store_url: str | None, as_json: bool)
 @_STORE
 def pause(name: str, app_target: str | None, store_url: str | None) -> None:
     """Pause a schedule: its slots are skipped (never run later) until it is resumed. Kept in the store."""
-    store = _known(name, app_target, store_url)
-    periodic_state(store).set_schedule_paused(name, True)
+    pause_schedule(_known(name, app_target, store_url), name)
     click.echo(f"schedule {name}: paused; its slots are skipped until `decortask schedules resume {name}`")
 
 
@@ -84,60 +108,18 @@ def pause(name: str, app_target: str | None, store_url: str | None) -> None:
 @_STORE
 def resume(name: str, app_target: str | None, store_url: str | None) -> None:
     """Resume a paused schedule from its next slot; slots that fell while it was paused are not run."""
-    state = periodic_state(_known(name, app_target, store_url))
-    state.set_schedule_paused(name, False)
-    state.advance_schedule(name, time.time())  # paused slots are skipped, not caught up as missed ones
+    resume_schedule(_known(name, app_target, store_url), name)
     click.echo(f"schedule {name}: resumed; it runs from its next slot")
 
 
 def _known(name: str, app_target: str | None, store_url: str | None) -> TaskStore:
     """The app's store, once `name` is a schedule the -A app declares or the store knows."""
-    from .cli import _override, load_app
-
     try:
-        app = _override(load_app(app_target), None, store_url)
-        declared = {entry.name for entry in declared_entries(app)}
+        app = _helpers.loading(app_target, store_url)
         store = app.store
-        stored = {state.name for state in periodic_state(store).schedule_states()}
+        problem = unknown_schedule(name, declared_entries(app), store)
     except DecortaskError as exc:
         raise click.ClickException(mask_text(str(exc))) from None
-    if name not in declared | stored:
-        known = ", ".join(sorted(declared | stored)) or "none"
-        raise click.ClickException(
-            f"no schedule named {name!r} in the -A app or the store (known: {known}); pass -A naming the module "
-            "that declares it, and the store its workers use"
-        )
+    if problem is not None:
+        raise click.ClickException(problem)
     return store
-
-
-def _rows(entries: list[PeriodicEntry], store: TaskStore, now: float) -> list[dict[str, Any]]:
-    state_store = periodic_state(store)
-    states = {state.name: state for state in state_store.schedule_states()}
-    by_name = {entry.name: entry for entry in entries}
-    rows = []
-    for name in sorted(set(by_name) | set(states)):
-        entry, state = by_name.get(name), states.get(name, ScheduleState(name))
-        last = state.last_slot
-        record = store.get(slot_task_id(name, last)) if last is not None else None
-        if entry is None:
-            described, upcoming = "(not declared by the -A app)", None
-        else:
-            described = entry.schedule.describe()
-            upcoming = None if state.paused else next_slot(entry.schedule, max(last or now, now))
-        rows.append(
-            {
-                "name": name,
-                "task": entry.task if entry is not None else None,
-                "schedule": described,
-                "paused": state.paused,
-                "next_run": "paused" if state.paused else _utc(upcoming),
-                "last_run": _utc(last) if record is not None else None,
-                "last_outcome": record.status.value if record is not None else None,
-                "leader": state_store.lease_owner(lease_name(name), now),
-            }
-        )
-    return rows
-
-
-def _utc(when: float | None) -> str | None:
-    return None if when is None else datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")

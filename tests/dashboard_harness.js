@@ -24,7 +24,7 @@ class El {
   }
 }
 const elements = {};
-const TABLES = new Set(["tasks", "workers", "queues", "deadletters"]);
+const TABLES = new Set(["tasks", "workers", "queues", "deadletters", "schedules"]);
 let ready = null;
 globalThis.document = {
   getElementById: (id) => (elements[id] ||= new El(TABLES.has(id) ? "table" : "div", id)),
@@ -57,6 +57,13 @@ const settle = () => new Promise((resolve) => setTimeout(resolve, 50));
   out.counts = $("counts").children.map((b) => b.textContent);
   out.workers = $("workers").tBodies[0].rows.map((r) => r.textContent);
   out.queues = $("queues").tBodies[0].rows.map((r) => r.textContent);
+  if (data.routes["/api/schedules"]) {
+    out.schedulesHidden = $("schedules-section").hidden;
+    out.schedules = $("schedules").tBodies[0].rows.map((r) => r.children.map((c) => c.textContent));
+    $("schedules").tBodies[0].rows[0].children[6].children[0].fire("click");  // Pause on the first
+    await settle();
+    out.scheduleMessage = $("message").textContent;
+  }
   $("tasks").tBodies[0].rows[0].fire("click");
   await settle();
   out.detailHidden = $("detail").hidden;

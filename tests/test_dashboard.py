@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import behaviour_tasks as bt
 import httpx
@@ -35,10 +36,14 @@ from workers import REPO, WorkerProcess, poll_until
 from decortask import Decortask, TaskContext, TaskStatus, task, task_log
 from decortask.app import reset_default_app
 from decortask.cli import main as cli_main
+from decortask.dashboard import api as api_module
 from decortask.dashboard import create_dashboard, events
 from decortask.dashboard.assets import SCRIPT
 from decortask.dashboard.events import ChangeFeed, stream
 from decortask.errors import ConfigurationError
+from decortask.periodic import PeriodicScheduler
+from decortask.periodic_config import declared_entries
+from decortask.store.periodic_state import periodic_state
 from decortask.testing import run_pending
 
 with warnings.catch_warnings():
@@ -527,6 +532,102 @@ def test_mutating_endpoints_refuse_get(client: TestClient) -> None:
         assert client.get(path, headers=BEARER).status_code == 405
 
 
+# -- periodic schedules (issue 14) ---------------------------------------------------------------------
+
+MARKUP_SCHEDULE = f"nightly {XSS}"
+#: What encodeURIComponent leaves unescaped, so `quote(name, safe=JS_SAFE)` is the page's URL of a name.
+JS_SAFE = "-_.!~*'()"
+SCHEDULES = {
+    "hourly-echo": {"task": "dash.echo", "every": 3600, "args": ["hi"]},
+    MARKUP_SCHEDULE: {"task": "dash.echo", "cron": "0 3 * * *", "tz": "Europe/Paris", "args": ["x"]},
+}
+
+
+@pytest.fixture
+def periodic_app(tmp_path: Path, unique: str) -> Iterator[Decortask]:
+    """An app declaring two schedules, one led and published for a slot by an in-process scheduler."""
+    instance = Decortask(
+        "memory://", f"sqlite:///{tmp_path}/store.db", default_queue=f"q-{unique}", schedules=SCHEDULES
+    )
+    now = time.time()
+    hour = now - now % 3600
+    leader = PeriodicScheduler(instance, "leader-host:42:abc")
+    leader.tick(hour + 1)  # both schedules start
+    leader.tick(hour + 3601)  # hourly-echo publishes the slot of the next hour
+    yield instance
+    instance.transport.purge(instance.settings.default_queue)
+    instance.close()
+    reset_default_app()
+
+
+def test_schedules_api_lists_what_decortask_schedules_lists(periodic_app: Decortask) -> None:
+    with TestClient(create_dashboard(periodic_app, token=TOKEN), base_url="http://127.0.0.1:8000") as c:
+        assert c.get("/api/schedules").status_code == 401
+        answer = c.get("/api/schedules", headers=BEARER)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["note"] is None
+    rows = {row["name"]: row for row in answer.json()["schedules"]}
+    assert set(rows) == set(SCHEDULES)
+    from decortask.periodic_status import schedule_rows  # here: the module is new with this page
+
+    # The very rows `decortask schedules --json` prints (one function computes both).
+    expected = {
+        r["name"]: r for r in schedule_rows(declared_entries(periodic_app), periodic_app.store, time.time())
+    }
+    for name, row in rows.items():
+        assert {k: v for k, v in row.items() if k != "leader"} == {
+            k: v for k, v in expected[name].items() if k != "leader"
+        }
+    hourly, nightly = rows["hourly-echo"], rows[MARKUP_SCHEDULE]
+    assert (hourly["task"], hourly["schedule"], hourly["expression"], hourly["tz"]) == (
+        "dash.echo", "every 1h", 3600, None
+    )  # fmt: skip
+    assert (nightly["expression"], nightly["tz"], nightly["last_at"]) == ("0 3 * * *", "Europe/Paris", None)
+    assert hourly["last_outcome"] == "PENDING" and hourly["last_task_id"] is not None
+    assert hourly["next_at"] == hourly["last_at"] + 3600 and hourly["paused"] is False
+    assert hourly["leader"] == "leader-host:42:abc"
+
+
+def test_schedules_api_pause_and_resume_need_auth_and_csrf_and_are_kept_in_the_store(
+    periodic_app: Decortask,
+) -> None:
+    state = periodic_state(periodic_app.store)
+    with TestClient(create_dashboard(periodic_app, token=TOKEN), base_url="http://127.0.0.1:8000") as c:
+        path = "/api/schedules/hourly-echo/pause"
+        assert c.post(path).status_code == 401
+        assert c.post(path, headers=BEARER).status_code == 403  # no CSRF token
+        assert c.post(path, headers={**BEARER, "X-CSRF-Token": "0" * 64}).status_code == 403
+        assert c.get(path, headers=BEARER).status_code == 405
+        assert not state.schedule_state("hourly-echo").paused  # type: ignore[union-attr]
+        paused = post(c, path)
+        assert paused.status_code == 200 and paused.json() == {"name": "hourly-echo", "paused": True}
+        assert state.schedule_state("hourly-echo").paused  # type: ignore[union-attr]
+        listed = {r["name"]: r for r in c.get("/api/schedules", headers=BEARER).json()["schedules"]}
+        assert listed["hourly-echo"]["paused"] is True and listed["hourly-echo"]["next_at"] is None
+        # A name with markup and slashes reaches the right schedule once URL-encoded.
+        quoted = "/api/schedules/" + quote(MARKUP_SCHEDULE, safe="") + "/pause"
+        assert post(c, quoted).status_code == 200
+        assert state.schedule_state(MARKUP_SCHEDULE).paused  # type: ignore[union-attr]
+        resumed = post(c, "/api/schedules/hourly-echo/resume")
+        assert resumed.status_code == 200 and resumed.json()["paused"] is False
+        assert not state.schedule_state("hourly-echo").paused  # type: ignore[union-attr]
+        unknown = post(c, "/api/schedules/nope/pause")
+        assert unknown.status_code == 404 and "hourly-echo" in unknown.json()["error"]
+
+
+def test_schedules_api_says_why_when_the_store_keeps_no_schedules(
+    app: Decortask, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        api_module,
+        "schedule_rows",
+        lambda *a: periodic_state(object()),  # what a store without periodic state raises
+    )
+    answer = client.get("/api/schedules", headers=BEARER)
+    assert answer.status_code == 200
+    assert answer.json()["schedules"] == [] and "keeps no periodic-task state" in answer.json()["note"]
+
+
 # -- auth, sessions, headers ---------------------------------------------------------------------------
 
 
@@ -736,6 +837,20 @@ def test_page_script_renders_tasks_detail_and_live_changes_as_text(
         for path in ("/api/tasks", "/api/counts", "/api/workers", "/api/queues", f"/api/tasks/{broken.id}")
     }
     routes[f"/api/tasks/{broken.id}/retry"] = post(client, f"/api/tasks/{broken.id}/retry").json()
+    now = time.time()
+    routes["/api/schedules"] = {
+        "note": None,
+        "schedules": [
+            {"name": XSS, "task": "dash.echo", "schedule": "cron '0 3 * * *' (Europe/Paris)",
+             "expression": "0 3 * * *", "tz": "Europe/Paris", "paused": False, "next_at": now + 60,
+             "next_run": "", "last_at": now - 60, "last_run": "", "last_task_id": "t1",
+             "last_outcome": "SUCCESS", "leader": "alpha:7:abc"},
+            {"name": "hourly", "task": "dash.echo", "schedule": "every 1h", "expression": 3600, "tz": None,
+             "paused": True, "next_at": None, "next_run": "paused", "last_at": None, "last_run": None,
+             "last_task_id": None, "last_outcome": None, "leader": None},
+        ],
+    }  # fmt: skip
+    routes["/api/schedules/" + quote(XSS, safe=JS_SAFE) + "/pause"] = {"name": XSS, "paused": True}
     (tmp_path / "data.json").write_text(json.dumps({"routes": routes}))
     (tmp_path / "dashboard.js").write_text(SCRIPT)
     harness = Path(__file__).with_name("dashboard_harness.js")
@@ -754,16 +869,19 @@ def test_page_script_renders_tasks_detail_and_live_changes_as_text(
     assert seen["detailHidden"] is False
     assert XSS in seen["error"] and any(XSS in line for line in seen["logs"])
     assert (seen["retryDisabled"], seen["cancelDisabled"]) == (False, True)
+    headers = {"Content-Type": "application/json", "X-CSRF-Token": "csrf-123", "Accept": "application/json"}
     assert seen["posts"] == [
-        {
-            "path": f"/api/tasks/{broken.id}/retry",
-            "headers": {
-                "Content-Type": "application/json",
-                "X-CSRF-Token": "csrf-123",
-                "Accept": "application/json",
-            },
-        }
+        {"path": "/api/schedules/" + quote(XSS, safe=JS_SAFE) + "/pause", "headers": headers},
+        {"path": f"/api/tasks/{broken.id}/retry", "headers": headers},
     ]
+    assert seen["schedulesHidden"] is False
+    first, second = seen["schedules"]
+    # Schedule (name, task), runs (expression, zone), next run, last slot, state, leader, button.
+    assert first[0] == XSS + "dash.echo" and first[1] == "cron 0 3 * * *Europe/Paris"
+    assert first[3].endswith("SUCCESS") and first[4:7] == ["active", "alpha:7:abc", "Pause"]
+    assert second[1] == "every 1h" and second[2] == "paused" and second[3] == "none yet"
+    assert second[4:7] == ["paused", "none", "Resume"]
+    assert seen["scheduleMessage"].startswith(f"schedule {XSS}: paused")
     assert "attempt 2 queued" in seen["message"]
     assert seen["live"] == "live"
     assert "RUNNING" in seen["rowAfterEvent"]

@@ -1,8 +1,8 @@
 """The JSON API and the admission step every route goes through (auth, then CSRF on POST).
 
 Reads: `GET /api/...`. Changes: `POST /api/tasks/{id}/retry`, `POST /api/tasks/{id}/cancel`,
-`POST /api/deadletters/replay`, each with the session's CSRF token. Errors are JSON `{"error": ...}` with
-404 (unknown task), 409 (the task's state does not allow it), 401 (no or wrong credentials), 403 (CSRF or
+`POST /api/deadletters/replay`, `POST /api/schedules/{name}/pause` and `.../resume`, each with the
+session's CSRF token. Errors are JSON `{"error": ...}` with 404 (unknown task or schedule), 409 (the task's state does not allow it), 401 (no or wrong credentials), 403 (CSRF or
 origin), 503 (broker or store unreachable); every message is masked.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,9 @@ from ..errors import (
     TaskNotFound,
     TaskStateConflict,
 )
-from ..security import mask_text
+from ..periodic_config import declared_entries
+from ..periodic_status import pause_schedule, resume_schedule, schedule_rows, unknown_schedule
+from ..security import mask_text, scrub
 from ..states import TaskStatus
 from . import queries
 from .auth import CSRF_HEADER, SESSION_COOKIE, Caller, Guard, new_session_id
@@ -282,6 +285,19 @@ async def dead_letter_list(request: Request, caller: Caller) -> Response:
     return json_response(data)
 
 
+async def schedule_list(request: Request, caller: Caller) -> Response:
+    """Periodic schedules as `decortask schedules` lists them; `note` says why there are none to show."""
+    app = state_of(request).app
+    try:
+        rows = await in_thread(lambda: schedule_rows(declared_entries(app), app.store, time.time()))
+    except ConfigurationError as exc:
+        # A store without periodic state (or a bad schedules setting): the section says why, nothing fails.
+        return json_response({"schedules": [], "note": mask_text(str(exc))})
+    except StoreError as exc:
+        return outage(exc)
+    return json_response({"schedules": scrub(rows), "note": None})
+
+
 async def events(request: Request, caller: Caller) -> Response:
     state = state_of(request)
     if state.streams >= MAX_STREAMS:
@@ -342,6 +358,39 @@ async def cancel(request: Request, caller: Caller) -> Response:
             "stop_requested": status != TaskStatus.CANCELLED.value,
         }
     )
+
+
+async def pause(request: Request, caller: Caller) -> Response:
+    """Pause a schedule (as `decortask schedules pause`): its slots are skipped until it is resumed."""
+    return await _set_paused(request, True)
+
+
+async def resume(request: Request, caller: Caller) -> Response:
+    """Resume a schedule (as `decortask schedules resume`) from its next slot."""
+    return await _set_paused(request, False)
+
+
+async def _set_paused(request: Request, paused: bool) -> Response:
+    name = request.path_params["name"]
+    app = state_of(request).app
+
+    def change() -> str | None:
+        problem = unknown_schedule(name, declared_entries(app), app.store)
+        if problem is None and paused:
+            pause_schedule(app.store, name)
+        elif problem is None:
+            resume_schedule(app.store, name)
+        return problem
+
+    try:
+        problem = await in_thread(change)
+    except ConfigurationError as exc:
+        return error(409, str(exc))
+    except StoreError as exc:
+        return outage(exc)
+    if problem is not None:
+        return error(404, problem)
+    return json_response({"name": name, "paused": paused})
 
 
 async def replay_dead_letters(request: Request, caller: Caller) -> Response:

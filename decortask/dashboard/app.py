@@ -92,6 +92,10 @@ def create_dashboard(
         Route("/api/queues", api.guarded(api.queue_list)),
         Route("/api/deadletters", api.guarded(api.dead_letter_list)),
         Route("/api/deadletters/replay", api.guarded(api.replay_dead_letters, post=True), methods=["POST"]),
+        Route("/api/schedules", api.guarded(api.schedule_list)),
+        # `path`: a schedule's name is any text (a key of the schedules setting), slashes included.
+        Route("/api/schedules/{name:path}/pause", api.guarded(api.pause, post=True), methods=["POST"]),
+        Route("/api/schedules/{name:path}/resume", api.guarded(api.resume, post=True), methods=["POST"]),
         Route("/api/events", api.guarded(api.events)),
     ]
     dashboard = Starlette(routes=routes, lifespan=lifespan)

@@ -209,6 +209,52 @@ SCRIPT = r"""
       }));
     } catch (err) { say(err.message, true); }
   }
+  // -- periodic schedules --------------------------------------------------------------------------------
+  async function refreshSchedules() {
+    try {
+      const data = await getJSON("/api/schedules");
+      $("schedules-section").hidden = !data.schedules.length && !data.note;
+      $("schedules-note").textContent = data.note || "";
+      $("schedules").tBodies[0].replaceChildren(...data.schedules.map(scheduleRow));
+    } catch (err) { say(err.message, true); }
+  }
+  function scheduleRow(s) {
+    const row = el("tr");
+    row.className = "static";
+    const name = el("td");
+    name.append(el("div", s.name, "name"), el("div", s.task || "", "id"));
+    const runs = el("td");
+    runs.append(el("div", s.tz ? "cron " + s.expression : s.schedule, "expr"));
+    if (s.tz) runs.append(el("div", s.tz, "zone"));
+    const last = el("td");
+    if (s.last_at) {
+      last.append(el("div", when(s.last_at), "nowrap"));
+      last.append(el("span", s.last_outcome, "badge st-" + s.last_outcome));
+      last.title = s.last_task_id;
+    } else {
+      last.textContent = "none yet";
+    }
+    const next = el("td", s.paused ? "paused" : (s.next_at ? when(s.next_at) : ""), "nowrap");
+    const status = el("td");
+    status.append(el("span", s.paused ? "paused" : "active", s.paused ? "badge st-CANCELLED" : "badge st-SUCCESS"));
+    const action = el("td");
+    if (s.task) {
+      const button = el("button", s.paused ? "Resume" : "Pause");
+      button.type = "button";
+      button.addEventListener("click", () => setPaused(s.name, !s.paused));
+      action.append(button);
+    }
+    row.append(name, runs, next, last, status, el("td", s.leader || "none", "leader"), action);
+    return row;
+  }
+  async function setPaused(name, paused) {
+    try {
+      await postJSON("/api/schedules/" + encodeURIComponent(name) + (paused ? "/pause" : "/resume"));
+      say("schedule " + name + (paused ? ": paused; its slots are skipped until it is resumed" : ": resumed from its next slot"));
+    } catch (err) { say(err.message, true); }
+    refreshSchedules();
+  }
+
   async function refreshDeadLetters() {
     if (!state.dlqQueue) return;
     try {
@@ -284,7 +330,9 @@ SCRIPT = r"""
     refreshCounts();
     refreshTasks();
     refreshSide();
+    refreshSchedules();
     setInterval(refreshSide, 5000);
+    setInterval(refreshSchedules, 5000);
     connect();
   });
 })();
@@ -328,6 +376,15 @@ pre { white-space: pre-wrap; word-break: break-word; background: #f5f6f8; paddin
 .logs { font-family: ui-monospace, monospace; font-size: 12px; }
 .ok { color: #196b3a; } .bad { color: #a01c1c; }
 button.link { background: none; border: none; color: #1a56c4; cursor: pointer; padding: 0; }
+.schedules { margin-top: 16px; }
+.schedules h2 { font-size: 16px; margin: 8px 0; }
+.schedules .expr { font-family: ui-monospace, monospace; font-size: 12px; white-space: nowrap; }
+tbody tr.static { cursor: default; }
+.schedules .leader { font-family: ui-monospace, monospace; font-size: 12px; color: #5c6776;
+  overflow-wrap: anywhere; }
+.schedules .zone { font-size: 12px; color: #5c6776; }
+.nowrap { white-space: nowrap; }
+.note { color: #5c6776; margin: 4px 0; }
 .pager { display: flex; gap: 8px; align-items: center; padding: 6px 0; }
 body.login, body.task-page { display: block; }
 .login-form { max-width: 340px; margin: 80px auto; padding: 24px; background: #fff; border: 1px solid #e3e6ea;

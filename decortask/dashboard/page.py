@@ -87,6 +87,12 @@ def shell(csrf_token: str, overview: dict[str, Any], can_logout: bool) -> str:
     <h3>Arguments</h3><pre id="detail-args"></pre>
     <h3>Logs</h3><ol id="detail-logs" class="logs"></ol>
   </section>
+  <section id="schedules-section" class="schedules" hidden>
+    <h2>Schedules</h2>
+    <p id="schedules-note" class="note"></p>
+    <table id="schedules"><thead><tr><th>Schedule</th><th>Runs (zone)</th><th>Next run</th>
+    <th>Last slot</th><th>State</th><th>Leader</th><th></th></tr></thead><tbody></tbody></table>
+  </section>
 </main>
 <aside>
   <h2>Workers</h2>
