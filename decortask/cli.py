@@ -104,6 +104,11 @@ def main() -> None:
     default=None,
     help="Seconds running tasks may take to finish after SIGTERM/SIGINT (default: shutdown_grace, 30).",
 )
+@click.option(
+    "--periodic/--no-periodic",
+    default=None,
+    help="Take part in periodic schedules, or not (default: the periodic setting, DECORTASK_PERIODIC, on).",
+)
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option(
     "--broker-url", default=None, help="Overrides the app's broker (else the app's, else the environment's)."
@@ -118,6 +123,7 @@ def worker(
     pool: str,
     burst: bool,
     grace: float | None,
+    periodic: bool | None,
     loglevel: str,
     broker_url: str | None,
     store_url: str | None,
@@ -140,7 +146,14 @@ def worker(
         names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
         modules = [_child_target(app_target)] if app_target else []  # a pool child imports the same
         runner = Worker(
-            app, names, concurrency=concurrency, pool=pool, burst=burst, grace=grace, app_modules=modules
+            app,
+            names,
+            concurrency=concurrency,
+            pool=pool,
+            burst=burst,
+            grace=grace,
+            app_modules=modules,
+            periodic=periodic,
         )
         runner.install_signal_handlers()
         code = runner.run()

@@ -77,6 +77,8 @@ class Worker:
         grace: shutdown grace in seconds (default: the `shutdown_grace` setting).
         app_modules: modules a process-pool child imports to register the tasks (the `-A` modules);
             default: the modules that define the registered tasks.
+        periodic: whether this worker takes part in periodic schedules (default: the `periodic` setting;
+            `--periodic/--no-periodic`).
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class Worker:
         worker_id: str | None = None,
         grace: float | None = None,
         app_modules: Sequence[str] = (),
+        periodic: bool | None = None,
     ) -> None:
         self.app = app
         self.queues = list(queues or [app.settings.default_queue])
@@ -103,6 +106,8 @@ class Worker:
         self.pool = make_pool(pool, app, self.executor, self.id, concurrency, app_modules)
         self.scheduler = Scheduler(app, self.id)
         self.periodic = PeriodicScheduler(app, self.id)  # periodic tasks: docs/periodic.md
+        if periodic is not None:
+            self.periodic.enabled = periodic
         self.supervisor = Supervisor(app, self.pool)
         self.stats = WorkerStats()
         self.grace = app.settings.shutdown_grace if grace is None else grace
@@ -225,6 +230,8 @@ class Worker:
             self.pool_kind,
             len(self.app.registry),
         )
+        if not self.periodic.enabled:
+            logger.info("periodic schedules: off for this worker (--no-periodic or DECORTASK_PERIODIC=0)")
         call_hooks(self.app.middleware, "worker_start", self.app, self)
         try:
             self._consume(session)
