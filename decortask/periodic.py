@@ -131,10 +131,18 @@ class PeriodicScheduler:
         return published
 
     def close(self) -> None:
-        """Give up every lease held, so other workers take the schedules over at once."""
+        """Give up every lease held, so other workers take the schedules over at once; later ticks do nothing.
+
+        The worker calls it when its shutdown begins: a SIGTERMed leader's schedules then move to another
+        worker at that worker's next renewal (`renew_interval`) instead of once the lease lapses.
+        """
+        self.enabled = False  # the shutdown's last tick must not take the leases back
+        if not self._leading:
+            return
         store = periodic_state(self.app.store)
         for name in list(self._leading):
             store.release_lease(lease_name(name), self.owner)
+            logger.info("schedule %s: this worker %s is stopping and hands it over", name, self.owner)
         self._leading.clear()
 
     # -- leadership ----------------------------------------------------------------------------------------

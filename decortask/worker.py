@@ -238,6 +238,7 @@ class Worker:
             self._shut_down(session)
         finally:
             call_hooks(self.app.middleware, "worker_stop", self.app, self, reverse=True)
+            self._hand_over_schedules()  # again, for a run that ended by an error (a no-op otherwise)
             self.pool.shutdown()
             session.close()
             beating.set()
@@ -293,6 +294,7 @@ class Worker:
 
     def _shut_down(self, session: ConsumerSession) -> None:
         session.cancel()
+        self._hand_over_schedules()  # first: another worker leads them while this one drains
         for delivery in self._backlog:  # received but never started: back to the broker, still PENDING
             # If the connection is gone, the broker took the message back with it.
             with contextlib.suppress(*session.connection_errors):
@@ -417,6 +419,12 @@ class Worker:
             return
         if settled:
             logger.warning("reaper settled %d tasks whose worker died", settled)
+
+    def _hand_over_schedules(self) -> None:
+        try:
+            self.periodic.close()
+        except Exception as exc:  # the leases then lapse on their own within LEASE_TTL
+            logger.warning("could not hand periodic schedules over (%s)", mask_text(str(exc)))
 
     def _tick_scheduler(self) -> None:
         try:
