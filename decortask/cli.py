@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-import logging
 import os
 import sys
 from collections.abc import Iterator, Mapping
@@ -18,6 +17,7 @@ import click
 from .app import Decortask, current_app
 from .config import sqlite_path
 from .errors import DecortaskError
+from .logsetup import LOG_FORMATS, configure_logging, set_worker_id
 from .periodic_cli import install_schedules
 from .pools import POOL_KINDS
 from .security import mask_text, masked_args, scrub
@@ -64,11 +64,12 @@ def load_app(target: str | None) -> Decortask:
     return current_app()
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _configure_logging(level: str, logfile: str | None = None, log_format: str = "text") -> None:
+    """The process's log handler, through `logsetup` (the one place that configures logging)."""
+    try:
+        configure_logging(level, logfile=logfile, log_format=log_format)
+    except DecortaskError as exc:
+        raise click.ClickException(mask_text(str(exc))) from None
 
 
 def _override(app: Decortask, broker: str | None, store: str | None) -> Decortask:
@@ -111,6 +112,19 @@ def main() -> None:
 )
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option(
+    "--logfile",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Append the log to this file instead of stderr (reopened if logrotate moves it).",
+)
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(list(LOG_FORMATS)),
+    help="text, or json: one JSON object per line (ts, level, logger, message, worker_id, task_name, task_id).",
+)
+@click.option(
     "--broker-url", default=None, help="Overrides the app's broker (else the app's, else the environment's)."
 )
 @click.option(
@@ -125,13 +139,15 @@ def worker(
     grace: float | None,
     periodic: bool | None,
     loglevel: str,
+    logfile: str | None,
+    log_format: str,
     broker_url: str | None,
     store_url: str | None,
 ) -> None:
     """Consume and run tasks."""
     from .worker import Worker
 
-    _configure_logging(loglevel)
+    _configure_logging(loglevel, logfile, log_format)
     try:
         loaded = load_app(app_target)
         _refuse_an_unbound_flask_extension(loaded, app_target)
@@ -155,6 +171,7 @@ def worker(
             app_modules=modules,
             periodic=periodic,
         )
+        set_worker_id(runner.id)
         runner.install_signal_handlers()
         code = runner.run()
     except DecortaskError as exc:

@@ -65,7 +65,8 @@ class TaskContext:
         line = LogLine(
             ts=time.time(), message=mask_text(str(message)), attempt=self.attempt, extra=mask_fields(extra)
         )
-        logger.info("[%s %s] %s", self.name, self.task_id, line.message)
+        # Marked, so the log handler's task filter does not name the task a second time.
+        logger.info("[%s %s] %s", self.name, self.task_id, line.message, extra={"decortask_task_line": True})
         if self._log_sink is not None:
             try:
                 self._log_sink(line)

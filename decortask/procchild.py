@@ -24,6 +24,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .delivery import process_delivery
+from .logsetup import configure_logging, set_worker_id
 
 if TYPE_CHECKING:
     from .app import Decortask
@@ -35,7 +36,6 @@ logger = logging.getLogger("decortask.worker")
 
 #: How often a child checks that its parent still exists (the pipe's EOF usually tells it first).
 PARENT_CHECK = 1.0
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
 
 def frame(header: dict[str, Any], body: bytes = b"") -> bytes:
@@ -159,7 +159,15 @@ def child_main(conn: Connection) -> None:
         config, _ = unframe(conn.recv_bytes())
     except (EOFError, OSError):
         return
-    logging.basicConfig(level=int(config["loglevel"]), format=LOG_FORMAT)
+    # Logs like its parent (stderr or --logfile, text or JSON, task fields), each text line with its pid.
+    options = {"level": int(config["loglevel"]), **dict(config.get("logging") or {})}
+    configure_logging(
+        options["level"],
+        logfile=options.get("logfile"),
+        log_format=options.get("log_format", "text"),
+        child=True,
+    )
+    set_worker_id(str(config["worker_id"]))
     for name in config["modules"]:  # the worker's -A modules: never a name from a message
         module_name, _, factory = name.partition(":")
         module = importlib.import_module(module_name)

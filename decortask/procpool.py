@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import recovery
 from .errors import ConfigurationError
+from .logsetup import child_options
 from .message import Message, decode
 from .outcomes import Outcome, Settle
 from .procchild import child_main, frame, unframe
@@ -154,6 +155,7 @@ class ProcessPool:
             "modules": self.modules,
             "worker_id": self.worker_id,
             "loglevel": logging.getLogger("decortask").getEffectiveLevel(),
+            "logging": child_options(),  # --logfile and --log-format, as the parent logs
         }
         self._slots = [self._spawn() for _ in range(self.size)]
         deadline = time.monotonic() + STARTUP_TIMEOUT

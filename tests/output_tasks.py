@@ -1,0 +1,44 @@
+"""Tasks for tests/test_logging_output.py, run by real `decortask worker -A tests.output_tasks` and in process.
+
+Names are explicit so the producer (which imports this file as `output_tasks`) and the worker agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from decortask import TaskContext, task, task_log
+
+SECRET = "hunter2-sentinel"
+#: The user's own logger, as a project would name it.
+shop = logging.getLogger("shop.billing")
+
+
+@task(name="out.logs_own")
+def logs_own(order: int) -> str:
+    shop.info("charging order %s; password=%s", order, SECRET)
+    task_log("stored line")
+    print(f"printed order {order}; token={SECRET}")
+    return "ok"
+
+
+@task(name="out.async_logs_own")
+async def async_logs_own(order: int) -> str:
+    await asyncio.sleep(0)
+    shop.info("async charging order %s", order)
+    print(f"async printed order {order}")
+    return "ok"
+
+
+@task(name="out.chatty")
+def chatty(ctx: TaskContext, lines: int, tag: str) -> int:
+    for i in range(lines):
+        print(f"{tag} stdout {i}")
+        shop.warning("%s logging %s", tag, i)
+    return lines
+
+
+@task(name="out.quiet")
+def quiet() -> int:
+    return 1
