@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import BrokerUnavailable, MessageError, TaskNotFound, TaskStateConflict
 from .message import Message, decode
+from .outcomes import Reason
 from .records import ended_fields, message_from_record
 from .security import mask_text
 from .states import CLAIMABLE, TERMINAL, TaskStatus
@@ -45,7 +46,7 @@ FRESH_ATTEMPT: dict[str, Any] = {
     "deliveries": 0,
 }
 #: The reason a task gets when `decortask purge` deletes its message before it ran.
-PURGED = "purged"
+PURGED = Reason.PURGED
 
 
 def retry_task(app: Decortask, task_id: str) -> TaskHandle[Any]:
@@ -104,7 +105,9 @@ def reopen(app: Decortask, record: TaskRecord, body: bytes, queue: str) -> TaskR
         TaskStateConflict: the record changed since it was read (someone else re-ran or changed it first).
         BrokerUnavailable: as for `retry_task`; the entry stays in the schedule.
     """
-    entry = _entry(record, body, queue)
+    entry = ScheduleEntry.for_attempt(
+        record.id, record.attempt + 1, queue=queue, due_at=time.time(), body=body, priority=record.priority
+    )
     updated = app.store.transition(
         record.id,
         TaskStatus.PENDING,
@@ -143,18 +146,6 @@ def publish_entry(app: Decortask, entry: ScheduleEntry, *, persistent: bool) -> 
     # If this removal fails or the process dies first, a scheduler publishes the entry once more: a duplicate
     # of an attempt that already ran or runs, which the receipt rules ack without running.
     app.store.remove_schedule([entry.id])
-
-
-def _entry(record: TaskRecord, body: bytes, queue: str) -> ScheduleEntry:
-    attempt = record.attempt + 1
-    return ScheduleEntry(
-        id=f"{record.id}:{attempt}",  # the schedule's id scheme: one entry per (task, attempt)
-        task_id=record.id,
-        queue=queue,
-        due_at=time.time(),
-        body=body.decode(),
-        priority=record.priority,
-    )
 
 
 def _not_ended(record: TaskRecord) -> TaskStateConflict:

@@ -311,12 +311,12 @@ def _replay_one(app: Decortask, body: bytes, letter: DeadLetter, message: Messag
             # Created just now, or re-opened by an earlier replay that died before its ack: publish the next
             # attempt. A second copy of that attempt is skipped by the receipt rules, never run twice.
             attempt = record.attempt + 1
-            entry = ScheduleEntry(
-                id=f"{record.id}:{attempt}",
-                task_id=record.id,
+            entry = ScheduleEntry.for_attempt(
+                record.id,
+                attempt,
                 queue=letter.queue,
                 due_at=time.time(),
-                body=_with_attempt(body, attempt).decode(),
+                body=_with_attempt(body, attempt),
                 priority=message.priority,
             )
             store.add_schedule(entry)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .call_options import NO_OPTIONS, CallOptions
 from .message import Message
 from .middleware import finish_enqueue, prepare_enqueue
+from .records import schedule_entry
 from .states import TaskStatus
 from .store.base import ScheduleEntry, TaskRecord
 
@@ -157,14 +158,7 @@ class _Common:
 
     def schedule_entry(self, item: _Prepared) -> ScheduleEntry:
         assert self.due is not None
-        return ScheduleEntry(
-            id=f"{item.message.id}:1",
-            task_id=item.message.id,
-            queue=self.queue,
-            due_at=self.due,
-            body=item.body.decode(),
-            priority=self.priority,
-        )
+        return schedule_entry(item.message, self.queue, self.due, body=item.body)
 
 
 def send_many(

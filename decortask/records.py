@@ -8,10 +8,15 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from .config import Settings
 from .message import Message
 from .states import TaskStatus
-from .store.base import LogLine, TaskRecord
+from .store.base import LogLine, ScheduleEntry, TaskRecord
 
 if TYPE_CHECKING:
     from .security import MessageCipher
+
+
+def label(record: TaskRecord) -> str:
+    """How the worker's log lines name a task: `name[id]`, as Celery's do."""
+    return f"{record.name}[{record.id}]"
 
 
 def record_from_message(message: Message, queue: str) -> TaskRecord:
@@ -52,6 +57,25 @@ def message_from_record(record: TaskRecord, cipher: MessageCipher | None = None)
         parent_id=record.parent_id,
         root_id=record.root_id,
         cipher=cipher,
+    )
+
+
+def schedule_entry(
+    message: Message, queue: str, due_at: float, *, body: bytes | None = None, slot: str | None = None
+) -> ScheduleEntry:
+    """The schedule entry that publishes `message` to `queue` at `due_at` (id, body and priority from it).
+
+    Args:
+        body: the message already encoded (the producer's, size-checked); None: encoded here.
+        slot: the entry's slot instead of the message's attempt number (`recheck`, see `ScheduleEntry`).
+    """
+    return ScheduleEntry.for_attempt(
+        message.id,
+        message.attempt if slot is None else slot,
+        queue=queue,
+        due_at=due_at,
+        body=message.encode() if body is None else body,
+        priority=message.priority,
     )
 
 

@@ -162,6 +162,36 @@ class ScheduleEntry:
     body: str
     priority: int = 0
 
+    @classmethod
+    def for_attempt(
+        cls,
+        task_id: str,
+        attempt: int | str,
+        *,
+        queue: str,
+        due_at: float,
+        body: bytes | str,
+        priority: int = 0,
+    ) -> ScheduleEntry:
+        """The entry that publishes `body` (the message of attempt `attempt`) to `queue` at `due_at`.
+
+        The one constructor of entries for tasks (`records.schedule_entry` builds one from a message): its
+        id is `task_id:attempt`, so writing the same attempt twice keeps one entry.
+
+        Args:
+            attempt: the attempt number, or a slot name for an entry that is not an attempt of its own
+                (`recheck`: a parked duplicate delivery).
+            body: the encoded message (bytes as a broker carries them, or their text).
+        """
+        return cls(
+            id=f"{task_id}:{attempt}",
+            task_id=task_id,
+            queue=queue,
+            due_at=due_at,
+            body=body.decode() if isinstance(body, bytes) else body,
+            priority=priority,
+        )
+
 
 @dataclass(frozen=True)
 class TaskQuery:
