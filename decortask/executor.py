@@ -1,9 +1,10 @@
 """Runs one decoded message to its next state and returns an Outcome; never touches the broker.
 
-The receipt rules of DESIGN §2 live here: the store is consulted before anything runs, claims are
+The receipt rules of DESIGN §2 start here: the store is consulted before anything runs, claims are
 compare-and-set, and the store is written before the caller acks (write, then ack). The common delivery
 (the next attempt of a claimable task) is claimed first, without a read; the record is read only when that
-claim fails. Claims and outcomes go through a `StoreWriter`, which commits those of all pool threads
+claim fails, and `receipt.ReceiptRules` (a collaborator, through `admit`, `run` and `write`) says what the
+delivery is. Claims and outcomes go through a `StoreWriter`, which commits those of all pool threads
 together.
 """
 
@@ -31,12 +32,13 @@ from .middleware import (
     call_hooks,
     report_outcome,
 )
-from .outcomes import ExecutionOutcome, Outcome, Settle
+from .outcomes import ExecutionOutcome, Outcome, Reason, Settle, as_reason, failure_outcome
 from .receipt import ETA_TOLERANCE, ReceiptRules
-from .records import ended_fields, failed_attempt_line, succeeded_fields
+from .records import ended_fields, failed_attempt_line, label, schedule_entry, succeeded_fields
+from .retry import NO_RETRIES
 from .security import mask_text
 from .states import TaskStatus
-from .store.base import LogLine, ScheduleEntry, TaskRecord
+from .store.base import LogLine, TaskRecord
 from .store.writer import StoreWriter
 
 if TYPE_CHECKING:
@@ -52,7 +54,7 @@ T = TypeVar("T")
 LOGGED_MESSAGE_CHARS = 500
 
 
-class Executor(ReceiptRules):
+class Executor:
     """Executes messages for one worker identity against the app's store and registry."""
 
     def __init__(
@@ -77,6 +79,7 @@ class Executor(ReceiptRules):
         self.on_start: Callable[[RunningTask], None] | None = None
         self._stopping = False
         self._writer: StoreWriter | None = None
+        self.receipt = ReceiptRules(self)
 
     @property
     def writer(self) -> StoreWriter:
@@ -114,15 +117,15 @@ class Executor(ReceiptRules):
         if task is not None:
             claimed = self._claim_first(message, task)
             if claimed is not None:
-                return self._run(claimed, message, queue, task)
-        return self._receive(message, queue, task)
+                return self.run(claimed, message, queue, task)
+        return self.receipt.receive(message, queue, task)
 
     def _claim_first(self, message: Message, task: Task[Any, Any]) -> TaskRecord | None:
         """Claim the message's attempt without reading the record first: the path of nearly every delivery.
 
         Only a message that may run now (not expired, no eta ahead) is claimed this way, and only from a
         claimable record one attempt behind it with deliveries to spare: exactly what `_start` would claim
-        after reading it. None: not claimed, and the receipt rules must read the record to say why.
+        after reading it (`admit`). None: not claimed, and the receipt rules must read the record to say why.
         """
         now = self.clock()
         if message.expires is not None and message.expires <= now:
@@ -149,9 +152,9 @@ class Executor(ReceiptRules):
     def _claim(
         self, claim: Callable[[], TaskRecord | None], task_id: str, attempt: int, started_at: float
     ) -> TaskRecord | None:
-        """Run a claim through `_write`; one whose commit landed but whose reply was lost is still ours.
+        """Run a claim through `write`; one whose commit landed but whose reply was lost is still ours.
 
-        A store error after the commit (a Redis connection reset after the script ran) makes `_write`
+        A store error after the commit (a Redis connection reset after the script ran) makes `write`
         retry, and the retry fails the compare-and-set against this very claim: without this check the
         worker would park its own claim as running elsewhere, and the task would end `worker_lost`.
         """
@@ -165,9 +168,9 @@ class Executor(ReceiptRules):
                 failed = True
                 raise
 
-        claimed = self._write(step)
+        claimed = self.write(step)
         if claimed is None and failed:
-            current = self._write(lambda: self.app.store.get(task_id))
+            current = self.write(lambda: self.app.store.get(task_id))
             if (
                 current is not None
                 and current.status is TaskStatus.RUNNING
@@ -187,10 +190,12 @@ class Executor(ReceiptRules):
 
         Args:
             task_id: the envelope's id, if it could be read (None: nothing in the store can be told).
+            reason: a `Reason` (or its text, as the decoder's errors carry it).
         """
+        reason = as_reason(reason)
         if task_id is None:
             return Outcome(Settle.DEAD_LETTER, None, reason, detail)
-        record = self._write(lambda: self.app.store.get(task_id))
+        record = self.write(lambda: self.app.store.get(task_id))
         if record is None:
             return Outcome(Settle.DEAD_LETTER, None, reason, detail, task_id=task_id)
         if record.status.terminal or (
@@ -202,7 +207,7 @@ class Executor(ReceiptRules):
         return self._refuse_record(record, reason, detail)
 
     def _refuse_record(
-        self, record: TaskRecord, reason: str, detail: str, error_type: str | None = None
+        self, record: TaskRecord, reason: Reason | str, detail: str, error_type: str | None = None
     ) -> Outcome:
         """Dead-letter the message of an unfinished task that may be failed (the caller checked): FAILED
         (`reason`), the refusal's detail replacing any earlier attempt's error."""
@@ -221,26 +226,33 @@ class Executor(ReceiptRules):
 
     # -- running -------------------------------------------------------------------------------------------
 
-    def _start(
-        self, record: TaskRecord, message: Message, queue: str, task: Task[Any, Any] | None, attempt: int
-    ) -> Outcome:
+    def admit(
+        self, record: TaskRecord, message: Message, task: Task[Any, Any] | None, attempt: int
+    ) -> TaskRecord | Outcome:
+        """Claim attempt `attempt` of the claimable `record` for `message` (the receipt rules read it).
+
+        Returns the claimed (RUNNING) record, or the outcome of a delivery that may not run: expired,
+        unregistered, out of deliveries (each written to the store), or claimed elsewhere first.
+        """
         now = time.time()
         if message.expires is not None and message.expires <= self.clock():
             self._finish(
-                record.id, record.attempt, TaskStatus.CANCELLED, expect=record.status, reason="expired"
+                record.id, record.attempt, TaskStatus.CANCELLED, expect=record.status, reason=Reason.EXPIRED
             )
-            logger.info("task %s expired before it ran: CANCELLED (expired)", _label(record))
-            return Outcome(Settle.ACK, TaskStatus.CANCELLED, "expired")
+            logger.info("task %s expired before it ran: CANCELLED (expired)", label(record))
+            return Outcome(Settle.ACK, TaskStatus.CANCELLED, Reason.EXPIRED)
         if task is None:
             detail = self.app.registry.unknown_message(message.task)
-            return self._refuse_record(record, "unregistered_task", detail, error_type="UnknownTaskError")
+            return self._refuse_record(
+                record, Reason.UNREGISTERED_TASK, detail, error_type="UnknownTaskError"
+            )
         limit = task.options.max_deliveries or self.app.settings.max_deliveries
         if record.deliveries >= limit:
             detail = (
                 f"attempt {attempt} was taken up {record.deliveries} times by workers that died with it "
                 f"(max_deliveries={limit}); fix the task, then `decortask dlq replay` or `decortask retry` it"
             )
-            return self._refuse_record(record, "max_deliveries", detail)
+            return self._refuse_record(record, Reason.MAX_DELIVERIES, detail)
         writer = self.writer
         claimed = self._claim(
             lambda: writer.transition(
@@ -260,10 +272,11 @@ class Executor(ReceiptRules):
         )
         if claimed is None:
             logger.info("task %s was claimed elsewhere first: acked, not run", record.id)
-            return Outcome(Settle.ACK, None, "lost_claim")
-        return self._run(claimed, message, queue, task)
+            return Outcome(Settle.ACK, None, Reason.LOST_CLAIM)
+        return claimed
 
-    def _run(self, record: TaskRecord, message: Message, queue: str, task: Task[Any, Any]) -> Outcome:
+    def run(self, record: TaskRecord, message: Message, queue: str, task: Task[Any, Any]) -> Outcome:
+        """Run a claimed attempt and write its outcome."""
         # From the claim until its outcome is written the attempt is live here, even after its code returned.
         self.settling.add(record.id)
         try:
@@ -277,19 +290,9 @@ class Executor(ReceiptRules):
         try:
             bound = task.bind_arguments(tuple(message.args), message.kwargs)
         except TypeError as exc:
-            detail = mask_text(str(exc))
-            if self._finish(
-                record.id,
-                attempt,
-                TaskStatus.FAILED,
-                reason="bad_arguments",
-                error_type="TypeError",
-                error_message=detail,
-            ):
-                logger.warning(
-                    "task %s failed (bad_arguments) without running: TypeError: %s", _label(record), detail
-                )
-            return Outcome(Settle.ACK, TaskStatus.FAILED, "bad_arguments", ran=False)
+            return self._fail_outright(
+                record, Reason.BAD_ARGUMENTS, "TypeError", exc, "without running: TypeError"
+            )
         ctx = TaskContext(
             task_id=record.id,
             name=task.name,
@@ -369,41 +372,19 @@ class Executor(ReceiptRules):
         """
         record, attempt = run.record, run.record.attempt
         if verdict.status is TaskStatus.CANCELLED:
-            if self._finish(
-                record.id,
-                attempt,
-                TaskStatus.CANCELLED,
-                reason="cancelled",
-                error_message="cancelled while running" + (" (stopped by force)" if run.forced else ""),
-            ):
-                logger.info("task %s cancelled while running, after %.3f s", _label(record), runtime)
-            return Outcome(Settle.ACK, TaskStatus.CANCELLED, "cancelled", ran=True)
-        if verdict.reason == "result_not_serializable":
-            detail = mask_text(str(verdict.exception))
-            if self._finish(
-                record.id,
-                attempt,
-                TaskStatus.FAILED,
-                reason="result_not_serializable",
-                error_type="ArgumentEncodingError",
-                error_message=detail,
-            ):
-                logger.warning(
-                    "task %s failed (result_not_serializable) in %.3f s on attempt %d: %s",
-                    _label(record),
-                    runtime,
-                    attempt,
-                    _shown(detail),
-                )
-            return Outcome(Settle.ACK, TaskStatus.FAILED, "result_not_serializable", ran=True)
+            return self._cancelled(record, forced=run.forced, runtime=runtime)
+        if verdict.reason == Reason.RESULT_NOT_SERIALIZABLE:
+            how = f"in {runtime:.3f} s on attempt {attempt}"
+            exc = verdict.exception
+            return self._fail_outright(record, verdict.reason, "ArgumentEncodingError", exc, how, ran=True)
         if verdict.exception is not None:
-            return self._failed(record, run.message, task, verdict.exception, verdict.retry_delay, runtime)
+            return self._failed(record, run.message, verdict, persist=task.options.persist, runtime=runtime)
         succeeded = succeeded_fields(self.app.settings, time.time(), task.options.persist, verdict.result)
         if self._finish(record.id, attempt, TaskStatus.SUCCESS, **succeeded):
             # Name, id and time only: never the arguments or the result.
             logger.info(
                 "task %s succeeded in %.3f s%s",
-                _label(record),
+                label(record),
                 runtime,
                 f" on attempt {attempt}" if attempt > 1 else "",
             )
@@ -413,21 +394,26 @@ class Executor(ReceiptRules):
         self,
         record: TaskRecord,
         message: Message,
-        task: Task[Any, Any],
-        exc: BaseException,
-        delay: float | None = None,
+        verdict: ExecutionOutcome,
+        *,
+        persist: bool,
         runtime: float | None = None,
     ) -> Outcome:
-        """Write a failed attempt: RETRYING with its next attempt scheduled, or FAILED; and log it.
+        """Write a failed attempt as `verdict` decided (`outcomes.failure_outcome`): RETRYING with its next
+        attempt scheduled, or FAILED; and log it.
 
         The attempt's error also goes into the task's log as history (`failed_attempt_line`): a later
         attempt that succeeds clears the record's error, and `decortask retry` does too.
 
         Args:
-            delay: the retry delay already decided (`RunningTask.judge`); None: decide it here.
+            verdict: a RETRYING (with its delay) or FAILED outcome carrying the exception.
+            persist: the task's `persist` (how long a FAILED record is kept).
             runtime: seconds the task's code ran; None: since the attempt was claimed.
         """
+        exc = verdict.exception
+        assert exc is not None
         attempt = record.attempt
+        delay = verdict.retry_delay if verdict.will_retry else None
         if runtime is None:
             runtime = max(0.0, time.time() - (record.started_at or time.time()))
         error: dict[str, Any] = {
@@ -435,8 +421,6 @@ class Executor(ReceiptRules):
             "error_message": mask_text(str(exc)),
             "traceback": mask_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__))),
         }
-        if delay is None:
-            delay = task.options.retry_policy.next_delay(attempt, exc)
         self._keep_in_history(
             record.id,
             failed_attempt_line(attempt, error["error_type"], error["error_message"], delay, time.time()),
@@ -444,16 +428,9 @@ class Executor(ReceiptRules):
         if delay is not None:
             now = time.time()
             nxt = dataclasses.replace(message, attempt=attempt + 1, eta=now + delay)
-            entry = ScheduleEntry(
-                id=f"{record.id}:{attempt + 1}",
-                task_id=record.id,
-                queue=record.queue,
-                due_at=now + delay,
-                body=nxt.encode().decode(),
-                priority=message.priority,
-            )
+            entry = schedule_entry(nxt, record.queue, now + delay)
             writer = self.writer
-            done = self._write(
+            done = self.write(
                 lambda: writer.transition(
                     record.id,
                     TaskStatus.RETRYING,
@@ -469,7 +446,7 @@ class Executor(ReceiptRules):
             if done is not None:
                 logger.info(
                     "task %s attempt %d failed in %.3f s: %s: %s; attempt %d in %.2f s",
-                    _label(record),
+                    label(record),
                     attempt,
                     runtime,
                     error["error_type"],
@@ -478,13 +455,13 @@ class Executor(ReceiptRules):
                     delay,
                 )
                 return Outcome(Settle.ACK, TaskStatus.RETRYING, ran=True)
-            return Outcome(Settle.ACK, None, "lost_claim", ran=True)
-        ended = ended_fields(self.app.settings, time.time(), task.options.persist)
-        reason = "timeout" if isinstance(exc, TimeLimitExceeded) else None
+            return Outcome(Settle.ACK, None, Reason.LOST_CLAIM, ran=True)
+        ended = ended_fields(self.app.settings, time.time(), persist)
+        reason = verdict.reason
         if self._finish(record.id, attempt, TaskStatus.FAILED, reason=reason, **ended, **error):
             logger.warning(
                 "task %s failed%s in %.3f s on attempt %d: %s: %s",
-                _label(record),
+                label(record),
                 f" ({reason})" if reason else "",
                 runtime,
                 attempt,
@@ -492,6 +469,49 @@ class Executor(ReceiptRules):
                 _shown(error["error_message"]),
             )
         return Outcome(Settle.ACK, TaskStatus.FAILED, ran=True)
+
+    def _fail_outright(
+        self,
+        record: TaskRecord,
+        reason: Reason,
+        error_type: str,
+        exc: BaseException | None,
+        how: str,
+        *,
+        ran: bool = False,
+    ) -> Outcome:
+        """Write FAILED (`reason`) with no retry: a failure that running again cannot mend; and log it.
+
+        Args:
+            how: the words the log line puts between the reason and the error message.
+        """
+        detail = mask_text(str(exc))
+        done = self._finish(
+            record.id,
+            record.attempt,
+            TaskStatus.FAILED,
+            reason=reason,
+            error_type=error_type,
+            error_message=detail,
+        )
+        if done:
+            logger.warning("task %s failed (%s) %s: %s", label(record), reason, how, _shown(detail))
+        return Outcome(Settle.ACK, TaskStatus.FAILED, reason, ran=ran)
+
+    def _cancelled(self, record: TaskRecord, *, forced: bool, runtime: float | None = None) -> Outcome:
+        """Write the CANCELLED outcome of an attempt that stopped (cooperatively, or by force) on request."""
+        how = " (stopped by force)" if forced else ""
+        done = self._finish(
+            record.id,
+            record.attempt,
+            TaskStatus.CANCELLED,
+            reason=Reason.CANCELLED,
+            error_message=f"cancelled while running{how}",
+        )
+        if done:
+            after = f", after {runtime:.3f} s" if runtime is not None else ""
+            logger.info("task %s cancelled while running%s%s", label(record), how, after)
+        return Outcome(Settle.ACK, TaskStatus.CANCELLED if done else None, Reason.CANCELLED, ran=True)
 
     def _keep_in_history(self, task_id: str, line: LogLine) -> None:
         # Best effort, like task_log(): the outcome that follows is what must be written.
@@ -509,35 +529,17 @@ class Executor(ReceiptRules):
             reason: why it was stopped: `cancelled` (ends CANCELLED) or `timeout` (a failed attempt with
                 `TimeLimitExceeded`: retried if retries remain, else FAILED `timeout`).
         """
+        if reason != Reason.TIMEOUT:
+            return self._cancelled(record, forced=True)
         task = self.app.registry.find(record.name)
-        if reason == "timeout":
-            limit = f" of {task.options.timeout} s" if task is not None else ""
-            exc = TimeLimitExceeded(
-                f"attempt {record.attempt} ran past its time limit{limit} and was stopped by force"
-            )
-            if task is not None:
-                return self._failed(record, message, task, exc)
-            done = self._finish(
-                record.id,
-                record.attempt,
-                TaskStatus.FAILED,
-                reason="timeout",
-                error_type="decortask.errors.TimeLimitExceeded",
-                error_message=str(exc),
-            )
-            if done:
-                logger.warning("task %s failed (timeout): %s", _label(record), exc)
-            return Outcome(Settle.ACK, TaskStatus.FAILED if done else None, "timeout", ran=True)
-        done = self._finish(
-            record.id,
-            record.attempt,
-            TaskStatus.CANCELLED,
-            reason="cancelled",
-            error_message="cancelled while running (stopped by force)",
+        limit = f" of {task.options.timeout} s" if task is not None else ""
+        exc = TimeLimitExceeded(
+            f"attempt {record.attempt} ran past its time limit{limit} and was stopped by force"
         )
-        if done:
-            logger.info("task %s cancelled while running (stopped by force)", _label(record))
-        return Outcome(Settle.ACK, TaskStatus.CANCELLED if done else None, "cancelled", ran=True)
+        # A task unknown here (its child knew it) is not retried: its retry policy is unknown too.
+        policy = task.options.retry_policy if task is not None else NO_RETRIES
+        persist = task.options.persist if task is not None else record.persist
+        return self._failed(record, message, failure_outcome(policy, record.attempt, exc), persist=persist)
 
     # -- store writes --------------------------------------------------------------------------------------
 
@@ -554,7 +556,7 @@ class Executor(ReceiptRules):
         # Callers that know the task pass its own `persist` (ended_fields); otherwise it is kept as history.
         changes = {**ended_fields(self.app.settings, time.time()), **changes}
         writer = self.writer
-        done = self._write(
+        done = self.write(
             lambda: writer.transition(task_id, status, expect={expect}, expect_attempt=attempt, **changes),
             patient=True,
         )
@@ -564,7 +566,7 @@ class Executor(ReceiptRules):
             )
         return done
 
-    def _write(self, step: Callable[[], T], patient: bool = False) -> T:
+    def write(self, step: Callable[[], T], patient: bool = False) -> T:
         """Run a store call, retrying while the store is busy or briefly unreachable.
 
         With `patient`, used for the outcome of an attempt that already ran, it keeps trying past the
@@ -582,11 +584,6 @@ class Executor(ReceiptRules):
                 logger.warning("store write failed (%s); retrying", mask_text(str(exc)))
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0 if patient else 1.0)
-
-
-def _label(record: TaskRecord) -> str:
-    """How the worker's log lines name a task: `name[id]`, as Celery's do."""
-    return f"{record.name}[{record.id}]"
 
 
 def _shown(message: str) -> str:

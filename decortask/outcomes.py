@@ -50,6 +50,7 @@ class Reason(str, Enum):
     CONTENT_TYPE_NOT_ALLOWED = "content_type_not_allowed"
     INVALID_ENVELOPE = "invalid_envelope"
     UNSUPPORTED_VERSION = "unsupported_version"
+    COMPRESSION_NOT_ALLOWED = "compression_not_allowed"
     # -- a delivery acked without running (the record says why) ---------------------------------------------
     #: The task has ended already (or its idempotency key is held by another task).
     DUPLICATE = "duplicate"
@@ -70,6 +71,15 @@ class Reason(str, Enum):
         # The value, as a plain str would print: log lines and f-strings show `worker_lost`, not
         # `Reason.WORKER_LOST`, on every Python version.
         return self.value
+
+
+def as_reason(text: str) -> Reason | str:
+    """The `Reason` whose value is `text`; `text` itself for a reason this version does not know (written
+    by a newer version into a store or a header), which is carried on as it is, never refused."""
+    try:
+        return Reason(text)
+    except ValueError:
+        return text
 
 
 class Settle(str, Enum):

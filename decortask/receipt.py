@@ -3,7 +3,10 @@
 Nearly every delivery is the next attempt of a claimable task and is claimed at once, without a read
 (`Executor._claim_first`). The rest come here: the record is read, and it says whether the delivery is a
 duplicate (terminal), stale, for a task a live worker runs (parked, then checked again), for a task whose
-worker died (its `requeue_on_interrupt` decides), or one to defer (an eta ahead).
+worker died (settled by `recovery.settle_interrupted`, as every interrupted attempt is), or one to defer
+(an eta ahead).
+
+`ReceiptRules` is a collaborator of the executor: it reaches the executor only through `AttemptRunner`.
 """
 
 from __future__ import annotations
@@ -11,15 +14,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from . import recovery
 from .errors import StoreError
 from .message import Message
-from .middleware import notify_interrupt
-from .outcomes import Outcome, Settle
-from .records import record_from_message
+from .outcomes import Outcome, Reason, Settle
+from .records import record_from_message, schedule_entry
+from .security import mask_text
 from .states import CLAIMABLE, TaskStatus
-from .store.base import ScheduleEntry, TaskRecord
+from .store.base import TaskRecord
 
 if TYPE_CHECKING:
     from .app import Decortask
@@ -31,43 +35,60 @@ T = TypeVar("T")
 ETA_TOLERANCE = 1.0
 
 
-class ReceiptRules:
-    """The record-reading half of the receipt rules; `Executor` supplies claiming, finishing and writing."""
+class AttemptRunner(Protocol):
+    """What the receipt rules need from the executor that owns them."""
 
     app: Decortask
     worker_id: str
+    #: The time the eta and expiry checks see (a test may move it).
     clock: Callable[[], float]
+    #: Whether a worker (by id) is alive: a fresh heartbeat, or this very worker.
     owner_alive: Callable[[str], bool]
 
-    if TYPE_CHECKING:
+    def is_orphan(self, record: TaskRecord) -> bool:
+        """A RUNNING record this worker owns but no longer runs."""
+        ...
 
-        def is_orphan(self, record: TaskRecord) -> bool: ...
+    def admit(
+        self, record: TaskRecord, message: Message, task: Task[Any, Any] | None, attempt: int
+    ) -> TaskRecord | Outcome:
+        """Claim attempt `attempt` of a claimable `record`: the claimed record, or why it may not run."""
+        ...
 
-        def _start(
-            self, record: TaskRecord, message: Message, queue: str, task: Task[Any, Any] | None, attempt: int
-        ) -> Outcome: ...
+    def run(self, record: TaskRecord, message: Message, queue: str, task: Task[Any, Any]) -> Outcome:
+        """Run a claimed attempt and write its outcome."""
+        ...
 
-        def _finish(
-            self, task_id: str, attempt: int, status: TaskStatus, *, expect: TaskStatus = ..., **changes: Any
-        ) -> TaskRecord | None: ...
+    def write(self, step: Callable[[], T], patient: bool = False) -> T:
+        """Run a store call, retrying while the store is busy or briefly unreachable."""
+        ...
 
-        def _write(self, step: Callable[[], T], patient: bool = False) -> T: ...
 
-    def _receive(self, message: Message, queue: str, task: Task[Any, Any] | None) -> Outcome:
+class ReceiptRules:
+    """The record-reading half of the receipt rules, for one executor."""
+
+    def __init__(self, runner: AttemptRunner) -> None:
+        self.runner = runner
+
+    @property
+    def app(self) -> Decortask:
+        return self.runner.app
+
+    def receive(self, message: Message, queue: str, task: Task[Any, Any] | None) -> Outcome:
         """The receipt rules, from a fresh read of the record."""
-        store = self.app.store
-        record = self._write(lambda: store.get(message.id))
+        runner, store = self.runner, self.app.store
+        record = runner.write(lambda: store.get(message.id))
         if record is None:
             # Published by another producer (or the schedule entry raced its record): record it now.
-            record = self._write(lambda: self._create_or_get(message, queue))
+            record = runner.write(lambda: self._create_or_get(message, queue))
             if record.id != message.id:
                 logger.info("task %s skipped: idempotency key held by task %s", message.id, record.id)
-                return Outcome(Settle.ACK, record.status, "duplicate")
+                return Outcome(Settle.ACK, record.status, Reason.DUPLICATE)
         if record.status.terminal:
             logger.info(
                 "duplicate delivery of task %s (already %s): acked, not run", record.id, record.status
             )
-            return Outcome(Settle.ACK, record.status, "duplicate")
+            return Outcome(Settle.ACK, record.status, Reason.DUPLICATE)
         if record.status is TaskStatus.RUNNING:
             return self._receive_running(record, message, queue, task)
         if record.status in CLAIMABLE:
@@ -78,25 +99,27 @@ class ReceiptRules:
                     message.attempt,
                     record.attempt,
                 )
-                return Outcome(Settle.ACK, record.status, "stale")
-            if message.eta is not None and message.eta > self.clock() + ETA_TOLERANCE:
+                return Outcome(Settle.ACK, record.status, Reason.STALE)
+            if message.eta is not None and message.eta > runner.clock() + ETA_TOLERANCE:
                 return self._defer(record, message)
-            return self._start(record, message, queue, task, attempt=message.attempt)
-        return Outcome(Settle.ACK, record.status, "unexpected_state")
+            return self._start(record, message, queue, task, message.attempt)
+        return Outcome(Settle.ACK, record.status, Reason.UNEXPECTED_STATE)
+
+    def _start(
+        self, record: TaskRecord, message: Message, queue: str, task: Task[Any, Any] | None, attempt: int
+    ) -> Outcome:
+        claimed = self.runner.admit(record, message, task, attempt)
+        if isinstance(claimed, Outcome):
+            return claimed
+        assert task is not None  # admit refuses an unregistered task
+        return self.runner.run(claimed, message, queue, task)
 
     def _defer(self, record: TaskRecord, message: Message) -> Outcome:
         """A message whose eta lies ahead (another producer set it): park it in the schedule, then ack."""
-        entry = ScheduleEntry(
-            id=f"{record.id}:{message.attempt}",
-            task_id=record.id,
-            queue=record.queue,
-            due_at=float(message.eta or 0.0),
-            body=message.encode().decode(),
-            priority=message.priority,
-        )
-        store = self.app.store
+        entry = schedule_entry(message, record.queue, float(message.eta or 0.0))
+        runner, store = self.runner, self.app.store
         if record.status is TaskStatus.PENDING:
-            done = self._write(
+            done = runner.write(
                 lambda: store.transition(
                     record.id,
                     TaskStatus.SCHEDULED,
@@ -107,11 +130,11 @@ class ReceiptRules:
                 )
             )
             if done is None:
-                return Outcome(Settle.ACK, None, "lost_claim")
+                return Outcome(Settle.ACK, None, Reason.LOST_CLAIM)
         else:
-            self._write(lambda: store.add_schedule(entry))
+            runner.write(lambda: store.add_schedule(entry))
         logger.info("task %s has an eta %.1f s ahead: scheduled", record.id, entry.due_at - time.time())
-        return Outcome(Settle.ACK, TaskStatus.SCHEDULED, "deferred")
+        return Outcome(Settle.ACK, TaskStatus.SCHEDULED, Reason.DEFERRED)
 
     def _create_or_get(self, message: Message, queue: str) -> TaskRecord:
         try:
@@ -126,48 +149,41 @@ class ReceiptRules:
     def _receive_running(
         self, record: TaskRecord, message: Message, queue: str, task: Task[Any, Any] | None
     ) -> Outcome:
-        if record.owner is not None and not self.is_orphan(record) and self.owner_alive(record.owner):
+        runner = self.runner
+        if record.owner is not None and not runner.is_orphan(record) and runner.owner_alive(record.owner):
             return self._recheck_later(record, message)
-        if record.cancel_requested_at is not None:
-            done = self._finish(
-                record.id,
-                record.attempt,
-                TaskStatus.CANCELLED,
-                reason="cancelled",
-                error_message=f"cancelled; its worker {record.owner} died before it stopped",
+        # The owner died mid-task: settled by the one rule for interrupted attempts. An opted-in task's next
+        # attempt is held back in the schedule (a safety net should this worker die too) and run here now:
+        # this delivery has waited out the dead worker's lease already, a trip through the schedule and the
+        # broker would only add to it.
+        hold = self.app.settings.lease_timeout
+        settled = runner.write(
+            lambda: recovery.settle_interrupted(
+                self.app, record, message, Reason.WORKER_LOST, current=record, hold=hold
             )
-            return Outcome(Settle.ACK, TaskStatus.CANCELLED if done else None, "cancelled")
-        # The owner died mid-task: the task was interrupted, and its opt-in decides what happens next.
-        if task is not None and task.options.requeue_on_interrupt:
-            logger.warning(
-                "task %s[%s] attempt %d was interrupted: its worker %s was lost; running attempt %d",
-                record.name,
-                record.id,
-                record.attempt,
-                record.owner,
-                record.attempt + 1,
-            )
-            notify_interrupt(self.app, None, record, "worker_lost")
-            return self._start(record, message, queue, task, attempt=record.attempt + 1)
-        done = self._finish(
-            record.id,
-            record.attempt,
-            TaskStatus.INTERRUPTED,
-            expect=TaskStatus.RUNNING,
-            reason="worker_lost",
-            error_message=f"worker {record.owner} died while running attempt {record.attempt}",
         )
-        if done:
+        if settled.record is None or settled.entry is None or settled.next_message is None:
+            return Outcome(Settle.ACK, settled.status, settled.verdict.reason)
+        nxt = settled.next_message
+        claimed = runner.admit(settled.record, nxt, task, nxt.attempt)
+        # Claimed, or settled otherwise (expired, max_deliveries, claimed elsewhere): the entry is not needed.
+        self._drop_entry(settled.entry.id)
+        if isinstance(claimed, Outcome):
+            return claimed
+        assert task is not None  # only a registered task is requeued
+        return runner.run(claimed, nxt, queue, task)
+
+    def _drop_entry(self, entry_id: str) -> None:
+        # Best effort: an entry left behind publishes a copy of an attempt that ran, or runs, which the
+        # receipt rules skip.
+        try:
+            self.app.store.remove_schedule([entry_id])
+        except StoreError as exc:
             logger.warning(
-                "task %s[%s] attempt %d interrupted (worker_lost): its worker %s was lost; INTERRUPTED, not run "
-                "again (not opted in to requeue_on_interrupt)",
-                record.name,
-                record.id,
-                record.attempt,
-                record.owner,
+                "could not remove schedule entry %s (%s); its copy will be skipped",
+                entry_id,
+                mask_text(str(exc)),
             )
-            notify_interrupt(self.app, None, record, "worker_lost")
-        return Outcome(Settle.ACK, TaskStatus.INTERRUPTED if done else None, "worker_lost")
 
     def _recheck_later(self, record: TaskRecord, message: Message) -> Outcome:
         """A delivery of a task that a live worker is running: a duplicate, unless that worker is dying.
@@ -178,21 +194,14 @@ class ReceiptRules:
         rules for an interrupted task apply), or it is still alive (checked again).
         """
         owner = record.owner or ""
-        seen = self.app.store.last_heartbeat(owner) if owner != self.worker_id else None
+        seen = self.app.store.last_heartbeat(owner) if owner != self.runner.worker_id else None
         due = (seen if seen is not None else time.time()) + self.app.settings.lease_timeout + 1.0
-        entry = ScheduleEntry(
-            id=f"{record.id}:recheck",
-            task_id=record.id,
-            queue=record.queue,
-            due_at=due,
-            body=message.encode().decode(),
-            priority=message.priority,
-        )
-        self._write(lambda: self.app.store.add_schedule(entry))
+        entry = schedule_entry(message, record.queue, due, slot="recheck")
+        self.runner.write(lambda: self.app.store.add_schedule(entry))
         logger.info(
             "task %s is running on %s: this delivery is parked for %.1f s, then checked again",
             record.id,
             owner,
             due - time.time(),
         )
-        return Outcome(Settle.ACK, record.status, "running_elsewhere")
+        return Outcome(Settle.ACK, record.status, Reason.RUNNING_ELSEWHERE)

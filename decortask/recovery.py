@@ -1,9 +1,11 @@
-"""Interrupted tasks: at shutdown past the grace period, and RUNNING records whose worker died (the reaper).
+"""Interrupted attempts: one decision for every path that finds an attempt that will not finish.
 
-Both follow one rule (DESIGN §2): a task opted in with `requeue_on_interrupt=True` goes back to PENDING and
-its next attempt is scheduled; any other ends INTERRUPTED with a reason. The next attempt is written to the
-store's schedule in the same atomic step as the state change, so a crash between the two loses nothing; the
-scheduler loop of any worker publishes it.
+Four paths find one (DESIGN §2): a redelivery whose record is RUNNING under a dead worker (after a
+SIGKILL), a shutdown past the grace period, the reaper (RUNNING records of dead workers that no redelivery
+resolved), and a process-pool child that died. All four settle it through `settle_interrupted`, and
+`decide_interrupted` alone decides what becomes of it: a cancelled task ends CANCELLED; a task opted in
+goes back to PENDING with its next attempt in the store's schedule, written in the same atomic step as the
+state change, so a crash between the two loses nothing; any other ends INTERRUPTED with the path's reason.
 """
 
 from __future__ import annotations
@@ -12,109 +14,154 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from .message import Message
 from .middleware import notify_interrupt
-from .records import ended_fields, message_from_record
+from .outcomes import Reason
+from .records import ended_fields, label, message_from_record, schedule_entry
 from .states import TaskStatus
 from .store.base import ScheduleEntry, TaskQuery, TaskRecord
 
 if TYPE_CHECKING:
     from .app import Decortask
     from .security import MessageCipher
+    from .task import Task
 
 logger = logging.getLogger("decortask.worker")
 
 REAP_BATCH = 500
 
 
-def interrupt(app: Decortask, record: TaskRecord, message: Message | None, reason: str) -> TaskStatus | None:
-    """Settle a RUNNING attempt that will not finish; returns the new status, or None if it had moved on.
+@dataclass(frozen=True)
+class InterruptVerdict:
+    """What becomes of an interrupted attempt.
+
+    Attributes:
+        status: `CANCELLED`, `PENDING` (the next attempt is queued) or `INTERRUPTED`.
+        reason: `cancelled`, or the path's reason (`worker_lost`, `shutdown`).
+        deliveries: for `PENDING`, the delivery count the next attempt's claim adds to.
+    """
+
+    status: TaskStatus
+    reason: Reason
+    deliveries: int = 0
+
+    @property
+    def requeued(self) -> bool:
+        return self.status is TaskStatus.PENDING
+
+
+def decide_interrupted(task: Task[Any, Any] | None, record: TaskRecord, reason: Reason) -> InterruptVerdict:
+    """The one rule for an attempt that will not finish (DESIGN §2).
+
+    Args:
+        task: the registered task (None: unknown here, so never requeued).
+        record: the task's current record (its cancel request, its delivery count).
+        reason: why the attempt will not finish: `worker_lost` or `shutdown`.
+    """
+    if record.cancel_requested_at is not None:
+        # A cancelled task is never requeued, whoever interrupts it.
+        return InterruptVerdict(TaskStatus.CANCELLED, Reason.CANCELLED)
+    if task is not None and task.options.requeue_on_interrupt:
+        # An orderly shutdown is not a crash; a lost worker counts toward max_deliveries.
+        deliveries = 0 if reason == Reason.SHUTDOWN else record.deliveries
+        return InterruptVerdict(TaskStatus.PENDING, reason, deliveries)
+    return InterruptVerdict(TaskStatus.INTERRUPTED, reason)
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    """An interrupted attempt, settled.
+
+    Attributes:
+        verdict: what `decide_interrupted` decided.
+        record: the record as written; None when the attempt had moved on and nothing was written.
+        entry: when requeued, the schedule entry that publishes the next attempt.
+        next_message: when requeued, that entry's message.
+    """
+
+    verdict: InterruptVerdict
+    record: TaskRecord | None
+    entry: ScheduleEntry | None = None
+    next_message: Message | None = None
+
+    @property
+    def status(self) -> TaskStatus | None:
+        """The status written, or None if the record had moved on."""
+        return self.verdict.status if self.record is not None else None
+
+
+def settle_interrupted(
+    app: Decortask,
+    record: TaskRecord,
+    message: Message | None,
+    reason: Reason,
+    *,
+    current: TaskRecord | None = None,
+    hold: float = 0.0,
+) -> Interrupted:
+    """Settle a RUNNING attempt that will not finish, as `decide_interrupted` says (compare-and-set on its
+    status and attempt, so two paths never both settle one attempt).
 
     Args:
         app: the app whose store holds the record.
         record: the record as it was when the attempt ran (status RUNNING, its attempt number).
         message: the message that started the attempt, if known (else one is rebuilt from the record).
-        reason: `shutdown` or `worker_lost`.
+        reason: `worker_lost` or `shutdown`.
+        current: the record as the caller just read it; None: read here (a cancel request may have come
+            since `record` was read).
+        hold: seconds before a requeued attempt's schedule entry falls due: a caller that claims the next
+            attempt itself holds it back, so that no scheduler publishes a copy meanwhile.
     """
-    task = app.registry.find(record.name)
+    if current is None:
+        current = app.store.get(record.id) or record
+    verdict = decide_interrupted(app.registry.find(record.name), current, reason)
     now = time.time()
-    current = app.store.get(record.id)
-    if current is not None and current.cancel_requested_at is not None:
-        # A cancelled task is never requeued, whoever interrupts it.
-        done = app.store.transition(
-            record.id,
-            TaskStatus.CANCELLED,
-            expect={TaskStatus.RUNNING},
-            expect_attempt=record.attempt,
-            reason="cancelled",
-            error_message=f"cancelled; its worker stopped ({reason}) before it did",
-            **ended_fields(app.settings, now, record.persist),
-        )
-        if done is None:
-            return None
-        logger.info(
-            "task %s[%s] cancelled; its worker stopped (%s) before it did", record.name, record.id, reason
-        )
-        return TaskStatus.CANCELLED
-    if task is not None and task.options.requeue_on_interrupt:
+    entry: ScheduleEntry | None = None
+    nxt: Message | None = None
+    if verdict.status is TaskStatus.PENDING:
         nxt = _next_message(record, message, app.cipher)
-        entry = ScheduleEntry(
-            id=f"{record.id}:{nxt.attempt}",
-            task_id=record.id,
-            queue=record.queue,
-            due_at=now,
-            body=nxt.encode().decode(),
-            priority=nxt.priority,
-        )
-        done = app.store.transition(
-            record.id,
-            TaskStatus.PENDING,
-            expect={TaskStatus.RUNNING},
-            expect_attempt=record.attempt,
-            schedule=entry,
-            owner=None,
-            reason=None,
-            # An orderly shutdown is not a crash; a lost worker counts toward max_deliveries.
-            deliveries=0 if reason == "shutdown" else record.deliveries,
-        )
-        if done is not None:
-            logger.warning(
-                "task %s[%s] attempt %d interrupted (%s)%s; attempt %d is queued",
-                record.name,
-                record.id,
-                record.attempt,
-                reason,
-                _ran_for(record, now),
-                nxt.attempt,
-            )
-            notify_interrupt(app, message, record, reason)
-            return TaskStatus.PENDING
-        return None
+        entry = schedule_entry(nxt, record.queue, now + hold)
+        changes: dict[str, Any] = {"owner": None, "reason": None, "deliveries": verdict.deliveries}
+    elif verdict.status is TaskStatus.CANCELLED:
+        changes = {
+            "reason": Reason.CANCELLED,
+            "error_message": f"cancelled; its worker stopped ({reason}) before the task did",
+            **ended_fields(app.settings, now, record.persist),
+        }
+    else:
+        changes = {
+            "reason": reason,
+            "error_message": f"attempt {record.attempt} was interrupted ({reason}) and the task is not opted "
+            "in to requeue_on_interrupt; re-run it with `decortask retry ID`",
+            **ended_fields(app.settings, now, record.persist),
+        }
     done = app.store.transition(
         record.id,
-        TaskStatus.INTERRUPTED,
+        verdict.status,
         expect={TaskStatus.RUNNING},
         expect_attempt=record.attempt,
-        reason=reason,
-        error_message=f"attempt {record.attempt} was interrupted ({reason}) and the task is not opted in "
-        "to requeue_on_interrupt; re-run it with `decortask retry ID`",
-        **ended_fields(app.settings, now, record.persist),
+        schedule=entry,
+        **changes,
     )
-    if done is not None:
-        logger.warning(
-            "task %s[%s] attempt %d interrupted (%s)%s: INTERRUPTED, not run again (not opted in to "
-            "requeue_on_interrupt)",
-            record.name,
-            record.id,
-            record.attempt,
-            reason,
-            _ran_for(record, now),
-        )
+    if done is None:
+        return Interrupted(verdict, None)
+    _log(record, verdict, reason, now)
+    if verdict.status is not TaskStatus.CANCELLED:
         notify_interrupt(app, message, record, reason)
-        return TaskStatus.INTERRUPTED
-    return None
+    return Interrupted(verdict, done, entry, nxt)
+
+
+def interrupt(app: Decortask, record: TaskRecord, message: Message | None, reason: str) -> TaskStatus | None:
+    """`settle_interrupted` for the shutdown and process-pool paths; returns the new status, or None if the
+    attempt had moved on.
+
+    Args:
+        reason: `shutdown` or `worker_lost` (a `Reason`, or its text).
+    """
+    return settle_interrupted(app, record, message, Reason(reason)).status
 
 
 def reap(
@@ -131,13 +178,30 @@ def reap(
         lost_here = orphaned is not None and orphaned(record)
         if record.owner is not None and not lost_here and owner_alive(record.owner):
             continue
-        if interrupt(app, record, None, "worker_lost") is not None:
+        if settle_interrupted(app, record, None, Reason.WORKER_LOST).status is not None:
             settled += 1
     return settled
 
 
-def _ran_for(record: TaskRecord, now: float) -> str:
-    return f" after {now - record.started_at:.1f} s" if record.started_at else ""
+def _log(record: TaskRecord, verdict: InterruptVerdict, reason: Reason, now: float) -> None:
+    if verdict.status is TaskStatus.CANCELLED:
+        logger.info("task %s cancelled; its worker stopped (%s) before it did", label(record), reason)
+        return
+    ran_for = f" after {now - record.started_at:.1f} s" if record.started_at else ""
+    lost = f" (worker {record.owner} was lost)" if reason == Reason.WORKER_LOST and record.owner else ""
+    if verdict.requeued:
+        then = f"; attempt {record.attempt + 1} is queued"
+    else:
+        then = ": INTERRUPTED, not run again (not opted in to requeue_on_interrupt)"
+    logger.warning(
+        "task %s attempt %d interrupted (%s)%s%s%s",
+        label(record),
+        record.attempt,
+        reason,
+        ran_for,
+        lost,
+        then,
+    )
 
 
 def _next_message(record: TaskRecord, message: Message | None, cipher: MessageCipher | None) -> Message:

@@ -57,3 +57,7 @@ class RetryPolicy:
         if self.retry_on:
             return isinstance(exc, self.retry_on)
         return True
+
+
+#: The policy of a task that is not retried (and of one a worker does not know).
+NO_RETRIES = RetryPolicy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import time
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import decortask
 from decortask import (
     Decortask,
     Retry,
@@ -24,6 +26,9 @@ from decortask import (
 )
 from decortask.dashboard.queries import task_detail
 from decortask.message import Message
+from decortask.outcomes import Reason
+from decortask.retry import RetryPolicy
+from decortask.store.base import TaskRecord
 from decortask.testing import isolated_app, run_pending
 
 FAR_FUTURE = time.time() + 10 * 365 * 86400
@@ -373,3 +378,78 @@ def test_success_after_a_retry_clears_the_earlier_attempts_error_on_every_store(
         assert "attempt 1 failed" in history.message
         assert "builtins.ConnectionError: attempt 1 lost its connection" in history.message
         assert history.extra["error_type"] == "builtins.ConnectionError"
+
+
+# -- one outcome vocabulary ---------------------------------------------------------------------------------
+
+
+def test_a_failed_attempt_is_judged_once_by_its_retry_policy(
+    decortask_app: Decortask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    judged: list[int] = []
+    next_delay = RetryPolicy.next_delay
+
+    def counted(policy: RetryPolicy, failed_attempt: int, exc: BaseException) -> float | None:
+        judged.append(failed_attempt)
+        return next_delay(policy, failed_attempt, exc)
+
+    monkeypatch.setattr(RetryPolicy, "next_delay", counted)
+    handle = boom.delay()
+    run_pending(decortask_app, now=FAR_FUTURE)
+    assert (handle.status, handle.record().attempt) == (TaskStatus.FAILED, 3)
+    assert judged == [1, 2, 3]  # one decision per failed attempt, the last one included
+
+
+def test_reasons_print_and_serialize_as_the_strings_stores_have_always_held() -> None:
+    assert {reason.value for reason in Reason} >= {
+        "worker_lost", "shutdown", "timeout", "expired", "cancelled", "max_deliveries", "unregistered_task",
+        "decode_error", "integrity_error", "bad_arguments", "payload_too_large", "duplicate", "stale",
+        "lost_claim", "deferred", "running_elsewhere", "result_not_serializable",
+    }  # fmt: skip
+    reason = Reason.WORKER_LOST
+    shown = (str(reason), f"{reason}", format(reason), json.dumps(reason))
+    assert shown == ("worker_lost", "worker_lost", "worker_lost", '"worker_lost"')
+    assert reason == "worker_lost" and Reason("worker_lost") is reason
+
+
+def test_a_reason_is_stored_as_its_plain_string_and_read_back_equal_on_every_store(store_url: str) -> None:
+    with isolated_app("memory://", store_url) as app:
+        handle = add.apply_async(args=(1, 1), expires=0.01)
+        time.sleep(0.05)
+        run_pending(app)
+        record = handle.record()
+        assert (record.status, record.reason) == (TaskStatus.CANCELLED, Reason.EXPIRED)
+        assert json.loads(json.dumps(record.to_dict()))["reason"] == "expired"
+        # A record an older version wrote holds the bare string: it compares equal to its member.
+        now = time.time()
+        older = TaskRecord(
+            id="older", name="exec.add", queue="q", status=TaskStatus.INTERRUPTED, created_at=now,
+            updated_at=now, reason="worker_lost",
+        )  # fmt: skip
+        app.store.create(older)
+        assert app.handle("older").record().reason == Reason.WORKER_LOST
+
+
+def test_every_reason_the_package_writes_is_in_the_vocabulary() -> None:
+    """Refusals (`MessageError`, a transport's `refused`) and `reason=` keywords all name a `Reason`."""
+    written: dict[str, str] = {}
+    for path in sorted(Path(decortask.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            texts: list[ast.expr] = []
+            if isinstance(node, ast.Call):
+                name = (
+                    node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                )
+                if name == "MessageError" and node.args:
+                    texts.append(node.args[0])
+                texts += [kw.value for kw in node.keywords if kw.arg == "reason"]
+            elif isinstance(node, ast.Assign) and any(
+                isinstance(target, ast.Attribute) and target.attr == "refused" for target in node.targets
+            ):
+                texts.append(node.value)
+            for text in texts:
+                if isinstance(text, ast.Constant) and isinstance(text.value, str):
+                    written[text.value] = f"{path.name}:{text.lineno}"
+    assert written, "the scan found nothing: it no longer reads the package"
+    unknown = {text: where for text, where in written.items() if text not in {r.value for r in Reason}}
+    assert unknown == {}
