@@ -124,6 +124,8 @@ def main() -> None:
     type=click.Choice(list(LOG_FORMATS)),
     help="text, or json: one JSON object per line (ts, level, logger, message, worker_id, task_name, task_id).",
 )
+@click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve /metrics here (docs/metrics.md).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="No auth: keep it private.")
 @click.option(
     "--broker-url", default=None, help="Overrides the app's broker (else the app's, else the environment's)."
 )
@@ -141,6 +143,8 @@ def worker(
     loglevel: str,
     logfile: str | None,
     log_format: str,
+    metrics_port: int | None,
+    metrics_host: str,
     broker_url: str | None,
     store_url: str | None,
 ) -> None:
@@ -172,6 +176,14 @@ def worker(
             periodic=periodic,
         )
         set_worker_id(runner.id)
+        if metrics_port is not None:  # the 'metrics' extra's module, imported only when asked for
+            try:
+                from .contrib.prometheus import serve_worker_metrics
+            except ImportError as exc:
+                raise click.ClickException(
+                    f"--metrics-port needs: pip install 'decortask[metrics]' ({exc})"
+                ) from None
+            runner.observers.append(serve_worker_metrics(app, runner.queues, metrics_port, metrics_host))
         runner.install_signal_handlers()
         code = runner.run()
     except DecortaskError as exc:

@@ -9,6 +9,7 @@ pool through that one interface and never asks which pool it has.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import queue
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("decortask.worker")
 
 BURST_IDLE = 0.3
+#: Sees each settled delivery once: (delivery, outcome, started_at, ended_at); times in UNIX seconds, None
+#: when unknown (the synchronous test driver). `decortask.contrib.prometheus.WorkerMetrics.settled` is one.
+OutcomeObserver = Callable[["Delivery", Outcome, "float | None", "float | None"], None]
 #: Longest wait for an outcome while every prefetched message is running or waiting for a pool slot; the
 #: loop then polls the broker anyway (control messages, reconnects) and supervises.
 FULL_WINDOW_WAIT = 0.005
@@ -110,6 +114,8 @@ class Worker:
             self.periodic.enabled = periodic
         self.supervisor = Supervisor(app, self.pool)
         self.stats = WorkerStats()
+        #: Called after each delivery is settled (metrics); one that raises is logged and never stops the loop.
+        self.observers: list[OutcomeObserver] = []
         self.grace = app.settings.shutdown_grace if grace is None else grace
         self._stop = threading.Event()
         self._interrupt_now = threading.Event()
@@ -120,7 +126,8 @@ class Worker:
         # thread, mostly inside its short waits for outcomes while every slot is busy: shutdown then waited
         # for the next task to end, --grace notwithstanding (issue 10, item 9). Queue waits on a lock,
         # whose acquire handles a signal correctly.
-        self._outcomes: queue.Queue[tuple[Delivery, Future[Outcome]]] = queue.Queue()
+        # Each entry carries when its attempt was handed to a slot and when its outcome came back (observers).
+        self._outcomes: queue.Queue[tuple[Delivery, Future[Outcome], float, float]] = queue.Queue()
         self._in_flight = 0
         self._previous_handlers: dict[int, Any] = {}
 
@@ -150,20 +157,53 @@ class Worker:
         """Decode, validate and execute one delivery (any thread); bad input becomes a dead-letter outcome."""
         return process_delivery(self.app, self.executor, delivery)
 
-    def settle(self, session: ConsumerSession, delivery: Delivery, outcome: Outcome) -> None:
-        """Ack, requeue or dead-letter on the consumer thread, after the store was written."""
-        if outcome.settle is Settle.DEAD_LETTER:
-            self.app.transport.dead_letter(delivery, outcome.reason or "unknown", outcome.detail)
-            log_dead_letter(delivery, outcome)  # the one line per dead letter
-            self.stats.dead_lettered += 1
-            session.ack(delivery)
-        elif outcome.settle is Settle.REQUEUE:
-            session.requeue(delivery)
-        else:
-            session.ack(delivery)
-        if outcome.status is not None:
-            key = outcome.status.value
-            self.stats.by_status[key] = self.stats.by_status.get(key, 0) + 1
+    def settle(
+        self,
+        session: ConsumerSession,
+        delivery: Delivery,
+        outcome: Outcome,
+        started_at: float | None = None,
+        ended_at: float | None = None,
+    ) -> None:
+        """Ack, requeue or dead-letter on the consumer thread, after the store was written; then tell the
+        observers (metrics), once per delivery: every outcome passes here, dead letters and interruptions too.
+
+        Args:
+            started_at: when the delivery was handed to a pool slot (UNIX seconds), for the observers.
+            ended_at: when its outcome came back.
+        """
+        # What the observers are told: the store was written whatever the ack does, but a dead letter
+        # whose publish failed was not sent (the redelivery's refusal sends, and reports, it).
+        observed = (
+            dataclasses.replace(outcome, settle=Settle.ACK)
+            if outcome.settle is Settle.DEAD_LETTER
+            else outcome
+        )
+        try:
+            if outcome.settle is Settle.DEAD_LETTER:
+                self.app.transport.dead_letter(delivery, outcome.reason or "unknown", outcome.detail)
+                observed = outcome
+                log_dead_letter(delivery, outcome)  # the one line per dead letter
+                self.stats.dead_lettered += 1
+                session.ack(delivery)
+            elif outcome.settle is Settle.REQUEUE:
+                session.requeue(delivery)
+            else:
+                session.ack(delivery)
+            if outcome.status is not None:
+                key = outcome.status.value
+                self.stats.by_status[key] = self.stats.by_status.get(key, 0) + 1
+        finally:
+            self._observe(delivery, observed, started_at, ended_at)
+
+    def _observe(
+        self, delivery: Delivery, outcome: Outcome, started_at: float | None, ended_at: float | None
+    ) -> None:
+        for observe in self.observers:
+            try:
+                observe(delivery, outcome, started_at, ended_at)
+            except Exception as exc:  # an observer never costs a settlement
+                logger.warning("outcome observer failed (%s)", mask_text(str(exc)) or type(exc).__name__)
 
     # -- the loop ------------------------------------------------------------------------------------------
 
@@ -373,16 +413,19 @@ class Worker:
             delivery = self._backlog.popleft()
             self.stats.received += 1
             self._in_flight += 1
+            started_at = time.time()
             future = self.pool.submit(delivery)
-            future.add_done_callback(self._outcome_callback(delivery))
+            future.add_done_callback(self._outcome_callback(delivery, started_at))
 
-    def _outcome_callback(self, delivery: Delivery) -> Callable[[Future[Outcome]], None]:
-        return lambda done: self._outcomes.put((delivery, done))
+    def _outcome_callback(self, delivery: Delivery, started_at: float) -> Callable[[Future[Outcome]], None]:
+        return lambda done: self._outcomes.put((delivery, done, started_at, time.time()))
 
     def _settle_ready(self, session: ConsumerSession, block: bool = False, timeout: float = 0.2) -> None:
         while self._in_flight:
             try:
-                delivery, future = self._outcomes.get(block=block, timeout=timeout if block else None)
+                delivery, future, started_at, ended_at = self._outcomes.get(
+                    block=block, timeout=timeout if block else None
+                )
             except queue.Empty:
                 return
             self._in_flight -= 1
@@ -393,7 +436,7 @@ class Worker:
                 logger.exception("executing a message failed; requeueing it")
                 outcome = Outcome(Settle.REQUEUE)
             try:
-                self.settle(session, delivery, outcome)
+                self.settle(session, delivery, outcome, started_at, ended_at)
             except session.connection_errors as exc:
                 # The channel is gone; the broker redelivers the message and the receipt rules decide.
                 logger.warning(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
@@ -97,6 +97,8 @@ def create_dashboard(
         Route("/api/schedules/{name:path}/pause", api.guarded(api.pause, post=True), methods=["POST"]),
         Route("/api/schedules/{name:path}/resume", api.guarded(api.resume, post=True), methods=["POST"]),
         Route("/api/events", api.guarded(api.events)),
+        # Prometheus text format, cluster-wide numbers from the store (docs/metrics.md); same auth as the API.
+        Route("/metrics", api.guarded(metrics_endpoint(app, state.queues))),
     ]
     dashboard = Starlette(routes=routes, lifespan=lifespan)
     dashboard.state.dashboard = state
@@ -135,6 +137,31 @@ class SecurityHeaders:
             await refusal(scope, receive, send_with_headers)
             return
         await self.app(scope, receive, send_with_headers)
+
+
+def metrics_endpoint(
+    app: Decortask, queues: tuple[str, ...]
+) -> Callable[[Request, Caller], Awaitable[Response]]:
+    """GET /metrics: the store's records by task, queue and state, queue depth and live workers
+    (`decortask.contrib.prometheus.StoreMetrics`, built at the first scrape: the 'metrics' extra)."""
+    built: list[Any] = []
+
+    async def metrics(request: Request, caller: Caller) -> Response:
+        if not built:
+            try:
+                from ..contrib.prometheus import StoreMetrics
+            except ImportError as exc:
+                return PlainTextResponse(
+                    f"/metrics needs the 'metrics' extra ({exc.name or exc}): pip install 'decortask[metrics]'",
+                    status_code=501,
+                )
+            built.append(StoreMetrics(app, queues))
+        from ..contrib.prometheus import CONTENT_TYPE_LATEST
+
+        body = await api.in_thread(built[0].exposition)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    return metrics
 
 
 # -- pages ---------------------------------------------------------------------------------------------
