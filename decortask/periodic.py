@@ -19,6 +19,7 @@ Missed slots (no worker published them within the schedule's `grace`): the sched
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -28,6 +29,7 @@ from .errors import StoreError
 from .message import Message
 from .middleware import finish_enqueue, prepare_enqueue
 from .periodic_config import PeriodicEntry, declared_entries
+from .records import message_from_record, record_from_message
 from .schedules import next_slot, slot_time, slots_between
 from .states import TaskStatus
 from .store.base import TaskRecord
@@ -260,7 +262,7 @@ class PeriodicScheduler:
         if record.status is TaskStatus.PENDING:
             # Recorded by a leader that may have died before publishing it: publish it (again). A second
             # copy of a message already sent is skipped by the worker's claim compare-and-set.
-            message = _message_of(app, record, task)
+            message = message_from_record(record, app.cipher)  # attempt 1: the record is at 0
             self._publish(message, record.queue, task)
             logger.info(
                 "schedule %s: slot %s was recorded but maybe not published; published task %s",
@@ -289,19 +291,8 @@ class PeriodicScheduler:
             cipher=self.app.cipher,
         )
         message = prepare_enqueue(self.app, message)
-        record = TaskRecord(
-            id=task_id,
-            name=task.name,
-            queue=queue,
-            status=TaskStatus.PENDING,
-            created_at=now,
-            updated_at=now,
-            args=message.args,
-            kwargs=message.kwargs,
-            tags=message.tags,
-            idempotency_key=message.idempotency_key,
-            priority=message.priority,
-            persist=task.options.persist,
+        record = dataclasses.replace(
+            record_from_message(message, queue), updated_at=now, persist=task.options.persist
         )
         return message, record
 
@@ -309,19 +300,3 @@ class PeriodicScheduler:
         body = message.encode(self.app.settings.max_payload_bytes)
         self.app.transport.publish(body, queue, priority=message.priority, persistent=task.options.persist)
         finish_enqueue(self.app, message)
-
-
-def _message_of(app: Decortask, record: TaskRecord, task: Task[..., object]) -> Message:
-    """The first attempt's message of a recorded slot task, rebuilt from its record."""
-    return Message(
-        id=record.id,
-        task=record.name,
-        args=list(record.args),
-        kwargs=dict(record.kwargs),
-        attempt=1,
-        created_at=record.created_at,
-        idempotency_key=record.idempotency_key,
-        tags=dict(record.tags),
-        priority=record.priority,
-        cipher=app.cipher,
-    )
