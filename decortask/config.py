@@ -66,6 +66,8 @@ class Settings:
             are not encrypted (e.g. while producers are being switched over); otherwise they are refused.
         periodic: whether this process's workers take part in running periodic schedules (any of them may
             lead a schedule); `DECORTASK_PERIODIC=0` keeps a worker out. See docs/periodic.md.
+        capture_output: whether a worker stores a running task's `print()` output and its own logging
+            lines with the task (its log, bounded per attempt); `DECORTASK_CAPTURE_OUTPUT=0` turns it off.
         schedules: periodic schedules of tasks of any package, as a JSON object (text) or a mapping:
             name -> {"task": ..., "cron": ... or "every": seconds, "args": ..., ...}; see docs/periodic.md.
     """
@@ -92,6 +94,7 @@ class Settings:
     encryption_keys: str = field(default="", repr=False)
     accept_plaintext: bool = False
     periodic: bool = True
+    capture_output: bool = True
     schedules: str | Mapping[str, Any] = ""
 
     @classmethod

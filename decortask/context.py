@@ -41,6 +41,8 @@ class TaskContext:
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _log_sink: Callable[[LogLine], None] | None = field(default=None, repr=False)
     _progress_sink: Callable[[float, str | None], None] | None = field(default=None, repr=False)
+    #: This attempt's captured print()/logging output (`capture.TaskOutput`), made on its first line.
+    _capture: Any = field(default=None, repr=False, compare=False)
 
     def should_stop(self) -> bool:
         """True once the task should wind down: cancellation, time limit or worker shutdown."""
@@ -111,4 +113,8 @@ def activate(ctx: TaskContext) -> Any:
 
 
 def deactivate(token: Any) -> None:
+    """Undo `activate`; the attempt's captured output (if any) is written to the store now."""
+    ctx = _current.get()
+    if ctx is not None and ctx._capture is not None:
+        ctx._capture.flush()
     _current.reset(token)

@@ -23,6 +23,7 @@ from multiprocessing.connection import Connection
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from . import capture
 from .delivery import process_delivery
 from .logsetup import configure_logging, set_worker_id
 
@@ -188,6 +189,8 @@ def child_main(conn: Connection) -> None:
         return seen is not None and time.time() - seen < app.settings.lease_timeout
 
     executor = Executor(app, owner, owner_alive=owner_alive)
+    if app.settings.capture_output:  # the child runs the tasks, so it captures their output
+        capture.enable_for(owner, app.store)
     child = _Child(conn, app, executor)
     threading.Thread(target=child.listen, name="decortask-child-pipe", daemon=True).start()
     child.send({"op": "ready", "pid": os.getpid()})

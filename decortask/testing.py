@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from . import app as app_module
+from . import capture
 from .app import Decortask, current_app, reset_default_app
 from .errors import BrokerUnavailable, DecortaskError, WaitTimeout
 from .handle import TaskHandle, TaskResult
@@ -78,6 +79,7 @@ def run_pending(
     finally:
         session.close()
         worker.executor.event_loop.close()  # started only if an `async def` task ran
+        capture.disable_for(worker.id)  # the worker's output capture (capture.py) ends with the run
 
 
 # -- eager mode --------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from . import recovery
+from . import capture, recovery
 from .deadletters import log_dead_letter
 from .delivery import process_delivery
 from .errors import BrokerUnavailable
@@ -105,6 +105,8 @@ class Worker:
         self.burst = burst
         self.id = worker_id or new_worker_id()
         self.executor = Executor(app, self.id, owner_alive=self.owner_alive)
+        if app.settings.capture_output:  # tasks' print() and logging, stored with them (capture.py)
+            capture.enable_for(self.id, app.store)
         # Built now, started by `run()`: a pool the app cannot use (a memory:// store for the process
         # pool's children) is refused before anything is consumed.
         self.pool = make_pool(pool, app, self.executor, self.id, concurrency, app_modules)
@@ -284,6 +286,7 @@ class Worker:
             beating.set()
             self.executor.event_loop.close()
             self._restore_signal_handlers()
+            capture.disable_for(self.id)
             logger.info("worker %s stopped: %s", self.id, self._summary())
         return 0
 

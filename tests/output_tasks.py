@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 
 from decortask import TaskContext, task, task_log
 
@@ -42,3 +44,17 @@ def chatty(ctx: TaskContext, lines: int, tag: str) -> int:
 @task(name="out.quiet")
 def quiet() -> int:
     return 1
+
+
+#: The tasks of `together` wait for each other, so their prints interleave in one worker's 8 threads.
+together_barrier = threading.Barrier(8)
+
+
+@task(name="out.together")
+def together(lines: int, tag: str) -> int:
+    together_barrier.wait(timeout=60)
+    for i in range(lines):
+        print(f"{tag} stdout {i}")
+        shop.warning("%s logging %s", tag, i)
+        time.sleep(0.001)  # let the other threads write in between
+    return lines

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import output_tasks as out
 import pytest
+from conftest import broker_urls
 from workers import REPO
 
-from decortask import Decortask
+from decortask import Decortask, capture
 from decortask.app import reset_default_app
+from decortask.testing import run_pending
 
 
 @pytest.fixture
@@ -126,3 +128,126 @@ def test_lines_a_task_logs_with_its_own_logger_name_the_task(
     # Lines outside tasks are unchanged.
     assert re.search(r" INFO decortask\.worker(\[\d+\])?: worker \S+ ready: ", stderr)
     assert out.SECRET not in stderr
+
+
+# -- item 3: a task's print() and own logging, captured and stored with it -------------------------------------
+
+
+def captured(app: Decortask, task_id: str, source: str) -> list[str]:
+    record = app.store.get(task_id)
+    assert record is not None
+    return [line.message for line in record.logs if line.extra.get("source") == source]
+
+
+def test_eight_threads_printing_at_once_each_store_only_their_own_lines_and_show_prints_them(
+    sqlite_app: Decortask, tmp_path: Path
+) -> None:
+    handles = [out.together.delay(20, f"t{n}") for n in range(8)]
+    secretive = out.logs_own.delay(5)
+    stderr = run_worker(sqlite_app, tmp_path, "-c", "8")
+    for n, handle in enumerate(handles):
+        assert captured(sqlite_app, handle.id, "stdout") == [f"t{n} stdout {i}" for i in range(20)]
+        assert captured(sqlite_app, handle.id, "logging") == [
+            f"WARNING shop.billing: t{n} logging {i}" for i in range(20)
+        ]
+    assert captured(sqlite_app, secretive.id, "stdout") == ["printed order 5; token=****"]
+    assert captured(sqlite_app, secretive.id, "logging") == [
+        "INFO shop.billing: charging order 5; password=****"
+    ]
+    # The task's prints went into its record, not to the worker's stdout; its logging still reaches the log.
+    assert (tmp_path / "worker.stdout").read_text() == ""
+    assert f"[out.together {handles[0].id}] t0 logging 19" in stderr
+    shown = subprocess.run(
+        [sys.executable, "-m", "decortask", "show", secretive.id, "--store-url", sqlite_app.settings.store_url],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    logs = json.loads(shown.stdout)["logs"]
+    assert {"message": "printed order 5; token=****", "source": "stdout"} in [
+        {"message": line["message"], "source": line["extra"].get("source")} for line in logs
+    ]
+    assert out.SECRET not in shown.stdout
+
+
+@pytest.mark.parametrize("pool", ["threads", "processes"])
+def test_print_and_logging_of_sync_and_async_tasks_are_stored_under_both_pools(
+    sqlite_app: Decortask, tmp_path: Path, pool: str
+) -> None:
+    sync = out.logs_own.delay(1)
+    coroutine = out.async_logs_own.delay(2)
+    run_worker(sqlite_app, tmp_path, "--pool", pool, "-c", "2")
+    assert captured(sqlite_app, sync.id, "stdout") == ["printed order 1; token=****"]
+    assert captured(sqlite_app, coroutine.id, "stdout") == ["async printed order 2"]
+    assert captured(sqlite_app, coroutine.id, "logging") == ["INFO shop.billing: async charging order 2"]
+    [stored] = [line for line in sqlite_app.store.get(sync.id).logs if line.extra.get("source") is None]
+    assert stored.message == "stored line"  # task_log() is stored once, not captured again
+
+
+def test_capture_on_redis_stores_the_output_with_the_task(tmp_path: Path, unique: str) -> None:
+    broker, store = broker_urls("redis", tmp_path, unique)
+    app = Decortask(broker, store, default_queue=f"out-{unique}")
+    try:
+        handle = out.logs_own.delay(9)
+        run_worker(app, tmp_path, "-c", "2")
+        assert captured(app, handle.id, "stdout") == ["printed order 9; token=****"]
+        assert captured(app, handle.id, "logging") == ["INFO shop.billing: charging order 9; password=****"]
+    finally:
+        app.close()
+        reset_default_app()
+
+
+def test_capture_is_bounded_per_attempt_with_a_marker_and_written_in_batches(
+    sqlite_app: Decortask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[int] = []
+    batch = sqlite_app.store.append_logs
+    monkeypatch.setattr(
+        sqlite_app.store,
+        "append_logs",
+        lambda task_id, lines: (writes.append(len(lines)), batch(task_id, lines)),
+    )
+    single = sqlite_app.store.append_log
+    monkeypatch.setattr(
+        sqlite_app.store, "append_log", lambda task_id, line: (writes.append(1), single(task_id, line))
+    )
+    quiet = out.quiet.delay()
+    run_pending(sqlite_app)
+    assert writes == []  # a task that prints nothing writes nothing more
+    chatty = out.chatty.delay(capture.MAX_LINES, "c")  # twice the limit: print and logging per line
+    run_pending(sqlite_app)
+    stdout = captured(sqlite_app, chatty.id, "stdout")
+    logged = captured(sqlite_app, chatty.id, "logging")
+    assert len(stdout) + len(logged) == capture.MAX_LINES
+    assert stdout[:3] == ["c stdout 0", "c stdout 1", "c stdout 2"]
+    [marker] = [
+        line for line in sqlite_app.store.get(chatty.id).logs if line.extra.get("source") == "capture"
+    ]
+    assert marker.extra["truncated"] == capture.MAX_LINES
+    assert marker.message.startswith(f"output truncated: {capture.MAX_LINES} more lines not stored")
+    assert len(writes) <= capture.MAX_LINES // capture.FLUSH_LINES + 1  # batches, not one write per line
+    assert sqlite_app.store.get(quiet.id).logs == []
+
+
+def test_capture_output_off_leaves_prints_on_stdout_and_stores_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path}/decortask.db"
+    app = Decortask(url, url, default_queue=f"out-{uuid.uuid4().hex[:8]}", capture_output=False)
+    try:
+        handle = out.logs_own.delay(4)
+        run_pending(app)
+        assert "printed order 4" in capsys.readouterr().out
+        assert captured(app, handle.id, "stdout") == [] and captured(app, handle.id, "logging") == []
+    finally:
+        app.close()
+        reset_default_app()
+
+
+def test_prints_outside_tasks_reach_the_real_stdout_while_a_worker_captures(
+    sqlite_app: Decortask, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capture.enable_for("someone", sqlite_app.store)
+    try:
+        print("from the worker itself")
+    finally:
+        capture.disable_for("someone")
+    assert capsys.readouterr().out == "from the worker itself\n"

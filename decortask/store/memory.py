@@ -92,6 +92,13 @@ class MemoryStore(TaskStore, PeriodicStateStore):
             if record is not None:
                 record.logs.append(copy.deepcopy(line))  # its `extra` is the caller's dict
 
+    def append_logs(self, task_id: str, lines: Sequence[LogLine]) -> None:
+        """Append several lines of one task at once (captured output, `capture.py`)."""
+        with self._lock:
+            record = self._records.get(task_id)
+            if record is not None:
+                record.logs.extend(copy.deepcopy(list(lines)))
+
     def set_progress(self, task_id: str, progress: float, message: str | None = None) -> None:
         with self._lock:
             record = self._records.get(task_id)

@@ -232,6 +232,13 @@ class RedisStore(TaskStore, PeriodicStateStore):
         with self._errors():
             self._append_script(keys=[self._task(task_id), self._logs(task_id)], args=[text])
 
+    def append_logs(self, task_id: str, lines: Sequence[LogLine]) -> None:
+        """Append several lines of one task in one script call (captured output, `capture.py`)."""
+        texts = [json.dumps(line.to_dict(), separators=(",", ":")) for line in lines]
+        if texts:
+            with self._errors():
+                self._append_script(keys=[self._task(task_id), self._logs(task_id)], args=texts)
+
     def set_progress(self, task_id: str, progress: float, message: str | None = None) -> None:
         args = ["progress", _json(progress), "progress_message", _json(message)]
         with self._errors():

@@ -213,8 +213,11 @@ return 1
 )
 
 # KEYS: task, logs. ARGV: line JSON. Appends only to an existing task.
+# KEYS: task, logs. ARGV: log lines (JSON), appended in order if the task exists.
 APPEND_LOG = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RPUSH', KEYS[2], ARGV[1]) end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  for i = 1, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+end
 """
 
 # KEYS: due, body, claims, owner. ARGV: queue key prefix, then (id, due_at, queue, entry JSON) per entry.

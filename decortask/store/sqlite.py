@@ -107,6 +107,18 @@ class SQLiteStore(TaskStore, PeriodicStateStore):
             )
         )
 
+    def append_logs(self, task_id: str, lines: Sequence[LogLine]) -> None:
+        """Append several lines of one task in one transaction (captured output, `capture.py`)."""
+        rows = [(task_id, sqlite_rows.line_json(line), task_id) for line in lines]
+        if rows:
+            self._run(
+                lambda conn: conn.executemany(
+                    "INSERT INTO decortask_logs (task_id, line) "
+                    "SELECT ?, ? WHERE EXISTS (SELECT 1 FROM decortask_tasks WHERE id = ?)",
+                    rows,
+                )
+            )
+
     def set_progress(self, task_id: str, progress: float, message: str | None = None) -> None:
         def body(conn: sqlite3.Connection) -> None:
             record = sqlite_rows.load(conn, task_id, logs=False)
