@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -15,6 +16,9 @@ from .security import mask_fields, mask_text
 from .store.base import LogLine
 
 logger = logging.getLogger("decortask.task")
+
+#: Largest `ctx.set_output()` value, as encoded JSON.
+MAX_OUTPUT_BYTES = 16 * 1024
 
 _current: ContextVar[TaskContext | None] = ContextVar("decortask_task_context", default=None)
 
@@ -41,6 +45,7 @@ class TaskContext:
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _log_sink: Callable[[LogLine], None] | None = field(default=None, repr=False)
     _progress_sink: Callable[[float, str | None], None] | None = field(default=None, repr=False)
+    _output_sink: Callable[[Any], None] | None = field(default=None, repr=False)
     #: This attempt's captured print()/logging output (`capture.TaskOutput`), made on its first line.
     _capture: Any = field(default=None, repr=False, compare=False)
 
@@ -61,6 +66,33 @@ class TaskContext:
                 self._progress_sink(float(progress), message)
             except Exception as exc:  # progress is advisory: never fail the task over it
                 logger.warning("could not store progress of task %s: %s", self.task_id, mask_text(str(exc)))
+
+    def set_output(self, output: dict[str, Any]) -> None:
+        """Publish a partial output while running (a row count, a file link), readable live from the handle.
+
+        Each call replaces the last one; it is kept apart from the task's result. `output` must be a JSON
+        object of at most `MAX_OUTPUT_BYTES` encoded.
+
+        Raises:
+            TypeError: `output` is not a dict, or holds a value JSON cannot encode.
+            ValueError: `output` is larger than `MAX_OUTPUT_BYTES` encoded.
+        """
+        if not isinstance(output, dict):
+            raise TypeError(f"set_output() takes a dict (a JSON object), got {type(output).__name__}")
+        try:
+            text = json.dumps(output, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"set_output() needs JSON values: {exc}") from None
+        if len(text.encode()) > MAX_OUTPUT_BYTES:
+            raise ValueError(
+                f"set_output() got {len(text.encode())} bytes of JSON; at most {MAX_OUTPUT_BYTES} are kept "
+                "(store a link to larger data instead)"
+            )
+        if self._output_sink is not None:
+            try:
+                self._output_sink(json.loads(text))  # a plain JSON copy, as every store would give back
+            except Exception as exc:  # advisory, like progress: never fail the task over it
+                logger.warning("could not store the output of task %s: %s", self.task_id, mask_text(str(exc)))
 
     def log(self, message: str, **extra: Any) -> None:
         """Same as `task_log()` for this task."""

@@ -302,6 +302,7 @@ class Executor:
             worker_id=self.worker_id,
             _log_sink=lambda line: store.append_log(record.id, line),
             _progress_sink=lambda progress, text: store.set_progress(record.id, progress, text),
+            _output_sink=lambda output: store.set_output(record.id, output),
         )
         if self._stopping:
             ctx.request_stop()

@@ -84,6 +84,11 @@ class TaskHandle(Generic[R]):
         return self.record().progress
 
     @property
+    def output(self) -> Any:
+        """What the task last published with `ctx.set_output({...})` (None before it does); not its result."""
+        return self.record().output
+
+    @property
     def logs(self) -> list[LogLine]:
         return self.record().logs
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 
@@ -58,3 +59,13 @@ def together(lines: int, tag: str) -> int:
         shop.warning("%s logging %s", tag, i)
         time.sleep(0.001)  # let the other threads write in between
     return lines
+
+
+@task(name="out.publishes")
+def publishes(ctx: TaskContext, flag: str) -> str:
+    ctx.set_output({"rows": 5})
+    ctx.set_output({"rows": 10, "file": "s3://bucket/part-1.csv", "password": SECRET})
+    deadline = time.monotonic() + 60
+    while not os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return "done"

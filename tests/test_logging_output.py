@@ -19,10 +19,12 @@ from pathlib import Path
 import output_tasks as out
 import pytest
 from conftest import broker_urls
-from workers import REPO
+from workers import REPO, poll_until
 
-from decortask import Decortask, capture
+from decortask import Decortask, TaskContext, capture
 from decortask.app import reset_default_app
+from decortask.context import MAX_OUTPUT_BYTES
+from decortask.dashboard.queries import task_detail
 from decortask.testing import run_pending
 
 
@@ -251,3 +253,72 @@ def test_prints_outside_tasks_reach_the_real_stdout_while_a_worker_captures(
     finally:
         capture.disable_for("someone")
     assert capsys.readouterr().out == "from the worker itself\n"
+
+
+# -- item 4: ctx.set_output, a running task's structured partial output --------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_a_running_tasks_published_output_is_seen_live_and_kept_apart_from_its_result(
+    tmp_path: Path, unique: str, kind: str
+) -> None:
+    broker, store = broker_urls(kind, tmp_path, unique)
+    app = Decortask(broker, store, default_queue=f"out-{unique}")
+    flag = tmp_path / "go-on"
+    command = [
+        sys.executable, "-m", "decortask", "worker", "-A", "tests.output_tasks", "-Q", app.settings.default_queue,
+        "--burst", "--broker-url", broker, "--store-url", store,
+    ]  # fmt: skip
+    try:
+        handle = out.publishes.delay(str(flag))
+        assert handle.output is None
+        with open(tmp_path / "worker.log", "wb") as log:
+            process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            poll_until(
+                lambda: handle.output is not None and handle.output.get("rows") == 10, 60, "the output"
+            )
+            assert handle.status.value == "RUNNING"  # seen while the task runs
+            flag.touch()
+            assert handle.get(timeout=60) == "done"
+            assert process.wait(timeout=60) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+        assert handle.output == {"rows": 10, "file": "s3://bucket/part-1.csv", "password": out.SECRET}
+        detail = task_detail(app.store.get(handle.id))
+        assert detail["output"] == {"rows": 10, "file": "s3://bucket/part-1.csv", "password": "****"}
+        assert detail["result"] == "done"
+    finally:
+        app.close()
+        reset_default_app()
+
+
+def test_show_prints_the_output_masked(sqlite_app: Decortask, tmp_path: Path) -> None:
+    flag = tmp_path / "go-on"
+    flag.touch()
+    handle = out.publishes.delay(str(flag))
+    run_pending(sqlite_app)
+    shown = subprocess.run(
+        [sys.executable, "-m", "decortask", "show", handle.id, "--store-url", sqlite_app.settings.store_url],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert json.loads(shown.stdout)["output"] == {
+        "rows": 10,
+        "file": "s3://bucket/part-1.csv",
+        "password": "****",
+    }
+
+
+def test_set_output_takes_a_bounded_json_object_only() -> None:
+    published: list[object] = []
+    ctx = TaskContext(task_id="t", name="n", _output_sink=published.append)
+    with pytest.raises(TypeError, match="takes a dict"):
+        ctx.set_output([1, 2])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="needs JSON values"):
+        ctx.set_output({"when": object()})
+    with pytest.raises(ValueError, match=f"at most {MAX_OUTPUT_BYTES} are kept"):
+        ctx.set_output({"blob": "x" * MAX_OUTPUT_BYTES})
+    ctx.set_output({"rows": (1, 2)})
+    assert published == [{"rows": [1, 2]}]

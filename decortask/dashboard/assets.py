@@ -148,6 +148,7 @@ SCRIPT = r"""
       ["Created", when(task.created_at)], ["Started", when(task.started_at)],
       ["Finished", when(task.finished_at)], ["Scheduled for", when(task.scheduled_for)],
       ["Progress", task.progress === null ? "" : Math.round(task.progress * 100) + "% " + (task.progress_message || "")],
+      ["Output", task.output === null || task.output === undefined ? "" : JSON.stringify(task.output)],
       ["Tags", Object.keys(task.tags).length ? JSON.stringify(task.tags) : ""],
       ["Cancel requested", task.cancel_requested ? when(task.cancel_requested_at) : ""]];
     for (const [label, value] of rows) {

@@ -100,6 +100,7 @@ def task_detail(
     detail.update(
         {
             "result": scrub(record.result),
+            "output": scrub(record.output),
             "error_message": scrub(record.error_message),
             "traceback": scrub(record.traceback),
             "logs": [

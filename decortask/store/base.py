@@ -35,6 +35,7 @@ MUTABLE_FIELDS = frozenset(
         "expires_at",
         "progress",
         "progress_message",
+        "output",
         "deliveries",
         "cancel_requested_at",
     }
@@ -90,6 +91,8 @@ class TaskRecord:
     logs: list[LogLine] = field(default_factory=list)
     progress: float | None = None
     progress_message: str | None = None
+    #: What the running task last published with `ctx.set_output({...})` (JSON), apart from its result.
+    output: Any = None
     tags: dict[str, str] = field(default_factory=dict)
     idempotency_key: str | None = None
     owner: str | None = None
@@ -333,6 +336,10 @@ class TaskStore(Transitions, Protocol):
 
     def set_progress(self, task_id: str, progress: float, message: str | None = None) -> None:
         """Record progress (0.0..1.0) and an optional message."""
+        ...
+
+    def set_output(self, task_id: str, output: Any) -> None:
+        """Replace the task's published partial output (`ctx.set_output`); nothing for an unknown task."""
         ...
 
     def list_tasks(self, query: TaskQuery) -> list[TaskRecord]:

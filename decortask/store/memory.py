@@ -6,6 +6,7 @@ import copy
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from ..errors import StoreError
 from ..states import TERMINAL
@@ -98,6 +99,12 @@ class MemoryStore(TaskStore, PeriodicStateStore):
             record = self._records.get(task_id)
             if record is not None:
                 record.logs.extend(copy.deepcopy(list(lines)))
+
+    def set_output(self, task_id: str, output: Any) -> None:
+        with self._lock:
+            record = self._records.get(task_id)
+            if record is not None:
+                record.output = copy.deepcopy(output)  # the caller's object
 
     def set_progress(self, task_id: str, progress: float, message: str | None = None) -> None:
         with self._lock:

@@ -239,6 +239,10 @@ class RedisStore(TaskStore, PeriodicStateStore):
             with self._errors():
                 self._append_script(keys=[self._task(task_id), self._logs(task_id)], args=texts)
 
+    def set_output(self, task_id: str, output: Any) -> None:
+        with self._errors():
+            self._set_fields_script(keys=[self._task(task_id)], args=["output", _json(output)])
+
     def set_progress(self, task_id: str, progress: float, message: str | None = None) -> None:
         args = ["progress", _json(progress), "progress_message", _json(message)]
         with self._errors():

@@ -119,6 +119,17 @@ class SQLiteStore(TaskStore, PeriodicStateStore):
                 )
             )
 
+    def set_output(self, task_id: str, output: Any) -> None:
+        def body(conn: sqlite3.Connection) -> None:
+            record = sqlite_rows.load(conn, task_id, logs=False)
+            if record is not None:
+                record.output = output
+                conn.execute(
+                    "UPDATE decortask_tasks SET record = ? WHERE id = ?", (sqlite_rows.blob(record), task_id)
+                )
+
+        self._run(body)
+
     def set_progress(self, task_id: str, progress: float, message: str | None = None) -> None:
         def body(conn: sqlite3.Connection) -> None:
             record = sqlite_rows.load(conn, task_id, logs=False)
