@@ -53,12 +53,28 @@ class TaskFieldsFilter(logging.Filter):
 
 
 class MaskingTextFormatter(logging.Formatter):
-    """The usual text line, traceback included, through the one sanitizer."""
+    """The usual text line with its message and traceback through the one sanitizer.
+
+    Only what the line carries is masked, never the line's own fields: masking the whole line read a
+    logger named `app.secret_tasks` followed by `: ` as `secret: value`, and masked the message's first word.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         if not hasattr(record, "decortask_task"):
             record.decortask_task = ""  # a handler without TaskFieldsFilter (a user's) may share the format
-        return mask_text(super().format(record))
+        if record.exc_text:  # formatted (unmasked) by another handler's formatter first
+            record.exc_text = mask_text(record.exc_text)
+        return super().format(record)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = mask_text(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return mask_text(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return mask_text(super().formatStack(stack_info))
 
 
 class JsonFormatter(logging.Formatter):

@@ -322,3 +322,22 @@ def test_set_output_takes_a_bounded_json_object_only() -> None:
         ctx.set_output({"blob": "x" * MAX_OUTPUT_BYTES})
     ctx.set_output({"rows": (1, 2)})
     assert published == [{"rows": [1, 2]}]
+
+
+def test_text_lines_mask_the_message_and_traceback_never_the_loggers_own_name() -> None:
+    import logging
+
+    from decortask.logsetup import TEXT_FORMAT, MaskingTextFormatter
+
+    formatter = MaskingTextFormatter(TEXT_FORMAT)
+
+    def line(name: str, message: str, exc: BaseException | None = None) -> str:
+        info = (type(exc), exc, None) if exc is not None else None
+        record = logging.LogRecord(name, logging.INFO, __file__, 1, message, None, info)
+        return formatter.format(record)
+
+    # A logger whose name holds a secret-looking word, then ": ", reads like `secret: value` to the sanitizer.
+    assert line("app.secret_tasks", "Bob logged in").endswith("INFO app.secret_tasks: Bob logged in")
+    assert line("app.auth", "password=hunter2 refused").endswith("app.auth: password=**** refused")
+    traceback_line = line("app", "failed", ValueError("token=abc123"))
+    assert "token=****" in traceback_line and "abc123" not in traceback_line

@@ -239,7 +239,10 @@ def test_b20_secret_appears_nowhere(kind: str, pool: str, tmp_path: Path, unique
 
     log = worker.log_path.read_text()
     # The worker's output was at DEBUG while the task ran (in a pool child the logger name carries its pid).
-    assert re.search(r" DEBUG tests\.secret_tasks(\[\d+\])?: login attempt started", log), log
+    assert re.search(
+        r" DEBUG tests\.secret_tasks(\[\d+\])?: \[secret_tasks\.login [0-9a-f]{32}\] login attempt started",
+        log,
+    ), log
     assert log.count(B20_SECRET) == 0
 
     sentry = envelopes.read_text()
