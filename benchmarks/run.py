@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -60,7 +61,9 @@ def ensure_venv() -> None:
         return
     python = VENV / "bin" / "python"
     installed = VENV / ".installed"  # written last: a half-finished or outdated install is done again
-    pins = "\n".join(sorted(versions_of_requirements())) + "\n"
+    # decortask's own pyproject.toml counts too: a dependency it gains (cronsim) must reach an existing venv.
+    project = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
+    pins = "\n".join([*sorted(versions_of_requirements()), f"pyproject.toml {project}"]) + "\n"
     if not installed.exists() or installed.read_text() != pins:
         print(f"creating the benchmark environment in {VENV} ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
