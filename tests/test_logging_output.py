@@ -8,7 +8,6 @@ and read its log file or stderr; the in-process ones drive the real path with ru
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 import output_tasks as out
 import pytest
 from conftest import broker_urls
-from workers import REPO, poll_until
+from workers import REPO, poll_until, run_burst_worker
 
 from decortask import Decortask, TaskContext, capture
 from decortask.app import reset_default_app
@@ -40,24 +39,8 @@ def sqlite_app(tmp_path: Path) -> Iterator[Decortask]:
 
 
 def run_worker(app: Decortask, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    """Run `decortask worker --burst ARGS` on the app's broker and store until the work is done; its stderr."""
-    stderr_path = tmp_path / "worker.stderr"
-    command = [
-        sys.executable, "-m", "decortask", "worker", "-A", "tests.output_tasks",
-        "-Q", app.settings.default_queue, "--burst",
-        "--broker-url", app.settings.broker_url, "--store-url", app.settings.store_url, *args,
-    ]  # fmt: skip
-    with open(stderr_path, "wb") as stderr, open(tmp_path / "worker.stdout", "wb") as stdout:
-        process = subprocess.Popen(
-            command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=stdout, stderr=stderr
-        )
-        try:
-            assert process.wait(timeout=120) == 0, stderr_path.read_text()
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(10)
-    return stderr_path.read_text()
+    """Run `decortask worker --burst ARGS` over this file's tasks until the work is done; its stderr."""
+    return run_burst_worker(app, tmp_path, "tests.output_tasks", *args, env=env)
 
 
 # -- item 1: --logfile and --log-format json -----------------------------------------------------------------

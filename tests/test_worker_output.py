@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +18,7 @@ from pathlib import Path
 import pytest
 import worker_log_tasks as wlog
 from click.testing import CliRunner
-from workers import REPO
+from workers import run_burst_worker
 
 from decortask import Decortask, TaskStatus
 from decortask.app import reset_default_app
@@ -179,24 +176,8 @@ def sqlite_app(tmp_path: Path) -> Iterator[Decortask]:
 
 
 def _run_worker(app: Decortask, tmp_path: Path, env: dict[str, str] | None = None) -> str:
-    """Run `decortask worker --burst` on the app's broker and store until the work is done; its stderr."""
-    stderr_path = tmp_path / "worker.stderr"
-    command = [
-        sys.executable, "-m", "decortask", "worker", "-A", "tests.worker_log_tasks",
-        "-Q", app.settings.default_queue, "-c", "1", "--burst",
-        "--broker-url", app.settings.broker_url, "--store-url", app.settings.store_url,
-    ]  # fmt: skip
-    with open(stderr_path, "wb") as stderr, open(tmp_path / "worker.stdout", "wb") as stdout:
-        process = subprocess.Popen(
-            command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=stdout, stderr=stderr
-        )
-        try:
-            assert process.wait(timeout=120) == 0, stderr_path.read_text()
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(10)
-    return stderr_path.read_text()
+    """Run one `decortask worker -c 1 --burst` over this file's tasks until the work is done; its stderr."""
+    return run_burst_worker(app, tmp_path, "tests.worker_log_tasks", "-c", "1", env=env)
 
 
 def test_decortask_worker_stderr_shows_one_success_line_and_one_failure_line(

@@ -98,6 +98,30 @@ class WorkerProcess:
         self.stop()
 
 
+def run_burst_worker(
+    app: Decortask, tmp_path: Path, module: str, *args: str, env: dict[str, str] | None = None
+) -> str:
+    """Run `decortask worker -A MODULE --burst ARGS` on the app's broker and store until the work is done, and
+    return its stderr (stdout goes to `tmp_path / "worker.stdout"`)."""
+    stderr_path = tmp_path / "worker.stderr"
+    command = [
+        sys.executable, "-m", "decortask", "worker", "-A", module,
+        "-Q", app.settings.default_queue, "--burst",
+        "--broker-url", app.settings.broker_url, "--store-url", app.settings.store_url, *args,
+    ]  # fmt: skip
+    with open(stderr_path, "wb") as stderr, open(tmp_path / "worker.stdout", "wb") as stdout:
+        process = subprocess.Popen(
+            command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=stdout, stderr=stderr
+        )
+        try:
+            assert process.wait(timeout=120) == 0, stderr_path.read_text()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+    return stderr_path.read_text()
+
+
 def poll_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     """Return the first truthy value of `condition()`, failing with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
