@@ -69,6 +69,19 @@ def broker_urls(kind: str, tmp: os.PathLike[str], token: str) -> tuple[str, str]
     return AMQP_URL, sqlite_file
 
 
+def delete_redis_namespace(url: str, namespace: str) -> None:
+    """Delete every key a test's Redis store wrote under `namespace` on the server at `url`."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def redis_url() -> str:
     require_redis()

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import delete_redis_namespace
 
 import decortask
 from decortask import (
@@ -331,21 +332,9 @@ def fails_once(ctx: TaskContext) -> str:
 
 
 def _redis_store(request: pytest.FixtureRequest) -> str:
-    import redis
-
     base: str = request.getfixturevalue("redis_url")
     namespace = f"dt-test-{request.getfixturevalue('unique')}"
-
-    def cleanup() -> None:
-        client = redis.Redis.from_url(base)
-        try:
-            keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
-            if keys:
-                client.delete(*keys)
-        finally:
-            client.close()
-
-    request.addfinalizer(cleanup)
+    request.addfinalizer(lambda: delete_redis_namespace(base, namespace))
     return f"{base}?namespace={namespace}"
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import delete_redis_namespace
 
 from decortask.errors import IllegalTransition, StoreError
 from decortask.states import TaskStatus
@@ -27,18 +28,6 @@ S = TaskStatus
 T0 = 1_700_000_000.0
 
 
-def _redis_cleanup(url: str, namespace: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
-
 def _url(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> str:
     if kind == "memory":
         return "memory://"
@@ -46,7 +35,7 @@ def _url(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path}/state/store.db"
     base: str = request.getfixturevalue("redis_url")
     namespace = f"dt-test-{request.getfixturevalue('unique')}"
-    request.addfinalizer(lambda: _redis_cleanup(base, namespace))
+    request.addfinalizer(lambda: delete_redis_namespace(base, namespace))
     return f"{base}?namespace={namespace}"
 
 
@@ -625,7 +614,7 @@ def test_redis_namespaces_keep_stores_apart(redis_url: str, unique: str) -> None
     finally:
         for n, opened in enumerate((first, second)):
             opened.close()
-            _redis_cleanup(redis_url, f"dt-test-{unique}-{n}")
+            delete_redis_namespace(redis_url, f"dt-test-{unique}-{n}")
 
 
 def test_create_many_writes_every_record_and_answers_in_order(store: TaskStore) -> None:
