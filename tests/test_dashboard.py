@@ -30,7 +30,7 @@ import behaviour_tasks as bt
 import httpx
 import pytest
 from click.testing import CliRunner
-from conftest import broker_urls
+from conftest import broker_urls, delete_redis_namespace
 from workers import REPO, WorkerProcess, poll_until
 
 from decortask import Decortask, TaskContext, TaskStatus, task, task_log
@@ -226,17 +226,8 @@ def live_system(kind: str, tmp: Path) -> Iterator[Live]:
 
 
 def _drop_redis_namespace(store_url: str) -> None:
-    import redis
-
     base, _, query = store_url.partition("?")
-    namespace = query.split("namespace=", 1)[1]
-    client = redis.Redis.from_url(base)
-    try:
-        keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    delete_redis_namespace(base, query.split("namespace=", 1)[1])
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from pathlib import Path
 import output_tasks as out
 import pytest
 from conftest import broker_urls
-from workers import REPO, poll_until, run_burst_worker
+from workers import REPO, poll_until, run_burst_worker, sqlite_app_for_workers
 
 from decortask import Decortask, TaskContext, capture
 from decortask.app import reset_default_app
@@ -29,13 +29,8 @@ from decortask.testing import run_pending
 
 @pytest.fixture
 def sqlite_app(tmp_path: Path) -> Iterator[Decortask]:
-    url = f"sqlite:///{tmp_path}/decortask.db"
-    app = Decortask(url, url, default_queue=f"out-{uuid.uuid4().hex[:8]}")
-    try:
+    with sqlite_app_for_workers(tmp_path, "out") as app:
         yield app
-    finally:
-        app.close()
-        reset_default_app()
 
 
 def run_worker(app: Decortask, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:

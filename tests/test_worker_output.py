@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 import worker_log_tasks as wlog
 from click.testing import CliRunner
-from workers import run_burst_worker
+from workers import run_burst_worker, sqlite_app_for_workers
 
 from decortask import Decortask, TaskStatus
-from decortask.app import reset_default_app
 from decortask.cli import main
 from decortask.config import Settings
 from decortask.dashboard.queries import task_detail
@@ -166,13 +165,8 @@ def test_setting_names_for_the_misspelling_warning_come_from_the_settings_fields
 
 @pytest.fixture
 def sqlite_app(tmp_path: Path) -> Iterator[Decortask]:
-    url = f"sqlite:///{tmp_path}/decortask.db"
-    app = Decortask(url, url, default_queue=f"wlog-{uuid.uuid4().hex[:8]}")
-    try:
+    with sqlite_app_for_workers(tmp_path, "wlog") as app:
         yield app
-    finally:
-        app.close()
-        reset_default_app()
 
 
 def _run_worker(app: Decortask, tmp_path: Path, env: dict[str, str] | None = None) -> str:

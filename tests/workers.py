@@ -98,6 +98,18 @@ class WorkerProcess:
         self.stop()
 
 
+@contextmanager
+def sqlite_app_for_workers(tmp_path: Path, queue_prefix: str) -> Iterator[Decortask]:
+    """An app on one SQLite file (broker and store) with a queue of its own, for `run_burst_worker` tests."""
+    url = f"sqlite:///{tmp_path}/decortask.db"
+    app = Decortask(url, url, default_queue=f"{queue_prefix}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield app
+    finally:
+        app.close()
+        reset_default_app()
+
+
 def run_burst_worker(
     app: Decortask, tmp_path: Path, module: str, *args: str, env: dict[str, str] | None = None
 ) -> str:
