@@ -1,25 +1,26 @@
 """Benchmark decortask against Celery, Dramatiq and Huey on the machine's own brokers.
 
-    python benchmarks/run.py --quick      # ~10 minutes on 2 cores; writes benchmarks/RESULTS.md
+    python benchmarks/run.py --quick                          # ~8 minutes on 2 cores; writes RESULTS.md
+    python benchmarks/run.py --quick --measures roundtrip,cpu --reps 1   # a subset, to iterate
 
 Creates `benchmarks/.venv` (decortask in editable mode plus `requirements.txt`) on first use and re-runs
 itself there, so none of the other systems is ever a dependency of decortask. Each system runs its real
 worker as a subprocess with 8 threads in one process, on the same broker, with the same no-op task
 (`systems/tracker.py`). Runs are interleaved (A B C A B C ...), repeated, and reported as medians with
-the ratio decortask / other for each measure.
+the ratio decortask / other for each measure, against issue 12's targets.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,11 +30,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from report import BROKER_LABELS, Run, fmt, table
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 VENV = HERE / ".venv"
 RABBIT_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")  # db 14: the benchmarks' own
+#: Celery's and Dramatiq's result backend for the round trip (flushed with the Redis broker's db).
+RESULTS_URL = os.environ.get("BENCH_RESULTS_URL", REDIS_URL)
+#: decortask's Redis store, for the measures that say "Redis store" (the others use the default SQLite one).
+REDIS_STORE_URL = f"{REDIS_URL}?namespace=bench"
+#: Directories put before the editable install on the workers' and clients' path (--source).
+SOURCE: list[str] = []
+#: Held for the whole run: two runs at once would share the queues and each other's cores.
+LOCK_PATH = Path(tempfile.gettempdir()) / "decortask-bench.lock"
 #: Which systems run on which broker; the first is always decortask, the others are compared with it.
 SYSTEMS = {
     "amqp": ["decortask", "celery", "dramatiq"],
@@ -177,12 +188,13 @@ def client(system: str, action: str, count: int, env: dict[str, str]) -> dict[st
 
 
 def purge(broker: str) -> None:
-    """Empty the broker's benchmark queues (SQLite phases get fresh files instead)."""
-    if broker == "redis":
+    """Empty the broker's benchmark queues and the results db (SQLite phases get fresh files instead)."""
+    if broker in ("redis", "amqp"):
         import redis
 
-        redis.Redis.from_url(REDIS_URL).flushdb()
-    elif broker == "amqp":
+        for url in {REDIS_URL, RESULTS_URL}:
+            redis.Redis.from_url(url).flushdb()
+    if broker == "amqp":
         import kombu
 
         with kombu.Connection(RABBIT_URL) as conn:
@@ -215,57 +227,97 @@ def server_versions() -> dict[str, str]:
 
 @dataclass
 class Phase:
-    """Environment of one phase: broker URL, fresh SQLite files, the tracker's expectations."""
+    """Environment of one phase: broker URL, fresh SQLite files, the task, the tracker's expectations.
+
+    `task` is decortask's task for `enqueue` (noop, transient, log3); `store` overrides decortask's
+    default SQLite store; `results` turns Celery's and Dramatiq's result backends on.
+    """
 
     system: str
     broker: str
     workdir: Path
     expected: int = 0
+    task: str = "noop"
+    store: str | None = None
+    results: bool = False
     env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         url = {"amqp": RABBIT_URL, "redis": REDIS_URL}.get(self.broker)
         broker_db = f"sqlite:///{self.workdir / 'broker.db'}"
+        # decortask's default store is SQLite; on the embedded broker, the same file as the broker.
+        store = self.store or (broker_db if url is None else f"sqlite:///{self.workdir / 'store.db'}")
         env = dict(os.environ)
         env.update(
             {
-                "PYTHONPATH": str(HERE),
+                # --source: another checkout's decortask (e.g. a git worktree of an older commit) before ours
+                "PYTHONPATH": os.pathsep.join([*SOURCE, str(HERE)]),
                 "BENCH_BROKER": url or broker_db,
-                # decortask's default store is SQLite; on the embedded broker, the same file as the broker.
-                "BENCH_STORE": broker_db if url is None else f"sqlite:///{self.workdir / 'store.db'}",
+                "BENCH_STORE": store,
+                "BENCH_TASK": self.task,
                 "BENCH_SQLITE": str(self.workdir / "huey.db"),
                 "BENCH_EXPECTED": str(self.expected),
                 "BENCH_OUT": str(self.workdir / "drained.json"),
+                "BENCH_RESULTS_URL": RESULTS_URL,
             }
         )
+        if self.results:
+            env["BENCH_RESULTS"] = "1"
+        else:
+            env.pop("BENCH_RESULTS", None)
         self.env = env
 
 
-def one_run(system: str, broker: str, sizes: Sizes, scratch: Path, log: Path) -> dict[str, float | None]:
-    """Idle RSS and latency with a started worker; then enqueue onto a stopped one, and drain."""
-    out: dict[str, float | None] = {}
-    # 1. worker on an empty queue: idle memory, then sequential round trips.
+@dataclass(frozen=True)
+class Sizes:
+    messages: int
+    roundtrips: int
+    reps: int
+    drain_timeout: float
+
+
+#: What --measures accepts; `drain` and `cpu` come from the same drain, `enqueue` fills its queue.
+MEASURE_NAMES = ("enqueue", "drain", "cpu", "roundtrip", "rss", "batch", "nopersist", "log3")
+
+
+def idle_phase(system: str, broker: str, sizes: Sizes, scratch: Path, log: Path, measures: set[str]) -> Run:
+    """A started worker on an empty queue: its idle memory, then round trips waiting for the result."""
+    out: Run = {}
     purge(broker)
-    phase = Phase(system, broker, scratch / "idle")
+    phase = Phase(system, broker, scratch / "idle", results="roundtrip" in measures)
     worker = Worker(system, phase.env, log)
     try:
         client(system, "ready", 120, phase.env)
-        time.sleep(1.0)
-        out["rss_idle"] = rss_mib(worker.pid)
-        lat = client(system, "latency", sizes.latency, phase.env)
-        out["p50"], out["p99"] = lat["p50"] * 1000, lat["p99"] * 1000
+        if "rss" in measures:
+            time.sleep(1.0)
+            out["rss_idle"] = rss_mib(worker.pid)
+        if "roundtrip" in measures:
+            trips = client(system, "roundtrip", sizes.roundtrips, phase.env)
+            out["p50"], out["p99"] = trips["p50"] * 1000, trips["p99"] * 1000
     finally:
         worker.stop()
-    # 2. the batch API (decortask only), on a queue purged before and after.
-    if system == "decortask":
-        purge(broker)
-        phase = Phase(system, broker, scratch / "batch")
-        out["batch"] = client(system, "batch", sizes.messages, phase.env)["rate"]
-    # 3. per-call enqueue with no worker running, then drain the pre-filled queue.
+    return out
+
+
+def drain_phase(
+    system: str,
+    broker: str,
+    sizes: Sizes,
+    workdir: Path,
+    log: Path,
+    task: str = "noop",
+    store: str | None = None,
+) -> Run:
+    """Per-call enqueue with no worker running, then the drain of that queue by a worker started after.
+
+    The drain and the worker's CPU per task are taken inside the worker, from the first to the last
+    completion (systems/tracker.py); the worker is stopped only once every task has completed.
+    """
     purge(broker)
-    phase = Phase(system, broker, scratch / "drain", expected=sizes.messages + 1)
-    out["enqueue"] = client(system, "enqueue", sizes.messages, phase.env)["rate"]
+    phase = Phase(system, broker, workdir, expected=sizes.messages + 1, task=task, store=store)
+    sent = client(system, "enqueue", sizes.messages, phase.env)
+    out: Run = {"enqueue": sent["rate"], "published": sent["published_rate"]}
     marker = Path(phase.env["BENCH_OUT"])
     worker = Worker(system, phase.env, log)
     try:
@@ -274,11 +326,14 @@ def one_run(system: str, broker: str, sizes: Sizes, scratch: Path, log: Path) ->
             time.sleep(0.05)
         if marker.exists():
             done = json.loads(marker.read_text())
-            span = done["last"] - done["first"]
-            out["drain"] = (done["count"] - 1) / span if span > 0 else None
+            tasks, span = done["count"] - 1, done["last"] - done["first"]
+            out["drain"] = tasks / span if span > 0 else None
+            out["cpu"] = (done["cpu_last"] - done["cpu_first"]) / tasks * 1e6
+            out["cpu_tree"] = (done["tree_last"] - done["tree_first"]) / tasks * 1e6
         else:
-            out["drain"] = None
-            print(f"  ! {system} on {broker} did not drain within {sizes.drain_timeout:g} s (see {log})")
+            print(
+                f"  ! {system} ({task}) on {broker} did not drain within {sizes.drain_timeout:g} s (see {log})"
+            )
         out["rss_after"] = rss_mib(worker.pid)
     finally:
         worker.stop()
@@ -286,128 +341,37 @@ def one_run(system: str, broker: str, sizes: Sizes, scratch: Path, log: Path) ->
     return out
 
 
+def prefixed(prefix: str, run: Run, keys: tuple[str, ...]) -> Run:
+    return {f"{prefix}{key}": run.get(key) for key in keys}
+
+
+def one_run(
+    system: str, broker: str, sizes: Sizes, scratch: Path, log: Path, measures: set[str], rep: int
+) -> Run:
+    """Every selected measure of one system on one broker, each phase on a purged broker."""
+    out: Run = {}
+    if measures & {"roundtrip", "rss"}:
+        out |= idle_phase(system, broker, sizes, scratch, log, measures)
+    if system == "decortask" and "batch" in measures:
+        purge(broker)
+        out["batch"] = client(system, "batch", sizes.messages, Phase(system, broker, scratch / "batch").env)[
+            "rate"
+        ]
+    if measures & {"enqueue", "drain", "cpu", "rss"}:
+        out |= drain_phase(system, broker, sizes, scratch / "drain", log)
+    if system == "decortask" and "nopersist" in measures and broker != "sqlite":
+        run = drain_phase(system, broker, sizes, scratch / "transient", log, task="transient")
+        out |= prefixed("np_", run, ("drain", "cpu"))
+    if system == "decortask" and "log3" in measures and broker != "amqp":
+        store = REDIS_STORE_URL if broker == "redis" else None  # SQLite: the embedded broker's own file
+        order = ["noop", "log3"] if rep % 2 == 0 else ["log3", "noop"]  # alternated: drift cancels out
+        for task in order:
+            run = drain_phase(system, broker, sizes, scratch / task, log, task=task, store=store)
+            out |= prefixed("nolog_" if task == "noop" else "log3_", run, ("drain", "cpu"))
+    return out
+
+
 # -- reporting ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sizes:
-    messages: int
-    latency: int
-    reps: int
-    drain_timeout: float
-
-
-#: (key, label, unit, higher is better)
-MEASURES = [
-    ("enqueue", "enqueue, per call", "tasks/s", True),
-    ("drain", "drain, pre-filled queue", "tasks/s", True),
-    ("p50", "round trip p50", "ms", False),
-    ("p99", "round trip p99", "ms", False),
-    ("rss_idle", "worker RSS idle", "MiB", False),
-    ("rss_after", "worker RSS after run", "MiB", False),
-]
-BROKER_LABELS = {"amqp": "RabbitMQ", "redis": "Redis", "sqlite": "SQLite"}
-
-
-def median(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
-
-
-def fmt(value: float | None, unit: str = "") -> str:
-    if value is None:
-        return "n/a"
-    if unit == "x":
-        return f"{value:.2f}x"
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
-
-
-def targets(broker: str, key: str, mine: float | None, theirs: dict[str, float | None]) -> str:
-    """The issue's targets against Celery (RabbitMQ, Redis) or Huey (SQLite): 'met', 'MISSED' or ''."""
-    other = "huey" if broker == "sqlite" else "celery"
-    base = theirs.get(other)
-    if mine is None or base is None:
-        return ""
-    goal: dict[str, tuple[float, bool]] = (
-        {"drain": (1.0, True)}
-        if broker == "sqlite"
-        else {"drain": (1.5, True), "enqueue": (1.5, True), "p50": (1.0, False), "rss_idle": (1.0, False)}
-    )
-    if key not in goal:
-        return ""
-    factor, higher = goal[key]
-    ok = mine >= factor * base if higher else mine <= factor * base
-    sign = ">=" if higher else "<="
-    return f"{'met' if ok else 'MISSED'} ({sign}{factor:g}x {other})"
-
-
-#: What the profiles (docs/performance.md) say about a missed target: the cause, then the change (by number).
-WHY = {
-    "drain": "Stage timing of a drain: a pool thread waits ~1.9 ms of its ~2.1 ms per task on the store writer "
-    "(claim, then outcome); the group commits run back to back (writer busy ~70% of the drain) and each "
-    "statement waits for the GIL (p50 ~25 us, mean ~85 us). The worker costs ~450 us of CPU per task against "
-    "Celery's ~265 us, with RabbitMQ on the other core; closes with the store writer in its own process, "
-    "off the GIL (change 14), and pool threads that take their next delivery themselves (change 10)",
-    "drain-sqlite": "The worker is CPU-bound (~100% of a core, ~450 us per task against Huey's ~300 us): the "
-    "store writer (two records per task) and kombu's virtual-transport message building are the largest "
-    "shares; closes with changes 14 and 10 and a leaner delivery path in the embedded transport",
-    "enqueue-amqp": "~0.66 ms of the ~1.05 ms .delay() waits for the publisher confirm that F-12 requires "
-    "(.delay() must fail within confirm_timeout when the broker never confirms); Celery does not ask for "
-    "one. Only a store-backed outbox with asynchronous confirms (change 13) closes it, and it needs F-12 "
-    "changed",
-    "enqueue-redis": "The publish is one LPUSH round trip and the record one SQLite commit; what remains is "
-    "redis-py and the record's JSON",
-    "p50-amqp": "The producer's confirm wait (F-12) is ~0.66 ms of the round trip; closes only with change 13",
-    "p50": "Latency path on Redis: .delay() ~0.42 ms, BRPOP plus kombu's unacked write ~0.2 ms, the hand-off to "
-    "a pool thread ~0.1 ms, the claim ~0.2 ms (0.06 ms on an idle store: the rest is GIL contention with "
-    "the consumer thread's next poll); closes with a claim on the consumer thread for a lone message "
-    "(change 15)",
-    "batch": "The records' JSON and the store transaction; see changes 3 and 7",
-}
-
-
-def why(broker: str, key: str) -> str:
-    text = WHY.get(f"{key}-{broker}") or WHY.get(key, "")
-    return f"{text}; see docs/performance.md" if text else "see docs/performance.md"
-
-
-def table(results: dict[str, dict[str, list[dict[str, float | None]]]]) -> tuple[str, list[str]]:
-    lines = [
-        "| broker | measure | decortask | celery | dramatiq | huey | decortask / celery | "
-        "decortask / dramatiq | decortask / huey | target |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    missed: list[str] = []
-    for broker, per_system in results.items():
-        for key, label, unit, _higher in MEASURES:
-            med = {s: median([run.get(key) for run in runs]) for s, runs in per_system.items()}
-            mine = med.get("decortask")
-            cells = [fmt(med[s]) if s in med else "" for s in ("decortask", "celery", "dramatiq", "huey")]
-            ratios = []
-            for other in ("celery", "dramatiq", "huey"):
-                base = med.get(other)
-                ratios.append(fmt(mine / base, "x") if other in med and mine and base else "")
-            verdict = targets(broker, key, mine, med)
-            if verdict.startswith("MISSED"):
-                missed.append(f"{BROKER_LABELS[broker]} {label}: {verdict}. {why(broker, key)}")
-            lines.append(
-                f"| {BROKER_LABELS[broker]} | {label} ({unit}) | "
-                + " | ".join(cells + ratios)
-                + f" | {verdict} |"
-            )
-        if "decortask" in per_system and broker != "sqlite":
-            batch = median([run.get("batch") for run in per_system["decortask"]])
-            single = median([run.get("enqueue") for run in per_system["decortask"]])
-            ratio = batch / single if batch and single else None
-            ok = ratio is not None and ratio >= 5
-            verdict = f"{'met' if ok else 'MISSED'} (>=5x per call)" if ratio is not None else ""
-            if not ok:
-                missed.append(f"{BROKER_LABELS[broker]} batch enqueue: {verdict}. {why(broker, 'batch')}")
-            lines.append(
-                f"| {BROKER_LABELS[broker]} | enqueue, batch `map()` (tasks/s) | {fmt(batch)} | | | | "
-                f"| | | {verdict}; {fmt(ratio, 'x')} per call |"
-            )
-    return "\n".join(lines), missed
 
 
 def machine() -> dict[str, str]:
@@ -438,6 +402,46 @@ def versions() -> dict[str, str]:
     return found
 
 
+SETUP = [
+    "- Workers: one process each. decortask `--pool threads -c 8` with its default SQLite state store on "
+    "(a file of its own beside the RabbitMQ or Redis broker; the embedded broker's own file on SQLite), "
+    "except the rows that say *Redis store* (`store_url=redis://...` on the Redis broker); Celery "
+    "`-P threads -c 8`, results off (`task_ignore_result`), `--without-gossip --without-mingle "
+    "--without-heartbeat`; Dramatiq `--processes 1 --threads 8`; Huey `SqliteHuey`, `-k thread -w 8`.",
+    "- Enqueue, per call: the normal per-call API (`.delay()`, `.send()`, calling a Huey task) from a fresh "
+    "process after one untimed call, timed until the last call returns. *Until all published*: also "
+    "waiting for decortask's background publisher (the outbox) to have published every message.",
+    "- Drain: that pre-filled queue, worker started afterwards; first to last completion, timed inside the "
+    "task. `persist=False`: the same no-op declared `@task(persist=False)`. *3 `task_log` lines*: the no-op "
+    "after three `task_log()` calls, drained next to the no-log no-op on the same store (order alternated).",
+    "- Worker CPU per task: CPU time (user + system) between the first and the last completion, read inside "
+    "the process that runs the tasks, divided by the tasks in between. *Task's process*: "
+    "`time.process_time()` there (Dramatiq: its worker child); *all worker processes*: utime + stime from "
+    "/proc of the worker's whole process tree (Dramatiq's master too).",
+    "- Round trip, waiting for the result as users do, sequentially after 10 untimed ones: decortask "
+    "`.delay(i).get()`; Celery `.delay(i).get()` with a Redis result backend (on for this measure only); "
+    "Dramatiq `.send(i).get_result(block=True)` with its Results middleware on Redis (this measure only); "
+    "Huey `result.get(blocking=True)` (its SQLite result store, polled from 50 ms up).",
+    "- RSS: VmRSS from /proc of the worker's process tree; idle = after it answered its first probe and "
+    "settled for 1 s (Celery and Dramatiq with their result backends on).",
+    "- Redis db 14 (broker, results, decortask's Redis store) and `bench_*` queues on RabbitMQ, purged before "
+    "each phase; SQLite files fresh per phase.",
+]
+
+
+def measured_source() -> str:
+    """Which decortask was measured: the checkout and its commit, and whether decortask/ had local changes."""
+    root = Path(SOURCE[0]) if SOURCE else REPO
+    commit = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    dirty = subprocess.run(
+        ["git", "-C", str(root), "status", "--porcelain", "--", "decortask"], capture_output=True, text=True
+    )
+    changes = " plus uncommitted changes in decortask/" if dirty.stdout.strip() else ""
+    return f"{root} at {commit.stdout.strip() or '?'}{changes}"
+
+
 def write_results(
     path: Path, text: str, missed: list[str], sizes: Sizes, quick: bool, started: str, loads: tuple[str, str]
 ) -> None:
@@ -446,11 +450,12 @@ def write_results(
         "# Benchmark results",
         "",
         f"`python benchmarks/run.py{' --quick' if quick else ''}`, started {started}. "
-        f"{sizes.messages:,} tasks per enqueue/drain measure, {sizes.latency} sequential round trips, "
+        f"{sizes.messages:,} tasks per enqueue/drain measure, {sizes.roundtrips:,} sequential round trips, "
         f"{sizes.reps} interleaved repetitions, medians. Load average (1, 5, 15 min) before: {loads[0]}; "
         f"after: {loads[1]}.",
         "",
-        "Ratios are decortask / other: above 1 is better for rates, below 1 is better for latency and memory.",
+        "Ratios are decortask / other: above 1 is better for rates, below 1 is better for latency, CPU and "
+        'memory. The target column is issue 12\'s "Done when" list.',
         "",
         (
             "**Taken under load**: the machine was busy with other work during the run (see the load "
@@ -465,88 +470,135 @@ def write_results(
         "",
         "- Machine: " + "; ".join(f"{k} {v}" for k, v in machine().items()),
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in pkgs.items()),
-        "- Workers: decortask `--pool threads -c 8` with its default SQLite state store on (records written "
-        "before publish, RUNNING and SUCCESS written per task), publisher confirms on RabbitMQ; Celery "
-        "`-P threads -c 8`, results off, `--without-gossip --without-mingle --without-heartbeat`; Dramatiq "
-        "`--processes 1 --threads 8`; Huey `SqliteHuey`, `-k thread -w 8`. One worker process each (Dramatiq's "
-        "master and its worker child are summed for RSS).",
-        "- Enqueue: the normal per-call API (`.delay()`, `.send()`, calling a Huey task) from a fresh "
-        "process after one untimed call. Drain: that queue, with the worker started afterwards; first to last "
-        "completion. Round trip: `.delay()` of a task that answers by UDP, sequentially, after 3 untimed ones "
-        "(the same path for all; Celery has no results). RSS: VmRSS from /proc, idle = after the worker "
-        "answered its first probe and settled for 1 s.",
-        "- Redis db 14 and `bench_*` queues on RabbitMQ, purged before each phase; SQLite files fresh per phase.",
+        f"- decortask measured: {measured_source()}",
+        *SETUP,
         "",
     ]
     if missed:
-        lines += [
-            "## Targets missed in this run",
-            "",
-            *[f"- {item}" for item in missed],
-            "",
-            "Why, with profiles, and the design change that closes each: [docs/performance.md]"
-            "(../docs/performance.md).",
-            "",
-        ]
+        lines += ["## Targets missed in this run", "", *[f"- {item}" for item in missed], ""]
     path.write_text("\n".join(lines))
+
+
+@contextlib.contextmanager
+def exclusive_run() -> Any:
+    """One benchmark run at a time on this machine: the others wait (they share queues and cores)."""
+    with LOCK_PATH.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another benchmark run to finish (lock {LOCK_PATH}) ...", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def parse_measures(text: str | None) -> set[str]:
+    if text is None:
+        return set(MEASURE_NAMES)
+    chosen = {name.strip() for name in text.split(",") if name.strip()}
+    unknown = chosen - set(MEASURE_NAMES)
+    if unknown:
+        raise SystemExit(
+            f"unknown measure(s) {', '.join(sorted(unknown))}; choose from {', '.join(MEASURE_NAMES)}"
+        )
+    return chosen
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="small sizes: finishes within ~10 minutes")
+    parser.add_argument("--quick", action="store_true", help="small sizes: finishes within ~8 minutes")
     parser.add_argument("--brokers", default="amqp,redis,sqlite", help="comma-separated: amqp,redis,sqlite")
     parser.add_argument("--systems", default=None, help="only these systems (comma-separated)")
+    parser.add_argument(
+        "--measures", default=None, help=f"only these measures (comma-separated): {','.join(MEASURE_NAMES)}"
+    )
+    parser.add_argument(
+        "--source",
+        default=None,
+        help="a checkout whose decortask/ package to measure instead of this one (e.g. a git worktree of "
+        "an older commit, for before/after numbers)",
+    )
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    parser.add_argument("--messages", type=int, default=None, help="tasks per enqueue/drain measure")
+    parser.add_argument("--roundtrips", type=int, default=None, help="sequential round trips per run")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="results file (default: benchmarks/RESULTS.md for a complete run, "
+        "else a file in the run's scratch directory)",
+    )
     args = parser.parse_args()
+    measures = parse_measures(args.measures)
+    if args.source:
+        source = Path(args.source).resolve()
+        if not (source / "decortask" / "__init__.py").exists():
+            raise SystemExit(
+                f"--source {source} has no decortask/ package; give a checkout of this repository"
+            )
+        SOURCE.append(str(source))
     ensure_venv()
     sizes = (
-        Sizes(messages=1500, latency=100, reps=args.reps, drain_timeout=120)
+        Sizes(messages=1500, roundtrips=300, reps=args.reps, drain_timeout=120)
         if args.quick
-        else Sizes(messages=20000, latency=1000, reps=args.reps, drain_timeout=900)
+        else Sizes(messages=20000, roundtrips=1000, reps=args.reps, drain_timeout=900)
+    )
+    sizes = Sizes(
+        messages=args.messages or sizes.messages,
+        roundtrips=args.roundtrips or sizes.roundtrips,
+        reps=sizes.reps,
+        drain_timeout=sizes.drain_timeout,
     )
     only = set(args.systems.split(",")) if args.systems else None
-    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    load_before = load()
-    results: dict[str, dict[str, list[dict[str, float | None]]]] = {}
-    scratch_root = Path(tempfile.mkdtemp(prefix="decortask-bench-"))
-    log = scratch_root / "workers.log"
-    print(f"worker logs: {log}; load before: {load_before}", flush=True)
-    try:
-        for broker in [b.strip() for b in args.brokers.split(",") if b.strip()]:
-            systems = [s for s in SYSTEMS[broker] if only is None or s in only]
-            results[broker] = {s: [] for s in systems}
-            for rep in range(sizes.reps):  # interleaved: A B C, A B C, ...
-                for system in systems:
-                    began = time.monotonic()
-                    scratch = scratch_root / f"{broker}-{system}-{rep}"
-                    try:
-                        run = one_run(system, broker, sizes, scratch, log)
-                    except Exception as exc:  # one failing system must not lose the others' numbers
-                        print(f"  ! {system} on {broker} failed: {exc}", flush=True)
-                        run = {}
-                    results[broker][system].append(run)
-                    shown = ", ".join(f"{k} {fmt(v)}" for k, v in run.items())
-                    print(
-                        f"{broker:6} rep {rep + 1} {system:9} {time.monotonic() - began:5.1f}s  {shown}",
-                        flush=True,
-                    )
-                    shutil.rmtree(scratch, ignore_errors=True)
-    finally:
-        purge_all = [b for b in results if b != "sqlite"]
-        for broker in purge_all:
-            with contextlib.suppress(Exception):
-                purge(broker)
-    text, missed = table(results)
-    print()
-    print(text)
-    if missed:
-        print("\nTargets missed:\n" + "\n".join(f"- {m}" for m in missed))
-        print("Why, and what closes each: docs/performance.md")
-    write_results(Path(args.out), text, missed, sizes, args.quick, started, (load_before, load()))
-    print(f"\nwritten to {args.out}")
+    brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
+    complete = (
+        args.measures is None
+        and only is None
+        and set(brokers) == set(SYSTEMS)
+        and args.messages is None
+        and args.roundtrips is None
+        and not SOURCE
+    )
+    with exclusive_run():
+        started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        load_before = load()
+        results: dict[str, dict[str, list[Run]]] = {}
+        scratch_root = Path(tempfile.mkdtemp(prefix="decortask-bench-"))
+        log = scratch_root / "workers.log"
+        print(f"decortask: {measured_source()}; worker logs: {log}; load before: {load_before}", flush=True)
+        try:
+            for broker in brokers:
+                systems = [s for s in SYSTEMS[broker] if only is None or s in only]
+                results[broker] = {s: [] for s in systems}
+                for rep in range(sizes.reps):  # interleaved: A B C, A B C, ...
+                    for system in systems:
+                        began = time.monotonic()
+                        scratch = scratch_root / f"{broker}-{system}-{rep}"
+                        try:
+                            run = one_run(system, broker, sizes, scratch, log, measures, rep)
+                        except Exception as exc:  # one failing system must not lose the others' numbers
+                            print(f"  ! {system} on {broker} failed: {exc}", flush=True)
+                            run = {}
+                        results[broker][system].append(run)
+                        shown = ", ".join(f"{k} {fmt(v)}" for k, v in run.items())
+                        print(
+                            f"{BROKER_LABELS[broker]:8} rep {rep + 1} {system:9} "
+                            f"{time.monotonic() - began:5.1f}s  {shown}",
+                            flush=True,
+                        )
+                        shutil.rmtree(scratch, ignore_errors=True)
+        finally:
+            for broker in [b for b in results if b != "sqlite"]:
+                with contextlib.suppress(Exception):
+                    purge(broker)
+        text, missed = table(results)
+        print()
+        print(text)
+        if missed:
+            print("\nTargets missed:\n" + "\n".join(f"- {m}" for m in missed))
+        out = Path(args.out) if args.out else HERE / "RESULTS.md" if complete else scratch_root / "RESULTS.md"
+        write_results(out, text, missed, sizes, args.quick, started, (load_before, load()))
+        print(f"\nwritten to {out}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""Celery: `-P threads -c 8`, results off (its fastest configuration)."""
+"""Celery: `-P threads -c 8`, results off (its fastest configuration) except for the round trip.
+
+With `BENCH_RESULTS` set (the round-trip measure only), the app has a Redis result backend
+(`BENCH_RESULTS_URL`) and `echo` stores its result, so the client waits with `.delay(i).get()`.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from celery import Celery
 from . import tracker
 
 QUEUE = "bench_celery"
+RESULTS = bool(os.environ.get("BENCH_RESULTS"))
 app = Celery("bench_celery", broker=os.environ["BENCH_BROKER"])
 app.conf.update(
     task_ignore_result=True,
@@ -16,6 +21,8 @@ app.conf.update(
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
 )
+if RESULTS:
+    app.conf.result_backend = os.environ["BENCH_RESULTS_URL"]
 
 
 @app.task(name="bench.noop")
@@ -23,13 +30,28 @@ def noop(port: int = 0) -> None:
     tracker.work(port)
 
 
+@app.task(name="bench.echo", ignore_result=not RESULTS)
+def echo(i: int) -> int:
+    return i
+
+
 def enqueue(n: int) -> None:
     for _ in range(n):
         noop.delay(0)
 
 
+def flush() -> None:
+    """Celery publishes inside `.delay()`: nothing is left to flush."""
+
+
 def probe(port: int) -> None:
     noop.delay(port)
+
+
+def roundtrip(i: int) -> None:
+    got = echo.delay(i).get(timeout=30)
+    if got != i:
+        raise RuntimeError(f"echo({i}) returned {got!r}")
 
 
 def worker_command() -> list[str]:

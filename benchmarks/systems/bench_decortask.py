@@ -1,10 +1,14 @@
-"""decortask: `--pool threads -c 8`, default state store on (SQLite)."""
+"""decortask: `--pool threads -c 8`, its default state store on (SQLite) unless `BENCH_STORE` says otherwise.
+
+`BENCH_TASK` picks what `enqueue` sends: `noop` (the shared no-op), `transient` (the same no-op declared
+`@task(persist=False)`) or `log3` (the no-op after three `task_log` lines).
+"""
 
 from __future__ import annotations
 
 import os
 
-from decortask import Decortask, task
+from decortask import Decortask, task, task_log
 
 from . import tracker
 
@@ -21,17 +25,54 @@ def noop(port: int = 0) -> None:
     tracker.work(port)
 
 
+@task(name="bench.noop_transient", persist=False)
+def noop_transient(port: int = 0) -> None:
+    tracker.work(port)
+
+
+@task(name="bench.log3")
+def log3(port: int = 0) -> None:
+    for step in ("fetched", "processed", "stored"):
+        task_log(f"step {step}", port=port)
+    tracker.work(port)
+
+
+@task(name="bench.echo")
+def echo(i: int) -> int:
+    return i
+
+
+TASKS = {"noop": noop, "transient": noop_transient, "log3": log3}
+selected = TASKS[os.environ.get("BENCH_TASK", "noop")]
+
+
 def enqueue(n: int) -> None:
     for _ in range(n):
-        noop.delay(0)
+        selected.delay(0)
 
 
 def enqueue_batch(n: int) -> None:
-    noop.map([(0,)] * n)
+    selected.map([(0,)] * n)
+
+
+def flush() -> None:
+    """Wait until every message `.delay()` handed to the background publisher (the outbox) is published."""
+    for name in ("flush_published", "flush_outbox", "flush"):
+        method = getattr(app, name, None)
+        if callable(method):
+            method(60.0)
+            return
 
 
 def probe(port: int) -> None:
     noop.delay(port)
+
+
+def roundtrip(i: int) -> None:
+    """One round trip the way users wait for a result."""
+    got = echo.delay(i).get(timeout=30)
+    if got != i:
+        raise RuntimeError(f"echo({i}) returned {got!r}")
 
 
 def worker_command() -> list[str]:

@@ -1,4 +1,4 @@
-"""Huey: `SqliteHuey`, consumer `-k thread -w 8`."""
+"""Huey: `SqliteHuey` (results stored in the same file), consumer `-k thread -w 8`."""
 
 from __future__ import annotations
 
@@ -16,13 +16,28 @@ def noop(port: int = 0) -> None:
     tracker.work(port)
 
 
+@huey.task()
+def echo(i: int) -> int:
+    return i
+
+
 def enqueue(n: int) -> None:
     for _ in range(n):
         noop(0)
 
 
+def flush() -> None:
+    """Huey enqueues inside the call: nothing is left to flush."""
+
+
 def probe(port: int) -> None:
     noop(port)
+
+
+def roundtrip(i: int) -> None:
+    got = echo(i).get(blocking=True, timeout=30)
+    if got != i:
+        raise RuntimeError(f"echo({i}) returned {got!r}")
 
 
 def worker_command() -> list[str]:

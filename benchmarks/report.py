@@ -1,0 +1,182 @@
+"""The results table of benchmarks/run.py: medians, ratios and issue 12's targets, met or MISSED."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+#: One run of one system on one broker: measure key -> value (None when it could not be measured).
+Run = dict[str, float | None]
+BROKER_LABELS = {"amqp": "RabbitMQ", "redis": "Redis", "sqlite": "SQLite"}
+SYSTEMS = ("decortask", "celery", "dramatiq", "huey")
+OTHERS = SYSTEMS[1:]
+#: The decortask store each broker's log3 rows use (the other rows use the default SQLite store).
+LOG_STORE = {"redis": "Redis store", "sqlite": "SQLite store"}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table.
+
+    `key` is decortask's measure; the other systems show `base` (their own measure of the same work,
+    e.g. their plain drain against decortask's `persist=False` drain), defaulting to `key`.
+    """
+
+    key: str
+    label: str
+    unit: str
+    base: str | None = None
+    decortask_only: bool = False
+    brokers: tuple[str, ...] = ("amqp", "redis", "sqlite")
+
+
+ROWS = [
+    Row("enqueue", "enqueue, per call", "tasks/s"),
+    Row("published", "enqueue, until all published", "tasks/s", decortask_only=True),
+    Row("batch", "enqueue, batch `map()`", "tasks/s", decortask_only=True),
+    Row("drain", "drain, pre-filled queue", "tasks/s"),
+    Row(
+        "np_drain",
+        "drain, `persist=False` no-op (others: their drain)",
+        "tasks/s",
+        "drain",
+        brokers=("amqp", "redis"),
+    ),
+    Row("p50", "round trip p50, waiting for the result", "ms"),
+    Row("p99", "round trip p99, waiting for the result", "ms"),
+    Row("cpu", "worker CPU per task, task's process", "us"),
+    Row("cpu_tree", "worker CPU per task, all worker processes", "us"),
+    Row(
+        "np_cpu",
+        "worker CPU per task, `persist=False` (others: theirs)",
+        "us",
+        "cpu",
+        brokers=("amqp", "redis"),
+    ),
+    Row("nolog_drain", "drain, no-log no-op", "tasks/s", decortask_only=True, brokers=("redis", "sqlite")),
+    Row(
+        "log3_drain",
+        "drain, 3 `task_log` lines per task",
+        "tasks/s",
+        decortask_only=True,
+        brokers=("redis", "sqlite"),
+    ),
+    Row("rss_idle", "worker RSS idle", "MiB"),
+    Row("rss_after", "worker RSS after the drain", "MiB"),
+]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Issue 12's target for one row: decortask against `other`'s `base` measure, or an absolute bound.
+
+    `other` "self" compares with decortask's own `base` measure (log3 against no-log); `other` None
+    compares with `factor` itself (an absolute bound in the row's unit).
+    """
+
+    factor: float
+    higher_is_better: bool
+    other: str | None = "celery"
+    unit: str = ""
+
+    def text(self) -> str:
+        sign = ">=" if self.higher_is_better else "<="
+        if self.other is None:
+            return f"{sign}{self.factor:g} {self.unit}"
+        if self.other == "self":
+            return f"{sign}{self.factor:.0%} of no-log"
+        return f"{sign}{self.factor:g}x {self.other}"
+
+
+#: Issue 12's "Done when" list, exactly; rows without an entry are shown for information.
+TARGETS: dict[tuple[str, str], Target] = {
+    ("amqp", "enqueue"): Target(2.0, True),
+    ("amqp", "drain"): Target(1.0, True),
+    ("amqp", "p50"): Target(1.0, False),
+    ("amqp", "np_drain"): Target(1.5, True),
+    ("amqp", "cpu"): Target(1.2, False),
+    ("amqp", "cpu_tree"): Target(1.2, False),
+    ("redis", "enqueue"): Target(2.0, True),
+    ("redis", "drain"): Target(1.5, True),
+    ("redis", "p50"): Target(1.0, False),
+    ("redis", "np_drain"): Target(1.5, True),
+    ("redis", "log3_drain"): Target(0.8, True, "self"),
+    ("sqlite", "drain"): Target(1.0, True, "huey"),
+    ("sqlite", "p50"): Target(2.0, False, None, "ms"),
+    ("sqlite", "log3_drain"): Target(0.8, True, "self"),
+}
+
+
+def median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if unit == "x":
+        return f"{value:.2f}x"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def verdict(target: Target, mine: float | None, base: float | None) -> str:
+    """'met (...)' or 'MISSED (...)', with the ratio for a self comparison; '' when a side is missing."""
+    if mine is None or (target.other is not None and base is None):
+        return ""
+    bound = target.factor if target.other is None else target.factor * (base or 0.0)
+    ok = mine >= bound if target.higher_is_better else mine <= bound
+    extra = f"; {mine / base:.0%} of no-log" if target.other == "self" and base else ""
+    return f"{'met' if ok else 'MISSED'} ({target.text()}){extra}"
+
+
+def table(results: dict[str, dict[str, list[Run]]]) -> tuple[str, list[str]]:
+    """The markdown table (medians over the repetitions) and the list of missed targets."""
+    lines = [
+        "| broker | measure | decortask | celery | dramatiq | huey | decortask / celery | "
+        "decortask / dramatiq | decortask / huey | target |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    missed: list[str] = []
+    for broker, per_system in results.items():
+        for row in ROWS:
+            if broker not in row.brokers:
+                continue
+            med: dict[str, float | None] = {}
+            for system, runs in per_system.items():
+                if system == "decortask" or not row.decortask_only:
+                    key = row.key if system == "decortask" else (row.base or row.key)
+                    med[system] = median([run.get(key) for run in runs])
+            if all(value is None for value in med.values()):
+                continue  # not measured in this run (--measures, --systems)
+            mine = med.get("decortask")
+            cells = [fmt(med[s]) if s in med else "" for s in SYSTEMS]
+            ratios = []
+            for other in OTHERS:
+                base = med.get(other)
+                ratios.append(fmt(mine / base, "x") if mine is not None and base else "")
+            label = row.label + (f", {LOG_STORE[broker]}" if row.key.startswith(("nolog", "log3")) else "")
+            target = TARGETS.get((broker, row.key))
+            said = ""
+            if target is not None:
+                runs = per_system.get("decortask", [])
+                base = (
+                    median([run.get("nolog_drain") for run in runs])
+                    if target.other == "self"
+                    else med.get(target.other)
+                    if target.other
+                    else None
+                )
+                said = verdict(target, mine, base) or f"n/a ({target.text()})"
+                # a comparison left out of this run (--systems) is not a miss; decortask's own failure is
+                if said.startswith("MISSED") or (mine is None and "decortask" in per_system):
+                    missed.append(f"{BROKER_LABELS[broker]} {label}: {said}")
+            elif row.key == "batch" and mine:
+                single = median([run.get("enqueue") for run in per_system.get("decortask", [])])
+                said = f"{mine / single:.1f}x per call" if single else ""
+            lines.append(
+                f"| {BROKER_LABELS[broker]} | {label} ({row.unit}) | "
+                + " | ".join(cells + ratios)
+                + f" | {said} |"
+            )
+    return "\n".join(lines), missed
