@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -16,9 +15,6 @@ if TYPE_CHECKING:
     from .app import Decortask
 
 R = TypeVar("R")
-
-_POLL_START = 0.005
-_POLL_MAX = 0.2
 
 
 @dataclass(frozen=True)
@@ -64,11 +60,14 @@ class TaskHandle(Generic[R]):
         """The full record from the store."""
         record = self.app.store.get(self.id)
         if record is None:
-            raise TaskNotFound(
-                f"task {self.id} has no record in the store {self.app.store_url_masked} "
-                "(wrong store URL, or the record expired after its result_ttl/history_ttl)"
-            )
+            raise self._not_found()
         return record
+
+    def _not_found(self) -> TaskNotFound:
+        return TaskNotFound(
+            f"task {self.id} has no record in the store {self.app.store_url_masked} "
+            "(wrong store URL, or the record expired after its result_ttl/history_ttl)"
+        )
 
     @property
     def status(self) -> TaskStatus:
@@ -160,21 +159,12 @@ class TaskHandle(Generic[R]):
         return _error_of(snapshot)
 
     def wait(self, timeout: float | None = None) -> TaskResult:
-        """Block until the task ends; raises `WaitTimeout` after `timeout` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = _POLL_START
-        while True:
-            record = self.record()
-            if record.status.terminal:
-                return _snapshot(record)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(
-                    f"task {self.id} still {record.status} after {timeout} s; is a worker consuming "
-                    f"queue {record.queue!r}?"
-                )
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            time.sleep(pause if left is None else min(pause, left))
-            pause = min(pause * 1.5, _POLL_MAX)
+        """Block until the task ends; raises `WaitTimeout` after `timeout` seconds.
+
+        The store wakes the caller when the outcome is written (`TaskStore.wait_for_outcome`: Redis
+        pub/sub, a SQLite watcher thread, the memory store's own notice), rather than being polled.
+        """
+        return self._finished(self.app.store.wait_for_outcome(self.id, timeout), timeout)
 
     def get(self, timeout: float | None = None) -> R:
         """Block until the task ends and return its value (Celery-style); raises on failure."""
@@ -182,17 +172,19 @@ class TaskHandle(Generic[R]):
         return value
 
     async def await_result(self, timeout: float | None = None) -> TaskResult:
-        """Async `wait()`: polls the store without blocking the event loop."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = _POLL_START
-        while True:
-            record = await asyncio.to_thread(self.record)
-            if record.status.terminal:
-                return _snapshot(record)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(f"task {self.id} still {record.status} after {timeout} s")
-            await asyncio.sleep(pause)
-            pause = min(pause * 1.5, _POLL_MAX)
+        """Async `wait()`: suspends the coroutine until the outcome is written, never the event loop."""
+        return self._finished(await self.app.store.await_outcome(self.id, timeout), timeout)
+
+    def _finished(self, record: TaskRecord | None, timeout: float | None) -> TaskResult:
+        """The snapshot of what a wait returned; `TaskNotFound` or `WaitTimeout` when it ended otherwise."""
+        if record is None:
+            raise self._not_found()
+        if not record.status.terminal:
+            raise WaitTimeout(
+                f"task {self.id} still {record.status} after {timeout} s; is a worker consuming "
+                f"queue {record.queue!r}?"
+            )
+        return _snapshot(record)
 
     async def aget(self, timeout: float | None = None) -> R:
         """Async `get()`."""

@@ -11,13 +11,19 @@ protocols explicitly to inherit it, and depend on nothing in this package but th
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ..states import CLAIMABLE, HOLDS_IDEMPOTENCY_KEY, TaskStatus, check_transition
+
+#: The default `TaskStore.wait_for_outcome` reads the record after this pause, growing by half up to POLL_MAX.
+POLL_FIRST = 0.005
+POLL_MAX = 0.2
 
 #: Fields a caller may set through `TaskStore.transition(..., **changes)`.
 MUTABLE_FIELDS = frozenset(
@@ -393,6 +399,36 @@ class TaskStore(Transitions, Protocol):
     def close(self) -> None:
         """Release connections. Safe to call twice."""
         ...
+
+    def wait_for_outcome(self, task_id: str, timeout: float | None = None) -> TaskRecord | None:
+        """Block until the task's record is terminal and return it (`TaskHandle.wait` and `get`).
+
+        After `timeout` seconds, the record as it is then (not terminal); None for an unknown task (or one
+        deleted meanwhile). This default reads the record with a growing pause (`POLL_FIRST` up to
+        `POLL_MAX`); a backend that learns of outcomes overrides it (memory, SQLite, Redis; a PostgreSQL
+        store, issue 16, would LISTEN for a NOTIFY sent by the terminal transition's transaction).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = POLL_FIRST
+        while True:
+            record = self.get(task_id)
+            left = None if deadline is None else deadline - time.monotonic()
+            if record is None or record.status.terminal or (left is not None and left <= 0):
+                return record
+            time.sleep(pause if left is None else min(pause, left))
+            pause = min(pause * 1.5, POLL_MAX)
+
+    async def await_outcome(self, task_id: str, timeout: float | None = None) -> TaskRecord | None:
+        """`wait_for_outcome` for asyncio: store calls run in the loop's default executor, never on the loop."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = POLL_FIRST
+        while True:
+            record = await asyncio.to_thread(self.get, task_id)
+            left = None if deadline is None else deadline - time.monotonic()
+            if record is None or record.status.terminal or (left is not None and left <= 0):
+                return record
+            await asyncio.sleep(pause if left is None else min(pause, left))
+            pause = min(pause * 1.5, POLL_MAX)
 
 
 def apply_transition(record: TaskRecord, step: TransitionStep, now: float) -> TaskRecord | None:

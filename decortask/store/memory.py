@@ -20,6 +20,7 @@ from .base import (
     apply_transition,
     matches,
 )
+from .outcome_waiters import OutcomeNotices
 from .periodic_state import PeriodicStateStore, ScheduleState
 
 
@@ -36,6 +37,8 @@ class MemoryStore(TaskStore, PeriodicStateStore):
         self._heartbeats: dict[str, float] = {}
         self._leases: dict[str, tuple[str, float]] = {}
         self._periodic: dict[str, ScheduleState] = {}
+        #: Waiters for outcomes, woken by `apply_step` as it writes a terminal status.
+        self.outcome_notices = OutcomeNotices()
 
     def create(self, record: TaskRecord) -> TaskRecord:
         with self._lock:
@@ -85,7 +88,15 @@ class MemoryStore(TaskStore, PeriodicStateStore):
             if schedule is not None:
                 self._schedule[schedule.id] = schedule
                 self._claims.pop(schedule.id, None)
-            return updated
+        if updated.status.terminal:
+            self.outcome_notices.notify(step.task_id)
+        return updated
+
+    def wait_for_outcome(self, task_id: str, timeout: float | None = None) -> TaskRecord | None:
+        return self.outcome_notices.wait(task_id, timeout, self.get)
+
+    async def await_outcome(self, task_id: str, timeout: float | None = None) -> TaskRecord | None:
+        return await self.outcome_notices.await_outcome(task_id, timeout, self.get)
 
     def append_log(self, task_id: str, line: LogLine) -> None:
         with self._lock:

@@ -40,6 +40,7 @@ from ..errors import ConfigurationError, IllegalTransition, StoreError
 from ..security import mask_url
 from ..states import ALLOWED, HOLDS_IDEMPOTENCY_KEY, TERMINAL, TaskStatus, check_transition
 from . import redis_scripts as scripts
+from . import redis_wait
 from .base import (
     MUTABLE_FIELDS,
     LogLine,
@@ -61,13 +62,14 @@ HEARTBEAT_TTL = 24 * 3600
 BATCH = 200
 
 
-class RedisStore(TaskStore, PeriodicStateStore):
+class RedisStore(redis_wait.OutcomeWaits, TaskStore, PeriodicStateStore):
     """A `TaskStore` in Redis, safe across threads, processes and hosts."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._masked = mask_url(url)
         client_url, self.namespace = _split_namespace(url)
+        self._client_url = client_url
         try:
             self._client: Any = redis.Redis.from_url(
                 client_url, decode_responses=True, socket_connect_timeout=5
@@ -80,7 +82,8 @@ class RedisStore(TaskStore, PeriodicStateStore):
         self._sched = [f"{ns}:schedule:{part}" for part in ("due", "body", "claims", "owner")]
         self._queue_prefix = f"{ns}:schedule:queue:"
         self._create_script = self._client.register_script(scripts.CREATE)
-        self._transition_script = self._client.register_script(scripts.TRANSITION)
+        lua_transition = redis_wait.prelude(ns) + scripts.TRANSITION  # PUBLISHes ended task ids
+        self._transition_script = self._client.register_script(lua_transition)
         self._set_fields_script = self._client.register_script(scripts.SET_FIELDS)
         self._append_script = self._client.register_script(scripts.APPEND_LOG)
         self._add_script = self._client.register_script(scripts.SCHEDULE_ADD)

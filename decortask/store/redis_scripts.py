@@ -143,7 +143,8 @@ return replies
 #       more delivery, up to that cap), '1' to return the log lines, schedule entry id (or ''), due_at,
 #       queue, entry JSON, the number of field pairs, then field name / JSON text pairs (status and
 #       updated_at among them).
-# Returns per step {'ok', record JSON, log lines...}, {'none'} or {'illegal', current status}.
+# Returns per step {'ok', record JSON, log lines...}, {'none'} or {'illegal', current status}. A step that
+# writes a terminal status PUBLISHes the task id on OUTCOME_CHANNEL (defined by `redis_wait.prelude`).
 TRANSITION = (
     _HELPERS
     + r"""
@@ -188,6 +189,7 @@ while at <= #ARGV do
         add_entry(sched, ARGV[4], ARGV[at + 7], ARGV[at + 8], ARGV[at + 9], ARGV[at + 10])
       end
       reply = {'ok', blob}
+      if listed(ARGV[5], new_status) then redis.call('PUBLISH', OUTCOME_CHANNEL, id) end
       if ARGV[at + 6] == '1' then
         for _, line in ipairs(redis.call('LRANGE', ARGV[2] .. id, 0, -1)) do reply[#reply + 1] = line end
       end

@@ -25,6 +25,7 @@ from ..states import TERMINAL
 from . import sqlite_periodic, sqlite_rows, sqlite_steps
 from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, TaskStore, TransitionStep
 from .periodic_state import PeriodicStateStore, ScheduleState
+from .sqlite_wait import OutcomeWatcher
 
 T = TypeVar("T")
 
@@ -56,6 +57,8 @@ class SQLiteStore(TaskStore, PeriodicStateStore):
         self._conns: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._generation = 0
         self._pid = os.getpid()
+        self._outcomes = OutcomeWatcher(self._open)  # started by the first wait_for_outcome
+        self.outcome_notices = self._outcomes.notices
         if read_only:
             if not self.path.is_file():
                 raise StoreError(f"there is no SQLite store at {self.path.resolve()} (nothing was created)")
@@ -281,6 +284,17 @@ class SQLiteStore(TaskStore, PeriodicStateStore):
 
     def set_schedule_paused(self, name: str, paused: bool) -> ScheduleState:
         return self._run(lambda conn: sqlite_periodic.set_schedule_paused(conn, name, paused))
+
+    # -- waiting for outcomes (sqlite_wait.py) ---------------------------------------------------------------
+
+    def wait_for_outcome(self, task_id: str, timeout: float | None = None) -> TaskRecord | None:
+        """Woken by this process's watcher thread, which looks at `PRAGMA data_version` every millisecond."""
+        watcher = self._outcomes
+        return watcher.notices.wait(task_id, timeout, self.get, watcher.ready)
+
+    async def await_outcome(self, task_id: str, timeout: float | None = None) -> TaskRecord | None:
+        watcher = self._outcomes
+        return await watcher.notices.await_outcome(task_id, timeout, self.get, watcher.ready)
 
     # -- connections ---------------------------------------------------------------------------------------
 
