@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import platform
+import secrets
 import shutil
 import signal
 import subprocess
@@ -51,14 +52,13 @@ SYSTEMS = {
     "redis": ["decortask", "celery", "dramatiq"],
     "sqlite": ["decortask", "huey"],
 }
-#: Queue names each system uses on RabbitMQ (deleted before every phase).
+#: Each run's own queue names (`bench_<token>_decortask`, ...): a worker another run or a profile left on
+#: RabbitMQ never takes this run's messages.
+QUEUE_PREFIX = f"bench_{secrets.token_hex(3)}_"
+#: Queue names each system uses on RabbitMQ (deleted before every phase and at the end).
 RABBIT_QUEUES = [
-    "bench_decortask",
-    "bench_decortask.dlq",
-    "bench_celery",
-    "bench_dramatiq",
-    "bench_dramatiq.DQ",
-    "bench_dramatiq.XQ",
+    QUEUE_PREFIX + name
+    for name in ("decortask", "decortask.dlq", "celery", "dramatiq", "dramatiq.DQ", "dramatiq.XQ")
 ]
 PACKAGES = ["decortask", "kombu", "amqp", "redis", "celery", "dramatiq", "pika", "huey"]
 
@@ -256,6 +256,7 @@ class Phase:
                 "BENCH_BROKER": url or broker_db,
                 "BENCH_STORE": store,
                 "BENCH_TASK": self.task,
+                "BENCH_QUEUE_PREFIX": QUEUE_PREFIX,
                 "BENCH_SQLITE": str(self.workdir / "huey.db"),
                 "BENCH_EXPECTED": str(self.expected),
                 "BENCH_OUT": str(self.workdir / "drained.json"),
@@ -357,7 +358,7 @@ def one_run(
         out["batch"] = client(system, "batch", sizes.messages, Phase(system, broker, scratch / "batch").env)[
             "rate"
         ]
-    if measures & {"enqueue", "drain", "cpu", "rss"}:
+    if measures & {"enqueue", "drain", "cpu"}:  # rss_after comes with the drain
         out |= drain_phase(system, broker, sizes, scratch / "drain", log)
     if system == "decortask" and "nopersist" in measures and broker != "sqlite":
         run = drain_phase(system, broker, sizes, scratch / "transient", log, task="transient")

@@ -12,7 +12,7 @@ from celery import Celery
 
 from . import tracker
 
-QUEUE = "bench_celery"
+QUEUE = os.environ.get("BENCH_QUEUE_PREFIX", "bench_") + "celery"  # run.py: unique per run
 RESULTS = bool(os.environ.get("BENCH_RESULTS"))
 app = Celery("bench_celery", broker=os.environ["BENCH_BROKER"])
 app.conf.update(

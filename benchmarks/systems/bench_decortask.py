@@ -12,7 +12,7 @@ from decortask import Decortask, task, task_log
 
 from . import tracker
 
-QUEUE = "bench_decortask"
+QUEUE = os.environ.get("BENCH_QUEUE_PREFIX", "bench_") + "decortask"  # run.py: unique per run
 app = Decortask(
     broker_url=os.environ["BENCH_BROKER"],
     store_url=os.environ["BENCH_STORE"],

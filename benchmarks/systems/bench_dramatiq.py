@@ -12,7 +12,7 @@ import dramatiq
 
 from . import tracker
 
-QUEUE = "bench_dramatiq"
+QUEUE = os.environ.get("BENCH_QUEUE_PREFIX", "bench_") + "dramatiq"  # run.py: unique per run
 RESULTS = bool(os.environ.get("BENCH_RESULTS"))
 _url = os.environ["BENCH_BROKER"]
 if _url.startswith("amqp"):
