@@ -24,6 +24,7 @@ from .errors import (
     UnknownTaskError,
     WaitTimeout,
 )
+from .events import Event, EventSubscriber
 from .handle import TaskHandle, TaskResult
 from .middleware import ExecutionOutcome, Middleware
 from .producer import Call
@@ -46,6 +47,9 @@ __all__ = [
     "get_task_context",
     "task",
     "task_log",
+    # live events (docs/events.md)
+    "Event",
+    "EventSubscriber",
     # periodic tasks
     "cron",
     "every",

@@ -139,7 +139,9 @@ class Decortask:
         if self._store is None:
             with self._lock:
                 if self._store is None:
-                    self._store = open_store(self.settings.store_url)
+                    settings = self.settings
+                    feed = settings.events_max if settings.events else 0
+                    self._store = open_store(settings.store_url, events=feed)
         return self._store
 
     @property

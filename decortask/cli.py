@@ -17,6 +17,7 @@ import click
 from .app import Decortask, current_app
 from .config import sqlite_path
 from .errors import DecortaskError
+from .events_cli import install_events
 from .logsetup import LOG_FORMATS, configure_logging, set_worker_id
 from .periodic_cli import install_schedules
 from .pools import POOL_KINDS
@@ -110,6 +111,11 @@ def main() -> None:
     default=None,
     help="Take part in periodic schedules, or not (default: the periodic setting, DECORTASK_PERIODIC, on).",
 )
+@click.option(
+    "--events/--no-events",
+    default=None,
+    help="Append task events to the store's feed, or not (default: the events setting, off); docs/events.md.",
+)
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option(
     "--logfile",
@@ -140,6 +146,7 @@ def worker(
     burst: bool,
     grace: float | None,
     periodic: bool | None,
+    events: bool | None,
     loglevel: str,
     logfile: str | None,
     log_format: str,
@@ -156,6 +163,8 @@ def worker(
         loaded = load_app(app_target)
         _refuse_an_unbound_flask_extension(loaded, app_target)
         app = _override(loaded, broker_url, store_url)
+        if events is not None and events != app.settings.events:  # the store opens with or without a feed
+            app = app.reconfigured(events=events).set_default()
         if not len(app.registry):
             raise click.ClickException(
                 "no tasks are registered, so this worker could run nothing; pass -A naming the module "
@@ -573,3 +582,4 @@ def dashboard(
 install_schedules(
     main, reading=_reading, loading=lambda target, store_url: _override(load_app(target), None, store_url)
 )
+install_events(main, reading=_reading)  # decortask events: events_cli.py

@@ -68,6 +68,10 @@ class Settings:
             lead a schedule); `DECORTASK_PERIODIC=0` keeps a worker out. See docs/periodic.md.
         capture_output: whether a worker stores a running task's `print()` output and its own logging
             lines with the task (its log, bounded per attempt); `DECORTASK_CAPTURE_OUTPUT=0` turns it off.
+        events: whether this process's writes append to the store's event feed, which subscribers in any
+            process read (`EventSubscriber`, `decortask events`, the dashboard); off by default, like Celery's
+            -E. Turn it on for the producers and the workers (`decortask worker --events`). docs/events.md.
+        events_max: how many events the feed keeps; a subscriber further behind gets a gap event.
         schedules: periodic schedules of tasks of any package, as a JSON object (text) or a mapping:
             name -> {"task": ..., "cron": ... or "every": seconds, "args": ..., ...}; see docs/periodic.md.
     """
@@ -95,6 +99,8 @@ class Settings:
     accept_plaintext: bool = False
     periodic: bool = True
     capture_output: bool = True
+    events: bool = False
+    events_max: int = 100_000
     schedules: str | Mapping[str, Any] = ""
 
     @classmethod
@@ -157,6 +163,8 @@ class Settings:
         if not isinstance(self.accept_plaintext, bool):
             raise ConfigurationError("setting accept_plaintext must be True or False")
         check_keys(self.encryption_keys)
+        if int(self.events_max) < 1:
+            raise ConfigurationError(f"setting events_max must be >= 1, got {self.events_max!r}")
         if not isinstance(self.periodic, bool):
             raise ConfigurationError("setting periodic must be True or False")
         from .periodic_config import entries_from_setting

@@ -1,6 +1,8 @@
 """Live updates: a feed of task changes read from the store, streamed to the page as server-sent events.
 
-No broker traffic: each stream polls the store about twice a second. A poll reads the newest tasks and every
+With the `events` setting on, a stream reads the store's event feed (`EventChanges`, docs/events.md): every
+state change of every task, in order, each sent as the task's row at that state, none collapsed however fast
+the task. Otherwise (`ChangeFeed`) each stream polls the store about twice a second. A poll reads the newest tasks and every
 task that has not ended, and compares each with what the stream last saw (state, attempt, update time,
 progress, number of log lines). A task that was unfinished last time and is missing from both lists now has
 ended and aged out of the newest ones; it is read by id, so its final state is never missed.
@@ -14,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
+from ..events import EventSubscriber
 from ..security import mask_text
 from ..states import TERMINAL, TaskStatus
 from ..store.base import TaskQuery, TaskRecord
@@ -77,6 +80,59 @@ class ChangeFeed:
 
 
 _TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
+#: How often a stream reads the event feed (an indexed read of what is new, not a poll of the tasks).
+FEED_INTERVAL = 0.1
+
+
+class EventChanges:
+    """Task changes read from the store's event feed: each event as the task's row at that moment.
+
+    The first poll only starts (the feed is read from the moment the stream began). A task deleted since its
+    event was written is skipped; events trimmed before the stream read them are skipped too (the counts
+    sent after each batch stay right).
+    """
+
+    def __init__(self, app: Decortask) -> None:
+        self.app = app
+        self.subscriber = EventSubscriber(app, since="now")
+        self._started = False
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Summaries of the tasks whose events came since the last poll, one per event, in feed order."""
+        if not self._started:
+            self._started = True
+            return []
+        events = [e for e in self.subscriber.poll() if e.task_id is not None]
+        store = self.app.store
+        records = {task_id: store.get(task_id) for task_id in {e.task_id for e in events if e.task_id}}
+        rows: list[dict[str, Any]] = []
+        for event in events:
+            record = records.get(event.task_id or "")
+            if record is None:
+                continue
+            row = task_summary(record)
+            if event.kind != "log":  # the row as it was at this event, not as it is now
+                row.update(
+                    status=event.status.value if event.status else row["status"],
+                    attempt=event.attempt,
+                    reason=event.reason,
+                    owner=event.worker,
+                    updated_at=event.ts,
+                    started_at=event.started_at,
+                    finished_at=event.finished_at,
+                    progress=event.progress,
+                    progress_message=event.message,
+                    error_type=event.error_type,
+                )
+            rows.append(row)
+        return rows
+
+
+def live_feed(app: Decortask) -> tuple[ChangeFeed | EventChanges, float | None]:
+    """The feed a stream reads, and the interval it wants (None: the dashboard's poll interval)."""
+    if app.settings.events:
+        return EventChanges(app), FEED_INTERVAL
+    return ChangeFeed(app), None
 
 
 def _problem(exc: BaseException) -> str:
@@ -100,7 +156,8 @@ async def stream(
     `run(fn, *args)` runs blocking store calls in a thread. Ends when `closing` is set (server shutdown);
     a client that goes away ends it through the ASGI server's disconnect.
     """
-    feed = ChangeFeed(app)
+    feed, feed_interval = live_feed(app)
+    interval = feed_interval or interval
     counter = 0
     yield b"retry: 2000\n\n"
     try:

@@ -7,8 +7,11 @@ from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, TaskStore
 __all__ = ["LogLine", "ScheduleEntry", "TaskQuery", "TaskRecord", "TaskStore", "open_store"]
 
 
-def open_store(url: str) -> TaskStore:
-    """Open the store a URL names: `sqlite:///path.db`, `redis://host:port/db` or `memory://`."""
+def open_store(url: str, *, events: int = 0) -> TaskStore:
+    """Open the store a URL names: `sqlite:///path.db`, `redis://host:port/db` or `memory://`.
+
+    `events` > 0: its writes also append to the event feed, which keeps about that many (docs/events.md).
+    """
     from ..errors import ConfigurationError
     from ..security import mask_url
 
@@ -20,11 +23,11 @@ def open_store(url: str) -> TaskStore:
     if scheme == "sqlite":
         from .sqlite import SQLiteStore
 
-        return SQLiteStore(url)
+        return SQLiteStore(url, events=events)
     if scheme in ("redis", "rediss"):
         from .redis import RedisStore
 
-        return RedisStore(url)
+        return RedisStore(url, events=events)
     raise ConfigurationError(
         f"unknown store URL {mask_url(url)!r}: use sqlite:///path.db, redis://host:6379/0 or memory://"
     )

@@ -39,8 +39,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..errors import ConfigurationError, IllegalTransition, StoreError
 from ..security import mask_url
 from ..states import ALLOWED, HOLDS_IDEMPOTENCY_KEY, TERMINAL, TaskStatus, check_transition
+from . import redis_events, redis_wait
 from . import redis_scripts as scripts
-from . import redis_wait
 from .base import (
     MUTABLE_FIELDS,
     LogLine,
@@ -65,7 +65,7 @@ BATCH = 200
 class RedisStore(redis_wait.OutcomeWaits, TaskStore, PeriodicStateStore):
     """A `TaskStore` in Redis, safe across threads, processes and hosts."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, events: int = 0) -> None:
         self.url = url
         self._masked = mask_url(url)
         client_url, self.namespace = _split_namespace(url)
@@ -81,11 +81,12 @@ class RedisStore(redis_wait.OutcomeWaits, TaskStore, PeriodicStateStore):
         self._expires = f"{ns}:index:expires"
         self._sched = [f"{ns}:schedule:{part}" for part in ("due", "body", "claims", "owner")]
         self._queue_prefix = f"{ns}:schedule:queue:"
-        self._create_script = self._client.register_script(scripts.CREATE)
-        lua_transition = redis_wait.prelude(ns) + scripts.TRANSITION  # PUBLISHes ended task ids
+        lua = redis_events.prelude(ns, events)  # events > 0: writes append to the event feed
+        self._create_script = self._client.register_script(lua + scripts.CREATE)
+        lua_transition = lua + redis_wait.prelude(ns) + scripts.TRANSITION  # PUBLISHes ended task ids
         self._transition_script = self._client.register_script(lua_transition)
-        self._set_fields_script = self._client.register_script(scripts.SET_FIELDS)
-        self._append_script = self._client.register_script(scripts.APPEND_LOG)
+        self._set_fields_script = self._client.register_script(lua + scripts.SET_FIELDS)
+        self._append_script = self._client.register_script(lua + scripts.APPEND_LOG)
         self._add_script = self._client.register_script(scripts.SCHEDULE_ADD)
         self._remove_script = self._client.register_script(scripts.SCHEDULE_REMOVE)
         self._claim_script = self._client.register_script(scripts.CLAIM_DUE)

@@ -4,6 +4,10 @@ Records are stored as the compact JSON `json.dumps(..., separators=(",", ":"))` 
 whitespace). Scripts that change a record never decode and re-encode it with Redis's cjson, which would
 round numbers to 14 digits and turn `[]` into `{}`: `split_record` cuts the top-level object into each
 field's raw JSON text, and changed fields are spliced in as the JSON texts Python encoded.
+
+The store registers every script behind `redis_events.prelude(...)`, which defines `EVENTS` and
+`emit_event`: with events on, the scripts that create, transition, set progress or append log lines append
+the task's event to the feed in the same atomic step (see `store/redis_events.py`).
 """
 
 from __future__ import annotations
@@ -94,7 +98,9 @@ end
 #       statuses (comma separated), then per record: id, idempotency key or '', status, record JSON,
 #       created_at, expires_at or '', the number of log lines, the log lines.
 # Returns {'exists', id} (nothing written), or per record {'ok'} or {'held', holder JSON, holder's log lines...}.
-CREATE = """
+CREATE = (
+    _HELPERS
+    + """
 local records, i = {}, 6
 while i <= #ARGV do
   local count = tonumber(ARGV[i + 6])
@@ -128,12 +134,17 @@ for n, record in ipairs(records) do
     redis.call('ZADD', ARGV[4] .. ARGV[at + 2], ARGV[at + 4], id)
     if ARGV[at + 5] ~= '' then redis.call('ZADD', KEYS[2], ARGV[at + 5], id) end
     for l = at + 7, at + 6 + count do redis.call('RPUSH', ARGV[2] .. id, ARGV[l]) end
+    if EVENTS then
+      local _, values = split_record(ARGV[at + 3])
+      emit_event('state', values)
+    end
     reply = {'ok'}
   end
   replies[n] = reply
 end
 return replies
 """
+)
 
 # The compare-and-sets of `TaskStore.transition` / `transition_many`, in order, with index moves and schedule
 # entries. KEYS: expires index, then the schedule's due, body, claims and owner keys.
@@ -169,6 +180,7 @@ while at <= #ARGV do
       reply = {'illegal', old_status}
     else
       local old_expires = values['expires_at'] or 'null'
+      local old_attempt = values['attempt']
       if ARGV[at + 5] ~= '' then
         if values['deliveries'] == nil then names[#names + 1] = 'deliveries' end
         values['deliveries'] = tostring(deliveries + 1)
@@ -189,6 +201,9 @@ while at <= #ARGV do
         add_entry(sched, ARGV[4], ARGV[at + 7], ARGV[at + 8], ARGV[at + 9], ARGV[at + 10])
       end
       reply = {'ok', blob}
+      if EVENTS and (old_status ~= new_status or values['attempt'] ~= old_attempt) then
+        emit_event('state', values)
+      end
       if listed(ARGV[5], new_status) then redis.call('PUBLISH', OUTCOME_CHANNEL, id) end
       if ARGV[at + 6] == '1' then
         for _, line in ipairs(redis.call('LRANGE', ARGV[2] .. id, 0, -1)) do reply[#reply + 1] = line end
@@ -209,18 +224,30 @@ SET_FIELDS = (
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 local names, values = split_record(raw)
+local before = EVENTS and (values['progress'] or '') .. ',' .. (values['progress_message'] or '')
 redis.call('SET', KEYS[1], splice(names, values, ARGV, 1, #ARGV))
+if EVENTS and before ~= (values['progress'] or '') .. ',' .. (values['progress_message'] or '') then
+  emit_event('progress', values)
+end
 return 1
 """
 )
 
 # KEYS: task, logs. ARGV: line JSON. Appends only to an existing task.
 # KEYS: task, logs. ARGV: log lines (JSON), appended in order if the task exists.
-APPEND_LOG = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
+APPEND_LOG = (
+    _HELPERS
+    + """
+local raw = redis.call('GET', KEYS[1])
+if raw then
   for i = 1, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+  if EVENTS then
+    local _, values = split_record(raw)
+    for i = 1, #ARGV do emit_event('log', values, ARGV[i]) end
+  end
 end
 """
+)
 
 # KEYS: due, body, claims, owner. ARGV: queue key prefix, then (id, due_at, queue, entry JSON) per entry.
 # Replaces an entry with the same id (and forgets its claim), moving it between queue indexes if needed.

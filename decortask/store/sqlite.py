@@ -22,7 +22,7 @@ from .. import sqlitelocks
 from ..config import sqlite_path
 from ..errors import ConfigurationError, StoreError
 from ..states import TERMINAL
-from . import sqlite_periodic, sqlite_rows, sqlite_steps
+from . import sqlite_events, sqlite_periodic, sqlite_rows, sqlite_steps
 from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, TaskStore, TransitionStep
 from .periodic_state import PeriodicStateStore, ScheduleState
 from .sqlite_wait import OutcomeWatcher
@@ -42,11 +42,13 @@ _TERMINAL_VALUES = tuple(sorted(s.value for s in TERMINAL))
 class SQLiteStore(TaskStore, PeriodicStateStore):
     """A `TaskStore` in one SQLite file, shared by every thread and process on the host."""
 
-    def __init__(self, url: str, *, read_only: bool = False) -> None:
+    def __init__(self, url: str, *, read_only: bool = False, events: int = 0) -> None:
         """Open (and create, unless `read_only`) the store a `sqlite://` URL names.
 
         `read_only` (`decortask show`, `tasks`): the file must exist and hold a decortask store; nothing is
         created or written, and a missing file is a `StoreError` naming the absolute path looked for.
+        `events`: when > 0, this store's writes also append to the event feed, which keeps about that many
+        events (`sqlite_events.py`, docs/events.md).
         """
         self.url = url
         self.read_only = read_only
@@ -57,6 +59,7 @@ class SQLiteStore(TaskStore, PeriodicStateStore):
         self._conns: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._generation = 0
         self._pid = os.getpid()
+        self.events = 0  # set once the tables exist: `_open` gives new connections the event triggers
         self._outcomes = OutcomeWatcher(self._open)  # started by the first wait_for_outcome
         self.outcome_notices = self._outcomes.notices
         if read_only:
@@ -69,6 +72,10 @@ class SQLiteStore(TaskStore, PeriodicStateStore):
             raise StoreError(f"cannot create the directory for the SQLite store {self.path}: {exc}") from exc
         self._run(sqlite_rows.create_schema)
         self._run(sqlite_periodic.create_schema)
+        self._run(sqlite_events.create_schema)
+        if events > 0:
+            self._run(lambda conn: sqlite_events.install_triggers(conn, events))
+            self.events = events
 
     # -- records -------------------------------------------------------------------------------------------
 
@@ -296,6 +303,20 @@ class SQLiteStore(TaskStore, PeriodicStateStore):
         watcher = self._outcomes
         return await watcher.notices.await_outcome(task_id, timeout, self.get, watcher.ready)
 
+    # -- the event feed (SQL in sqlite_events.py) -----------------------------------------------------------
+
+    def read_events(self, after: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        """Up to `limit` events after id `after`, oldest first (`decortask.events` reads them)."""
+        return self._run(lambda conn: sqlite_events.read(conn, after, limit), write=False)
+
+    def event_bounds(self) -> tuple[int, int]:
+        """(the oldest event id kept, the newest id ever written)."""
+        return self._run(sqlite_events.bounds, write=False)
+
+    def trim_events(self, keep: int) -> int:
+        """Delete all but the newest `keep` events; returns how many were deleted."""
+        return self._run(lambda conn: sqlite_events.trim(conn, keep))
+
     # -- connections ---------------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -344,6 +365,8 @@ class SQLiteStore(TaskStore, PeriodicStateStore):
             else:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
+                if self.events:
+                    sqlite_events.install_triggers(conn, self.events)
         except sqlite3.DatabaseError as exc:
             _close_quietly(conn)
             if "not a database" in str(exc):  # SQLite read the header and wrote nothing
