@@ -80,7 +80,9 @@ class BrokerTransport:
                 transport_options={
                     "path": self._sqlite_path,
                     "lease_seconds": self.settings.sqlite_lease,
-                    "polling_interval": 0.02,
+                    # Idle consumers wake on a commit to the file (SQLiteTransport.drain_events); this
+                    # only bounds each wait, and the worker's drain timeouts are shorter still.
+                    "polling_interval": 0.5,
                 },
             )
         if self.scheme == "memory":

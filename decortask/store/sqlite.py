@@ -60,7 +60,7 @@ class SQLiteStore(TaskStore, PeriodicStateStore):
         self._generation = 0
         self._pid = os.getpid()
         self.events = 0  # set once the tables exist: `_open` gives new connections the event triggers
-        self._outcomes = OutcomeWatcher(self._open)  # started by the first wait_for_outcome
+        self._outcomes = OutcomeWatcher(self._open, str(self.path))  # started by the first wait_for_outcome
         self.outcome_notices = self._outcomes.notices
         if read_only:
             if not self.path.is_file():

@@ -1,10 +1,11 @@
 """Outcome notices for a SQLite store: one watcher thread per store looks for the tasks this process waits for.
 
 SQLite has no notifications across processes, but `PRAGMA data_version` (a few microseconds, no lock taken)
-changes on a connection whenever another connection commits. While someone waits, the watcher reads it every
-`INTERVAL`; only when it changed does it read the statuses of the awaited tasks (one query for all of
-them) and wake those that ended. With nobody waiting it sleeps on a condition, and after `LINGER` seconds it
-closes its connection and exits; the next wait starts it again.
+changes on a connection whenever another connection commits. While someone waits, the watcher waits for a
+commit (`sqlitewatch.CommitWatch`: woken by the kernel at a write to the `-wal` on Linux, else looking every
+millisecond); only when the version changed does it read the statuses of the awaited tasks (one query for
+all of them) and wake those that ended. With nobody waiting it sleeps on a condition, and after `LINGER`
+seconds it closes its connection and exits; the next wait starts it again.
 
 Race-free: a commit after the watcher read the version shows at its next read, and the query that follows
 looks at every task awaited by then; a commit before a waiter registered is in the waiter's own first read.
@@ -13,6 +14,7 @@ looks at every task awaited by then; a commit before a waiter registered is in t
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -20,11 +22,12 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..sqlitewatch import CommitWatch
 from ..states import TERMINAL
 from .outcome_waiters import OutcomeNotices
 
-#: Seconds between two looks at `PRAGMA data_version` while someone waits.
-INTERVAL = 0.001
+#: Longest the watcher waits for a commit before it looks at who waits again.
+BLOCK = 0.25
 #: Seconds the watcher lingers with nobody waiting before it closes its connection and exits.
 LINGER = 30.0
 _TERMINAL = frozenset(status.value for status in TERMINAL)
@@ -38,10 +41,12 @@ class OutcomeWatcher:
 
     Args:
         connect: opens a connection to the store's file (the store's own opener).
+        path: the store's file.
     """
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+    def __init__(self, connect: Callable[[], sqlite3.Connection], path: str) -> None:
         self._connect = connect
+        self._path = path
         self.notices = OutcomeNotices()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -58,6 +63,7 @@ class OutcomeWatcher:
 
     def _watch(self) -> None:
         conn: sqlite3.Connection | None = None
+        commits: CommitWatch | None = None
         seen: int | None = None  # the data_version the awaited tasks were last looked at with
         try:
             while True:
@@ -69,10 +75,13 @@ class OutcomeWatcher:
                 try:
                     if conn is None:
                         conn = self._connect()
-                    version = conn.execute("PRAGMA data_version").fetchone()[0]
+                    version = _data_version(conn)
                     if version != seen:
                         self._look(conn)
                         seen = version
+                    if commits is None:
+                        commits = CommitWatch(self._path)  # after the connection: the -wal exists
+                    commits.wait(functools.partial(_changed, conn, version), BLOCK)
                 except sqlite3.Error as exc:
                     logger.debug("outcome watcher: %s; waiters read their records again", exc)
                     self.notices.notify_all()
@@ -81,9 +90,9 @@ class OutcomeWatcher:
                             conn.close()
                     conn = None
                     time.sleep(self.notices.recheck)
-                    continue
-                time.sleep(INTERVAL)
         finally:
+            if commits is not None:
+                commits.close()
             if conn is not None:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
@@ -111,3 +120,12 @@ class OutcomeWatcher:
             status = found.get(task_id)
             if status is None or status in _TERMINAL:
                 self.notices.notify(task_id)
+
+
+def _changed(conn: sqlite3.Connection, version: int) -> bool:
+    return _data_version(conn) != version
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    version: int = conn.execute("PRAGMA data_version").fetchone()[0]
+    return version

@@ -39,6 +39,7 @@ from kombu.transport import virtual
 from kombu.utils import json as kombu_json
 
 from .. import sqlitelocks
+from ..sqlitewatch import CommitWatch
 
 # kombu ships py.typed but leaves most functions unannotated; typing its bases and helpers as Any keeps strict
 # mypy quiet about every super() call without an ignore on each.
@@ -450,15 +451,15 @@ class SQLiteTransport(_VirtualTransport):  # type: ignore[misc]
     an idle poll waits before it looks again anyway), `busy_timeout` (30.0 s), `synchronous` ("NORMAL", or
     "FULL" for power-loss durability).
 
-    An idle consumer does not sleep through its polling interval: it looks at `PRAGMA data_version` every
-    `wake_interval` (a few microseconds, no lock taken) and polls again as soon as another connection has
-    committed to the file, so a message published while it idles is taken within about a millisecond.
+    An idle consumer does not sleep through its polling interval: it waits for a commit to the file
+    (`sqlitewatch.CommitWatch`: woken by the kernel at the first write to the `-wal` on Linux, else looking
+    at `PRAGMA data_version` every millisecond) and polls again as soon as another connection committed, so
+    a message published while it idles is taken within about a millisecond, at no cost while nothing is.
+    The polling interval still bounds each wait: leases that run out commit nothing.
     """
 
     Channel = Channel
     polling_interval = 0.05
-    #: Seconds between two looks at `PRAGMA data_version` while a consumer waits for a commit.
-    wake_interval = 0.001
     driver_type = "sqlite"
     driver_name = "sqlite3"
     # "database is locked" past the busy timeout and disk I/O errors are worth a reconnect and retry.
@@ -467,6 +468,7 @@ class SQLiteTransport(_VirtualTransport):  # type: ignore[misc]
     def __init__(self, client: Any, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
         self._watch: sqlite3.Connection | None = None  # the consuming thread's; only data_version is read
+        self._commits: CommitWatch | None = None
         #: Idle waits begun, ended by a commit, and run to their whole span (tests check the mechanism).
         self.waits_started = 0
         self.woken_by_commit = 0
@@ -511,20 +513,23 @@ class SQLiteTransport(_VirtualTransport):  # type: ignore[misc]
 
     def _wait_for_commit(self, version: int | None, span: float) -> None:
         """Return once another connection commits to the file after `version` was read, or after `span` s."""
-        end = time.monotonic() + span
         self.waits_started += 1
-        while True:
-            left = end - time.monotonic()
-            if left <= 0:
-                self.waits_timed_out += 1
-                return
-            time.sleep(min(self.wake_interval, left) if version is not None else left)
-            now = self._data_version()
-            if version is not None and now is not None and now != version:
-                self.woken_by_commit += 1
-                return
+        if version is None:  # the file is unreadable now: wait as kombu does
+            time.sleep(span)
+            woken = False
+        else:
+            if self._commits is None:
+                self._commits = CommitWatch(self.client.transport_options["path"])
+            woken = self._commits.wait(lambda: self._data_version() != version, span)
+        if woken:
+            self.woken_by_commit += 1
+        else:
+            self.waits_timed_out += 1
 
     def _close_watch(self) -> None:
+        if self._commits is not None:
+            self._commits.close()
+            self._commits = None
         if self._watch is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._watch.close()
