@@ -60,11 +60,11 @@ def main() -> None:
         start = time.perf_counter()
         run(count)
         elapsed = time.perf_counter() - start
-        system.flush()
+        flushed = system.flush()
         published = time.perf_counter() - start
         result = {
             "rate": count / elapsed,
-            "published_rate": count / published,
+            "published_rate": count / published if flushed else None,
             "seconds": elapsed,
             "sent": count + 1,
         }

@@ -26,8 +26,9 @@ def enqueue(n: int) -> None:
         noop(0)
 
 
-def flush() -> None:
+def flush() -> bool:
     """Huey enqueues inside the call: nothing is left to flush."""
+    return True
 
 
 def probe(port: int) -> None:
