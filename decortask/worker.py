@@ -275,20 +275,33 @@ class Worker:
         if not self.periodic.enabled:
             logger.info("periodic schedules: off for this worker (--no-periodic or DECORTASK_PERIODIC=0)")
         call_hooks(self.app.middleware, "worker_start", self.app, self)
+        clean = False
         try:
             self._consume(session)
             self._shut_down(session)
+            clean = True
         finally:
             call_hooks(self.app.middleware, "worker_stop", self.app, self, reverse=True)
             self._hand_over_schedules()  # again, for a run that ended by an error (a no-op otherwise)
+            owners = [self.id, *self.pool.owners()]
             self.pool.shutdown()
             session.close()
             beating.set()
+            if clean:
+                self._say_stopped(owners)
             self.executor.event_loop.close()
             self._restore_signal_handlers()
             capture.disable_for(self.id)
             logger.info("worker %s stopped: %s", self.id, self._summary())
         return 0
+
+    def _say_stopped(self, owners: list[str]) -> None:
+        # So the dashboard shows a clean stop, not a lost worker, once the heartbeats age out.
+        try:
+            for owner in owners:
+                self.app.store.worker_stopped(owner, time.time())
+        except Exception as exc:
+            logger.warning("could not record the clean stop (%s)", mask_text(str(exc)))
 
     def _summary(self) -> str:
         """`12 received, 10 SUCCESS, 2 FAILED, 1 dead-lettered`: what an operator checks after a stop."""

@@ -713,3 +713,41 @@ def test_processes_racing_for_leases_get_each_exactly_once(shared_url: str) -> N
     outcomes = _race(_lease_in_process, lambda n: (shared_url, n))
     won = sorted(name for names in outcomes for name in names)
     assert won == sorted(f"lease-{i}" for i in range(20))
+
+
+def test_list_tasks_searches_text_in_ids_and_names_case_insensitively(store: TaskStore) -> None:
+    _seed(store)
+    store.create(make("Upper-Case-ID", name="Billing.Invoice", created_at=T0 + 20))
+    cases: list[tuple[TaskQuery, list[str]]] = [
+        (TaskQuery(text="JOB.A"), ["r9", "r7", "r5", "r3", "r1"]),
+        (TaskQuery(text="r0"), ["r0"]),
+        (TaskQuery(text="invoice"), ["Upper-Case-ID"]),
+        (TaskQuery(text="case-id"), ["Upper-Case-ID"]),
+        (TaskQuery(text="job", statuses=frozenset({S.RUNNING})), ["r1"]),
+        (TaskQuery(text="%"), []),  # no wildcards: a literal substring
+        (TaskQuery(text="nothing-like-it"), []),
+    ]
+    for query, expected in cases:
+        assert _ids(store.list_tasks(query)) == expected, query
+        assert store.count_tasks(query) == len(expected), query
+    assert _ids(store.list_tasks(TaskQuery(text="job.b", limit=2, offset=1))) == ["r6", "r4"]
+
+
+def test_list_tasks_orders_by_created_name_status_or_queue_ties_newest_first(store: TaskStore) -> None:
+    _seed(store)
+    everything = [f"r{i}" for i in reversed(range(10))]
+    assert _ids(store.list_tasks(TaskQuery(order="-created"))) == everything
+    assert _ids(store.list_tasks(TaskQuery(order="created"))) == everything[::-1]
+    by_name = ["r9", "r7", "r5", "r3", "r1", "r8", "r6", "r4", "r2", "r0"]  # job.a, then job.b
+    assert _ids(store.list_tasks(TaskQuery(order="name"))) == by_name
+    assert _ids(store.list_tasks(TaskQuery(order="name", text="job.a", offset=3))) == ["r3", "r1"]
+
+
+def test_a_clean_stop_is_remembered_apart_from_heartbeats(store: TaskStore) -> None:
+    now = time.time()
+    assert store.stopped_workers() == {}
+    store.heartbeat("host:1:abc", now)
+    store.worker_stopped("host:1:abc", now + 1)
+    store.worker_stopped("host:1:abc", now + 2)
+    assert store.stopped_workers() == {"host:1:abc": now + 2}
+    assert store.heartbeats() == {"host:1:abc": now}  # a stop is not a heartbeat

@@ -36,6 +36,7 @@ from ..periodic_config import declared_entries
 from ..periodic_status import pause_schedule, resume_schedule, schedule_rows, unknown_schedule
 from ..security import mask_text, scrub
 from ..states import TaskStatus
+from ..store.base import TASK_ORDERS
 from . import queries
 from .auth import CSRF_HEADER, SESSION_COOKIE, Caller, Guard, new_session_id
 from .events import stream
@@ -210,9 +211,19 @@ def task_filter(request: Request) -> queries.TaskFilter:
         queue=params.get("queue") or None,
         tag=params.get("tag") or None,
         text=params.get("q") or None,
+        order=_order(params.get("sort")),
         limit=_int(params.get("limit"), 50, "limit"),
         offset=_int(params.get("offset"), 0, "offset"),
     )
+
+
+def _order(raw: str | None) -> str:
+    order = (raw or "-created").strip()
+    if order not in TASK_ORDERS:
+        raise ConfigurationError(
+            f"cannot sort tasks by {order!r}; use one of {', '.join(sorted(TASK_ORDERS))}"
+        )
+    return order
 
 
 def _int(raw: str | None, default: int, name: str) -> int:

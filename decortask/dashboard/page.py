@@ -24,10 +24,26 @@ _HEAD = """<!doctype html>
 """
 
 _STATUSES = ("PENDING", "SCHEDULED", "RUNNING", "RETRYING", "SUCCESS", "FAILED", "CANCELLED", "INTERRUPTED")
+#: The task list's columns: (css key, heading, the sort key the API takes or None).
+_COLUMNS = (
+    ("status", "Status", "status"),
+    ("name", "Task", "name"),
+    ("id", "Id", None),
+    ("queue", "Queue", "queue"),
+    ("attempt", "Try", None),
+    ("runtime", "Runtime", None),
+    ("created", "Created", "created"),
+    ("progress", "Progress", None),
+)
+_VIEWS = (("tasks", "Tasks"), ("workers", "Workers"), ("queues", "Queues"), ("schedules", "Schedules"))
 
 
 def shell(csrf_token: str, overview: dict[str, Any], can_logout: bool) -> str:
-    """The dashboard page; `dashboard.js` fills it from the JSON API and the event stream."""
+    """The dashboard page; `dashboard.js` fills it from the JSON API and the event stream.
+
+    Four views share the page (tasks, workers, queues with their dead letters, schedules); the script shows
+    one at a time and keeps the view, the filters, the sort, the page and the open task in the URL.
+    """
     extra = (
         f'<meta name="csrf-token" content="{escape(csrf_token)}">\n'
         '<script src="/assets/dashboard.js" defer></script>'
@@ -40,76 +56,94 @@ def shell(csrf_token: str, overview: dict[str, Any], can_logout: bool) -> str:
         else ""
     )
     status_options = "".join(f'<option value="{s}">{s.lower()}</option>' for s in _STATUSES)
+    columns = "".join(
+        f'<th class="c-{key}"{_sort_attr(sort)} scope="col">{escape(label)}</th>'
+        for key, label, sort in _COLUMNS
+    )
+    tabs = "".join(
+        f'<button type="button" class="tab" data-view="{key}" id="tab-{key}">{escape(label)}</button>'
+        for key, label in _VIEWS
+    )
     return (
         _HEAD.format(title="decortask dashboard", extra=extra)
         + f"""<body>
 <header>
   <h1>decortask</h1>
-  <span class="backend">broker <code>{escape(str(overview["broker"]))}</code>
-  store <code>{escape(str(overview["store"]))}</code></span>
+  <nav class="tabs" aria-label="Views">{tabs}</nav>
+  <span class="backend" title="broker {escape(str(overview["broker"]))}, store {escape(str(overview["store"]))}">
+  <code>{escape(str(overview["broker"]))}</code></span>
   <span id="live" class="live">connecting</span>
   {logout}
 </header>
-<nav id="counts" aria-label="Tasks by status"></nav>
-<form id="filters" class="filters">
-  <select name="status" aria-label="Status"><option value="">any status</option>{status_options}</select>
-  <input name="q" placeholder="id or name contains" aria-label="Search">
-  <input name="name" placeholder="task name" aria-label="Task name">
-  <input name="queue" placeholder="queue" aria-label="Queue">
-  <input name="tag" placeholder="tag key=value" aria-label="Tag">
-  <button type="submit">Filter</button>
-  <button type="reset">Clear</button>
-</form>
 <p id="message" class="message" role="status"></p>
-<main>
-  <section class="tasks">
-    <table id="tasks">
-      <thead><tr><th>Task</th><th>Status</th><th>Queue</th><th>Attempt</th><th>Progress</th><th>Created</th>
-      </tr></thead>
-      <tbody></tbody>
-    </table>
-    <div class="pager"><button id="prev" type="button">Newer</button><span id="page-info"></span>
-    <button id="next" type="button">Older</button></div>
-  </section>
-  <section id="detail" class="detail" hidden>
-    <h2 id="detail-title"></h2>
-    <div class="actions">
-      <button id="retry" type="button">Retry</button>
-      <button id="cancel" type="button">Cancel</button>
-      <button id="show-args" type="button">Show arguments</button>
-      <a id="permalink" href="#">Page</a>
-      <button id="close-detail" type="button">Close</button>
+<section id="view-tasks" class="view">
+  <div class="toolbar">
+    <nav id="counts" aria-label="Tasks by status"></nav>
+    <form id="filters" class="filters">
+      <select name="status" aria-label="Status"><option value="">any status</option>{status_options}</select>
+      <input name="q" type="search" placeholder="id or name contains" aria-label="Search">
+      <input name="queue" placeholder="queue" aria-label="Queue" size="10">
+      <input name="tag" placeholder="tag key=value" aria-label="Tag" size="12">
+      <button type="submit">Filter</button>
+      <button type="reset">Clear</button>
+    </form>
+  </div>
+  <div class="split">
+    <div class="list">
+      <table id="tasks" class="rows">
+        <thead><tr>{columns}</tr></thead>
+        <tbody></tbody>
+      </table>
+      <div class="pager"><button id="prev" type="button">&larr; Newer</button><span id="page-info"></span>
+      <button id="next" type="button">Older &rarr;</button></div>
     </div>
-    <dl id="detail-fields"></dl>
-    <progress id="detail-progress" max="1" hidden></progress>
-    <h3>Error</h3><pre id="detail-error"></pre>
-    <h3>Result</h3><pre id="detail-result"></pre>
-    <h3>Arguments</h3><pre id="detail-args"></pre>
-    <h3>Logs</h3><ol id="detail-logs" class="logs"></ol>
-  </section>
-  <section id="schedules-section" class="schedules" hidden>
-    <h2>Schedules</h2>
-    <p id="schedules-note" class="note"></p>
-    <table id="schedules"><thead><tr><th>Schedule</th><th>Runs (zone)</th><th>Next run</th>
-    <th>Last slot</th><th>State</th><th>Leader</th><th></th></tr></thead><tbody></tbody></table>
-  </section>
-</main>
-<aside>
-  <h2>Workers</h2>
-  <table id="workers"><thead><tr><th>Worker</th><th>State</th><th>Running</th><th>Last seen</th></tr></thead>
-  <tbody></tbody></table>
-  <h2>Queues</h2>
-  <table id="queues"><thead><tr><th>Queue</th><th>Ready</th><th>Scheduled</th><th>Running</th>
+    <section id="detail" class="detail" hidden aria-label="Task detail">
+      <div class="detail-head">
+        <h2 id="detail-title"></h2>
+        <button id="close-detail" type="button" aria-label="Close">&times;</button>
+      </div>
+      <div class="actions">
+        <button id="retry" type="button">Retry</button>
+        <button id="cancel" type="button">Cancel</button>
+        <button id="show-args" type="button">Show arguments</button>
+        <a id="permalink" href="#">Own page</a>
+      </div>
+      <dl id="detail-fields"></dl>
+      <progress id="detail-progress" max="1" hidden></progress>
+      <h3>Error</h3><pre id="detail-error"></pre>
+      <h3>Result</h3><pre id="detail-result"></pre>
+      <h3>Arguments</h3><pre id="detail-args"></pre>
+      <h3>Logs</h3><ol id="detail-logs" class="logs"></ol>
+    </section>
+  </div>
+</section>
+<section id="view-workers" class="view" hidden>
+  <table id="workers" class="rows"><thead><tr><th>Worker</th><th>Host</th><th>Pid</th><th>State</th>
+  <th>Running</th><th>Last seen</th></tr></thead><tbody></tbody></table>
+  <p class="note">A worker is alive while its heartbeat is younger than the lease timeout; one that stopped
+  cleanly says so; one that went silent without stopping is lost (its tasks are recovered by the others).</p>
+</section>
+<section id="view-queues" class="view" hidden>
+  <table id="queues" class="rows"><thead><tr><th>Queue</th><th>Ready</th><th>Scheduled</th><th>Running</th>
   <th>Dead letters</th></tr></thead><tbody></tbody></table>
   <h2>Dead letters <span id="dlq-name"></span></h2>
   <button id="replay-all" type="button" hidden>Replay all</button>
-  <table id="deadletters"><thead><tr><th>Id</th><th>Reason</th><th>Task</th><th></th></tr></thead>
+  <table id="deadletters" class="rows"><thead><tr><th>Id</th><th>Reason</th><th>Task</th><th></th></tr></thead>
   <tbody></tbody></table>
-</aside>
+</section>
+<section id="view-schedules" class="view schedules" hidden>
+  <p id="schedules-note" class="note"></p>
+  <table id="schedules" class="rows"><thead><tr><th>Schedule</th><th>Runs (zone)</th><th>Next run</th>
+  <th>Last slot</th><th>State</th><th>Leader</th><th></th></tr></thead><tbody></tbody></table>
+</section>
 </body>
 </html>
 """
     )
+
+
+def _sort_attr(sort: str | None) -> str:
+    return f' data-sort="{sort}" tabindex="0" aria-sort="none"' if sort else ""
 
 
 def login(csrf_token: str, problem: str | None = None) -> str:

@@ -16,13 +16,13 @@ from ..deadletters import dead_letter_queue, list_dead_letters
 from ..errors import DecortaskError
 from ..security import mask_text, mask_url, masked_args, scrub
 from ..states import TaskStatus
-from ..store.base import TaskQuery, TaskRecord
+from ..store.base import TaskQuery, TaskRecord, matches
 
 if TYPE_CHECKING:
     from ..app import Decortask
     from ..registry import Registry
 
-#: Most records a filter the store cannot run itself (tag, text search) looks through, newest first.
+#: Most records the tag filter (which the stores cannot run themselves) looks through, in list order.
 SCAN_LIMIT = 5000
 #: Records read per store call while scanning.
 SCAN_BATCH = 200
@@ -36,7 +36,7 @@ QUEUE_DISCOVERY = 500
 
 @dataclass(frozen=True)
 class TaskFilter:
-    """The task list's filters: the store's own (`statuses`, `name`, `queue`) plus `tag` and `text`."""
+    """The task list's filters, order and page: the store runs all but `tag`."""
 
     statuses: frozenset[TaskStatus] | None = None
     name: str | None = None
@@ -45,17 +45,23 @@ class TaskFilter:
     tag: str | None = None
     #: Case-insensitive substring of the task id or name.
     text: str | None = None
+    #: `TaskQuery.order`: created, name, status or queue, "-" in front for descending.
+    order: str = "-created"
     limit: int = 50
     offset: int = 0
 
     def store_query(self, limit: int, offset: int) -> TaskQuery:
-        return TaskQuery(statuses=self.statuses, name=self.name, queue=self.queue, limit=limit, offset=offset)
+        return TaskQuery(
+            statuses=self.statuses,
+            name=self.name,
+            queue=self.queue,
+            text=self.text,
+            order=self.order,
+            limit=limit,
+            offset=offset,
+        )
 
     def matches(self, record: TaskRecord) -> bool:
-        if self.text:
-            needle = self.text.lower()
-            if needle not in record.id.lower() and needle not in record.name.lower():
-                return False
         if self.tag:
             key, has_value, value = self.tag.partition("=")
             if key not in record.tags or (has_value and record.tags[key] != value):
@@ -78,6 +84,7 @@ def task_summary(record: TaskRecord) -> dict[str, Any]:
         "updated_at": record.updated_at,
         "started_at": record.started_at,
         "finished_at": record.finished_at,
+        "runtime": _runtime(record),
         "scheduled_for": record.scheduled_for,
         "progress": scrub(record.progress),
         "progress_message": scrub(record.progress_message),
@@ -86,6 +93,13 @@ def task_summary(record: TaskRecord) -> dict[str, Any]:
         "cancel_requested": record.cancel_requested_at is not None,
         "log_count": len(record.logs),
     }
+
+
+def _runtime(record: TaskRecord) -> float | None:
+    """Seconds the last attempt ran, once it has ended (a running one is timed by the page)."""
+    if record.started_at is None or record.finished_at is None:
+        return None
+    return max(0.0, record.finished_at - record.started_at)
 
 
 def task_detail(
@@ -129,10 +143,10 @@ def task_detail(
 
 
 def list_tasks(app: Decortask, flt: TaskFilter) -> dict[str, Any]:
-    """A page of tasks, newest first, with the total count.
+    """A page of tasks in the filter's order (newest first by default), with the total count.
 
-    Filters the store runs itself are paged by the store. Tag and text filters are applied here over at most
-    SCAN_LIMIT of the newest matching records; `total_exact` is False when that window was not enough.
+    The store filters, orders and pages (text search included). The tag filter is applied here over at
+    most SCAN_LIMIT of the matching records; `total_exact` is False when that window was not enough.
     """
     store = app.store
     limit = max(1, min(flt.limit, MAX_PAGE))
@@ -142,9 +156,12 @@ def list_tasks(app: Decortask, flt: TaskFilter) -> dict[str, Any]:
         if exact is not None and _store_filters_pass(exact, flt):
             rows = [exact] if offset == 0 else []
             return _page([task_summary(r) for r in rows], 1, True, limit, offset)
-    if not flt.tag and not flt.text:
+    if not flt.tag:
         rows = store.list_tasks(flt.store_query(limit, offset))
-        total = store.count_tasks(flt.store_query(limit, 0))
+        if 0 < len(rows) < limit or (offset == 0 and not rows):
+            total = offset + len(rows)  # the last page: no count needed (a text search scans once, not twice)
+        else:
+            total = store.count_tasks(flt.store_query(limit, 0))
         return _page([task_summary(r) for r in rows], total, True, limit, offset)
     found: list[TaskRecord] = []
     matched = 0
@@ -165,13 +182,7 @@ def list_tasks(app: Decortask, flt: TaskFilter) -> dict[str, Any]:
 
 
 def _store_filters_pass(record: TaskRecord, flt: TaskFilter) -> bool:
-    query = flt.store_query(1, 0)
-    return (
-        (query.statuses is None or record.status in query.statuses)
-        and (query.name is None or record.name == query.name)
-        and (query.queue is None or record.queue == query.queue)
-        and flt.matches(record)
-    )
+    return matches(record, flt.store_query(1, 0)) and flt.matches(record)
 
 
 def _page(rows: list[dict[str, Any]], total: int, exact: bool, limit: int, offset: int) -> dict[str, Any]:
@@ -194,10 +205,12 @@ def workers(app: Decortask, now: float | None = None) -> list[dict[str, Any]]:
     """Workers (and process-pool children) from their heartbeats in the store, live ones first.
 
     A worker counts as alive while its last heartbeat is younger than `lease_timeout`, the same rule the
-    workers use for each other.
+    workers use for each other. One that is not is `stopped` when it said so as it shut down cleanly, and
+    `lost` otherwise (killed, crashed or cut off: the others recover its tasks).
     """
     now = time.time() if now is None else now
     beats = app.store.heartbeats()
+    stops = app.store.stopped_workers()
     running: dict[str, int] = {}
     for record in app.store.list_tasks(TaskQuery(statuses=frozenset({TaskStatus.RUNNING}), limit=MAX_PAGE)):
         if record.owner:
@@ -205,6 +218,9 @@ def workers(app: Decortask, now: float | None = None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for worker_id, seen in beats.items():
         host, pid = _host_pid(worker_id)
+        stopped_at = stops.get(worker_id)
+        stopped = stopped_at is not None and stopped_at >= seen
+        alive = not stopped and now - seen <= app.settings.lease_timeout
         rows.append(
             {
                 "id": worker_id,
@@ -212,7 +228,9 @@ def workers(app: Decortask, now: float | None = None) -> list[dict[str, Any]]:
                 "pid": pid,
                 "last_seen": seen,
                 "age": max(0.0, now - seen),
-                "alive": now - seen <= app.settings.lease_timeout,
+                "alive": alive,
+                "state": "alive" if alive else ("stopped" if stopped else "lost"),
+                "stopped_at": stopped_at if stopped else None,
                 "running": running.get(worker_id, 0),
             }
         )

@@ -202,6 +202,11 @@ class ScheduleEntry:
         )
 
 
+#: What a task list can be ordered by (`TaskQuery.order`): the key, or "-key" for descending.
+ORDER_FIELDS = {"created": "created_at", "name": "name", "status": "status", "queue": "queue"}
+TASK_ORDERS = frozenset({*ORDER_FIELDS, *(f"-{key}" for key in ORDER_FIELDS)})
+
+
 @dataclass(frozen=True)
 class TaskQuery:
     """Filters and paging for `TaskStore.list_tasks`; newest first."""
@@ -213,6 +218,11 @@ class TaskQuery:
     created_before: float | None = None
     limit: int = 50
     offset: int = 0
+    #: Case-insensitive substring of the task id or name.
+    text: str | None = None
+    #: One of TASK_ORDERS: a key, "-" in front for descending; ties newest first (records created in
+    #: one batch share a time: among them the order is the backend's).
+    order: str = "-created"
 
 
 @dataclass(frozen=True)
@@ -392,6 +402,14 @@ class TaskStore(Transitions, Protocol):
         """Every worker id the store still remembers, with its last heartbeat (for the dashboard)."""
         ...
 
+    def worker_stopped(self, worker_id: str, now: float) -> None:
+        """Record that `worker_id` stopped cleanly at `now`, so it is not mistaken for a lost worker."""
+        ...
+
+    def stopped_workers(self) -> dict[str, float]:
+        """Worker ids that stopped cleanly (and are still remembered), with when."""
+        ...
+
     def purge_expired(self, now: float) -> int:
         """Delete terminal records whose expires_at has passed; returns how many."""
         ...
@@ -466,4 +484,25 @@ def matches(record: TaskRecord, query: TaskQuery) -> bool:
         return False
     if query.created_after is not None and record.created_at < query.created_after:
         return False
-    return not (query.created_before is not None and record.created_at >= query.created_before)
+    if query.created_before is not None and record.created_at >= query.created_before:
+        return False
+    if query.text:
+        needle = query.text.casefold()
+        return needle in record.id.casefold() or needle in record.name.casefold()
+    return True
+
+
+def ordered(records: Iterable[TaskRecord], order: str) -> list[TaskRecord]:
+    """`records` in `order` (one of TASK_ORDERS), ties newest first; for backends that sort in Python.
+
+    `records` come in insertion order: among equal creation times the last inserted counts as newest.
+    """
+    newest = sorted(reversed(list(records)), key=lambda r: r.created_at, reverse=True)
+    key = order.lstrip("-")
+    if key == "created":
+        return newest if order.startswith("-") else newest[::-1]
+
+    def value(record: TaskRecord) -> str:
+        return record.status.value if key == "status" else str(getattr(record, ORDER_FIELDS[key]))
+
+    return sorted(newest, key=value, reverse=order.startswith("-"))  # stable: ties stay newest first

@@ -19,6 +19,7 @@ from .base import (
     TransitionStep,
     apply_transition,
     matches,
+    ordered,
 )
 from .outcome_waiters import OutcomeNotices
 from .periodic_state import PeriodicStateStore, ScheduleState
@@ -35,6 +36,7 @@ class MemoryStore(TaskStore, PeriodicStateStore):
         self._schedule: dict[str, ScheduleEntry] = {}
         self._claims: dict[str, float] = {}
         self._heartbeats: dict[str, float] = {}
+        self._stopped_workers: dict[str, float] = {}
         self._leases: dict[str, tuple[str, float]] = {}
         self._periodic: dict[str, ScheduleState] = {}
         #: Waiters for outcomes, woken by `apply_step` as it writes a terminal status.
@@ -126,8 +128,7 @@ class MemoryStore(TaskStore, PeriodicStateStore):
 
     def list_tasks(self, query: TaskQuery) -> list[TaskRecord]:
         with self._lock:
-            found = [r for r in self._records.values() if matches(r, query)]
-        found.sort(key=lambda r: r.created_at, reverse=True)
+            found = ordered((r for r in self._records.values() if matches(r, query)), query.order)
         return [_copy(r) for r in found[query.offset : query.offset + query.limit]]
 
     def count_tasks(self, query: TaskQuery) -> int:
@@ -181,6 +182,14 @@ class MemoryStore(TaskStore, PeriodicStateStore):
     def heartbeats(self) -> dict[str, float]:
         with self._lock:
             return dict(self._heartbeats)
+
+    def worker_stopped(self, worker_id: str, now: float) -> None:
+        with self._lock:
+            self._stopped_workers[worker_id] = now
+
+    def stopped_workers(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._stopped_workers)
 
     def purge_expired(self, now: float) -> int:
         with self._lock:

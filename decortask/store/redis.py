@@ -8,7 +8,7 @@ Layout under the namespace `ns` (the URL's `?namespace=`, default `decortask`):
 - `ns:schedule:due` zset entry id -> due_at; `ns:schedule:queue:QUEUE` the same per queue;
   `ns:schedule:body` hash entry id -> entry JSON; `ns:schedule:claims` zset entry id -> claimed_until;
   `ns:schedule:owner` hash entry id -> claimer.
-- `ns:heartbeat:WORKER` last heartbeat time, expiring after a day.
+- `ns:heartbeat:WORKER`, `ns:stopped:WORKER`: liveness, see `redis_liveness`.
 - Periodic tasks: `ns:lease:NAME` hash owner, until; `ns:periodic:state:NAME` hash last_slot, paused;
   `ns:periodic:names` set of schedule names.
 
@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import heapq
-import itertools
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -45,24 +43,22 @@ from .base import (
     MUTABLE_FIELDS,
     LogLine,
     ScheduleEntry,
-    TaskQuery,
     TaskRecord,
     TaskStore,
     TransitionStep,
-    matches,
 )
 from .periodic_state import PeriodicStateStore, ScheduleState
+from .redis_liveness import RedisLiveness
+from .redis_queries import RedisQueries
 
 T = TypeVar("T")
 
 DEFAULT_NAMESPACE = "decortask"
-#: Seconds a heartbeat is kept; a worker silent for a day counts as dead either way.
-HEARTBEAT_TTL = 24 * 3600
 #: Ids fetched per round trip when listing, purging or scanning an index.
 BATCH = 200
 
 
-class RedisStore(redis_wait.OutcomeWaits, TaskStore, PeriodicStateStore):
+class RedisStore(redis_wait.OutcomeWaits, RedisLiveness, RedisQueries, TaskStore, PeriodicStateStore):
     """A `TaskStore` in Redis, safe across threads, processes and hosts."""
 
     def __init__(self, url: str, *, events: int = 0) -> None:
@@ -252,39 +248,6 @@ class RedisStore(redis_wait.OutcomeWaits, TaskStore, PeriodicStateStore):
         with self._errors():
             self._set_fields_script(keys=[self._task(task_id)], args=args)
 
-    def list_tasks(self, query: TaskQuery) -> list[TaskRecord]:
-        if query.limit <= 0:
-            return []
-        found: list[tuple[str, str]] = []
-        skip = max(query.offset, 0)
-        start = 0
-        if query.name is None and query.queue is None and len(self._indexes(query)) == 1:
-            # Every index entry matches: let Redis skip the offset instead of loading those records.
-            start, skip = skip, 0
-        with self._errors():
-            for task_id, raw in self._scan(query, start):
-                if skip:
-                    skip -= 1
-                    continue
-                found.append((task_id, raw))
-                if len(found) >= query.limit:
-                    break
-            pipe = self._client.pipeline(transaction=False)
-            for task_id, _ in found:
-                pipe.lrange(self._logs(task_id), 0, -1)
-            logs = pipe.execute() if found else []
-        return [_record(raw, lines) for (_, raw), lines in zip(found, logs, strict=True)]
-
-    def count_tasks(self, query: TaskQuery) -> int:
-        if query.statuses is not None and not query.statuses:
-            return 0
-        with self._errors():
-            if query.name is None and query.queue is None:
-                # The indexes alone answer: no record needs loading.
-                low, high = _window(query)
-                return sum(int(self._client.zcount(index, low, high)) for index in self._indexes(query))
-            return sum(1 for _ in self._scan(query))
-
     def purge_expired(self, now: float) -> int:
         def expired(record: TaskRecord) -> bool:
             return record.status in TERMINAL and record.expires_at is not None and record.expires_at <= now
@@ -331,27 +294,6 @@ class RedisStore(redis_wait.OutcomeWaits, TaskStore, PeriodicStateStore):
         return min(dues) if dues else None
 
     # -- workers -------------------------------------------------------------------------------------------
-
-    def heartbeat(self, worker_id: str, now: float) -> None:
-        with self._errors():
-            self._client.set(f"{self.namespace}:heartbeat:{worker_id}", repr(now), ex=HEARTBEAT_TTL)
-
-    def last_heartbeat(self, worker_id: str) -> float | None:
-        with self._errors():
-            value = self._client.get(f"{self.namespace}:heartbeat:{worker_id}")
-        return float(value) if value is not None else None
-
-    def heartbeats(self) -> dict[str, float]:
-        prefix = f"{self.namespace}:heartbeat:"
-        with self._errors():
-            keys = list(self._client.scan_iter(match=prefix + "*", count=BATCH))
-            values = self._client.mget(keys) if keys else []
-        # A heartbeat that expired between the scan and the read is simply left out.
-        return {
-            _text(key)[len(prefix) :]: float(value)
-            for key, value in zip(keys, values, strict=True)
-            if value is not None
-        }
 
     def close(self) -> None:
         with contextlib.suppress(RedisError):
@@ -483,40 +425,6 @@ class RedisStore(redis_wait.OutcomeWaits, TaskStore, PeriodicStateStore):
                 except WatchError:
                     continue
 
-    def _indexes(self, query: TaskQuery) -> list[str]:
-        if query.statuses is None:
-            return [self._created]
-        return [self._status(s) for s in sorted(query.statuses, key=lambda s: s.value)]
-
-    def _scan(self, query: TaskQuery, start: int = 0) -> Iterator[tuple[str, str]]:
-        """(id, record JSON) of the tasks matching `query`, newest first; `start` skips index entries."""
-        if query.statuses is not None and not query.statuses:
-            return
-        low, high = _window(query)
-        streams = [self._walk(index, low, high, start) for index in self._indexes(query)]
-        ordered = heapq.merge(*streams, key=lambda pair: pair[1], reverse=True)
-        # Paging an index by offset while others insert can show an id twice; never yield it twice.
-        seen: set[str] = set()
-        while True:
-            taken = list(itertools.islice(ordered, BATCH))
-            if not taken:
-                return
-            batch = [task_id for task_id, _ in taken if task_id not in seen]
-            seen.update(batch)
-            for task_id, raw in zip(batch, self._client.mget([self._task(t) for t in batch]), strict=True):
-                # A record deleted after its id was read from the index is simply skipped.
-                if raw is not None and matches(TaskRecord.from_json(raw), query):
-                    yield task_id, raw
-
-    def _walk(self, index: str, low: str, high: str, start: int = 0) -> Iterator[tuple[str, float]]:
-        offset = start
-        while True:
-            page = self._client.zrevrangebyscore(index, high, low, start=offset, num=BATCH, withscores=True)
-            yield from ((task_id, float(score)) for task_id, score in page)
-            if len(page) < BATCH:
-                return
-            offset += len(page)
-
     def _schedule_indexes(self, queues: Iterable[str] | None) -> list[str]:
         if queues is None:
             return [self._sched[0]]
@@ -535,13 +443,6 @@ def _split_namespace(url: str) -> tuple[str, str]:
             "use letters, digits and ':_-'"
         )
     return urlunsplit(parts._replace(query=urlencode(rest))), namespace
-
-
-def _window(query: TaskQuery) -> tuple[str, str]:
-    """ZSET score bounds for created_after (inclusive) and created_before (exclusive)."""
-    low = repr(query.created_after) if query.created_after is not None else "-inf"
-    high = f"({query.created_before!r}" if query.created_before is not None else "+inf"
-    return low, high
 
 
 def _blob(record: TaskRecord) -> str:
