@@ -22,6 +22,7 @@ from .store import TaskStore, open_store
 if TYPE_CHECKING:
     from .handle import TaskHandle
     from .middleware import Middleware
+    from .outbox import Publisher
     from .transport import BrokerTransport
 
 Sent_co = TypeVar("Sent_co", covariant=True)
@@ -65,6 +66,8 @@ class Decortask:
         self._transport: BrokerTransport | None = None
         self._store: TaskStore | None = None
         self._cipher: MessageCipher | None = None
+        self._publisher: Publisher | None = None
+        self._publisher_checked = False
         #: Registered middleware in order: "before" hooks run in this order, "after" hooks in reverse.
         self.middleware: list[Middleware] = []
         #: Runs a callback once the current database transaction commits (`Task.delay_on_commit`); the
@@ -131,7 +134,10 @@ class Decortask:
                 if self._transport is None:
                     from .transport import BrokerTransport
 
-                    self._transport = BrokerTransport(self.settings.broker_url, self.settings)
+                    transport = BrokerTransport(self.settings.broker_url, self.settings)
+                    # What this process handed its publisher is on the broker before it looks at a queue.
+                    transport.before_inspect = self._settle_published
+                    self._transport = transport
         return self._transport
 
     @property
@@ -155,8 +161,43 @@ class Decortask:
                     )
         return self._cipher
 
+    @property
+    def publisher(self) -> Publisher | None:
+        """This process's background publisher of the outbox (`outbox.py`), or None where `.delay()`
+        publishes inline (the embedded brokers, or a store without an outbox)."""
+        if not self._publisher_checked:
+            with self._lock:
+                if not self._publisher_checked:
+                    from .outbox import Publisher, uses_background_publisher
+
+                    self._publisher = Publisher(self) if uses_background_publisher(self) else None
+                    self._publisher_checked = True
+        return self._publisher
+
+    def flush_published(self, timeout: float | None = None) -> bool:
+        """Wait until every message this process's `.delay()` calls handed over is confirmed by the broker.
+
+        `.delay()` returns once the task's record is durable and publishes in the background (the outbox,
+        docs/guarantees.md); scripts and tests that need the messages on the broker now call this. Returns
+        False if that did not happen within `timeout` (default: `confirm_timeout`); nothing is lost then, the
+        relay publishes the rest.
+        """
+        publisher = self._publisher
+        if publisher is None:
+            return True
+        return publisher.flush(self.settings.confirm_timeout if timeout is None else timeout)
+
+    def _settle_published(self) -> None:
+        publisher = self._publisher
+        if publisher is not None:
+            publisher.flush(self.settings.confirm_timeout, unless_failing=True)
+
     def close(self) -> None:
-        """Close broker connections and the store; the app reopens them if used again."""
+        """Flush the background publisher (within `confirm_timeout`), close broker connections and the store;
+        the app reopens them if used again."""
+        publisher = self._publisher
+        if publisher is not None:
+            publisher.close(self.settings.confirm_timeout)
         with self._lock:
             transport, store = self._transport, self._store
             self._transport = self._store = None

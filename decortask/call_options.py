@@ -30,6 +30,9 @@ class CallOptions:
     queue: str | None = None
     idempotency_key: str | None = None
     tags: Mapping[str, str] | None = None
+    #: Wait for the broker's confirm before returning (and raise `BrokerUnavailable` within
+    #: `confirm_timeout` if it does not come), instead of returning once the record is durable.
+    confirm: bool = False
 
     def priority_or(self, default: int) -> int:
         """The call's priority, else `default` (the task's); 0..9."""

@@ -72,6 +72,19 @@ class Settings:
             process read (`EventSubscriber`, `decortask events`, the dashboard); off by default, like Celery's
             -E. Turn it on for the producers and the workers (`decortask worker --events`). docs/events.md.
         events_max: how many events the feed keeps; a subscriber further behind gets a gap event.
+        relay_interval: how often a worker's outbox relay (one worker at a time, under a store lease) looks
+            for tasks whose message needs publishing; see docs/guarantees.md.
+        relay_after: a task recorded by `.delay()` this long ago whose message no publisher confirmed (its
+            producer died, the broker was down) is published by the relay.
+        republish_after: a PENDING task whose message was published this long ago and never consumed is
+            published again by the relay (a broker that lost it, e.g. Redis restarted without persistence),
+            at most once per this period, unless its queue holds at least as many waiting messages.
+        publisher_delay: seconds the background publisher waits before each batch (tests: a producer
+            killed "before its publisher ran"); 0 in production.
+        events: whether this process's writes append to the store's event feed, which subscribers in any
+            process read (`EventSubscriber`, `decortask events`, the dashboard); off by default, like Celery's
+            -E. Turn it on for the producers and the workers (`decortask worker --events`). docs/events.md.
+        events_max: how many events the feed keeps; a subscriber further behind gets a gap event.
         schedules: periodic schedules of tasks of any package, as a JSON object (text) or a mapping:
             name -> {"task": ..., "cron": ... or "every": seconds, "args": ..., ...}; see docs/periodic.md.
     """
@@ -101,6 +114,10 @@ class Settings:
     capture_output: bool = True
     events: bool = False
     events_max: int = 100_000
+    relay_interval: float = 2.0
+    relay_after: float = 5.0
+    republish_after: float = 300.0
+    publisher_delay: float = 0.0
     schedules: str | Mapping[str, Any] = ""
 
     @classmethod
@@ -136,6 +153,9 @@ class Settings:
             "sqlite_lease",
             "scheduler_interval",
             "cancel_poll_interval",
+            "relay_interval",
+            "relay_after",
+            "republish_after",
         ):
             if float(getattr(self, name)) <= 0:
                 raise ConfigurationError(f"setting {name} must be > 0, got {getattr(self, name)!r}")
@@ -148,6 +168,8 @@ class Settings:
             raise ConfigurationError(f"setting max_deliveries must be >= 1, got {self.max_deliveries!r}")
         if self.cancel_grace < 0 or self.timeout_grace < 0:
             raise ConfigurationError("settings cancel_grace and timeout_grace must be >= 0")
+        if self.publisher_delay < 0:
+            raise ConfigurationError(f"setting publisher_delay must be >= 0, got {self.publisher_delay!r}")
         if self.shutdown_grace < 0:
             raise ConfigurationError(f"setting shutdown_grace must be >= 0, got {self.shutdown_grace!r}")
         if self.max_payload_bytes < 1024:

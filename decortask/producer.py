@@ -1,4 +1,10 @@
-"""apply_async: build the message, claim the idempotency key, record PENDING/SCHEDULED, publish."""
+"""apply_async: build the message, claim the idempotency key, record PENDING/SCHEDULED, publish.
+
+On a network broker the record and its outbox entry are written in one store write and the message goes
+to the background publisher (`outbox.py`): `.delay()` returns once the record is durable, and the relay
+(`relay.py`) publishes what no publisher confirmed. `confirm=True`, and the embedded brokers, publish on
+the caller's thread before returning, as every call did before the outbox.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,16 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .call_options import NO_OPTIONS, CallOptions
 from .message import Message
 from .middleware import finish_enqueue, prepare_enqueue
+from .outbox import Outgoing
 from .records import schedule_entry
 from .states import TaskStatus
 from .store.base import ScheduleEntry, TaskRecord
+from .store.outbox_state import OutboxEntry, OutboxStore
 
 if TYPE_CHECKING:
     from .app import Decortask
@@ -50,16 +58,26 @@ def send_task(
         else:
             finish_enqueue(app, item.message)
         return TaskHandle(app, stored.id, stored.name)
-    stored = store.create(item.record)
+    publisher = app.publisher
+    if publisher is None:
+        stored = store.create(item.record)
+    else:
+        outbox_entry = common.outbox_entry(item, app, task.options.persist)
+        stored = cast(OutboxStore, store).create_outboxed([item.record], [outbox_entry])[0]
     if stored.id != item.message.id:
         return TaskHandle(app, stored.id, stored.name)
-    try:
-        app.transport.publish(
-            item.body, common.queue, priority=common.priority, persistent=task.options.persist
-        )
-    except BaseException:
-        store.delete(item.message.id)  # no phantom PENDING record for a message that was never sent
-        raise
+    if publisher is None or options.confirm:
+        try:
+            app.transport.publish(
+                item.body, common.queue, priority=common.priority, persistent=task.options.persist
+            )
+        except BaseException:
+            store.delete(item.message.id)  # no phantom PENDING record for a message that was never sent
+            raise
+        if publisher is not None:
+            publisher.confirmed([item.message.id])
+    else:
+        publisher.submit([common.outgoing(item, task.options.persist)])
     finish_enqueue(app, item.message)
     return TaskHandle(app, item.message.id, task.name)
 
@@ -156,6 +174,17 @@ class _Common:
         )
         return _Prepared(message, body, record)
 
+    def outbox_entry(self, item: _Prepared, app: Decortask, persistent: bool) -> OutboxEntry:
+        """The outbox entry of a call: the relay publishes it if no publisher confirmed it by then."""
+        look_at = self.now + app.settings.relay_after
+        return OutboxEntry(
+            item.message.id, self.queue, self.priority, persistent, item.body.decode(), look_at
+        )
+
+    def outgoing(self, item: _Prepared, persistent: bool) -> Outgoing:
+        """The call's message as the background publisher takes it."""
+        return Outgoing(item.message.id, item.body, self.queue, self.priority, persistent)
+
     def schedule_entry(self, item: _Prepared) -> ScheduleEntry:
         assert self.due is not None
         return schedule_entry(item.message, self.queue, self.due, body=item.body)
@@ -209,17 +238,28 @@ def send_many(
         if held:
             store.remove_schedule(held)
     else:
-        stored = store.create_many([item.record for item in prepared])
+        persistent = task.options.persist
+        publisher = app.publisher
+        if publisher is None:
+            stored = store.create_many([item.record for item in prepared])
+        else:
+            outbox = [common.outbox_entry(item, app, persistent) for item in prepared]
+            stored = cast(OutboxStore, store).create_outboxed([item.record for item in prepared], outbox)
         fresh = [item for item, s in zip(prepared, stored, strict=True) if s.id == item.message.id]
-        try:
-            app.transport.publish_many(
-                [(item.body, common.queue, common.priority, None) for item in fresh],
-                persistent=task.options.persist,
-            )
-        except BaseException:
-            for item in fresh:  # no PENDING record is left for a message that may never have been sent
-                store.delete(item.message.id)
-            raise
+        if publisher is None or options.confirm:
+            try:
+                app.transport.publish_many(
+                    [(item.body, common.queue, common.priority, None) for item in fresh],
+                    persistent=persistent,
+                )
+            except BaseException:
+                for item in fresh:  # no PENDING record is left for a message that may never have been sent
+                    store.delete(item.message.id)
+                raise
+            if publisher is not None:
+                publisher.confirmed([item.message.id for item in fresh])
+        else:
+            publisher.submit([common.outgoing(item, persistent) for item in fresh])
     for item, s in zip(prepared, stored, strict=True):
         if s.id == item.message.id:
             finish_enqueue(app, item.message)

@@ -287,6 +287,7 @@ class Task(Generic[P, R]):
         idempotency_key: str | None = None,
         tags: Mapping[str, str] | None = None,
         app: Decortask | None = None,
+        confirm: bool = False,
     ) -> TaskHandle[R]:
         """Enqueue with per-call options.
 
@@ -301,6 +302,10 @@ class Task(Generic[P, R]):
             idempotency_key: while a task holding this key has not failed, return its handle instead.
             tags: string labels stored with the task.
             app: the app to use (default: the current app).
+            confirm: return only once the broker confirmed the message, raising `BrokerUnavailable`
+                within `confirm_timeout` (and leaving no record) if it does not; by default the call
+                returns once the task's record is durable and the message is published in the background
+                (the outbox, docs/guarantees.md).
         """
         from .app import current_app
         from .call_options import CallOptions
@@ -313,6 +318,7 @@ class Task(Generic[P, R]):
             queue=queue,
             idempotency_key=idempotency_key,
             tags=tags,
+            confirm=confirm,
         )
         return self.enqueue(app or current_app(), tuple(args or ()), dict(kwargs or {}), options)
 
@@ -337,7 +343,12 @@ class Task(Generic[P, R]):
         return Call(args=args, kwargs=kwargs)
 
     def map(
-        self, arguments: Iterable[Any], *, queue: str | None = None, app: Decortask | None = None
+        self,
+        arguments: Iterable[Any],
+        *,
+        queue: str | None = None,
+        app: Decortask | None = None,
+        confirm: bool = False,
     ) -> list[TaskHandle[R]]:
         """Enqueue one call per item, each item the call's positional arguments (a tuple) or its only one.
 
@@ -347,7 +358,7 @@ class Task(Generic[P, R]):
         from .producer import Call
 
         calls = [Call(args=item if isinstance(item, tuple) else (item,)) for item in arguments]
-        return self.apply_many(calls, queue=queue, app=app)
+        return self.apply_many(calls, queue=queue, app=app, confirm=confirm)
 
     def apply_many(
         self,
@@ -360,20 +371,28 @@ class Task(Generic[P, R]):
         queue: str | None = None,
         tags: Mapping[str, str] | None = None,
         app: Decortask | None = None,
+        confirm: bool = False,
     ) -> list[TaskHandle[R]]:
         """Enqueue many calls with far fewer round trips than one `.delay()` each; handles in call order.
 
         Each call is validated like `.delay()` before anything is written; records are written in one
         step, then the messages published together (confirmed by the broker on AMQP). Options apply to
-        every call; `task.call(...).keyed(key)` gives one call an idempotency key. See docs/performance.md for
-        what a `BrokerUnavailable` leaves behind.
+        every call; `task.call(...).keyed(key)` gives one call an idempotency key. `confirm=True` waits
+        for the broker's confirms as `apply_async` does. See docs/performance.md for what a
+        `BrokerUnavailable` leaves behind.
         """
         from .app import current_app
         from .call_options import CallOptions
         from .producer import send_many
 
         options = CallOptions(
-            countdown=countdown, eta=eta, expires=expires, priority=priority, queue=queue, tags=tags
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            priority=priority,
+            queue=queue,
+            tags=tags,
+            confirm=confirm,
         )
         return send_many(app or current_app(), self, calls, options)
 

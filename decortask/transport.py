@@ -65,6 +65,9 @@ class BrokerTransport:
         self._queues: dict[str, Queue] = {}
         self._lock = threading.Lock()
         self._all_producers: list[kombu.Connection] = []
+        #: Called before this process looks at or consumes a queue (`queue_size`, `purge`, `open_consumer`):
+        #: the app flushes its background publisher there, so a process sees the messages it sent.
+        self.before_inspect: Callable[[], None] | None = None
         if scheme == "sqlite":
             self._sqlite_path = str(sqlite_path(url))
 
@@ -398,9 +401,15 @@ class BrokerTransport:
         `on_cancel` (called on the consuming thread with a task id) subscribes the session to the control
         exchange where the broker has one; `consumer_id` names the session's control queue.
         """
+        self._inspecting()
         return ConsumerSession(
             self, list(queues), prefetch, consume, on_cancel=on_cancel, consumer_id=consumer_id
         )
+
+    def _inspecting(self) -> None:
+        hook = self.before_inspect
+        if hook is not None:
+            hook()
 
     @contextlib.contextmanager
     def _admin_channel(self) -> Iterator[Any]:
@@ -414,6 +423,7 @@ class BrokerTransport:
 
     def queue_size(self, name: str) -> int:
         """Ready messages in `name` (0 if the queue does not exist yet)."""
+        self._inspecting()
         with self._admin_channel() as channel:
             try:
                 result = self.queue(name)(channel).queue_declare(passive=True)
@@ -423,6 +433,7 @@ class BrokerTransport:
 
     def purge(self, name: str) -> int:
         """Delete the ready messages of `name`; returns how many."""
+        self._inspecting()
         with self._admin_channel() as channel:
             return int(self.declare_queue(name, channel).purge() or 0)
 

@@ -34,6 +34,7 @@ from .middleware import call_hooks
 from .outcomes import Outcome, Settle
 from .periodic import PeriodicScheduler
 from .pools import make_pool
+from .relay import run_relay
 from .scheduler import Scheduler
 from .security import mask_text
 from .supervision import Supervisor
@@ -248,6 +249,10 @@ class Worker:
         beating = threading.Event()
         threading.Thread(
             target=self._heartbeat_loop, args=(beating,), name="decortask-heartbeat", daemon=True
+        ).start()
+        # The outbox relay (relay.py) lives as long as the heartbeat: both stop when `beating` is set.
+        threading.Thread(
+            target=run_relay, args=(self.app, self.id, beating), name="decortask-relay", daemon=True
         ).start()
         try:
             self.pool.start()

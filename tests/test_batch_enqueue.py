@@ -108,15 +108,15 @@ def test_an_empty_batch_does_nothing(broker: BrokerApp) -> None:
     assert _records(broker.app) == 0
 
 
-def test_a_broker_that_is_down_raises_and_leaves_no_record(tmp_path: Path) -> None:
+def test_with_confirm_a_broker_that_is_down_raises_and_leaves_no_record(tmp_path: Path) -> None:
     app = Decortask("amqp://guest:guest@127.0.0.1:1//", f"sqlite:///{tmp_path}/store.db", publish_retries=0)
     with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1:1"):
-        add.apply_many([add.call(i) for i in range(5)], app=app)
+        add.apply_many([add.call(i) for i in range(5)], app=app, confirm=True)
     assert _records(app) == 0
     app.close()
 
 
-def test_a_publish_failing_midway_deletes_every_record_and_what_was_sent_still_runs(
+def test_with_confirm_a_publish_failing_midway_deletes_every_record_and_what_was_sent_still_runs(
     broker: BrokerApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     transport = broker.app.transport
@@ -129,7 +129,7 @@ def test_a_publish_failing_midway_deletes_every_record_and_what_was_sent_still_r
 
     monkeypatch.setattr(transport, "publish_many", half_then_fail)
     with pytest.raises(BrokerUnavailable):
-        add.apply_many([add.call(i) for i in range(5)])
+        add.apply_many([add.call(i) for i in range(5)], confirm=True)
     monkeypatch.undo()
     assert _records(broker.app) == 0  # no PENDING record waits for a message that was never sent
     # The two messages the broker took are not lost: the worker records and runs them on receipt.
@@ -138,12 +138,12 @@ def test_a_publish_failing_midway_deletes_every_record_and_what_was_sent_still_r
     assert sorted(r.result for r in done) == [0, 1]
 
 
-def test_on_rabbitmq_the_whole_batch_is_confirmed_before_apply_many_returns(
+def test_on_rabbitmq_with_confirm_the_whole_batch_is_confirmed_before_apply_many_returns(
     tmp_path: Path, unique: str
 ) -> None:
     setup = open_app("amqp", tmp_path, unique)
     try:
-        add.apply_many([add.call(i) for i in range(200)], app=setup.app)
+        add.apply_many([add.call(i) for i in range(200)], app=setup.app, confirm=True)
         _conn, producer, _declared = setup.app.transport._producer()
         confirms = confirm_tracker(producer.channel)
         assert confirms.published >= 200

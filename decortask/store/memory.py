@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -21,11 +22,12 @@ from .base import (
     matches,
     ordered,
 )
+from .outbox_state import OutboxEntry, OutboxItem, OutboxStore, item_of
 from .outcome_waiters import OutcomeNotices
 from .periodic_state import PeriodicStateStore, ScheduleState
 
 
-class MemoryStore(TaskStore, PeriodicStateStore):
+class MemoryStore(TaskStore, PeriodicStateStore, OutboxStore):
     """A dict behind one lock. Records are deep-copied in and out so callers never share state."""
 
     def __init__(self, url: str = "memory://") -> None:
@@ -39,6 +41,7 @@ class MemoryStore(TaskStore, PeriodicStateStore):
         self._stopped_workers: dict[str, float] = {}
         self._leases: dict[str, tuple[str, float]] = {}
         self._periodic: dict[str, ScheduleState] = {}
+        self._outbox: dict[str, tuple[OutboxEntry, bool]] = {}  # task id -> (entry, published)
         #: Waiters for outcomes, woken by `apply_step` as it writes a terminal status.
         self.outcome_notices = OutcomeNotices()
 
@@ -202,6 +205,38 @@ class MemoryStore(TaskStore, PeriodicStateStore):
                 self.delete(task_id)
             return len(gone)
 
+    # -- outbox (outbox_state.py) ---------------------------------------------------------------------------
+
+    def create_outboxed(
+        self, records: Sequence[TaskRecord], entries: Sequence[OutboxEntry]
+    ) -> list[TaskRecord]:
+        with self._lock:
+            stored = self.create_many(records)
+            for record, entry, kept in zip(records, entries, stored, strict=True):
+                if kept.id == record.id:
+                    self._outbox[record.id] = (entry, False)
+            return stored
+
+    def mark_published(self, task_ids: Sequence[str], look_at: float) -> None:
+        with self._lock:
+            for task_id in task_ids:
+                found = self._outbox.get(task_id)
+                if found is not None:
+                    self._outbox[task_id] = (dataclasses.replace(found[0], look_at=look_at), True)
+
+    def outbox_due(self, now: float, limit: int) -> list[OutboxItem]:
+        with self._lock:
+            due = sorted((pair for pair in self._outbox.values() if pair[0].look_at <= now), key=_look_at)
+            return [
+                item_of(entry, published, self._records.get(entry.task_id))
+                for entry, published in due[:limit]
+            ]
+
+    def outbox_remove(self, task_ids: Sequence[str]) -> None:
+        with self._lock:
+            for task_id in task_ids:
+                self._outbox.pop(task_id, None)
+
     def close(self) -> None:
         return None
 
@@ -246,6 +281,10 @@ class MemoryStore(TaskStore, PeriodicStateStore):
             state = ScheduleState(name, self._periodic.get(name, ScheduleState(name)).last_slot, paused)
             self._periodic[name] = state
             return state
+
+
+def _look_at(pair: tuple[OutboxEntry, bool]) -> float:
+    return pair[0].look_at
 
 
 def _copy(record: TaskRecord) -> TaskRecord:

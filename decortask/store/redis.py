@@ -11,6 +11,7 @@ Layout under the namespace `ns` (the URL's `?namespace=`, default `decortask`):
 - `ns:heartbeat:WORKER`, `ns:stopped:WORKER`: liveness, see `redis_liveness`.
 - Periodic tasks: `ns:lease:NAME` hash owner, until; `ns:periodic:state:NAME` hash last_slot, paused;
   `ns:periodic:names` set of schedule names.
+- The outbox (redis_outbox.py): `ns:outbox:new` and `ns:outbox:sent` zsets id -> look_at, `ns:outbox:body`.
 
 The Lua scripts touch keys they derive from a prefix, so this store wants plain Redis, not Redis Cluster.
 
@@ -47,8 +48,10 @@ from .base import (
     TaskStore,
     TransitionStep,
 )
+from .outbox_state import OutboxEntry
 from .periodic_state import PeriodicStateStore, ScheduleState
 from .redis_liveness import RedisLiveness
+from .redis_outbox import RedisOutbox, RedisOutboxMethods
 from .redis_queries import RedisQueries
 
 T = TypeVar("T")
@@ -58,7 +61,14 @@ DEFAULT_NAMESPACE = "decortask"
 BATCH = 200
 
 
-class RedisStore(redis_wait.OutcomeWaits, RedisLiveness, RedisQueries, TaskStore, PeriodicStateStore):
+class RedisStore(
+    redis_wait.OutcomeWaits,
+    RedisLiveness,
+    RedisQueries,
+    TaskStore,
+    PeriodicStateStore,
+    RedisOutboxMethods,
+):
     """A `TaskStore` in Redis, safe across threads, processes and hosts."""
 
     def __init__(self, url: str, *, events: int = 0) -> None:
@@ -79,6 +89,7 @@ class RedisStore(redis_wait.OutcomeWaits, RedisLiveness, RedisQueries, TaskStore
         self._queue_prefix = f"{ns}:schedule:queue:"
         lua = redis_events.prelude(ns, events)  # events > 0: writes append to the event feed
         self._create_script = self._client.register_script(lua + scripts.CREATE)
+        self._outbox = RedisOutbox(self._client, ns, self._errors, lua)
         lua_transition = lua + redis_wait.prelude(ns) + scripts.TRANSITION  # PUBLISHes ended task ids
         self._transition_script = self._client.register_script(lua_transition)
         self._set_fields_script = self._client.register_script(lua + scripts.SET_FIELDS)
@@ -117,10 +128,24 @@ class RedisStore(redis_wait.OutcomeWaits, RedisLiveness, RedisQueries, TaskStore
         return self.create_many([record])[0]
 
     def create_many(self, records: Sequence[TaskRecord]) -> list[TaskRecord]:
-        if len({record.id for record in records}) != len(records):
-            raise StoreError("a task id repeats within the batch; task ids must be unique")
         if not records:
             return []
+        args = self._create_args(records)
+        with self._errors():
+            # One script, so all records are written in one atomic step (and one round trip).
+            replies = self._create_script(keys=[self._created, self._expires], args=args)
+        return self._created_records(records, replies)
+
+    def create_outboxed(
+        self, records: Sequence[TaskRecord], entries: Sequence[OutboxEntry]
+    ) -> list[TaskRecord]:
+        replies = self._outbox.create([self._created, self._expires], self._create_args(records), entries)
+        return self._created_records(records, replies)
+
+    def _create_args(self, records: Sequence[TaskRecord]) -> list[Any]:
+        """The CREATE script's arguments for `records` (see redis_scripts.CREATE)."""
+        if len({record.id for record in records}) != len(records):
+            raise StoreError("a task id repeats within the batch; task ids must be unique")
         ns = self.namespace
         args: list[Any] = [f"{ns}:task:", f"{ns}:logs:", f"{ns}:idem:", f"{ns}:index:status:", self._holding]
         for record in records:
@@ -137,9 +162,9 @@ class RedisStore(redis_wait.OutcomeWaits, RedisLiveness, RedisQueries, TaskStore
                     *(_json(line.to_dict()) for line in record.logs),
                 ]
             )
-        with self._errors():
-            # One script, so all records are written in one atomic step (and one round trip).
-            replies = self._create_script(keys=[self._created, self._expires], args=args)
+        return args
+
+    def _created_records(self, records: Sequence[TaskRecord], replies: Any) -> list[TaskRecord]:
         if replies[0] == "exists":
             raise StoreError(f"task {replies[1]} already exists; task ids must be unique")
         return [

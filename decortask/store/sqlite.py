@@ -22,8 +22,9 @@ from .. import sqlitelocks
 from ..config import sqlite_path
 from ..errors import ConfigurationError, StoreError
 from ..states import TERMINAL
-from . import sqlite_events, sqlite_periodic, sqlite_rows, sqlite_steps
+from . import sqlite_events, sqlite_outbox, sqlite_periodic, sqlite_rows, sqlite_steps
 from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, TaskStore, TransitionStep
+from .outbox_state import OutboxEntry, OutboxItem, OutboxStore
 from .periodic_state import PeriodicStateStore, ScheduleState
 from .sqlite_wait import OutcomeWatcher
 
@@ -39,7 +40,7 @@ HEARTBEAT_TTL = 24 * 3600.0
 _TERMINAL_VALUES = tuple(sorted(s.value for s in TERMINAL))
 
 
-class SQLiteStore(TaskStore, PeriodicStateStore):
+class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
     """A `TaskStore` in one SQLite file, shared by every thread and process on the host."""
 
     def __init__(self, url: str, *, read_only: bool = False, events: int = 0) -> None:
@@ -72,6 +73,7 @@ class SQLiteStore(TaskStore, PeriodicStateStore):
             raise StoreError(f"cannot create the directory for the SQLite store {self.path}: {exc}") from exc
         self._run(sqlite_rows.create_schema)
         self._run(sqlite_periodic.create_schema)
+        self._run(sqlite_outbox.create_schema)
         self._run(sqlite_events.create_schema)
         if events > 0:
             self._run(lambda conn: sqlite_events.install_triggers(conn, events))
@@ -316,6 +318,24 @@ class SQLiteStore(TaskStore, PeriodicStateStore):
     def trim_events(self, keep: int) -> int:
         """Delete all but the newest `keep` events; returns how many were deleted."""
         return self._run(lambda conn: sqlite_events.trim(conn, keep))
+
+    # -- outbox (SQL in sqlite_outbox.py) -------------------------------------------------------------------
+
+    def create_outboxed(
+        self, records: Sequence[TaskRecord], entries: Sequence[OutboxEntry]
+    ) -> list[TaskRecord]:
+        return self._run(lambda conn: sqlite_outbox.create(conn, records, entries))
+
+    def mark_published(self, task_ids: Sequence[str], look_at: float) -> None:
+        if task_ids:
+            self._run(lambda conn: sqlite_outbox.mark_published(conn, task_ids, look_at))
+
+    def outbox_due(self, now: float, limit: int) -> list[OutboxItem]:
+        return self._run(lambda conn: sqlite_outbox.due(conn, now, limit), write=False)
+
+    def outbox_remove(self, task_ids: Sequence[str]) -> None:
+        if task_ids:
+            self._run(lambda conn: sqlite_outbox.remove(conn, task_ids))
 
     # -- connections ---------------------------------------------------------------------------------------
 

@@ -1,0 +1,143 @@
+"""The outbox relay (issue 12, F-12, F-13): publishes what no producer confirmed, republishes what a broker lost.
+
+Passes run in-process at a chosen `now` (`Relay.tick(now)`), so a test skips `relay_after` and
+`republish_after` instead of sleeping through them; the brokers and stores are real.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import behaviour_tasks as bt
+import pytest
+from conftest import REDIS_URL, require_redis
+from outbox_helpers import OwnRedis
+
+from decortask import Decortask, TaskStatus
+from decortask.app import reset_default_app
+from decortask.relay import LEASE, Relay
+from decortask.store import TaskQuery
+from decortask.store.outbox_state import OutboxStore
+from decortask.testing import run_pending
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    server = OwnRedis(tmp_path).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def effects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "effects.jsonl"
+    monkeypatch.setenv("DECORTASK_TEST_EFFECTS", str(path))
+    return path
+
+
+def _runs(effects: Path, task_id: str) -> list[str]:
+    return [str(row["event"]) for row in bt.read_effects(str(effects)) if row["id"] == task_id]
+
+
+def _entries(app: Decortask, now: float) -> list[str]:
+    store = app.store
+    assert isinstance(store, OutboxStore)
+    return [item.entry.task_id for item in store.outbox_due(now, 1000)]
+
+
+def test_f13_redis_restart_without_persistence_republishes(
+    own_redis: OwnRedis, tmp_path: Path, effects: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = f"f13-{uuid.uuid4().hex[:8]}"
+    app = Decortask(own_redis.url, f"sqlite:///{tmp_path}/store.db", default_queue=queue)
+    try:
+        handles = [bt.sleep_not_opted_in.delay(0) for _ in range(3)]
+        assert app.flush_published(10)
+        assert app.transport.queue_size(queue) == 3
+        own_redis.restart()  # nothing saved: the three messages are gone, the records still PENDING
+        assert app.transport.queue_size(queue) == 0
+
+        relay = Relay(app, "relay-test")
+        # Within republish_after nothing is touched: the messages may just be waiting their turn.
+        assert relay.tick(time.time() + 1) is not None
+        assert app.transport.queue_size(queue) == 0
+        with caplog.at_level(logging.WARNING, logger="decortask.relay"):
+            done = relay.tick(time.time() + app.settings.republish_after + 1)
+        assert done is not None and done.republished == 3
+        warnings = [r.getMessage() for r in caplog.records if r.name == "decortask.relay"]
+        assert len(warnings) == 1 and f"republished 3 PENDING tasks of queue {queue}" in warnings[0]
+
+        assert run_pending(app) == 3
+        assert all(h.status is TaskStatus.SUCCESS for h in handles)
+        assert all(_runs(effects, h.id) == ["started", "finished"] for h in handles)  # each ran once
+        # Consumed: the next pass drops their entries, and republishes nothing.
+        later = relay.tick(time.time() + 2 * app.settings.republish_after + 2)
+        assert later is not None and later.removed == 3 and later.republished == 0
+        assert _entries(app, time.time() + 10 * app.settings.republish_after) == []
+    finally:
+        app.close()
+        reset_default_app()
+
+
+def test_a_backlog_still_in_its_queue_is_not_republished(tmp_path: Path) -> None:
+    require_redis()
+    queue = f"backlog-{uuid.uuid4().hex[:8]}"
+    app = Decortask(REDIS_URL, f"sqlite:///{tmp_path}/store.db", default_queue=queue)
+    try:
+        [bt.add.delay(i, i) for i in range(5)]
+        assert app.flush_published(10)
+        done = Relay(app, "relay-test").tick(time.time() + app.settings.republish_after + 1)
+        assert done is not None and (done.kept, done.republished) == (5, 0)
+        assert app.transport.queue_size(queue) == 5  # not doubled
+    finally:
+        app.transport.delete_queue(queue)
+        app.close()
+        reset_default_app()
+
+
+def test_the_relay_publishes_what_no_publisher_confirmed_once_relay_after_passed(
+    own_redis: OwnRedis, tmp_path: Path, effects: Path
+) -> None:
+    queue = f"relay-{uuid.uuid4().hex[:8]}"
+    app = Decortask(own_redis.url, f"sqlite:///{tmp_path}/store.db", default_queue=queue, publish_retries=0)
+    try:
+        own_redis.stop()
+        handles = [bt.sleep_not_opted_in.delay(0) for _ in range(4)]  # returns: the records are durable
+        assert not app.flush_published(1)
+        own_redis.start()
+        relay = Relay(app, "relay-test")
+        early = relay.tick(time.time())  # before relay_after: the producer's publisher may still send them
+        assert early is not None and early.published == 0
+        done = relay.tick(time.time() + app.settings.relay_after + 1)
+        assert done is not None and done.published == 4
+        app.flush_published(10)  # the producer's own publisher may send copies too: harmless
+        assert run_pending(app) >= 4
+        assert all(h.status is TaskStatus.SUCCESS for h in handles)
+        assert all(_runs(effects, h.id) == ["started", "finished"] for h in handles)  # each ran once
+        assert app.store.count_tasks(TaskQuery()) == 4
+    finally:
+        app.close()
+        reset_default_app()
+
+
+def test_one_relay_at_a_time_holds_the_lease_and_hands_it_over_on_close(tmp_path: Path) -> None:
+    require_redis()
+    app = Decortask(REDIS_URL, f"sqlite:///{tmp_path}/store.db", set_default=False)
+    try:
+        first, second = Relay(app, "worker-1"), Relay(app, "worker-2")
+        assert first.tick() is not None
+        assert second.tick() is None  # the first one leads
+        first.close()
+        assert second.tick() is not None
+        store = app.store
+        assert hasattr(store, "lease_owner") and store.lease_owner(LEASE, time.time()) == "worker-2"
+    finally:
+        app.close()
