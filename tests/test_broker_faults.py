@@ -318,7 +318,7 @@ def test_f11_broker_down_at_delay_raises_broker_unavailable_without_a_phantom_re
     try:
         started = time.monotonic()
         with pytest.raises(BrokerUnavailable) as raised:
-            bt.add.delay(1, 2)
+            bt.add.apply_async((1, 2), confirm=True)  # the default call returns: the outbox has it
         elapsed = time.monotonic() - started
         assert elapsed < 6, f"took {elapsed:.1f} s"
         assert caplog.text.count("retrying in") >= 2  # bounded retry, not one attempt and not for ever
@@ -341,19 +341,20 @@ def test_f12_unconfirmed_publish_fails_within_the_confirm_timeout(tmp_path: Path
     queue = f"f12-{uuid.uuid4().hex[:10]}"
     app = Decortask(AMQP_URL, f"sqlite:///{tmp_path}/decortask.db", default_queue=queue, confirm_timeout=2)
     try:
-        warm_up = bt.add.delay(0, 0)  # confirmed: the producer's connection is open before the alarm
+        # Confirmed on this thread: the caller's connection is open before the alarm.
+        warm_up = bt.add.apply_async((0, 0), confirm=True)
         app.transport.purge(queue)
         app.store.delete(warm_up.id)
         with rabbitmq_blocking_publishers():
             started = time.monotonic()
             with pytest.raises(BrokerUnavailable) as raised:
-                bt.add.delay(1, 2)
+                bt.add.apply_async((1, 2), confirm=True)
             elapsed = time.monotonic() - started
             assert 1.9 <= elapsed < 5, f"took {elapsed:.1f} s"
             assert app.store.list_tasks(TaskQuery()) == []
         assert "did not confirm a publish within confirm_timeout=2 s" in str(raised.value)
         # The unconfirmed message was dropped with its connection: the broker does not queue it once it
-        # stops blocking, so no task runs that `.delay()` reported as failed.
+        # stops blocking, so no task runs that `apply_async(confirm=True)` reported as failed.
         assert _stays(lambda: app.transport.queue_size(queue) == 0, 2.0)
         later = bt.add.delay(1, 2)
         assert app.transport.queue_size(queue) == 1 and later.status is TaskStatus.PENDING
