@@ -21,7 +21,7 @@ from typing import Any
 import behaviour_tasks as bt
 import pytest
 from conftest import broker_urls, delete_redis_namespace, require_redis
-from workers import REPO, WorkerProcess, poll_until
+from workers import REPO, WorkerProcess, poll_until, run_burst_worker
 
 from decortask import Decortask
 from decortask.app import reset_default_app
@@ -121,6 +121,23 @@ def test_a_subscriber_process_receives_every_state_change_of_1000_tasks_run_by_t
     # Nothing missing anywhere: the state events are consecutive cursors of the feed, and both workers ran tasks.
     assert [e["cursor"] for e in events] == list(range(start + 1, start + 3001))
     assert len({e["worker"].split("/")[0] for e in events if e["status"] == "SUCCESS"}) == 2
+
+
+def test_a_process_pool_worker_started_with_events_writes_them_from_its_children(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/pool.db"
+    app = Decortask(url, url, default_queue=f"pool-{uuid.uuid4().hex[:8]}", events=True)
+    try:
+        start = EventSubscriber(app).cursor
+        handles = bt.add.map([(1, 2), (3, 4)], app=app)
+        run_burst_worker(app, tmp_path, "tests.behaviour_tasks", "--pool", "processes", "-c", "1", "--events")
+        events = list(EventSubscriber(app, since=start, kinds=["state"]).events(timeout=0.5))
+        by_task = {h.id: [e.status for e in events if e.task_id == h.id] for h in handles}
+        wanted = [TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.SUCCESS]
+        assert by_task == {h.id: wanted for h in handles}
+        assert all("/" in (e.worker or "") for e in events if e.status is TaskStatus.RUNNING)  # a child's id
+    finally:
+        app.close()
+        reset_default_app()
 
 
 # -- what an event carries ----------------------------------------------------------------------------------
