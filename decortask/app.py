@@ -178,7 +178,7 @@ class Decortask:
         """Wait until every message this process's `.delay()` calls handed over is confirmed by the broker.
 
         `.delay()` returns once the task's record is durable and publishes in the background (the outbox,
-        docs/guarantees.md); scripts and tests that need the messages on the broker now call this. Returns
+        docs/reliability.md); scripts and tests that need the messages on the broker now call this. Returns
         False if that did not happen within `timeout` (default: `confirm_timeout`); nothing is lost then, the
         relay publishes the rest.
         """

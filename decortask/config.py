@@ -73,7 +73,7 @@ class Settings:
             -E. Turn it on for the producers and the workers (`decortask worker --events`). docs/events.md.
         events_max: how many events the feed keeps; a subscriber further behind gets a gap event.
         relay_interval: how often a worker's outbox relay (one worker at a time, under a store lease) looks
-            for tasks whose message needs publishing; see docs/guarantees.md.
+            for tasks whose message needs publishing; see docs/reliability.md.
         relay_after: a task recorded by `.delay()` this long ago whose message no publisher confirmed (its
             producer died, the broker was down) is published by the relay.
         republish_after: a PENDING task whose message was published this long ago and never consumed is

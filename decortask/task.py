@@ -305,7 +305,7 @@ class Task(Generic[P, R]):
             confirm: return only once the broker confirmed the message, raising `BrokerUnavailable`
                 within `confirm_timeout` (and leaving no record) if it does not; by default the call
                 returns once the task's record is durable and the message is published in the background
-                (the outbox, docs/guarantees.md).
+                (the outbox, docs/reliability.md).
         """
         from .app import current_app
         from .call_options import CallOptions
