@@ -8,8 +8,9 @@ decortask's: `task_log()` lines are stored already). So eight threads printing a
 own lines, and the worker's output is untouched.
 
 Cost: nothing is allocated for a task that prints and logs nothing (its buffer is made on its first
-line). Lines are masked and kept in memory, then written in one store call when the buffer holds
-`FLUSH_LINES` lines and when the attempt ends (`context.deactivate`). An attempt stores at most
+line). Lines are masked and join the attempt's other log lines (`logbuffer.py`), in the order written:
+they are written with its next state write (its outcome, in the same transaction), at least every
+`log_flush_interval` seconds, and at once when `FLUSH_LINES` wait. An attempt stores at most
 `MAX_LINES` lines and `MAX_BYTES` of text; past that one marker line says how many lines were dropped.
 """
 
@@ -19,14 +20,12 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from typing import IO, Any, Protocol, cast, runtime_checkable
+from typing import IO, Any, cast
 
 from .context import TaskContext, current_task_context
+from .logbuffer import MAX_PENDING, write_lines
 from .security import mask_text
 from .store.base import LogLine, TaskStore
-
-logger = logging.getLogger("decortask.task")
 
 #: Most lines one attempt stores (stdout and logging together); the rest are counted, not kept.
 MAX_LINES = 1000
@@ -35,29 +34,24 @@ MAX_BYTES = 64 * 1024
 #: A longer line is cut here (a progress bar redrawn with `\r`, a dumped blob).
 MAX_LINE_CHARS = 2000
 #: Lines buffered before they are written: a chatty task makes one store write per this many lines.
-FLUSH_LINES = 100
+FLUSH_LINES = MAX_PENDING
 
 #: Worker ids whose tasks are captured, with the store their lines go to.
 _stores: dict[str, TaskStore] = {}
 _registry_lock = threading.Lock()
 
 
-@runtime_checkable
-class LogBatchStore(Protocol):
-    """A store that appends many log lines of one task in one write (SQLite, Redis, memory)."""
-
-    def append_logs(self, task_id: str, lines: Sequence[LogLine]) -> None: ...
-
-
 class TaskOutput:
-    """One attempt's captured lines: bounded, masked, flushed to the store in batches."""
+    """One attempt's captured lines: bounded and masked, handed to the attempt's log buffer."""
 
     def __init__(self, ctx: TaskContext, store: TaskStore) -> None:
         self.task_id = ctx.task_id
         self.attempt = ctx.attempt
         self.store = store
-        self._lock = threading.Lock()
-        self._pending: list[LogLine] = []
+        self.log = ctx._log  # None: a context made outside the executor; each line is then its own write
+        # Re-entrant: a store write made while adding a line (a full buffer) may log through the user's
+        # handlers in this very thread, which captures that record too.
+        self._lock = threading.RLock()
         self._partial: list[str] = []  # stdout text since the last newline
         self._lines = 0
         self._chars = 0
@@ -74,13 +68,11 @@ class TaskOutput:
             for line in middle:
                 self._add(line, "stdout", None)
             self._partial = [tail] if tail else []
-        self._flush_if_full()
 
     def add_record(self, record: logging.LogRecord, text: str) -> None:
         """Take one record of the task's own logging."""
         with self._lock:
             self._add(text, "logging", {"level": record.levelname, "logger": record.name})
-        self._flush_if_full()
 
     def _add(self, text: str, source: str, more: dict[str, Any] | None) -> None:
         if self._lines >= MAX_LINES or self._chars >= MAX_BYTES:
@@ -91,45 +83,26 @@ class TaskOutput:
         self._lines += 1
         self._chars += len(text)
         extra = {"source": source, **(more or {})}
-        self._pending.append(
-            LogLine(ts=time.time(), message=mask_text(text), attempt=self.attempt, extra=extra)
-        )
+        self._emit(LogLine(ts=time.time(), message=mask_text(text), attempt=self.attempt, extra=extra))
 
-    def _flush_if_full(self) -> None:
-        if len(self._pending) >= FLUSH_LINES:
-            self.flush(final=False)
+    def _emit(self, line: LogLine) -> None:
+        # Under the lock: lines reach the buffer in the order they were captured.
+        if self.log is not None:
+            self.log.add(line)
+        else:
+            write_lines(self.store, self.task_id, [line])
 
-    def flush(self, final: bool = True) -> None:
-        """Write the buffered lines in one store call; `final` (the attempt ends) adds the unfinished line
-        and the truncation marker."""
+    def finish(self) -> None:
+        """The attempt ends: its unfinished stdout line and the truncation marker join its log."""
         with self._lock:
-            if final and self._partial:
+            if self._partial:
                 self._add("".join(self._partial), "stdout", None)
                 self._partial = []
-            lines, self._pending = self._pending, []
-            if final and self._dropped:
+            if self._dropped:
                 marker = f"output truncated: {self._dropped} more lines not stored (limit {MAX_LINES} lines, {MAX_BYTES // 1024} KB per attempt)"
-                lines.append(
-                    LogLine(
-                        time.time(), marker, self.attempt, {"source": "capture", "truncated": self._dropped}
-                    )
-                )
+                extra = {"source": "capture", "truncated": self._dropped}
+                self._emit(LogLine(time.time(), marker, self.attempt, extra))
                 self._dropped = 0
-        if not lines:
-            return
-        try:
-            if isinstance(self.store, LogBatchStore):
-                self.store.append_logs(self.task_id, lines)
-            else:
-                for line in lines:
-                    self.store.append_log(self.task_id, line)
-        except Exception as exc:  # a store hiccup must not fail the task whose output it is
-            logger.warning(
-                "could not store %d captured output lines of task %s: %s",
-                len(lines),
-                self.task_id,
-                mask_text(str(exc)),
-            )
 
 
 def output_of(ctx: TaskContext) -> TaskOutput | None:

@@ -85,6 +85,9 @@ class Settings:
             process read (`EventSubscriber`, `decortask events`, the dashboard); off by default, like Celery's
             -E. Turn it on for the producers and the workers (`decortask worker --events`). docs/events.md.
         events_max: how many events the feed keeps; a subscriber further behind gets a gap event.
+        log_flush_interval: most seconds a running task's log lines (`task_log()`, captured output) wait
+            in the worker before they are written; they also ride with the task's next state write. A
+            worker that crashes loses at most this much of a task's log.
         schedules: periodic schedules of tasks of any package, as a JSON object (text) or a mapping:
             name -> {"task": ..., "cron": ... or "every": seconds, "args": ..., ...}; see docs/periodic.md.
     """
@@ -118,6 +121,7 @@ class Settings:
     relay_after: float = 5.0
     republish_after: float = 300.0
     publisher_delay: float = 0.0
+    log_flush_interval: float = 0.5
     schedules: str | Mapping[str, Any] = ""
 
     @classmethod
@@ -156,6 +160,7 @@ class Settings:
             "relay_interval",
             "relay_after",
             "republish_after",
+            "log_flush_interval",
         ):
             if float(getattr(self, name)) <= 0:
                 raise ConfigurationError(f"setting {name} must be > 0, got {getattr(self, name)!r}")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import DecortaskError
+from .logbuffer import TaskLogBuffer
 from .security import mask_fields, mask_text
 from .store.base import LogLine
 
@@ -43,7 +44,8 @@ class TaskContext:
     tags: dict[str, str] = field(default_factory=dict)
     worker_id: str = "local"
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
-    _log_sink: Callable[[LogLine], None] | None = field(default=None, repr=False)
+    #: This attempt's log lines not written yet (`logbuffer.py`); None outside a worker (a direct call).
+    _log: TaskLogBuffer | None = field(default=None, repr=False, compare=False)
     _progress_sink: Callable[[float, str | None], None] | None = field(default=None, repr=False)
     _output_sink: Callable[[Any], None] | None = field(default=None, repr=False)
     #: This attempt's captured print()/logging output (`capture.TaskOutput`), made on its first line.
@@ -62,6 +64,7 @@ class TaskContext:
         if not 0.0 <= float(progress) <= 1.0:
             raise ValueError(f"progress must be between 0.0 and 1.0, got {progress!r}")
         if self._progress_sink is not None:
+            self.flush_log()  # a live view never shows progress ahead of the lines written before it
             try:
                 self._progress_sink(float(progress), message)
             except Exception as exc:  # progress is advisory: never fail the task over it
@@ -89,6 +92,7 @@ class TaskContext:
                 "(store a link to larger data instead)"
             )
         if self._output_sink is not None:
+            self.flush_log()
             try:
                 self._output_sink(json.loads(text))  # a plain JSON copy, as every store would give back
             except Exception as exc:  # advisory, like progress: never fail the task over it
@@ -101,11 +105,23 @@ class TaskContext:
         )
         # Marked, so the log handler's task filter does not name the task a second time.
         logger.info("[%s %s] %s", self.name, self.task_id, line.message, extra={"decortask_task_line": True})
-        if self._log_sink is not None:
+        if self._log is None:
+            return
+        if extra:  # checked now: a line that cannot be encoded must not hold up the outcome it rides with
             try:
-                self._log_sink(line)
-            except Exception as exc:  # a store hiccup must not fail the task that is logging
-                logger.warning("could not store a log line of task %s: %s", self.task_id, mask_text(str(exc)))
+                json.dumps(line.extra)
+            except (TypeError, ValueError) as exc:
+                logger.warning(
+                    "a log line of task %s was not stored: its extra is not JSON (%s)", self.task_id, exc
+                )
+                return
+        self._log.add(line)
+
+    def flush_log(self) -> None:
+        """Write this attempt's log lines that are waiting (they are written with its next state write,
+        and at least every `log_flush_interval` seconds, anyway)."""
+        if self._log is not None:
+            self._log.flush()
 
 
 def get_task_context() -> TaskContext:
@@ -145,8 +161,9 @@ def activate(ctx: TaskContext) -> Any:
 
 
 def deactivate(token: Any) -> None:
-    """Undo `activate`; the attempt's captured output (if any) is written to the store now."""
+    """Undo `activate`; the attempt's captured output (if any) joins its log lines now (its unfinished
+    line, its truncation marker)."""
     ctx = _current.get()
     if ctx is not None and ctx._capture is not None:
-        ctx._capture.flush()
+        ctx._capture.finish()
     _current.reset(token)

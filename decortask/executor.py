@@ -25,6 +25,7 @@ from .aioloop import EventLoopThread
 from .attempts import RunningTask, leave_user_code
 from .context import TaskContext, activate, deactivate
 from .errors import StoreError, TimeLimitExceeded
+from .logbuffer import TaskLogBuffer
 from .message import Message
 from .middleware import (
     Middleware,
@@ -74,6 +75,8 @@ class Executor:
         self.running: dict[str, RunningTask] = {}
         #: Ids of attempts claimed here whose outcome is not written yet (a superset of `running`'s keys).
         self.settling: set[str] = set()
+        #: Log lines of attempts settling here, by task id, not written yet: they go with the outcome's write.
+        self.unwritten_logs: dict[str, list[LogLine]] = {}
         self.event_loop = EventLoopThread()
         #: Called with each attempt just before its code runs (a process-pool child reports it to its parent).
         self.on_start: Callable[[RunningTask], None] | None = None
@@ -283,6 +286,7 @@ class Executor:
             return self._run_claimed(record, message, queue, task)
         finally:
             self.settling.discard(record.id)
+            self.unwritten_logs.pop(record.id, None)
 
     def _run_claimed(self, record: TaskRecord, message: Message, queue: str, task: Task[Any, Any]) -> Outcome:
         store = self.app.store
@@ -293,6 +297,7 @@ class Executor:
             return self._fail_outright(
                 record, Reason.BAD_ARGUMENTS, "TypeError", exc, "without running: TypeError"
             )
+        log = TaskLogBuffer(store, record.id, self.app.settings.log_flush_interval)
         ctx = TaskContext(
             task_id=record.id,
             name=task.name,
@@ -300,7 +305,7 @@ class Executor:
             queue=queue,
             tags=dict(message.tags),
             worker_id=self.worker_id,
-            _log_sink=lambda line: store.append_log(record.id, line),
+            _log=log,
             _progress_sink=lambda progress, text: store.set_progress(record.id, progress, text),
             _output_sink=lambda output: store.set_output(record.id, output),
         )
@@ -326,6 +331,8 @@ class Executor:
         finally:
             deactivate(token)
             self.running.pop(record.id, None)
+            if lines := log.close():
+                self.unwritten_logs[record.id] = lines
         return self._store_verdict(run, task, verdict, time.monotonic() - began)
 
     def _call(
@@ -403,8 +410,8 @@ class Executor:
         """Write a failed attempt as `verdict` decided (`outcomes.failure_outcome`): RETRYING with its next
         attempt scheduled, or FAILED; and log it.
 
-        The attempt's error also goes into the task's log as history (`failed_attempt_line`): a later
-        attempt that succeeds clears the record's error, and `decortask retry` does too.
+        The attempt's error also goes into the task's log as history (`failed_attempt_line`, in the outcome's
+        write): a later attempt that succeeds clears the record's error, and `decortask retry` does too.
 
         Args:
             verdict: a RETRYING (with its delay) or FAILED outcome carrying the exception.
@@ -422,15 +429,14 @@ class Executor:
             "error_message": mask_text(str(exc)),
             "traceback": mask_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__))),
         }
-        self._keep_in_history(
-            record.id,
-            failed_attempt_line(attempt, error["error_type"], error["error_message"], delay, time.time()),
+        self.unwritten_logs.setdefault(record.id, []).append(  # after the attempt's own lines
+            failed_attempt_line(attempt, error["error_type"], error["error_message"], delay, time.time())
         )
         if delay is not None:
             now = time.time()
             nxt = dataclasses.replace(message, attempt=attempt + 1, eta=now + delay)
             entry = schedule_entry(nxt, record.queue, now + delay)
-            writer = self.writer
+            writer, lines = self.writer, self.unwritten_logs.pop(record.id, ())
             done = self.write(
                 lambda: writer.transition(
                     record.id,
@@ -438,6 +444,7 @@ class Executor:
                     expect={TaskStatus.RUNNING},
                     expect_attempt=attempt,
                     schedule=entry,
+                    log_lines=lines,
                     scheduled_for=entry.due_at,
                     deliveries=0,  # the attempt settled (it raised); the next one starts a fresh count
                     **error,
@@ -514,13 +521,6 @@ class Executor:
             logger.info("task %s cancelled while running%s%s", label(record), how, after)
         return Outcome(Settle.ACK, TaskStatus.CANCELLED if done else None, Reason.CANCELLED, ran=True)
 
-    def _keep_in_history(self, task_id: str, line: LogLine) -> None:
-        # Best effort, like task_log(): the outcome that follows is what must be written.
-        try:
-            self.app.store.append_log(task_id, line)
-        except StoreError as exc:
-            logger.warning("could not store the history line of task %s (%s)", task_id, mask_text(str(exc)))
-
     def settle_stopped(self, record: TaskRecord, message: Message, reason: str) -> Outcome:
         """Write the outcome of an attempt stopped by force in another process (a process-pool child).
 
@@ -556,9 +556,11 @@ class Executor:
         """Write the terminal `status` of attempt `attempt`; None if the record changed meanwhile."""
         # Callers that know the task pass its own `persist` (ended_fields); otherwise it is kept as history.
         changes = {**ended_fields(self.app.settings, time.time()), **changes}
-        writer = self.writer
+        writer, lines = self.writer, self.unwritten_logs.pop(task_id, ())
         done = self.write(
-            lambda: writer.transition(task_id, status, expect={expect}, expect_attempt=attempt, **changes),
+            lambda: writer.transition(
+                task_id, status, expect={expect}, expect_attempt=attempt, log_lines=lines, **changes
+            ),
             patient=True,
         )
         if done is None:

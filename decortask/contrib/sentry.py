@@ -154,6 +154,7 @@ class SentryMiddleware(Middleware):
             return
         attempt.reported = True
         if self.log_breadcrumbs:
+            ctx.flush_log()  # the attempt's lines wait in the worker until its outcome's write
             for line in _log_lines(app, ctx.task_id):
                 sentry_sdk.add_breadcrumb(
                     category="task_log",

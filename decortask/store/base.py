@@ -235,6 +235,10 @@ class TransitionStep:
             `deliveries` to the stored count plus one, and does nothing (None) when the stored count has
             already reached this cap.
         logs: whether the returned record carries its log lines (one more query).
+        log_lines: lines appended to the task's log in the same atomic step (an attempt's buffered
+            `task_log()` and captured lines riding with its outcome). They are appended whether or not the
+            compare-and-set holds, since they record what the attempt did; not for an unknown task, nor by
+            a step that raises its own error (which writes nothing).
     """
 
     task_id: str
@@ -245,6 +249,7 @@ class TransitionStep:
     changes: dict[str, Any] = field(default_factory=dict)
     max_deliveries: int | None = None
     logs: bool = True
+    log_lines: tuple[LogLine, ...] = ()
 
 
 def claim_step(task_id: str, attempt: int, max_deliveries: int, **changes: Any) -> TransitionStep:
@@ -292,6 +297,7 @@ class Transitions(Protocol):
         expect: Iterable[TaskStatus] | None = None,
         expect_attempt: int | None = None,
         schedule: ScheduleEntry | None = None,
+        log_lines: Sequence[LogLine] = (),
         **changes: Any,
     ) -> TaskRecord | None:
         """Atomically move a task to `status` and set `changes` (names from MUTABLE_FIELDS).
@@ -300,11 +306,20 @@ class Transitions(Protocol):
         is given the current attempt must equal it; otherwise nothing changes and None is returned.
         None is also returned for an unknown task. An expected transition that the state machine forbids
         raises `IllegalTransition` (via `states.check_transition`). With `schedule`, the entry is
-        written in the same atomic step. Returns the updated record.
+        written in the same atomic step, and so are `log_lines` (see `TransitionStep`). Returns the
+        updated record.
         """
         expected = frozenset(expect) if expect is not None else None  # an iterator must survive a retry
         step = TransitionStep(
-            task_id, status, expected, expect_attempt, schedule, changes, None, self.returns_logs
+            task_id,
+            status,
+            expected,
+            expect_attempt,
+            schedule,
+            changes,
+            None,
+            self.returns_logs,
+            tuple(log_lines),
         )
         return self.apply_step(step)
 

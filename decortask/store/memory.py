@@ -85,8 +85,12 @@ class MemoryStore(TaskStore, PeriodicStateStore, OutboxStore):
             if current is None:
                 return None
             updated = apply_transition(current, step, time.time())
+            if step.log_lines:  # appended whether or not the compare-and-set holds (TransitionStep)
+                current.logs = [*current.logs, *copy.deepcopy(step.log_lines)]
             if updated is None:
                 return None
+            if step.log_lines:
+                updated.logs = current.logs
             # Stored as a copy: `changes` (a result, say) are the caller's objects.
             self._records[step.task_id] = _copy(updated)
             schedule = step.schedule

@@ -238,6 +238,8 @@ class RedisStore(
             )
             for name, value in step.changes.items():
                 args.extend([name, _json(value)])
+            args.append(len(step.log_lines))
+            args.extend(_json(line.to_dict()) for line in step.log_lines)
         if not sent:
             return outcomes
         with self._errors():

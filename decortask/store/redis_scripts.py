@@ -153,7 +153,8 @@ return replies
 #       expected attempt or '', statuses the new one may follow, max deliveries or '' (a claim: count one
 #       more delivery, up to that cap), '1' to return the log lines, schedule entry id (or ''), due_at,
 #       queue, entry JSON, the number of field pairs, then field name / JSON text pairs (status and
-#       updated_at among them).
+#       updated_at among them), then the number of log lines to append and those lines (JSON): appended
+#       to an existing task's log whether or not its compare-and-set holds, but not by an illegal step.
 # Returns per step {'ok', record JSON, log lines...}, {'none'} or {'illegal', current status}. A step that
 # writes a terminal status PUBLISHes the task id on OUTCOME_CHANNEL (defined by `redis_wait.prelude`).
 TRANSITION = (
@@ -164,6 +165,7 @@ local replies, at = {}, 6
 while at <= #ARGV do
   local id, new_status = ARGV[at], ARGV[at + 1]
   local first, last = at + 12, at + 11 + 2 * tonumber(ARGV[at + 11])
+  local lines_end = last + 1 + tonumber(ARGV[last + 1])
   local reply = {'none'}
   local raw = redis.call('GET', ARGV[1] .. id)
   if raw then
@@ -205,13 +207,19 @@ while at <= #ARGV do
         emit_event('state', values)
       end
       if listed(ARGV[5], new_status) then redis.call('PUBLISH', OUTCOME_CHANNEL, id) end
-      if ARGV[at + 6] == '1' then
-        for _, line in ipairs(redis.call('LRANGE', ARGV[2] .. id, 0, -1)) do reply[#reply + 1] = line end
+    end
+    if reply[1] ~= 'illegal' and lines_end > last + 1 then
+      redis.call('RPUSH', ARGV[2] .. id, unpack(ARGV, last + 2, lines_end))
+      if EVENTS then
+        for l = last + 2, lines_end do emit_event('log', values, ARGV[l]) end
       end
+    end
+    if reply[1] == 'ok' and ARGV[at + 6] == '1' then
+      for _, line in ipairs(redis.call('LRANGE', ARGV[2] .. id, 0, -1)) do reply[#reply + 1] = line end
     end
   end
   replies[#replies + 1] = reply
-  at = last + 1
+  at = lines_end + 1
 end
 return replies
 """

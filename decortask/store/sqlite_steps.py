@@ -35,9 +35,13 @@ def apply_steps(
     for step in steps:
         in_sql = True  # whether `transition` should still try the one-statement path
         if not savepoints and step.schedule is None and not step.logs:
-            # One statement, atomic by itself, and each statement costs the writer a GIL round trip.
+            # One statement, atomic by itself, and each statement costs the writer a GIL round trip
+            # (the step's log lines, if any, are one more; should that fail, the batch is redone with
+            # savepoints).
             try:
                 done = sqlite_cas.update(conn, step, time.time())
+                if done is not sqlite_cas.UNSUPPORTED:
+                    append_lines(conn, step)
             except sqlite3.Error:
                 raise
             except Exception as exc:
@@ -69,6 +73,7 @@ def transition(conn: sqlite3.Connection, step: TransitionStep, *, in_sql: bool =
     done = sqlite_cas.update(conn, step, now) if in_sql else sqlite_cas.UNSUPPORTED
     if done is sqlite_cas.UNSUPPORTED:
         done = transition_in_python(conn, step, now)
+    append_lines(conn, step)
     if not isinstance(done, TaskRecord):
         return None
     if step.schedule is not None:
@@ -91,3 +96,14 @@ def transition_in_python(conn: sqlite3.Connection, step: TransitionStep, now: fl
         (updated.status.value, updated.expires_at, sqlite_rows.blob(updated), step.task_id),
     )
     return updated
+
+
+def append_lines(conn: sqlite3.Connection, step: TransitionStep) -> None:
+    """Append the step's log lines, in order, if its task exists (whether or not its compare-and-set held)."""
+    if step.log_lines:
+        task_id = step.task_id
+        conn.executemany(
+            "INSERT INTO decortask_logs (task_id, line) "
+            "SELECT ?, ? WHERE EXISTS (SELECT 1 FROM decortask_tasks WHERE id = ?)",
+            [(task_id, sqlite_rows.line_json(line), task_id) for line in step.log_lines],
+        )
