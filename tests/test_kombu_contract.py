@@ -234,6 +234,12 @@ RELIED: list[Relied] = [
     _call(f"{QOS}._flush", "(self)", "restore_unacked", by=SQLITE),
     _uses(f"{QOS}.prefetch_count", "the lease batch size", by=SQLITE),
     _override(f"{VTRANSPORT}.driver_version", "(self)", "the SQLite version", by=SQLITE),
+    _override(f"{VTRANSPORT}.drain_events", "(self, connection, timeout=)", "waits for commits", by=SQLITE),
+    _call(f"{VTRANSPORT}.__init__", "(self, client, **kwargs)", "SQLiteTransport's own init", by=SQLITE),
+    _override(f"{VTRANSPORT}.close_connection", "(self, connection)", "closes the commit watch", by=SQLITE),
+    _uses(f"{VTRANSPORT}.cycle", "drain_events polls its channels through it", by=SQLITE),
+    _call("kombu.utils.scheduling.FairCycle.get", "(self, callback, **kwargs)", "drain_events", by=SQLITE),
+    _uses(f"{VTRANSPORT}.client", "the file's path from its transport options", by=SQLITE),
     *(
         _uses(f"{VTRANSPORT}.{name}", "SQLiteTransport sets it", by=SQLITE)
         for name in ("Channel", "polling_interval", "driver_type", "driver_name", "connection_errors")
