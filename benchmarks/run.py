@@ -145,12 +145,17 @@ STOP_GRACE = 3.0
 class Worker:
     """One system's real worker process (stopped by pid, children included)."""
 
+    #: system -> its worker's argv, asked once per run (it depends only on the run's queue names)
+    commands: dict[str, list[str]] = {}
+
     def __init__(self, system: str, env: dict[str, str], log: Path) -> None:
-        module = f"systems.bench_{system}"
-        command = run_python(
-            ["-c", f"import {module} as m, json; print(json.dumps(m.worker_command()))"], env
-        )
-        argv = [sys.executable, *json.loads(command)]
+        if system not in self.commands:
+            module = f"systems.bench_{system}"
+            command = run_python(
+                ["-c", f"import {module} as m, json; print(json.dumps(m.worker_command()))"], env
+            )
+            self.commands[system] = json.loads(command)
+        argv = [sys.executable, *self.commands[system]]
         self.log = log
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
