@@ -55,7 +55,8 @@ def queues(transport: BrokerTransport) -> Iterator[list[str]]:
         transport.delete_queue(name)
 
 
-def _take_all(session: ConsumerSession, queue: str, count: int, timeout: float = 20.0) -> list[Delivery]:
+def _take_all(session: ConsumerSession, queue: str, count: int, timeout: float = 120.0) -> list[Delivery]:
+    # The deadline only stops a stuck consumer; 2,500 gets took over 20 s on a loaded 2-core CI machine.
     got: list[Delivery] = []
     deadline = time.monotonic() + timeout
     while len(got) < count and time.monotonic() < deadline:

@@ -83,7 +83,9 @@ def test_the_sentinel_password_never_appears_anywhere(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", [f"amqp://guest:{SENTINEL}@127.0.0.1:1//", f"redis://default:{SENTINEL}@127.0.0.1:1/0"]
+    "url",
+    [f"amqp://guest:{SENTINEL}@127.0.0.1:1//", f"redis://default:{SENTINEL}@127.0.0.1:1/0"],
+    ids=["amqp", "redis"],  # not the URLs: SENTINEL differs per process, and xdist workers must agree on ids
 )
 def test_errors_for_an_unreachable_broker_mask_the_password(url: str, tmp_path: Path) -> None:
     app = Decortask(url, f"sqlite:///{tmp_path}/d.db", publish_retries=0, set_default=False)
