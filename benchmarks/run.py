@@ -342,6 +342,11 @@ def drain_phase(
             out["drain"] = tasks / span if span > 0 else None
             out["cpu"] = (done["cpu_last"] - done["cpu_first"]) / tasks * 1e6
             out["cpu_tree"] = (done["tree_last"] - done["tree_first"]) / tasks * 1e6
+        elif worker.proc.poll() is not None:
+            code = worker.proc.returncode
+            print(
+                f"  ! {system} ({task}) on {broker}: the worker exited ({code}) before the drain ended (see {log})"
+            )
         else:
             print(
                 f"  ! {system} ({task}) on {broker} did not drain within {sizes.drain_timeout:g} s (see {log})"
