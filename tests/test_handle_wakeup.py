@@ -25,7 +25,7 @@ from decortask import Decortask, sqlitewatch, task
 from decortask.errors import WaitTimeout
 from decortask.handle import TaskHandle
 from decortask.states import TaskStatus
-from decortask.store import TaskRecord, TaskStore, open_store
+from decortask.store import TaskRecord, TaskStore, open_store, redis_wait, sqlite_wait
 from decortask.store.outcome_waiters import OutcomeNotices
 from decortask.testing import WorkerThread
 from decortask.transports.sqlite import SQLiteTransport
@@ -206,6 +206,52 @@ def test_a_deleted_record_ends_the_wait_with_task_not_found(app: Decortask) -> N
     app.store.delete(handle.id)
     with pytest.raises(TaskNotFound, match=handle.id):
         handle.wait(timeout=DEADLINE)
+
+
+@pytest.mark.parametrize("store_url", ["sqlite", "redis"], indirect=True)
+def test_a_listener_that_nobody_needed_exits_and_the_next_wait_starts_it_again(
+    store_url: str,
+    app: Decortask,
+    writer: TaskStore,
+    notices: OutcomeNotices,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(redis_wait, "LINGER", 0.0)
+    monkeypatch.setattr(sqlite_wait, "LINGER", 0.0)
+    name = (
+        store_url.rsplit("namespace=", 1)[-1] if "namespace=" in store_url else store_url.split("///", 1)[1]
+    )
+
+    def listening() -> bool:
+        return any(name in thread.name for thread in threading.enumerate() if thread.is_alive())
+
+    finished = pending(app)
+    succeed(writer, finished.id, 1)
+    assert finished.get(timeout=DEADLINE) == 1  # a wait starts the listener, even for a finished task
+    assert listening()
+    # Other tasks keep ending meanwhile (notices nobody here waits for): the listener exits all the same.
+    stop = threading.Event()
+
+    def others_finish() -> None:
+        while not stop.is_set():
+            succeed(writer, pending(app).id, 0)
+            stop.wait(0.01)
+
+    traffic, _ = in_thread(others_finish)
+    try:
+        until(lambda: not listening(), "the listener exits with nobody waiting")
+    finally:
+        stop.set()
+        traffic.join(DEADLINE)
+
+    handle = pending(app)
+    read = first_read_done(app.store, monkeypatch)
+    thread, box = in_thread(lambda: handle.get(timeout=DEADLINE))
+    assert read.wait(DEADLINE)
+    succeed(writer, handle.id, 2)
+    thread.join(DEADLINE)
+    assert box == {"value": 2}
+    assert notices.rechecked == 0
 
 
 # -- end to end: .delay(i).get() against a worker --------------------------------------------------------

@@ -92,12 +92,16 @@ class OutcomeListener:
         pubsub = client.pubsub()
         try:
             pubsub.subscribe(self.channel)
+            next_look = time.monotonic() + 1.0
             while True:
                 message = pubsub.get_message(timeout=1.0)
-                if message is None:
+                if time.monotonic() >= next_look:  # also while other processes' outcomes keep arriving
                     if self._may_exit():
                         return True
-                elif message["type"] == "message":
+                    next_look = time.monotonic() + 1.0
+                if message is None:
+                    continue
+                if message["type"] == "message":
                     self.notices.notify(message["data"])
                 elif message["type"] == "subscribe":
                     self._subscribed.set()

@@ -58,7 +58,9 @@ class OutcomeWatcher:
             alive = self._thread is not None and self._thread.is_alive() and self._pid == os.getpid()
             if not alive:
                 self._pid = os.getpid()
-                self._thread = threading.Thread(target=self._watch, name="decortask-outcomes", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._watch, name=f"decortask-outcomes-{self._path}", daemon=True
+                )
                 self._thread.start()
 
     def _watch(self) -> None:
