@@ -21,6 +21,11 @@ from typing import Any
 
 FIRST_PAUSE = 0.00002
 MAX_PAUSE = 0.002
+#: Run by every read-write connection before `PRAGMA journal_mode=WAL` (which writes a new file's header):
+#: a new file, store or embedded broker, is created with incremental auto-vacuum, so the pages its deleted
+#: rows free can be returned to the file system (`store/sqlite_expiry.py`). On an existing file it
+#: changes nothing until a `VACUUM`.
+AUTO_VACUUM = "PRAGMA auto_vacuum=INCREMENTAL"
 
 
 def is_locked(exc: sqlite3.Error) -> bool:

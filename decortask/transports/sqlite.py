@@ -121,6 +121,7 @@ def connect(path: str, busy_timeout: float = 30.0, synchronous: str = "NORMAL") 
     # BUSY_SNAPSHOT); sqlitelocks waits for the lock in finer steps than SQLite's own busy handler.
     db = sqlitelocks.connect(path, busy_timeout)
     try:
+        db.execute(sqlitelocks.AUTO_VACUUM)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         db.executescript(SCHEMA)

@@ -1,0 +1,168 @@
+"""Expiring records from a SQLite store without stalling its writers, and giving the freed space back.
+
+A SQLite file has one write lock, shared by every worker, producer and (on the embedded broker) the queue
+itself. Deleting 100,000 expired records in one transaction held it for about a second, and every claim,
+outcome and enqueue on the host waited that long. `purge` deletes them in batches instead, each its own
+short write transaction bounded by rows and by time, and pauses between batches for as long as the batch
+held the lock, so writers waiting for it get in (they poll every 2 ms at most, `sqlitelocks.py`).
+
+Deleted rows leave free pages. SQLite reuses them for new rows by itself; to return them to the file
+system too, a file must be created with incremental auto-vacuum (`sqlitelocks.AUTO_VACUUM`, set before the
+first table exists). On such a file `purge` then runs `PRAGMA incremental_vacuum` in bounded steps, again
+one short write transaction each. A file made before that keeps its size, reusing its free pages, until
+`decortask store vacuum` rewrites it once (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from ..states import TERMINAL
+from . import sqlite_rows
+
+_TERMINAL_VALUES = tuple(sorted(s.value for s in TERMINAL))
+# INDEXED BY: without statistics the planner may prefer the (status, created_at) index, and would then
+# walk every terminal record, expired or not, in every batch.
+_EXPIRED_IDS = (
+    "SELECT id FROM decortask_tasks INDEXED BY decortask_tasks_expires "
+    f"WHERE expires_at <= ? AND status IN ({', '.join('?' * len(_TERMINAL_VALUES))}) LIMIT ?"
+)
+#: `PRAGMA auto_vacuum` of a file created with incremental auto-vacuum.
+INCREMENTAL = 2
+
+
+@dataclass(frozen=True)
+class ExpiryLimits:
+    """How much one write transaction of a purge may do.
+
+    Attributes:
+        batch_rows: most records one batch deletes.
+        batch_seconds: a batch stops deleting once it has held the write lock this long (checked after
+            every `chunk_rows` records, so a batch may overrun by one chunk).
+        chunk_rows: records deleted per statement group (their log lines and idempotency keys with them).
+        vacuum_pages: most free pages one `incremental_vacuum` step returns to the file system.
+        min_pause: shortest pause between two batches, even after a very short one.
+    """
+
+    batch_rows: int = 2000
+    batch_seconds: float = 0.025
+    chunk_rows: int = 100
+    vacuum_pages: int = 256
+    min_pause: float = 0.002
+
+
+@dataclass(frozen=True)
+class PurgeBatch:
+    """One committed write transaction of a purge: what it did and how long it held the write lock."""
+
+    kind: str  # "delete" or "vacuum"
+    rows: int  # records deleted, or pages returned
+    held: float  # seconds from taking the write lock to the end of the commit
+
+
+T = TypeVar("T")
+#: Runs a body in one write transaction and returns what it returned (`SQLiteStore._run`).
+Run = Callable[[Callable[[sqlite3.Connection], T]], T]
+
+
+def purge(
+    run: Run[tuple[int, bool]],
+    conn: Callable[[], sqlite3.Connection],
+    now: float,
+    limits: ExpiryLimits,
+    on_batch: Callable[[PurgeBatch], None] | None = None,
+) -> int:
+    """Delete every terminal record whose `expires_at` <= `now`, in batches; returns how many.
+
+    `run` runs one write transaction; `conn` gives the calling thread's connection, for the vacuum steps
+    that follow (`vacuum`). `on_batch` hears about each committed batch (tests, `benchmarks/`).
+    """
+    removed = 0
+    while True:
+        (deleted, more), held = _timed(run, lambda c, t0: _delete_batch(c, now, limits, t0))
+        removed += deleted
+        if deleted:
+            _report(on_batch, PurgeBatch("delete", deleted, held))
+        if not more:
+            break
+        time.sleep(max(held, limits.min_pause))
+    if removed:
+        vacuum(conn(), limits, on_batch)
+    return removed
+
+
+def vacuum(
+    conn: sqlite3.Connection, limits: ExpiryLimits, on_batch: Callable[[PurgeBatch], None] | None = None
+) -> int:
+    """Return free pages to the file system, `limits.vacuum_pages` per write transaction; returns how many.
+
+    Does nothing on a file created without incremental auto-vacuum (its free pages are reused instead).
+    `conn` must be outside a transaction: each step is its own.
+    """
+    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != INCREMENTAL:
+        return 0
+    returned = 0
+    while True:
+        before = _free_pages(conn)
+        if before == 0:
+            return returned
+        started = time.perf_counter()
+        # Python's sqlite3 steps a statement without result columns once, and this pragma frees one page
+        # per step: executescript steps it to the end, as one autocommit write transaction. Its lock waits
+        # (`sqlitelocks`) are counted in `held`, which is therefore an upper bound.
+        conn.executescript(f"PRAGMA incremental_vacuum({int(limits.vacuum_pages)})")
+        held = time.perf_counter() - started
+        freed = before - _free_pages(conn)
+        if freed <= 0:  # another process took the free pages for new rows
+            return returned
+        returned += freed
+        _report(on_batch, PurgeBatch("vacuum", freed, held))
+        if freed < limits.vacuum_pages:
+            return returned
+        time.sleep(max(held, limits.min_pause))
+
+
+def _delete_batch(
+    conn: sqlite3.Connection, now: float, limits: ExpiryLimits, started: float
+) -> tuple[int, bool]:
+    """Inside the caller's write transaction: delete up to `batch_rows` expired records, or fewer once
+    `batch_seconds` have passed since `started`; returns how many, and whether any may be left."""
+    deleted = 0
+    while True:
+        wanted = min(limits.chunk_rows, limits.batch_rows - deleted)
+        ids = [row[0] for row in conn.execute(_EXPIRED_IDS, (now, *_TERMINAL_VALUES, wanted))]
+        sqlite_rows.delete(conn, ids)
+        deleted += len(ids)
+        if len(ids) < wanted:
+            return deleted, False
+        if deleted >= limits.batch_rows or time.perf_counter() - started >= limits.batch_seconds:
+            return deleted, True
+
+
+def _free_pages(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+
+def _timed(run: Run[T], body: Callable[[sqlite3.Connection, float], T]) -> tuple[T, float]:
+    """Run `body` in one write transaction; (its result, seconds from its start to the end of the commit).
+
+    The clock starts inside the transaction, once the write lock is held, not while waiting for it.
+    """
+    started = 0.0
+
+    def timed_body(conn: sqlite3.Connection) -> T:
+        nonlocal started
+        started = time.perf_counter()
+        return body(conn, started)
+
+    result = run(timed_body)
+    return result, time.perf_counter() - started
+
+
+def _report(on_batch: Callable[[PurgeBatch], None] | None, batch: PurgeBatch) -> None:
+    if on_batch is not None:
+        on_batch(batch)
