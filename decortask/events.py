@@ -191,7 +191,7 @@ class EventSubscriber:
     def poll(self, timeout: float = 0.0) -> list[Event]:
         """The events after the cursor (at most `batch` read), waiting up to `timeout` s for one; moves on."""
         events: list[Event] = []
-        for number, fields in self._read(timeout):
+        for number, fields in self.feed.read(self.cursor, self.batch, timeout):
             if number > self.cursor + 1:
                 events.append(Event(number - 1, "gap", time.time(), missed=number - self.cursor - 1))
             self.cursor = number
@@ -199,17 +199,6 @@ class EventSubscriber:
             if self._wanted(event):
                 events.append(event)
         return events
-
-    def _read(self, timeout: float) -> list[tuple[int, dict[str, Any]]]:
-        if not isinstance(self.feed, _SQLiteFeed):
-            return self.feed.read(self.cursor, self.batch, timeout)
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.feed.read(self.cursor, self.batch, 0)
-            left = deadline - time.monotonic()
-            if found or left <= 0:
-                return found
-            time.sleep(min(SQLITE_POLL, left))
 
     def _wanted(self, event: Event) -> bool:
         return (
@@ -285,14 +274,22 @@ def event_from_fields(number: int, fields: dict[str, Any]) -> Event:
 
 
 class _SQLiteFeed:
-    """A SQLite store's events table (`store/sqlite_events.py`), read through the store's connections."""
+    """A SQLite store's events table (`store/sqlite_events.py`), read through the store's connections.
+
+    SQLite cannot block until a row arrives: a read that may wait looks again every SQLITE_POLL seconds.
+    """
 
     def __init__(self, store: Any) -> None:
         self.store = store
 
     def read(self, after: int, limit: int, wait: float) -> list[tuple[int, dict[str, Any]]]:
-        found: list[tuple[int, dict[str, Any]]] = self.store.read_events(after, limit)
-        return found
+        deadline = time.monotonic() + wait
+        while True:
+            found: list[tuple[int, dict[str, Any]]] = self.store.read_events(after, limit)
+            left = deadline - time.monotonic()
+            if found or left <= 0:
+                return found
+            time.sleep(min(SQLITE_POLL, left))
 
     def bounds(self) -> tuple[int, int]:
         oldest, newest = self.store.event_bounds()
