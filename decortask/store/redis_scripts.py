@@ -246,7 +246,8 @@ return 1
 APPEND_LOG = (
     _HELPERS
     + """
-local raw = redis.call('GET', KEYS[1])
+local raw  -- the record only when an event needs its fields; otherwise whether it exists is enough
+if EVENTS then raw = redis.call('GET', KEYS[1]) else raw = redis.call('EXISTS', KEYS[1]) == 1 end
 if raw then
   for i = 1, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
   if EVENTS then
