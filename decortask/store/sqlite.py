@@ -21,8 +21,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 from .. import sqlitelocks
 from ..config import sqlite_path
 from ..errors import ConfigurationError, StoreError
-from ..states import TERMINAL
-from . import sqlite_events, sqlite_outbox, sqlite_periodic, sqlite_rows, sqlite_steps
+from . import sqlite_events, sqlite_expiry, sqlite_outbox, sqlite_periodic, sqlite_rows, sqlite_steps
 from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, TaskStore, TransitionStep
 from .outbox_state import OutboxEntry, OutboxItem, OutboxStore
 from .periodic_state import PeriodicStateStore, ScheduleState
@@ -37,7 +36,6 @@ LOCK_RETRIES = 3
 LOCK_BACKOFF = 0.05
 #: Heartbeats older than this are forgotten; a worker silent for a day counts as dead either way.
 HEARTBEAT_TTL = 24 * 3600.0
-_TERMINAL_VALUES = tuple(sorted(s.value for s in TERMINAL))
 
 
 class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
@@ -63,6 +61,9 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
         self.events = 0  # set once the tables exist: `_open` gives new connections the event triggers
         self._outcomes = OutcomeWatcher(self._open, str(self.path))  # started by the first wait_for_outcome
         self.outcome_notices = self._outcomes.notices
+        #: How much one write transaction of `purge_expired` may do, and who hears about each one.
+        self.expiry_limits = sqlite_expiry.ExpiryLimits()
+        self.on_purge_batch: Callable[[sqlite_expiry.PurgeBatch], None] | None = None
         if read_only:
             if not self.path.is_file():
                 raise StoreError(f"there is no SQLite store at {self.path.resolve()} (nothing was created)")
@@ -181,15 +182,11 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
         return int(self._run(lambda conn: conn.execute(sql, params).fetchone()[0], write=False))
 
     def purge_expired(self, now: float) -> int:
-        marks = ", ".join("?" * len(_TERMINAL_VALUES))
-        sql = f"SELECT id FROM decortask_tasks WHERE expires_at <= ? AND status IN ({marks})"
-
-        def body(conn: sqlite3.Connection) -> int:
-            ids = [row[0] for row in conn.execute(sql, (now, *_TERMINAL_VALUES))]
-            sqlite_rows.delete(conn, ids)
-            return len(ids)
-
-        return self._run(body)
+        """Delete expired terminal records in short batches, then return the freed pages (`sqlite_expiry`)."""
+        try:
+            return sqlite_expiry.purge(self._run, self._conn, now, self.expiry_limits, self.on_purge_batch)
+        except sqlite3.Error as exc:  # a vacuum step: the batches' own errors come as StoreError from _run
+            raise self._error(exc) from exc
 
     # -- schedule ------------------------------------------------------------------------------------------
 
@@ -383,6 +380,7 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
             if self.read_only:
                 sqlite_rows.require_schema(conn, self.path)
             else:
+                conn.execute(sqlitelocks.AUTO_VACUUM)  # before WAL, which writes a new file's header
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 if self.events:

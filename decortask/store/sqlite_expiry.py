@@ -48,10 +48,10 @@ class ExpiryLimits:
         min_pause: shortest pause between two batches, even after a very short one.
     """
 
-    batch_rows: int = 2000
-    batch_seconds: float = 0.025
-    chunk_rows: int = 100
-    vacuum_pages: int = 256
+    batch_rows: int = 1000
+    batch_seconds: float = 0.02
+    chunk_rows: int = 25
+    vacuum_pages: int = 128
     min_pause: float = 0.002
 
 
@@ -116,12 +116,13 @@ def vacuum(
         # (`sqlitelocks`) are counted in `held`, which is therefore an upper bound.
         conn.executescript(f"PRAGMA incremental_vacuum({int(limits.vacuum_pages)})")
         held = time.perf_counter() - started
-        freed = before - _free_pages(conn)
-        if freed <= 0:  # another process took the free pages for new rows
+        after = _free_pages(conn)
+        freed = before - after  # about: other writers take free pages for their rows meanwhile
+        if freed <= 0:
             return returned
         returned += freed
         _report(on_batch, PurgeBatch("vacuum", freed, held))
-        if freed < limits.vacuum_pages:
+        if after == 0:
             return returned
         time.sleep(max(held, limits.min_pause))
 
