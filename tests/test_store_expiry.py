@@ -13,12 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from workers import poll_until
 
+from decortask import Decortask
+from decortask import worker as worker_module
+from decortask.app import reset_default_app
 from decortask.states import TaskStatus
 from decortask.store import LogLine, TaskRecord
 from decortask.store.sqlite import SQLiteStore
 from decortask.store.sqlite_expiry import ExpiryLimits, PurgeBatch
 from decortask.transports import sqlite as sqlite_transport
+from decortask.worker import Worker
 
 S = TaskStatus
 T0 = 1_700_000_000.0
@@ -223,3 +228,36 @@ def test_a_file_made_without_auto_vacuum_reuses_its_freed_pages(path: Path) -> N
         assert pragma(path, "freelist_count") < freed / 10
     finally:
         store.close()
+
+
+def test_a_worker_keeps_draining_while_its_own_purge_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unique: str
+) -> None:
+    import behaviour_tasks
+
+    monkeypatch.setattr(worker_module, "PURGE_INTERVAL", 0.05)
+    url = f"sqlite:///{tmp_path}/decortask.db"
+    app = Decortask(url, url, default_queue=f"purging-{unique}")
+    purging, release = threading.Event(), threading.Event()
+    real_purge = app.store.purge_expired
+
+    def long_purge(now: float) -> int:  # lasts until the tasks below are done (or the test gives up)
+        purging.set()
+        release.wait(60)
+        return real_purge(now)
+
+    monkeypatch.setattr(app.store, "purge_expired", long_purge)
+    worker = Worker(app, concurrency=2)
+    runner = threading.Thread(target=worker.run, daemon=True)
+    runner.start()
+    try:
+        poll_until(purging.is_set, 30, "the worker's first purge")
+        handles = [behaviour_tasks.add.delay(n, 1) for n in range(5)]
+        assert [handle.wait(timeout=20).value for handle in handles] == [1, 2, 3, 4, 5]
+        assert not release.is_set()  # all of it while the purge was still running
+    finally:
+        release.set()
+        worker.stop()
+        runner.join(60)
+        app.close()
+        reset_default_app()
