@@ -24,6 +24,7 @@ from .pools import POOL_KINDS
 from .security import mask_text, masked_args, scrub
 from .states import TaskStatus
 from .store.base import TaskQuery, TaskRecord, TaskStore
+from .store_cli import install_store
 
 
 def load_app(target: str | None) -> Decortask:
@@ -583,3 +584,5 @@ install_schedules(
     main, reading=_reading, loading=lambda target, store_url: _override(load_app(target), None, store_url)
 )
 install_events(main, reading=_reading)  # decortask events: events_cli.py
+# decortask store vacuum: store_cli.py
+install_store(main, loading=lambda target, store_url: _override(load_app(target), None, store_url))

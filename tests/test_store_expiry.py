@@ -13,11 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 from workers import poll_until
 
 from decortask import Decortask
 from decortask import worker as worker_module
 from decortask.app import reset_default_app
+from decortask.cli import main as cli_main
 from decortask.states import TaskStatus
 from decortask.store import LogLine, TaskRecord
 from decortask.store.sqlite import SQLiteStore
@@ -261,3 +263,47 @@ def test_a_worker_keeps_draining_while_its_own_purge_runs(
         runner.join(60)
         app.close()
         reset_default_app()
+
+
+def decortask_cli(*args: str) -> Result:
+    """Run `decortask ARGS` in this process, with an app on memory:// unless the arguments say otherwise."""
+    env = {"DECORTASK_BROKER_URL": "memory://", "DECORTASK_STORE_URL": "memory://"}
+    try:
+        return CliRunner().invoke(cli_main, list(args), env=env)
+    finally:
+        reset_default_app()  # --store-url makes a default app: the next test must not find it
+
+
+def test_decortask_store_vacuum_switches_an_old_file_to_incremental_and_drops_its_free_pages(
+    path: Path,
+) -> None:
+    with sqlite3.connect(path) as conn:  # a store file made before stores set auto_vacuum
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE made_before (x)")
+    url = f"sqlite:///{path}"
+    store = SQLiteStore(url)
+    try:
+        expired(store, 300, log_bytes=4000)
+        store.create(record("kept", expires_at=None))
+        assert store.purge_expired(NOW) == 300
+    finally:
+        store.close()
+    freed = pragma(path, "freelist_count")
+    assert freed > 0 and pragma(path, "auto_vacuum") == 0
+
+    result = decortask_cli("store", "vacuum", "--store-url", url, "--yes")
+
+    assert result.exit_code == 0, result.output
+    assert "auto_vacuum none -> incremental" in result.output
+    assert (pragma(path, "auto_vacuum"), pragma(path, "freelist_count")) == (2, 0)
+    reopened = SQLiteStore(url)
+    try:
+        assert reopened.get("kept") is not None
+    finally:
+        reopened.close()
+
+
+def test_decortask_store_vacuum_refuses_a_store_without_a_file() -> None:
+    result = decortask_cli("store", "vacuum", "--yes")
+    assert result.exit_code != 0
+    assert "only a SQLite store has a file to vacuum" in result.output

@@ -10,7 +10,7 @@ Deleted rows leave free pages. SQLite reuses them for new rows by itself; to ret
 system too, a file must be created with incremental auto-vacuum (`sqlitelocks.AUTO_VACUUM`, set before the
 first table exists). On such a file `purge` then runs `PRAGMA incremental_vacuum` in bounded steps, again
 one short write transaction each. A file made before that keeps its size, reusing its free pages, until
-`decortask store vacuum` rewrites it once (docs/operations.md).
+`decortask store vacuum` rewrites it once (`store_cli.py`, docs/operations.md).
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
+from .. import sqlitelocks
 from ..states import TERMINAL
 from . import sqlite_rows
 
@@ -142,6 +144,44 @@ def _delete_batch(
             return deleted, False
         if deleted >= limits.batch_rows or time.perf_counter() - started >= limits.batch_seconds:
             return deleted, True
+
+
+@dataclass(frozen=True)
+class FileState:
+    """A SQLite file's size and its free pages, as `compact` reports them."""
+
+    bytes: int
+    pages: int
+    free_pages: int
+    auto_vacuum: int
+
+
+def file_state(conn: sqlite3.Connection, path: Path) -> FileState:
+    """The file's state as `conn` sees it (the WAL's pages count once they are checkpointed)."""
+    pages, free, vacuum = (
+        int(conn.execute(f"PRAGMA {name}").fetchone()[0])
+        for name in ("page_count", "freelist_count", "auto_vacuum")
+    )
+    return FileState(path.stat().st_size, pages, free, vacuum)
+
+
+def compact(path: Path, patience: float) -> tuple[FileState, FileState]:
+    """Rewrite the file at `path` with incremental auto-vacuum and no free pages (`decortask store vacuum`).
+
+    One `VACUUM`: it holds the write lock for as long as the rewrite takes (seconds for a large file), and
+    every writer waits up to `patience` seconds; run it while workers are stopped or quiet. Returns the
+    state before and after.
+    """
+    conn = sqlitelocks.connect(str(path), patience)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        before = file_state(conn, path)
+        conn.execute(sqlitelocks.AUTO_VACUUM)  # takes effect with the VACUUM that follows
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the file shrinks when the WAL is copied back
+        return before, file_state(conn, path)
+    finally:
+        conn.close()
 
 
 def _free_pages(conn: sqlite3.Connection) -> int:
