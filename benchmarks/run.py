@@ -419,6 +419,10 @@ def versions() -> dict[str, str]:
     return found
 
 
+STORE_NOTE = (
+    "decortask's store: its default, SQLite, on every row (RabbitMQ and Redis brokers included) except the "
+    "rows that say *Redis store*."
+)
 SETUP = [
     "- Workers: one process each. decortask `--pool threads -c 8` with its default SQLite state store on "
     "(a file of its own beside the RabbitMQ or Redis broker; the embedded broker's own file on SQLite), "
@@ -473,6 +477,8 @@ def write_results(
         "",
         "Ratios are decortask / other: above 1 is better for rates, below 1 is better for latency, CPU and "
         'memory. The target column is issue 12\'s "Done when" list.',
+        "",
+        STORE_NOTE,
         "",
         (
             "**Taken under load**: the machine was busy with other work during the run (see the load "
@@ -610,6 +616,7 @@ def main() -> None:
                     purge(broker)
         text, missed = table(results)
         print()
+        print(STORE_NOTE)
         print(text)
         if missed:
             print("\nTargets missed:\n" + "\n".join(f"- {m}" for m in missed))
