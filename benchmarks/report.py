@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import platform
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 
 #: One run of one system on one broker: measure key -> value (None when it could not be measured).
 Run = dict[str, float | None]
@@ -180,3 +184,107 @@ def table(results: dict[str, dict[str, list[Run]]]) -> tuple[str, list[str]]:
                 + f" | {said} |"
             )
     return "\n".join(lines), missed
+
+
+# -- RESULTS.md ----------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    info = {"Python": platform.python_version(), "OS": platform.platform(), "cores": str(os.cpu_count())}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["CPU"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["memory"] = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    return info
+
+
+def load() -> str:
+    return ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def versions(packages: list[str]) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in packages:
+        with contextlib.suppress(PackageNotFoundError):
+            found[name] = version(name)
+    return found
+
+
+STORE_NOTE = (
+    "decortask's store: its default, SQLite, on every row (RabbitMQ and Redis brokers included) except the "
+    "rows that say *Redis store*."
+)
+SETUP = [
+    "- Workers: one process each. decortask `--pool threads -c 8` with its default SQLite state store on "
+    "(a file of its own beside the RabbitMQ or Redis broker; the embedded broker's own file on SQLite), "
+    "except the rows that say *Redis store* (`store_url=redis://...` on the Redis broker); Celery "
+    "`-P threads -c 8`, results off (`task_ignore_result`), `--without-gossip --without-mingle "
+    "--without-heartbeat`; Dramatiq `--processes 1 --threads 8`; Huey `SqliteHuey`, `-k thread -w 8`.",
+    "- Enqueue, per call: the normal per-call API (`.delay()`, `.send()`, calling a Huey task) from a fresh "
+    "process after one untimed call, timed until the last call returns. *Until all published*: also "
+    "waiting for decortask's background publisher (the outbox) to have published every message.",
+    "- Drain: that pre-filled queue, worker started afterwards; first to last completion, timed inside the "
+    "task. `persist=False`: the same no-op declared `@task(persist=False)`. *3 `task_log` lines*: the no-op "
+    "after three `task_log()` calls, drained next to the no-log no-op on the same store (order alternated).",
+    "- Worker CPU per task: CPU time (user + system) between the first and the last completion, read inside "
+    "the process that runs the tasks, divided by the tasks in between. *Task's process*: "
+    "`time.process_time()` there (Dramatiq: its worker child); *all worker processes*: utime + stime from "
+    "/proc of the worker's whole process tree (Dramatiq's master too).",
+    "- Round trip, waiting for the result as users do, sequentially after 10 untimed ones: decortask "
+    "`.delay(i).get()`; Celery `.delay(i).get()` with a Redis result backend (on for this measure only); "
+    "Dramatiq `.send(i).get_result(block=True)` with its Results middleware on Redis (this measure only); "
+    "Huey `result.get(blocking=True)` (its SQLite result store, polled from 50 ms up).",
+    "- RSS: VmRSS from /proc of the worker's process tree; idle = after it answered its first probe and "
+    "settled for 1 s (Celery and Dramatiq with their result backends on).",
+    "- Redis db 14 (broker, results, decortask's Redis store) and the run's own `bench_<token>_*` queues "
+    "on RabbitMQ, purged before each phase; SQLite files fresh per phase.",
+]
+
+
+def write_results(
+    path: Path,
+    text: str,
+    missed: list[str],
+    header: str,
+    loads: tuple[str, str],
+    packages: dict[str, str],
+    source: str,
+) -> None:
+    """RESULTS.md: how the run was made, the table, the setup, and the targets it missed."""
+    lines = [
+        "# Benchmark results",
+        "",
+        f"{header} Load average (1, 5, 15 min) before: {loads[0]}; after: {loads[1]}.",
+        "",
+        "Ratios are decortask / other: above 1 is better for rates, below 1 is better for latency, CPU and "
+        'memory. The target column is issue 12\'s "Done when" list.',
+        "",
+        STORE_NOTE,
+        "",
+        (
+            "**Taken under load**: the machine was busy with other work during the run (see the load "
+            "averages), so the numbers are noisy; rerun on a quiet machine before comparing closely."
+            if max(float(v) for v in loads[0].split(", ") + loads[1].split(", ")) > 0.5
+            else "The machine was quiet during the run (load averages above)."
+        ),
+        "",
+        text,
+        "",
+        "## Setup",
+        "",
+        "- Machine: " + "; ".join(f"{k} {v}" for k, v in machine().items()),
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in packages.items()),
+        f"- decortask measured: {source}",
+        *SETUP,
+        "",
+    ]
+    if missed:
+        lines += ["## Targets missed in this run", "", *[f"- {item}" for item in missed], ""]
+    path.write_text("\n".join(lines))

@@ -18,7 +18,6 @@ import fcntl
 import hashlib
 import json
 import os
-import platform
 import secrets
 import shutil
 import signal
@@ -31,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from report import BROKER_LABELS, Run, fmt, table
+from report import BROKER_LABELS, STORE_NOTE, Run, fmt, load, table, versions, write_results
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -388,66 +387,7 @@ def one_run(
     return out
 
 
-# -- reporting ------------------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, str]:
-    info = {"Python": platform.python_version(), "OS": platform.platform(), "cores": str(os.cpu_count())}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["CPU"] = line.split(":", 1)[1].strip()
-                break
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                info["memory"] = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-    return info
-
-
-def load() -> str:
-    return ", ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for name in PACKAGES:
-        with contextlib.suppress(PackageNotFoundError):
-            found[name] = version(name)
-    return found
-
-
-STORE_NOTE = (
-    "decortask's store: its default, SQLite, on every row (RabbitMQ and Redis brokers included) except the "
-    "rows that say *Redis store*."
-)
-SETUP = [
-    "- Workers: one process each. decortask `--pool threads -c 8` with its default SQLite state store on "
-    "(a file of its own beside the RabbitMQ or Redis broker; the embedded broker's own file on SQLite), "
-    "except the rows that say *Redis store* (`store_url=redis://...` on the Redis broker); Celery "
-    "`-P threads -c 8`, results off (`task_ignore_result`), `--without-gossip --without-mingle "
-    "--without-heartbeat`; Dramatiq `--processes 1 --threads 8`; Huey `SqliteHuey`, `-k thread -w 8`.",
-    "- Enqueue, per call: the normal per-call API (`.delay()`, `.send()`, calling a Huey task) from a fresh "
-    "process after one untimed call, timed until the last call returns. *Until all published*: also "
-    "waiting for decortask's background publisher (the outbox) to have published every message.",
-    "- Drain: that pre-filled queue, worker started afterwards; first to last completion, timed inside the "
-    "task. `persist=False`: the same no-op declared `@task(persist=False)`. *3 `task_log` lines*: the no-op "
-    "after three `task_log()` calls, drained next to the no-log no-op on the same store (order alternated).",
-    "- Worker CPU per task: CPU time (user + system) between the first and the last completion, read inside "
-    "the process that runs the tasks, divided by the tasks in between. *Task's process*: "
-    "`time.process_time()` there (Dramatiq: its worker child); *all worker processes*: utime + stime from "
-    "/proc of the worker's whole process tree (Dramatiq's master too).",
-    "- Round trip, waiting for the result as users do, sequentially after 10 untimed ones: decortask "
-    "`.delay(i).get()`; Celery `.delay(i).get()` with a Redis result backend (on for this measure only); "
-    "Dramatiq `.send(i).get_result(block=True)` with its Results middleware on Redis (this measure only); "
-    "Huey `result.get(blocking=True)` (its SQLite result store, polled from 50 ms up).",
-    "- RSS: VmRSS from /proc of the worker's process tree; idle = after it answered its first probe and "
-    "settled for 1 s (Celery and Dramatiq with their result backends on).",
-    "- Redis db 14 (broker, results, decortask's Redis store) and `bench_*` queues on RabbitMQ, purged before "
-    "each phase; SQLite files fresh per phase.",
-]
+# -- reporting (the table and RESULTS.md are report.py's) -------------------------------------------
 
 
 def measured_source() -> str:
@@ -461,45 +401,6 @@ def measured_source() -> str:
     )
     changes = " plus uncommitted changes in decortask/" if dirty.stdout.strip() else ""
     return f"{root} at {commit.stdout.strip() or '?'}{changes}"
-
-
-def write_results(
-    path: Path, text: str, missed: list[str], sizes: Sizes, quick: bool, started: str, loads: tuple[str, str]
-) -> None:
-    pkgs = versions() | server_versions()
-    lines = [
-        "# Benchmark results",
-        "",
-        f"`python benchmarks/run.py{' --quick' if quick else ''}`, started {started}. "
-        f"{sizes.messages:,} tasks per enqueue/drain measure, {sizes.roundtrips:,} sequential round trips, "
-        f"{sizes.reps} interleaved repetitions, medians. Load average (1, 5, 15 min) before: {loads[0]}; "
-        f"after: {loads[1]}.",
-        "",
-        "Ratios are decortask / other: above 1 is better for rates, below 1 is better for latency, CPU and "
-        'memory. The target column is issue 12\'s "Done when" list.',
-        "",
-        STORE_NOTE,
-        "",
-        (
-            "**Taken under load**: the machine was busy with other work during the run (see the load "
-            "averages), so the numbers are noisy; rerun on a quiet machine before comparing closely."
-            if max(float(v) for v in loads[0].split(", ") + loads[1].split(", ")) > 0.5
-            else "The machine was quiet during the run (load averages above)."
-        ),
-        "",
-        text,
-        "",
-        "## Setup",
-        "",
-        "- Machine: " + "; ".join(f"{k} {v}" for k, v in machine().items()),
-        "- Versions: " + ", ".join(f"{k} {v}" for k, v in pkgs.items()),
-        f"- decortask measured: {measured_source()}",
-        *SETUP,
-        "",
-    ]
-    if missed:
-        lines += ["## Targets missed in this run", "", *[f"- {item}" for item in missed], ""]
-    path.write_text("\n".join(lines))
 
 
 @contextlib.contextmanager
@@ -621,7 +522,13 @@ def main() -> None:
         if missed:
             print("\nTargets missed:\n" + "\n".join(f"- {m}" for m in missed))
         out = Path(args.out) if args.out else HERE / "RESULTS.md" if complete else scratch_root / "RESULTS.md"
-        write_results(out, text, missed, sizes, args.quick, started, (load_before, load()))
+        header = (
+            f"`{' '.join(['python benchmarks/run.py', *sys.argv[1:]])}`, started {started}. {sizes.messages:,} "
+            f"tasks per enqueue/drain measure, {sizes.roundtrips:,} sequential round trips, {sizes.reps} "
+            f"interleaved repetition{'s' if sizes.reps != 1 else ''}, medians."
+        )
+        pkgs = versions(PACKAGES) | server_versions()
+        write_results(out, text, missed, header, (load_before, load()), pkgs, measured_source())
         print(f"\nwritten to {out}")
 
 
