@@ -266,11 +266,10 @@ class Publisher:
                 MAX_HELD,
             )
             self._dropped = 0
-        settings = self._app.settings
         store = self._app.store
         assert isinstance(store, OutboxStore)
         try:
-            store.mark_published(ids, time.time() + settings.republish_after)
+            store.mark_published(ids, time.time())
         except Exception as exc:  # the relay finds them unmarked and publishes them again: harmless
             logger.warning(
                 "background publisher: could not mark %d published tasks in the store (%s); the relay may "

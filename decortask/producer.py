@@ -62,7 +62,7 @@ def send_task(
     if publisher is None:
         stored = store.create(item.record)
     else:
-        outbox_entry = common.outbox_entry(item, app, task.options.persist)
+        outbox_entry = common.outbox_entry(item, task.options.persist)
         stored = cast(OutboxStore, store).create_outboxed([item.record], [outbox_entry])[0]
     if stored.id != item.message.id:
         return TaskHandle(app, stored.id, stored.name)
@@ -174,12 +174,10 @@ class _Common:
         )
         return _Prepared(message, body, record)
 
-    def outbox_entry(self, item: _Prepared, app: Decortask, persistent: bool) -> OutboxEntry:
-        """The outbox entry of a call: the relay publishes it if no publisher confirmed it by then."""
-        look_at = self.now + app.settings.relay_after
-        return OutboxEntry(
-            item.message.id, self.queue, self.priority, persistent, item.body.decode(), look_at
-        )
+    def outbox_entry(self, item: _Prepared, persistent: bool) -> OutboxEntry:
+        """The call's outbox entry: the relay publishes it if no publisher confirmed it in time."""
+        body = item.body.decode()
+        return OutboxEntry(item.message.id, self.queue, self.priority, persistent, body, self.now)
 
     def outgoing(self, item: _Prepared, persistent: bool) -> Outgoing:
         """The call's message as the background publisher takes it."""
@@ -243,7 +241,7 @@ def send_many(
         if publisher is None:
             stored = store.create_many([item.record for item in prepared])
         else:
-            outbox = [common.outbox_entry(item, app, persistent) for item in prepared]
+            outbox = [common.outbox_entry(item, persistent) for item in prepared]
             stored = cast(OutboxStore, store).create_outboxed([item.record for item in prepared], outbox)
         fresh = [item for item, s in zip(prepared, stored, strict=True) if s.id == item.message.id]
         if publisher is None or options.confirm:

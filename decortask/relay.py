@@ -84,7 +84,7 @@ class Relay:
             return None
         done = RelayPass()
         for _ in range(MAX_BATCHES):
-            items = outbox.outbox_due(now, BATCH)
+            items = outbox.outbox_due(now - settings.relay_after, now - settings.republish_after, BATCH)
             self._relay(outbox, items, now, done)
             if len(items) < BATCH:
                 break
@@ -130,7 +130,7 @@ class Relay:
                 settings.republish_after,
                 ready,
             )
-        outbox.mark_published(looked_at, now + settings.republish_after)
+        outbox.mark_published(looked_at, now)  # looked at again republish_after from now
         outbox.outbox_remove(finished)
         done.removed += len(finished)
 

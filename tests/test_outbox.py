@@ -92,7 +92,7 @@ def _record(now: float, key: str | None = None) -> TaskRecord:
     )  # fmt: skip
 
 
-def test_a_record_and_its_outbox_entry_are_written_together_and_read_by_look_time(store_url: str) -> None:
+def test_a_record_and_its_outbox_entry_are_written_together_and_read_by_age(store_url: str) -> None:
     store = open_store(store_url)
     assert isinstance(store, OutboxStore)
     now = time.time()
@@ -100,26 +100,29 @@ def test_a_record_and_its_outbox_entry_are_written_together_and_read_by_look_tim
     entries = [OutboxEntry(r.id, "q", 3, True, f'{{"id":"{r.id}"}}', now + i) for i, r in enumerate(records)]
     assert [r.id for r in store.create_outboxed(records, entries)] == [r.id for r in records]
 
-    due = store.outbox_due(now + 1.5, 10)
+    due = store.outbox_due(now + 1.5, now + 1.5, 10)  # written up to 1.5 s after `now`, oldest first
     assert [item.entry for item in due] == entries[:2]
     assert all(item.waiting and not item.published for item in due)
 
-    store.mark_published([records[0].id, "unknown"], now + 100)
-    assert [i.entry.task_id for i in store.outbox_due(now + 10, 10)] == [records[1].id, records[2].id]
-    later = store.outbox_due(now + 100, 10)
-    assert later[-1].published and later[-1].entry.task_id == records[0].id
+    # Published entries are due after their own age: here, not before now + 100.
+    store.mark_published([records[0].id, "unknown"], now + 50)
+    assert [i.entry.task_id for i in store.outbox_due(now + 10, now + 49, 10)] == [r.id for r in records[1:]]
+    later = store.outbox_due(now + 10, now + 50, 10)
+    assert (
+        later[-1].published and later[-1].entry.task_id == records[0].id and later[-1].entry.since == now + 50
+    )
     assert later[-1].entry.body == entries[0].body and later[-1].entry.priority == 3
 
     # A task that left PENDING no longer waits; a deleted one is reported gone.
     store.transition(records[1].id, TaskStatus.RUNNING, expect=[TaskStatus.PENDING], attempt=1)
     store.delete(records[2].id)
-    states = {i.entry.task_id: i for i in store.outbox_due(now + 100, 10)}
+    states = {i.entry.task_id: i for i in store.outbox_due(now + 100, now + 100, 10)}
     assert not states[records[1].id].waiting and states[records[1].id].status is TaskStatus.RUNNING
     assert states[records[2].id].status is None
 
     store.outbox_remove([r.id for r in records])
     store.mark_published([records[0].id], now)  # marking never brings a removed entry back
-    assert store.outbox_due(now + 1000, 10) == []
+    assert store.outbox_due(now + 1000, now + 1000, 10) == []
     store.close()
 
 
@@ -131,7 +134,7 @@ def test_a_call_whose_idempotency_key_is_held_writes_no_entry(store_url: str) ->
     store.create_outboxed([first], [OutboxEntry(first.id, "q", 0, True, "{}", now)])
     held = store.create_outboxed([second], [OutboxEntry(second.id, "q", 0, True, "{}", now)])
     assert held[0].id == first.id
-    assert [i.entry.task_id for i in store.outbox_due(now + 1, 10)] == [first.id]
+    assert [i.entry.task_id for i in store.outbox_due(now + 1, now + 1, 10)] == [first.id]
     store.close()
 
 
@@ -148,12 +151,12 @@ def test_delay_returns_with_the_record_durable_before_the_publisher_sent_it(netw
         observer = _observer(app)
         assert handle.status is TaskStatus.PENDING
         assert observer.transport.queue_size(app.settings.default_queue) == 0  # not yet published
-        unpublished = _outbox(app).outbox_due(time.time() + app.settings.relay_after, 10)
+        unpublished = _outbox(app).outbox_due(time.time(), time.time(), 10)
         assert [(i.entry.task_id, i.published) for i in unpublished] == [(handle.id, False)]
 
         assert app.flush_published(10)
         assert observer.transport.queue_size(app.settings.default_queue) == 1
-        marked = _outbox(app).outbox_due(time.time() + app.settings.republish_after + 1, 10)
+        marked = _outbox(app).outbox_due(time.time(), time.time(), 10)
         assert [(i.entry.task_id, i.published) for i in marked] == [(handle.id, True)]
         assert run_pending(app) == 1 and handle.get(timeout=5) == 3
     finally:
@@ -197,7 +200,7 @@ def test_a_broker_that_is_down_at_delay_leaves_the_record_for_the_relay_with_one
             handles = [bt.add.delay(i, i) for i in range(3)]
             assert not app.flush_published(1.5)
         assert [h.status for h in handles] == [TaskStatus.PENDING] * 3
-        waiting = _outbox(app).outbox_due(time.time() + app.settings.relay_after, 10)
+        waiting = _outbox(app).outbox_due(time.time(), time.time(), 10)
         assert sorted(i.entry.task_id for i in waiting if not i.published) == sorted(h.id for h in handles)
         lines = [r for r in caplog.records if r.name == "decortask.outbox"]
         assert len(lines) == 1 and "relay" in lines[0].getMessage()

@@ -50,7 +50,7 @@ def _runs(effects: Path, task_id: str) -> list[str]:
 def _entries(app: Decortask, now: float) -> list[str]:
     store = app.store
     assert isinstance(store, OutboxStore)
-    return [item.entry.task_id for item in store.outbox_due(now, 1000)]
+    return [item.entry.task_id for item in store.outbox_due(now, now, 1000)]
 
 
 def test_f13_redis_restart_without_persistence_republishes(

@@ -221,16 +221,23 @@ class MemoryStore(TaskStore, PeriodicStateStore, OutboxStore):
                     self._outbox[record.id] = (entry, False)
             return stored
 
-    def mark_published(self, task_ids: Sequence[str], look_at: float) -> None:
+    def mark_published(self, task_ids: Sequence[str], now: float) -> None:
         with self._lock:
             for task_id in task_ids:
                 found = self._outbox.get(task_id)
                 if found is not None:
-                    self._outbox[task_id] = (dataclasses.replace(found[0], look_at=look_at), True)
+                    self._outbox[task_id] = (dataclasses.replace(found[0], since=now), True)
 
-    def outbox_due(self, now: float, limit: int) -> list[OutboxItem]:
+    def outbox_due(self, unpublished_since: float, published_since: float, limit: int) -> list[OutboxItem]:
         with self._lock:
-            due = sorted((pair for pair in self._outbox.values() if pair[0].look_at <= now), key=_look_at)
+            due = sorted(
+                (
+                    (entry, published)
+                    for entry, published in self._outbox.values()
+                    if entry.since <= (published_since if published else unpublished_since)
+                ),
+                key=_since,
+            )
             return [
                 item_of(entry, published, self._records.get(entry.task_id))
                 for entry, published in due[:limit]
@@ -287,8 +294,8 @@ class MemoryStore(TaskStore, PeriodicStateStore, OutboxStore):
             return state
 
 
-def _look_at(pair: tuple[OutboxEntry, bool]) -> float:
-    return pair[0].look_at
+def _since(pair: tuple[OutboxEntry, bool]) -> float:
+    return pair[0].since
 
 
 def _copy(record: TaskRecord) -> TaskRecord:

@@ -2,13 +2,14 @@
 
 `.delay()` writes a task's record and its outbox entry (the encoded message, its queue and priority) in one
 atomic step, then hands the message to a background publisher (`outbox.py`) and returns. The entry's
-`look_at` says when the relay (`relay.py`) next looks at it:
+`since` is when it was written, or last published; the relay (`relay.py`) looks at it with its own
+settings:
 
-- unpublished: `look_at` is the record's time plus `relay_after`; if the publisher has not marked it
-  published by then (the producer died, the broker was down), the relay publishes it;
-- published (`mark_published`): `look_at` moves `republish_after` ahead; the relay then checks that the
-  task was consumed (its record left PENDING or counts a delivery) and drops the entry, or republishes the
-  message a broker lost (once per `republish_after`).
+- unpublished for `relay_after`: the publisher has not marked it published (the producer died, the
+  broker was down), so the relay publishes it;
+- published `republish_after` ago (`mark_published` moves `since`): the relay checks that the task was
+  consumed (its record left PENDING or counts a delivery) and drops the entry, or republishes the message
+  a broker lost (once per `republish_after`, since publishing moves `since` again).
 
 So the table holds the tasks of about the last `republish_after` seconds, plus those still waiting.
 Every backend (memory, SQLite, Redis) implements `OutboxStore`; tests/test_outbox.py checks each of them.
@@ -34,7 +35,7 @@ class OutboxEntry:
         priority: decortask priority 0..9.
         persistent: a persistent message (`persist=True` tasks) or a transient one.
         body: the encoded message, exactly as first published (encrypted arguments stay encrypted).
-        look_at: when the relay should look at the entry next (UNIX seconds).
+        since: when the entry was written, or last published or looked at by the relay (UNIX seconds).
     """
 
     task_id: str
@@ -42,7 +43,7 @@ class OutboxEntry:
     priority: int
     persistent: bool
     body: str
-    look_at: float
+    since: float
 
 
 @dataclass(frozen=True)
@@ -80,12 +81,13 @@ class OutboxStore(Protocol):
         """
         ...
 
-    def mark_published(self, task_ids: Sequence[str], look_at: float) -> None:
-        """Mark these entries published and move their next look to `look_at`; unknown ids are skipped."""
+    def mark_published(self, task_ids: Sequence[str], now: float) -> None:
+        """Mark these entries published at `now` (their `since`); unknown ids are skipped."""
         ...
 
-    def outbox_due(self, now: float, limit: int) -> list[OutboxItem]:
-        """Up to `limit` entries whose `look_at` is at or before `now`, the earliest first."""
+    def outbox_due(self, unpublished_since: float, published_since: float, limit: int) -> list[OutboxItem]:
+        """Up to `limit` entries, oldest `since` first: unpublished ones whose `since` is at or before
+        `unpublished_since`, and published ones whose `since` is at or before `published_since`."""
         ...
 
     def outbox_remove(self, task_ids: Sequence[str]) -> None:

@@ -1,6 +1,6 @@
 """The Redis store's outbox (see `outbox_state.py`).
 
-Keys under the namespace `ns`: `ns:outbox:new` zset of unpublished task ids scored by look_at,
+Keys under the namespace `ns`: `ns:outbox:new` zset of unpublished task ids scored by `since`,
 `ns:outbox:sent` the same for published ones, `ns:outbox:body` hash id -> entry JSON. An entry is written
 by the same Lua script as its record (`CREATE_OUTBOXED` wraps the store's `CREATE`), so a record never
 exists without its entry. Marking entries published moves them from `new` to `sent` (never resurrecting
@@ -20,7 +20,7 @@ from .redis_events import NO_EVENTS
 from .redis_scripts import CREATE
 
 # KEYS: the CREATE script's two keys, then the new zset and the body hash. ARGV: 1 how many of the next
-# arguments are CREATE's, then CREATE's arguments, then per record (id, look_at, entry JSON).
+# arguments are CREATE's, then CREATE's arguments, then per record (id, since, entry JSON).
 # Runs CREATE (its KEYS and ARGV shadowed by the function's parameters) and writes the entry of every
 # record it inserted ('ok'); returns CREATE's replies.
 CREATE_OUTBOXED = (
@@ -45,7 +45,7 @@ return replies
 """
 )
 
-# KEYS: new zset, sent zset. ARGV: look_at, then task ids. Moves known entries to `sent` at look_at.
+# KEYS: new zset, sent zset. ARGV: now, then task ids. Moves known entries to `sent`, scored `now`.
 MARK_PUBLISHED = """
 for i = 2, #ARGV do
   local id = ARGV[i]
@@ -85,20 +85,20 @@ class RedisOutbox:
         """Run CREATE with `create_keys` and `create_args`, writing `entries` with the records inserted."""
         args: list[Any] = [len(create_args), *create_args]
         for entry in entries:
-            args.extend([entry.task_id, repr(entry.look_at), _entry_json(entry)])
+            args.extend([entry.task_id, repr(entry.since), _entry_json(entry)])
         with self._errors():
             return self._create(keys=[*create_keys, self._new, self._body], args=args)
 
-    def mark_published(self, task_ids: Sequence[str], look_at: float) -> None:
+    def mark_published(self, task_ids: Sequence[str], now: float) -> None:
         if task_ids:
             with self._errors():
-                self._mark(keys=[self._new, self._sent], args=[repr(look_at), *task_ids])
+                self._mark(keys=[self._new, self._sent], args=[repr(now), *task_ids])
 
-    def due(self, now: float, limit: int) -> list[OutboxItem]:
+    def due(self, unpublished_since: float, published_since: float, limit: int) -> list[OutboxItem]:
         with self._errors():
             pipe = self._client.pipeline(transaction=False)
-            for key in (self._new, self._sent):
-                pipe.zrangebyscore(key, "-inf", repr(now), start=0, num=limit, withscores=True)
+            for key, since in ((self._new, unpublished_since), (self._sent, published_since)):
+                pipe.zrangebyscore(key, "-inf", repr(since), start=0, num=limit, withscores=True)
             new, sent = pipe.execute()
             found = sorted(
                 [(score, task_id, False) for task_id, score in new]
@@ -115,7 +115,7 @@ class RedisOutbox:
         for (score, _, published), body, raw in zip(found, bodies, raws, strict=True):
             if body is None:  # removed between the two reads
                 continue
-            entry = OutboxEntry(**{**json.loads(body), "look_at": float(score)})
+            entry = OutboxEntry(**{**json.loads(body), "since": float(score)})
             items.append(item_of(entry, published, TaskRecord.from_json(raw) if raw is not None else None))
         return items
 
@@ -134,11 +134,11 @@ class RedisOutboxMethods(OutboxStore):
 
     _outbox: RedisOutbox
 
-    def mark_published(self, task_ids: Sequence[str], look_at: float) -> None:
-        self._outbox.mark_published(task_ids, look_at)
+    def mark_published(self, task_ids: Sequence[str], now: float) -> None:
+        self._outbox.mark_published(task_ids, now)
 
-    def outbox_due(self, now: float, limit: int) -> list[OutboxItem]:
-        return self._outbox.due(now, limit)
+    def outbox_due(self, unpublished_since: float, published_since: float, limit: int) -> list[OutboxItem]:
+        return self._outbox.due(unpublished_since, published_since, limit)
 
     def outbox_remove(self, task_ids: Sequence[str]) -> None:
         self._outbox.remove(task_ids)
@@ -151,6 +151,6 @@ def _entry_json(entry: OutboxEntry) -> str:
         "priority": entry.priority,
         "persistent": entry.persistent,
         "body": entry.body,
-        "look_at": entry.look_at,
+        "since": entry.since,
     }
     return json.dumps(data, separators=(",", ":"))

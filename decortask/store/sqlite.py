@@ -323,12 +323,14 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
     ) -> list[TaskRecord]:
         return self._run(lambda conn: sqlite_outbox.create(conn, records, entries))
 
-    def mark_published(self, task_ids: Sequence[str], look_at: float) -> None:
+    def mark_published(self, task_ids: Sequence[str], now: float) -> None:
         if task_ids:
-            self._run(lambda conn: sqlite_outbox.mark_published(conn, task_ids, look_at))
+            self._run(lambda conn: sqlite_outbox.mark_published(conn, task_ids, now))
 
-    def outbox_due(self, now: float, limit: int) -> list[OutboxItem]:
-        return self._run(lambda conn: sqlite_outbox.due(conn, now, limit), write=False)
+    def outbox_due(self, unpublished_since: float, published_since: float, limit: int) -> list[OutboxItem]:
+        return self._run(
+            lambda conn: sqlite_outbox.due(conn, unpublished_since, published_since, limit), write=False
+        )
 
     def outbox_remove(self, task_ids: Sequence[str]) -> None:
         if task_ids:

@@ -2,7 +2,7 @@
 
 Each function runs on one connection inside the caller's transaction (`SQLiteStore._run`), so a record and
 its outbox row are written in the same transaction. The relay reads rows by `look_at` (indexed) joined with
-the task's row, so finding what to publish never scans the tasks table.
+the task's row through the (published, since) index, so finding what to publish never scans the tasks table.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from .outbox_state import OutboxEntry, OutboxItem
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS decortask_outbox (id TEXT PRIMARY KEY, queue TEXT NOT NULL,"
-    " priority INTEGER NOT NULL, persistent INTEGER NOT NULL, body TEXT NOT NULL, look_at REAL NOT NULL,"
+    " priority INTEGER NOT NULL, persistent INTEGER NOT NULL, body TEXT NOT NULL, since REAL NOT NULL,"
     " published INTEGER NOT NULL DEFAULT 0)",
-    "CREATE INDEX IF NOT EXISTS decortask_outbox_look ON decortask_outbox (look_at)",
+    "CREATE INDEX IF NOT EXISTS decortask_outbox_since ON decortask_outbox (published, since)",
 )
 
 
@@ -34,43 +34,48 @@ def create(
     """Insert the records (`sqlite_rows.insert`) and the outbox rows of those inserted."""
     stored = [sqlite_rows.insert(conn, record) for record in records]
     rows = [
-        (e.task_id, e.queue, e.priority, int(e.persistent), e.body, e.look_at)
+        (e.task_id, e.queue, e.priority, int(e.persistent), e.body, e.since)
         for record, e, kept in zip(records, entries, stored, strict=True)
         if kept.id == record.id
     ]
     conn.executemany(
-        "INSERT INTO decortask_outbox (id, queue, priority, persistent, body, look_at) "
+        "INSERT INTO decortask_outbox (id, queue, priority, persistent, body, since) "
         "VALUES (?, ?, ?, ?, ?, ?)",
         rows,
     )
     return stored
 
 
-def mark_published(conn: sqlite3.Connection, task_ids: Sequence[str], look_at: float) -> None:
+def mark_published(conn: sqlite3.Connection, task_ids: Sequence[str], now: float) -> None:
     for chunk in sqlite_rows.chunks(task_ids):
         marks = ", ".join("?" * len(chunk))
         conn.execute(
-            f"UPDATE decortask_outbox SET published = 1, look_at = ? WHERE id IN ({marks})", [look_at, *chunk]
+            f"UPDATE decortask_outbox SET published = 1, since = ? WHERE id IN ({marks})", [now, *chunk]
         )
 
 
-def due(conn: sqlite3.Connection, now: float, limit: int) -> list[OutboxItem]:
+def due(
+    conn: sqlite3.Connection, unpublished_since: float, published_since: float, limit: int
+) -> list[OutboxItem]:
+    # Each half walks the (published, since) index; the outer ORDER BY merges the two short lists.
     rows = conn.execute(
-        "SELECT o.id, o.queue, o.priority, o.persistent, o.body, o.look_at, o.published, t.status, "
-        "json_extract(t.record, '$.attempt'), json_extract(t.record, '$.deliveries') "
-        "FROM decortask_outbox o LEFT JOIN decortask_tasks t ON t.id = o.id "
-        "WHERE o.look_at <= ? ORDER BY o.look_at LIMIT ?",
-        (now, limit),
+        "SELECT o.id, o.queue, o.priority, o.persistent, o.body, o.since, o.published, t.status, "
+        "json_extract(t.record, '$.attempt'), json_extract(t.record, '$.deliveries') FROM ("
+        "SELECT * FROM (SELECT * FROM decortask_outbox WHERE published = 0 AND since <= ? ORDER BY since LIMIT ?) "
+        "UNION ALL "
+        "SELECT * FROM (SELECT * FROM decortask_outbox WHERE published = 1 AND since <= ? ORDER BY since LIMIT ?)"
+        ") o LEFT JOIN decortask_tasks t ON t.id = o.id ORDER BY o.since LIMIT ?",
+        (unpublished_since, limit, published_since, limit, limit),
     ).fetchall()
     return [
         OutboxItem(
-            OutboxEntry(task_id, queue, int(priority), bool(persistent), body, float(look_at)),
+            OutboxEntry(task_id, queue, int(priority), bool(persistent), body, float(since)),
             bool(published),
             TaskStatus(status) if status is not None else None,
             int(attempt or 0),
             int(deliveries or 0),
         )
-        for task_id, queue, priority, persistent, body, look_at, published, status, attempt, deliveries in rows
+        for task_id, queue, priority, persistent, body, since, published, status, attempt, deliveries in rows
     ]
 
 
