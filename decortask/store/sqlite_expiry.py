@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from .. import sqlitelocks
 from ..states import TERMINAL
@@ -67,12 +67,16 @@ class PurgeBatch:
 
 
 T = TypeVar("T")
-#: Runs a body in one write transaction and returns what it returned (`SQLiteStore._run`).
-Run = Callable[[Callable[[sqlite3.Connection], T]], T]
+
+
+class Run(Protocol):
+    """Runs a body in one write transaction and returns what it returned (`SQLiteStore._run`)."""
+
+    def __call__(self, body: Callable[[sqlite3.Connection], T], /) -> T: ...
 
 
 def purge(
-    run: Run[tuple[int, bool]],
+    run: Run,
     conn: Callable[[], sqlite3.Connection],
     now: float,
     limits: ExpiryLimits,
@@ -103,42 +107,35 @@ def purge(
                 break
             time.sleep(max(held, limits.min_pause))
         if removed:
-            vacuum(connection, limits, on_batch)
+            vacuum(run, connection, limits, on_batch)
         return removed
     finally:
         connection.execute(f"PRAGMA wal_autocheckpoint={autocheckpoint}")
 
 
 def vacuum(
-    conn: sqlite3.Connection, limits: ExpiryLimits, on_batch: Callable[[PurgeBatch], None] | None = None
+    run: Run,
+    conn: sqlite3.Connection,
+    limits: ExpiryLimits,
+    on_batch: Callable[[PurgeBatch], None] | None = None,
 ) -> int:
     """Return free pages to the file system, `limits.vacuum_pages` per write transaction; returns how many.
 
     Does nothing on a file created without incremental auto-vacuum (its free pages are reused instead).
-    `conn` must be outside a transaction: each step is its own.
+    `run` and `conn` as for `purge`.
     """
     if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != INCREMENTAL:
         return 0
     returned = 0
     while True:
-        before = _free_pages(conn)
-        if before == 0:
-            return returned
-        started = time.perf_counter()
-        # Python's sqlite3 steps a statement without result columns once, and this pragma frees one page
-        # per step: executescript steps it to the end, as one autocommit write transaction. Its lock waits
-        # (`sqlitelocks`) are counted in `held`, which is therefore an upper bound.
-        conn.executescript(f"PRAGMA incremental_vacuum({int(limits.vacuum_pages)})")
-        held = time.perf_counter() - started
-        after = _free_pages(conn)
-        freed = before - after  # about: other writers take free pages for their rows meanwhile
+        freed, held = _timed(run, lambda c, t0: _vacuum_step(c, limits.vacuum_pages))
         if freed <= 0:
             return returned
         returned += freed
         _report(on_batch, PurgeBatch("vacuum", freed, held))
         _checkpoint(conn)
-        if after == 0:
-            return returned
+        if freed < limits.vacuum_pages:
+            return returned  # the free list is empty
         time.sleep(max(held, limits.min_pause))
 
 
@@ -197,6 +194,16 @@ def compact(path: Path, patience: float) -> tuple[FileState, FileState]:
         conn.close()
 
 
+def _vacuum_step(conn: sqlite3.Connection, pages: int) -> int:
+    """Inside the caller's write transaction: return up to `pages` free pages; returns how many it did."""
+    before = _free_pages(conn)
+    # One page per statement: Python's sqlite3 steps a statement without result columns only once, and
+    # `incremental_vacuum` frees one page per step (executescript would step on, but commits first).
+    for _ in range(min(pages, before)):
+        conn.execute("PRAGMA incremental_vacuum(1)")
+    return before - _free_pages(conn)
+
+
 def _checkpoint(conn: sqlite3.Connection) -> None:
     """Copy what the WAL holds into the database file, as far as readers allow, without waiting for anyone."""
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -206,7 +213,7 @@ def _free_pages(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
 
 
-def _timed(run: Run[T], body: Callable[[sqlite3.Connection, float], T]) -> tuple[T, float]:
+def _timed(run: Run, body: Callable[[sqlite3.Connection, float], T]) -> tuple[T, float]:
     """Run `body` in one write transaction; (its result, seconds from its start to the end of the commit).
 
     The clock starts inside the transaction, once the write lock is held, not while waiting for it.
