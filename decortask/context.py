@@ -64,7 +64,6 @@ class TaskContext:
         if not 0.0 <= float(progress) <= 1.0:
             raise ValueError(f"progress must be between 0.0 and 1.0, got {progress!r}")
         if self._progress_sink is not None:
-            self.flush_log()  # a live view never shows progress ahead of the lines written before it
             try:
                 self._progress_sink(float(progress), message)
             except Exception as exc:  # progress is advisory: never fail the task over it
@@ -92,7 +91,6 @@ class TaskContext:
                 "(store a link to larger data instead)"
             )
         if self._output_sink is not None:
-            self.flush_log()
             try:
                 self._output_sink(json.loads(text))  # a plain JSON copy, as every store would give back
             except Exception as exc:  # advisory, like progress: never fail the task over it

@@ -306,8 +306,8 @@ class Executor:
             tags=dict(message.tags),
             worker_id=self.worker_id,
             _log=log,
-            _progress_sink=lambda progress, text: store.set_progress(record.id, progress, text),
-            _output_sink=lambda output: store.set_output(record.id, output),
+            _progress_sink=log.set_progress,  # these writes carry the attempt's waiting log lines
+            _output_sink=log.set_output,
         )
         if self._stopping:
             ctx.request_stop()

@@ -5,8 +5,8 @@ goes into its `TaskLogBuffer` rather than being a store write of its own. The li
 
 - with the attempt's outcome, in the same store transaction (the executor takes them with `close` and puts
   them on the outcome's `TransitionStep`);
-- before a `ctx.set_progress()` or `ctx.set_output()` write, so a live view never shows progress ahead of
-  the lines written before it;
+- with a `ctx.set_progress()` or `ctx.set_output()` write, in the same store write (appended first), so
+  a live view never shows progress ahead of the lines written before it;
 - by the process's one `LogFlusher` thread, once the oldest line waiting is half the `log_flush_interval`
   old (checked every half interval), so live views see a long task's lines within that interval;
 - at once when `MAX_PENDING` lines are waiting.
@@ -23,8 +23,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from .security import mask_text
 from .store.base import LogLine, TaskStore
@@ -104,6 +104,29 @@ class TaskLogBuffer:
             write_lines(self.store, self.task_id, lines)
         finally:
             self._writing.release()
+
+    def set_progress(self, progress: float, message: str | None) -> None:
+        """Write the task's progress (`ctx.set_progress`), the lines waiting appended in the same write."""
+        self._write_with(
+            lambda lines: self.store.set_progress(self.task_id, progress, message, log_lines=lines)
+        )
+
+    def set_output(self, output: Any) -> None:
+        """Write the task's partial output (`ctx.set_output`), the lines waiting appended in the same write."""
+        self._write_with(lambda lines: self.store.set_output(self.task_id, output, log_lines=lines))
+
+    def _write_with(self, write: Callable[[list[LogLine]], None]) -> None:
+        with self._writing:
+            with self._lock:
+                lines, self._lines = self._lines, []
+            try:
+                write(lines)
+            except BaseException:
+                if lines:  # they wait for the next write, ahead of any added meanwhile
+                    with self._lock:
+                        self._lines[:0] = lines
+                    flusher.watch(self)
+                raise
 
     def due(self, now: float) -> bool:
         """Whether the oldest line waiting is old enough for the interval flush."""

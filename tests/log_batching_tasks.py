@@ -38,6 +38,17 @@ def many_lines(count: int) -> int:
     return count
 
 
+@task(name="lb.reports_progress")
+def reports_progress(ctx: TaskContext) -> str:
+    task_log("before progress 1")
+    task_log("before progress 2")
+    ctx.set_progress(0.5, "half")
+    task_log("before output")
+    ctx.set_output({"rows": 1})
+    task_log("after")
+    return "ok"
+
+
 @task(name="lb.waits")
 def waits() -> str:
     task_log("started")

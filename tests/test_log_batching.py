@@ -97,6 +97,21 @@ def test_a_step_that_raises_writes_no_log_lines(store: TaskStore) -> None:
     assert messages(store.get("t")) == []
 
 
+def test_progress_and_output_writes_append_their_log_lines_first_in_the_same_step(store: TaskStore) -> None:
+    store.create(running("t"))
+    store.set_progress("t", 0.5, "half", log_lines=lines("p1", "p2"))
+    store.set_output("t", {"rows": 3}, log_lines=lines("o1"))
+    stored = store.get("t")
+    assert messages(stored) == ["p1", "p2", "o1"]
+    assert stored is not None and (stored.progress, stored.progress_message, stored.output) == (
+        0.5,
+        "half",
+        {"rows": 3},
+    )
+    store.set_progress("missing", 0.1, log_lines=lines("x"))
+    assert store.get("missing") is None
+
+
 def test_a_batch_appends_each_steps_lines_to_its_own_task(store: TaskStore) -> None:
     from decortask.store.base import TransitionStep
 
@@ -134,6 +149,8 @@ class StoreWrites:
         for name, count in (("append_log", lambda line: 1), ("append_logs", len)):
             original = getattr(store, name)
             monkeypatch.setattr(store, name, self._appends(original, count))
+        for name in ("set_progress", "set_output"):
+            monkeypatch.setattr(store, name, self._fields(name, getattr(store, name)))
 
     def _steps(self, original: Any) -> Any:
         def wrapped(steps: Any) -> Any:
@@ -151,6 +168,14 @@ class StoreWrites:
             with self._lock:
                 self.calls.append(("append", task_id, count(lines)))
             return original(task_id, lines)
+
+        return wrapped
+
+    def _fields(self, name: str, original: Any) -> Any:
+        def wrapped(task_id: str, *args: Any, log_lines: Any = (), **kwargs: Any) -> Any:
+            with self._lock:
+                self.calls.append((name, task_id, len(log_lines)))
+            return original(task_id, *args, log_lines=log_lines, **kwargs)
 
         return wrapped
 
@@ -198,6 +223,27 @@ def test_a_task_that_logs_nothing_writes_nothing_more(
     handle = lb.quiet.delay()
     run_pending(app)
     assert writes.of(handle.id) == [("transition", (S.RUNNING, 0)), ("transition", (S.SUCCESS, 0))]
+
+
+def test_progress_and_output_writes_carry_the_lines_written_before_them(
+    app: Decortask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app, "settings", app.settings.replace(log_flush_interval=3600.0))
+    writes = StoreWrites(app.store, monkeypatch)
+    handle = lb.reports_progress.delay()
+    run_pending(app)
+    assert writes.of(handle.id) == [
+        ("transition", (S.RUNNING, 0)),
+        ("set_progress", 2),
+        ("set_output", 1),
+        ("transition", (S.SUCCESS, 1)),
+    ]
+    assert [line.message for line in handle.logs] == [
+        "before progress 1",
+        "before progress 2",
+        "before output",
+        "after",
+    ]
 
 
 def test_a_full_buffer_is_written_at_once_and_the_rest_with_the_outcome(

@@ -365,12 +365,16 @@ class TaskStore(Transitions, Protocol):
         """Append one log line to the task's record."""
         ...
 
-    def set_progress(self, task_id: str, progress: float, message: str | None = None) -> None:
-        """Record progress (0.0..1.0) and an optional message."""
+    def set_progress(
+        self, task_id: str, progress: float, message: str | None = None, *, log_lines: Sequence[LogLine] = ()
+    ) -> None:
+        """Record progress (0.0..1.0) and an optional message; `log_lines` are appended in the same atomic
+        step, before it (the running attempt's lines waiting in the worker)."""
         ...
 
-    def set_output(self, task_id: str, output: Any) -> None:
-        """Replace the task's published partial output (`ctx.set_output`); nothing for an unknown task."""
+    def set_output(self, task_id: str, output: Any, *, log_lines: Sequence[LogLine] = ()) -> None:
+        """Replace the task's published partial output (`ctx.set_output`); nothing for an unknown task.
+        `log_lines` are appended in the same atomic step, as with `set_progress`."""
         ...
 
     def list_tasks(self, query: TaskQuery) -> list[TaskRecord]:

@@ -120,16 +120,20 @@ class MemoryStore(TaskStore, PeriodicStateStore, OutboxStore):
             if record is not None:
                 record.logs.extend(copy.deepcopy(list(lines)))
 
-    def set_output(self, task_id: str, output: Any) -> None:
+    def set_output(self, task_id: str, output: Any, *, log_lines: Sequence[LogLine] = ()) -> None:
         with self._lock:
             record = self._records.get(task_id)
             if record is not None:
+                record.logs.extend(copy.deepcopy(list(log_lines)))
                 record.output = copy.deepcopy(output)  # the caller's object
 
-    def set_progress(self, task_id: str, progress: float, message: str | None = None) -> None:
+    def set_progress(
+        self, task_id: str, progress: float, message: str | None = None, *, log_lines: Sequence[LogLine] = ()
+    ) -> None:
         with self._lock:
             record = self._records.get(task_id)
             if record is not None:
+                record.logs.extend(copy.deepcopy(list(log_lines)))
                 record.progress = progress
                 record.progress_message = message
 

@@ -266,14 +266,18 @@ class RedisStore(
             with self._errors():
                 self._append_script(keys=[self._task(task_id), self._logs(task_id)], args=texts)
 
-    def set_output(self, task_id: str, output: Any) -> None:
-        with self._errors():
-            self._set_fields_script(keys=[self._task(task_id)], args=["output", _json(output)])
+    def set_output(self, task_id: str, output: Any, *, log_lines: Sequence[LogLine] = ()) -> None:
+        self._set_fields(task_id, ["output", _json(output)], log_lines)
 
-    def set_progress(self, task_id: str, progress: float, message: str | None = None) -> None:
-        args = ["progress", _json(progress), "progress_message", _json(message)]
+    def set_progress(
+        self, task_id: str, progress: float, message: str | None = None, *, log_lines: Sequence[LogLine] = ()
+    ) -> None:
+        self._set_fields(task_id, ["progress", _json(progress), "progress_message", _json(message)], log_lines)
+
+    def _set_fields(self, task_id: str, pairs: list[Any], log_lines: Sequence[LogLine]) -> None:
+        args = [len(log_lines), *(_json(line.to_dict()) for line in log_lines), *pairs]
         with self._errors():
-            self._set_fields_script(keys=[self._task(task_id)], args=args)
+            self._set_fields_script(keys=[self._task(task_id), self._logs(task_id)], args=args)
 
     def purge_expired(self, now: float) -> int:
         def expired(record: TaskRecord) -> bool:

@@ -225,15 +225,23 @@ return replies
 """
 )
 
-# KEYS: task. ARGV: field name / JSON text pairs. Sets them on an existing record (progress, not status).
+# KEYS: task, logs. ARGV: the number of log lines, those lines (JSON), then field name / JSON text pairs.
+# On an existing record: appends the lines to its log, then sets the fields (progress, output; not status).
 SET_FIELDS = (
     _HELPERS
     + r"""
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 local names, values = split_record(raw)
+local lines = tonumber(ARGV[1])
+if lines > 0 then
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, 2, lines + 1))
+  if EVENTS then
+    for i = 2, lines + 1 do emit_event('log', values, ARGV[i]) end
+  end
+end
 local before = EVENTS and (values['progress'] or '') .. ',' .. (values['progress_message'] or '')
-redis.call('SET', KEYS[1], splice(names, values, ARGV, 1, #ARGV))
+redis.call('SET', KEYS[1], splice(names, values, ARGV, lines + 2, #ARGV))
 if EVENTS and before ~= (values['progress'] or '') .. ',' .. (values['progress_message'] or '') then
   emit_event('progress', values)
 end

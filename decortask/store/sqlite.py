@@ -132,10 +132,11 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
                 )
             )
 
-    def set_output(self, task_id: str, output: Any) -> None:
+    def set_output(self, task_id: str, output: Any, *, log_lines: Sequence[LogLine] = ()) -> None:
         def body(conn: sqlite3.Connection) -> None:
             record = sqlite_rows.load(conn, task_id, logs=False)
             if record is not None:
+                sqlite_steps.append_lines(conn, task_id, log_lines)
                 record.output = output
                 conn.execute(
                     "UPDATE decortask_tasks SET record = ? WHERE id = ?", (sqlite_rows.blob(record), task_id)
@@ -143,10 +144,13 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
 
         self._run(body)
 
-    def set_progress(self, task_id: str, progress: float, message: str | None = None) -> None:
+    def set_progress(
+        self, task_id: str, progress: float, message: str | None = None, *, log_lines: Sequence[LogLine] = ()
+    ) -> None:
         def body(conn: sqlite3.Connection) -> None:
             record = sqlite_rows.load(conn, task_id, logs=False)
             if record is not None:
+                sqlite_steps.append_lines(conn, task_id, log_lines)
                 record.progress = progress
                 record.progress_message = message
                 conn.execute(

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 
 from . import sqlite_cas, sqlite_rows
-from .base import TaskRecord, TransitionStep, apply_transition
+from .base import LogLine, TaskRecord, TransitionStep, apply_transition
 
 
 class NeedsSavepoints(Exception):
@@ -41,7 +41,7 @@ def apply_steps(
             try:
                 done = sqlite_cas.update(conn, step, time.time())
                 if done is not sqlite_cas.UNSUPPORTED:
-                    append_lines(conn, step)
+                    append_lines(conn, step.task_id, step.log_lines)
             except sqlite3.Error:
                 raise
             except Exception as exc:
@@ -73,7 +73,7 @@ def transition(conn: sqlite3.Connection, step: TransitionStep, *, in_sql: bool =
     done = sqlite_cas.update(conn, step, now) if in_sql else sqlite_cas.UNSUPPORTED
     if done is sqlite_cas.UNSUPPORTED:
         done = transition_in_python(conn, step, now)
-    append_lines(conn, step)
+    append_lines(conn, step.task_id, step.log_lines)
     if not isinstance(done, TaskRecord):
         return None
     if step.schedule is not None:
@@ -98,12 +98,11 @@ def transition_in_python(conn: sqlite3.Connection, step: TransitionStep, now: fl
     return updated
 
 
-def append_lines(conn: sqlite3.Connection, step: TransitionStep) -> None:
-    """Append the step's log lines, in order, if its task exists (whether or not its compare-and-set held)."""
-    if step.log_lines:
-        task_id = step.task_id
+def append_lines(conn: sqlite3.Connection, task_id: str, lines: Sequence[LogLine]) -> None:
+    """Append `lines`, in order, if the task exists (for a step: whether or not its compare-and-set held)."""
+    if lines:
         conn.executemany(
             "INSERT INTO decortask_logs (task_id, line) "
             "SELECT ?, ? WHERE EXISTS (SELECT 1 FROM decortask_tasks WHERE id = ?)",
-            [(task_id, sqlite_rows.line_json(line), task_id) for line in step.log_lines],
+            [(task_id, sqlite_rows.line_json(line), task_id) for line in lines],
         )
