@@ -21,7 +21,15 @@ from urllib.parse import parse_qs, quote, urlsplit
 from .. import sqlitelocks
 from ..config import sqlite_path
 from ..errors import ConfigurationError, StoreError
-from . import sqlite_events, sqlite_expiry, sqlite_outbox, sqlite_periodic, sqlite_rows, sqlite_steps
+from . import (
+    sqlite_events,
+    sqlite_expiry,
+    sqlite_outbox,
+    sqlite_periodic,
+    sqlite_queries,
+    sqlite_rows,
+    sqlite_steps,
+)
 from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, TaskStore, TransitionStep
 from .outbox_state import OutboxEntry, OutboxItem, OutboxStore
 from .periodic_state import PeriodicStateStore, ScheduleState
@@ -132,11 +140,10 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
                 )
             )
 
-    def set_output(self, task_id: str, output: Any, *, log_lines: Sequence[LogLine] = ()) -> None:
+    def set_output(self, task_id: str, output: Any) -> None:
         def body(conn: sqlite3.Connection) -> None:
             record = sqlite_rows.load(conn, task_id, logs=False)
             if record is not None:
-                sqlite_steps.append_lines(conn, task_id, log_lines)
                 record.output = output
                 conn.execute(
                     "UPDATE decortask_tasks SET record = ? WHERE id = ?", (sqlite_rows.blob(record), task_id)
@@ -144,13 +151,10 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
 
         self._run(body)
 
-    def set_progress(
-        self, task_id: str, progress: float, message: str | None = None, *, log_lines: Sequence[LogLine] = ()
-    ) -> None:
+    def set_progress(self, task_id: str, progress: float, message: str | None = None) -> None:
         def body(conn: sqlite3.Connection) -> None:
             record = sqlite_rows.load(conn, task_id, logs=False)
             if record is not None:
-                sqlite_steps.append_lines(conn, task_id, log_lines)
                 record.progress = progress
                 record.progress_message = message
                 conn.execute(
@@ -160,17 +164,12 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
         self._run(body)
 
     def list_tasks(self, query: TaskQuery) -> list[TaskRecord]:
-        where, params = _where(query)
-        if where is None or query.limit <= 0:
+        sql, params = sqlite_queries.page(query)
+        if sql is None:
             return []
-        # rowid breaks ties in insertion order, as the memory store's stable sort does.
-        sql = (
-            f"SELECT record FROM decortask_tasks{where} ORDER BY created_at DESC, rowid ASC LIMIT ? OFFSET ?"
-        )
 
         def body(conn: sqlite3.Connection) -> list[TaskRecord]:
-            rows = conn.execute(sql, [*params, query.limit, max(query.offset, 0)]).fetchall()
-            records = [TaskRecord.from_json(row[0]) for row in rows]
+            records = [TaskRecord.from_json(row[0]) for row in conn.execute(sql, params).fetchall()]
             logs = sqlite_rows.load_logs(conn, [r.id for r in records])
             for record in records:
                 record.logs = logs.get(record.id, [])
@@ -179,10 +178,9 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
         return self._run(body, write=False)
 
     def count_tasks(self, query: TaskQuery) -> int:
-        where, params = _where(query)
-        if where is None:
+        sql, params = sqlite_queries.count(query)
+        if sql is None:
             return 0
-        sql = f"SELECT COUNT(*) FROM decortask_tasks{where}"
         return int(self._run(lambda conn: conn.execute(sql, params).fetchone()[0], write=False))
 
     def purge_expired(self, now: float) -> int:
@@ -271,6 +269,22 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
         rows = self._run(lambda conn: conn.execute(sql).fetchall(), write=False)
         return {str(worker_id): float(ts) for worker_id, ts in rows}
 
+    def worker_stopped(self, worker_id: str, now: float) -> None:
+        def body(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO decortask_worker_stops (worker_id, ts) VALUES (?, ?) "
+                "ON CONFLICT (worker_id) DO UPDATE SET ts = excluded.ts",
+                (worker_id, now),
+            )
+            conn.execute("DELETE FROM decortask_worker_stops WHERE ts < ?", (now - HEARTBEAT_TTL,))
+
+        self._run(body)
+
+    def stopped_workers(self) -> dict[str, float]:
+        sql = "SELECT worker_id, ts FROM decortask_worker_stops"
+        rows = self._run(lambda conn: conn.execute(sql).fetchall(), write=False)
+        return {str(worker_id): float(ts) for worker_id, ts in rows}
+
     # -- periodic tasks (SQL in sqlite_periodic.py) ---------------------------------------------------------
 
     def acquire_lease(self, name: str, owner: str, ttl: float, now: float) -> bool:
@@ -327,14 +341,12 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
     ) -> list[TaskRecord]:
         return self._run(lambda conn: sqlite_outbox.create(conn, records, entries))
 
-    def mark_published(self, task_ids: Sequence[str], now: float) -> None:
+    def mark_published(self, task_ids: Sequence[str], look_at: float) -> None:
         if task_ids:
-            self._run(lambda conn: sqlite_outbox.mark_published(conn, task_ids, now))
+            self._run(lambda conn: sqlite_outbox.mark_published(conn, task_ids, look_at))
 
-    def outbox_due(self, unpublished_since: float, published_since: float, limit: int) -> list[OutboxItem]:
-        return self._run(
-            lambda conn: sqlite_outbox.due(conn, unpublished_since, published_since, limit), write=False
-        )
+    def outbox_due(self, now: float, limit: int) -> list[OutboxItem]:
+        return self._run(lambda conn: sqlite_outbox.due(conn, now, limit), write=False)
 
     def outbox_remove(self, task_ids: Sequence[str]) -> None:
         if task_ids:
@@ -458,28 +470,6 @@ def _not_a_database(path: Path) -> StoreError:
 def _close_quietly(conn: sqlite3.Connection) -> None:
     with contextlib.suppress(sqlite3.Error):
         conn.close()
-
-
-def _where(query: TaskQuery) -> tuple[str | None, list[Any]]:
-    """SQL WHERE clause and parameters for `query`; None when it can match nothing."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if query.statuses is not None:
-        if not query.statuses:
-            return None, []
-        clauses.append(f"status IN ({', '.join('?' * len(query.statuses))})")
-        params.extend(sorted(s.value for s in query.statuses))
-    for column, value in (("name", query.name), ("queue", query.queue)):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    if query.created_after is not None:
-        clauses.append("created_at >= ?")
-        params.append(query.created_after)
-    if query.created_before is not None:
-        clauses.append("created_at < ?")
-        params.append(query.created_before)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
 def _queue_filter(queues: Iterable[str] | None) -> tuple[str | None, list[Any]]:
