@@ -290,7 +290,7 @@ PRODUCER = """
 import os, sys, time
 import behaviour_tasks as bt
 from decortask import Decortask
-Decortask(sys.argv[1], sys.argv[2], default_queue=sys.argv[3], publisher_delay=3600, relay_after=0.5)
+Decortask(sys.argv[1], sys.argv[2], default_queue=sys.argv[3], publisher_delay=3600)
 handle = bt.sleep_not_opted_in.delay(0.1)
 print(handle.id, flush=True)
 time.sleep(3600)
@@ -315,9 +315,10 @@ def test_f12_producer_sigkilled_after_delay_loses_no_task(kind: str, tmp_path: P
         record = app.store.get(task_id)
         assert record is not None and record.status is TaskStatus.PENDING
         assert app.transport.queue_size(queue) == 0  # the message never left the producer
+        relay_soon = {"DECORTASK_RELAY_INTERVAL": "0.3", "DECORTASK_RELAY_AFTER": "1"}
         worker = WorkerProcess(
             broker, store, queue, tmp_path / "worker.log", concurrency=2,
-            env={"DECORTASK_TEST_EFFECTS": str(effects), "DECORTASK_RELAY_INTERVAL": "0.3"},
+            env={"DECORTASK_TEST_EFFECTS": str(effects), **relay_soon},
         )  # fmt: skip
         with worker:
             done = poll_until(lambda: _finished(app, task_id), 60, "the relayed task to finish")
