@@ -421,6 +421,8 @@ class RedisStore(
                 pipe.delete(self._task(record.id), self._logs(record.id))
                 pipe.zrem(self._created, record.id)
                 pipe.zrem(self._status(record.status), record.id)
+                pipe.zrem(self._name_index(record.name), record.id)
+                pipe.zrem(self._queue_index(record.queue), record.id)
                 pipe.zrem(self._expires, record.id)
                 key = record.idempotency_key
                 # A key another task has since taken over points at that task and stays.

@@ -69,6 +69,33 @@ local function splice(names, values, args, first, last)
   return '{' .. table.concat(parts, ',') .. '}'
 end
 
+-- The value of the key `key` that starts at s[i] (a '"'), and the index of the next key; nil if another key.
+local function field_at(s, i, key)
+  local key_end = skip_string(s, i)
+  if string.sub(s, i + 1, key_end - 2) ~= key then return nil end
+  local value_end = skip_value(s, key_end + 1)
+  return string.sub(s, key_end + 1, value_end - 1), value_end + 1
+end
+
+local function plain(text)  -- a JSON string's value
+  if string.find(text, '\\', 1, true) then return cjson.decode(text) end
+  return string.sub(text, 2, -2)
+end
+
+-- The record's name and queue: its leading fields as TaskRecord.to_json writes them (id, name, queue),
+-- read without splitting the whole record; split_record if another writer ordered them otherwise.
+local function name_and_queue(s)
+  local _, at = field_at(s, 2, 'id')
+  local name, queue, after = nil, nil, nil
+  if at then name, after = field_at(s, at, 'name') end
+  if after then queue = field_at(s, after, 'queue') end
+  if not queue then
+    local _, values = split_record(s)
+    name, queue = values['name'], values['queue']
+  end
+  return plain(name), plain(queue)
+end
+
 local function listed(list, value)  -- whether value is one of the comma-separated list
   for item in string.gmatch(list, '[^,]+') do
     if item == value then return true end
@@ -132,6 +159,13 @@ for n, record in ipairs(records) do
     redis.call('SET', ARGV[1] .. id, ARGV[at + 3])
     redis.call('ZADD', KEYS[1], ARGV[at + 4], id)
     redis.call('ZADD', ARGV[4] .. ARGV[at + 2], ARGV[at + 4], id)
+    -- The name and queue indexes of the listings (redis_queries.py) sit beside the status ones.
+    local name, queue = name_and_queue(ARGV[at + 3])
+    local index = string.sub(ARGV[4], 1, -8)  -- ARGV[4] is 'ns:index:status:'
+    redis.call('ZADD', index .. 'name:' .. name, ARGV[at + 4], id)
+    redis.call('ZADD', index .. 'queue:' .. queue, ARGV[at + 4], id)
+    redis.call('SADD', index .. 'names', name)
+    redis.call('SADD', index .. 'queues', queue)
     if ARGV[at + 5] ~= '' then redis.call('ZADD', KEYS[2], ARGV[at + 5], id) end
     for l = at + 7, at + 6 + count do redis.call('RPUSH', ARGV[2] .. id, ARGV[l]) end
     if EVENTS then
