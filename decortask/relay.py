@@ -14,7 +14,8 @@ lease lapses. Every `relay_interval` the holder reads the outbox entries that ar
   is legitimate and nothing is doubled. Either way the entry is looked at again `republish_after` later,
   so each is republished at most once per period.
 
-A second copy of a message is harmless: the worker's claim is a compare-and-set (DESIGN §2), so a task
+Workers on an embedded broker (`sqlite://`, `memory://`) run no relay: their producers publish inline and
+write no outbox. A second copy of a message is harmless: the worker's claim is a compare-and-set (DESIGN §2), so a task
 runs once however many copies arrive.
 """
 
@@ -28,6 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .outbox import uses_background_publisher
 from .security import mask_text
 from .store.outbox_state import OutboxItem, OutboxStore
 from .store.periodic_state import PeriodicStateStore
@@ -67,6 +69,9 @@ class Relay:
         self.owner = owner
 
     def _stores(self) -> tuple[OutboxStore, PeriodicStateStore] | None:
+        """The store as an outbox and a lease holder, or None where no producer writes an outbox."""
+        if not uses_background_publisher(self.app):  # an embedded broker: `.delay()` publishes inline
+            return None
         store = self.app.store
         if isinstance(store, OutboxStore) and isinstance(store, PeriodicStateStore):
             return store, store
@@ -154,6 +159,8 @@ def _by_queue(items: Iterable[OutboxItem]) -> dict[str, list[OutboxItem]]:
 def run_relay(app: Decortask, owner: str, stop: threading.Event) -> None:
     """A worker's relay thread: a pass every `relay_interval` until `stop` is set, then the lease goes."""
     relay = Relay(app, owner)
+    if not uses_background_publisher(app):
+        return  # nothing to relay: producers on this broker publish inline
     try:
         while not stop.wait(app.settings.relay_interval):
             try:

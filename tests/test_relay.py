@@ -141,3 +141,14 @@ def test_one_relay_at_a_time_holds_the_lease_and_hands_it_over_on_close(tmp_path
         assert hasattr(store, "lease_owner") and store.lease_owner(LEASE, time.time()) == "worker-2"
     finally:
         app.close()
+
+
+def test_no_relay_runs_on_an_embedded_broker(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/decortask.db"
+    app = Decortask(url, url, set_default=False)
+    try:
+        assert Relay(app, "worker-1").tick() is None  # producers there publish inline: nothing to relay
+        store = app.store
+        assert hasattr(store, "lease_owner") and store.lease_owner(LEASE, time.time()) is None
+    finally:
+        app.close()
