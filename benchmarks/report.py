@@ -65,6 +65,20 @@ ROWS = [
         decortask_only=True,
         brokers=("redis", "sqlite"),
     ),
+    Row(
+        "expiry_hold",
+        "expiring 100,000 records: longest write-lock hold",
+        "ms",
+        decortask_only=True,
+        brokers=("sqlite",),
+    ),
+    Row(
+        "expiry_drain",
+        "drain during that purge, % of the drain alone",
+        "%",
+        decortask_only=True,
+        brokers=("sqlite",),
+    ),
     Row("rss_idle", "worker RSS idle", "MiB"),
     Row("rss_after", "worker RSS after the drain", "MiB"),
 ]
@@ -108,6 +122,7 @@ TARGETS: dict[tuple[str, str], Target] = {
     ("sqlite", "drain"): Target(1.0, True, "huey"),
     ("sqlite", "p50"): Target(2.0, False, None, "ms"),
     ("sqlite", "log3_drain"): Target(0.8, True, "self"),
+    ("sqlite", "expiry_hold"): Target(100.0, False, None, "ms"),
 }
 
 
@@ -256,6 +271,7 @@ def write_results(
     loads: tuple[str, str],
     packages: dict[str, str],
     source: str,
+    expiry: list[str],
 ) -> None:
     """RESULTS.md: how the run was made, the table, the setup, and the targets it missed."""
     lines = [
@@ -285,6 +301,15 @@ def write_results(
         *SETUP,
         "",
     ]
+    if expiry:
+        lines += [
+            "## Expiring 100,000 records while a worker drains (`benchmarks/expiry_lock.py`)",
+            "",
+            "```",
+            *expiry,
+            "```",
+            "",
+        ]
     if missed:
         lines += ["## Targets missed in this run", "", *[f"- {item}" for item in missed], ""]
     path.write_text("\n".join(lines))

@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -289,7 +290,9 @@ class Sizes:
 
 
 #: What --measures accepts; `drain` and `cpu` come from the same drain, `enqueue` fills its queue.
-MEASURE_NAMES = ("enqueue", "drain", "cpu", "roundtrip", "rss", "batch", "nopersist", "log3")
+MEASURE_NAMES = ("enqueue", "drain", "cpu", "roundtrip", "rss", "batch", "nopersist", "log3", "expiry")
+#: What benchmarks/expiry_lock.py printed, for RESULTS.md (the expiry measure runs once per run).
+EXPIRY_REPORT: list[str] = []
 
 
 def idle_phase(system: str, broker: str, sizes: Sizes, scratch: Path, log: Path, measures: set[str]) -> Run:
@@ -357,6 +360,32 @@ def drain_phase(
     return out
 
 
+def expiry_phase(log: Path) -> Run:
+    """Expiring 100,000 records while a worker drains the same SQLite file: benchmarks/expiry_lock.py's
+    longest write-lock hold of the purge, and the drain during the purge against the drain alone."""
+    script = HERE / "expiry_lock.py"
+    if SOURCE or not script.exists():  # the script's worker always runs this checkout's decortask
+        EXPIRY_REPORT.append("not measured: " + ("--source given" if SOURCE else f"{script} is missing"))
+        return {}
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=HERE, capture_output=True, text=True, timeout=900, check=False
+    )
+    with log.open("a") as out:
+        out.write(done.stdout + done.stderr)
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    EXPIRY_REPORT.extend(
+        lines if done.returncode == 0 else [*lines[-5:], f"failed ({done.returncode}), see {log}"]
+    )
+    hold = re.search(r"longest hold: ([\d.]+) ms", done.stdout)
+    drain = re.search(r"worker drain: (\d+) tasks/s alone, (\d+) tasks/s during the purge", done.stdout)
+    return {
+        "expiry_hold": float(hold.group(1)) if hold else None,
+        "expiry_drain": 100 * int(drain.group(2)) / int(drain.group(1))
+        if drain and int(drain.group(1))
+        else None,
+    }
+
+
 def prefixed(prefix: str, run: Run, keys: tuple[str, ...]) -> Run:
     return {f"{prefix}{key}": run.get(key) for key in keys}
 
@@ -384,6 +413,8 @@ def one_run(
         for task in order:
             run = drain_phase(system, broker, sizes, scratch / task, log, task=task, store=store)
             out |= prefixed("nolog_" if task == "noop" else "log3_", run, ("drain", "cpu"))
+    if system == "decortask" and "expiry" in measures and broker == "sqlite" and rep == 0:
+        out |= expiry_phase(log)
     return out
 
 
@@ -519,6 +550,8 @@ def main() -> None:
         print()
         print(STORE_NOTE)
         print(text)
+        if EXPIRY_REPORT:
+            print("\nbenchmarks/expiry_lock.py:\n" + "\n".join(f"  {line}" for line in EXPIRY_REPORT))
         if missed:
             print("\nTargets missed:\n" + "\n".join(f"- {m}" for m in missed))
         out = Path(args.out) if args.out else HERE / "RESULTS.md" if complete else scratch_root / "RESULTS.md"
@@ -528,7 +561,9 @@ def main() -> None:
             f"interleaved repetition{'s' if sizes.reps != 1 else ''}, medians."
         )
         pkgs = versions(PACKAGES) | server_versions()
-        write_results(out, text, missed, header, (load_before, load()), pkgs, measured_source())
+        write_results(
+            out, text, missed, header, (load_before, load()), pkgs, measured_source(), EXPIRY_REPORT
+        )
         print(f"\nwritten to {out}")
 
 
