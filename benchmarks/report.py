@@ -166,8 +166,10 @@ def table(results: dict[str, dict[str, list[Run]]]) -> tuple[str, list[str]]:
                 if system == "decortask" or not row.decortask_only:
                     key = row.key if system == "decortask" else (row.base or row.key)
                     med[system] = median([run.get(key) for run in runs])
-            if all(value is None for value in med.values()):
-                continue  # not measured in this run (--measures, --systems)
+            # a measure decortask's runs left out (--measures, --systems) is absent; a failed one is None
+            measured = any(row.key in run for run in per_system.get("decortask", []))
+            if all(value is None for value in med.values()) or (row.base and not measured):
+                continue  # not measured in this run, or only the others' copy of another row
             mine = med.get("decortask")
             cells = [fmt(med[s]) if s in med else "" for s in SYSTEMS]
             ratios = []
@@ -188,7 +190,7 @@ def table(results: dict[str, dict[str, list[Run]]]) -> tuple[str, list[str]]:
                 )
                 said = verdict(target, mine, base) or f"n/a ({target.text()})"
                 # a comparison left out of this run (--systems) is not a miss; decortask's own failure is
-                if said.startswith("MISSED") or (mine is None and "decortask" in per_system):
+                if said.startswith("MISSED") or (mine is None and measured):
                     missed.append(f"{BROKER_LABELS[broker]} {label}: {said}")
             elif row.key == "batch" and mine:
                 single = median([run.get("enqueue") for run in per_system.get("decortask", [])])

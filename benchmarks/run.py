@@ -44,7 +44,7 @@ RESULTS_URL = os.environ.get("BENCH_RESULTS_URL", REDIS_URL)
 REDIS_STORE_URL = f"{REDIS_URL}?namespace=bench"
 #: Directories put before the editable install on the workers' and clients' path (--source).
 SOURCE: list[str] = []
-#: Held for the whole run: two runs at once would share the queues and each other's cores.
+#: Held for the whole run: two runs at once would flush each other's Redis db and share the cores.
 LOCK_PATH = Path(tempfile.gettempdir()) / "decortask-bench.lock"
 #: Which systems run on which broker; the first is always decortask, the others are compared with it.
 SYSTEMS = {
@@ -331,7 +331,8 @@ def drain_phase(
     purge(broker)
     phase = Phase(system, broker, workdir, expected=sizes.messages + 1, task=task, store=store)
     sent = client(system, "enqueue", sizes.messages, phase.env)
-    out: Run = {"enqueue": sent["rate"], "published": sent["published_rate"]}
+    out: Run = {"enqueue": sent["rate"], "published": sent["published_rate"], "drain": None, "cpu": None}
+    out["cpu_tree"] = None  # stays None when the drain does not end
     marker = Path(phase.env["BENCH_OUT"])
     worker = Worker(system, phase.env, log)
     try:
