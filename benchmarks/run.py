@@ -517,6 +517,7 @@ def main() -> None:
     )
     with exclusive_run():
         started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        run_began = time.monotonic()
         load_before = load()
         results: dict[str, dict[str, list[Run]]] = {}
         scratch_root = Path(tempfile.mkdtemp(prefix="decortask-bench-"))
@@ -559,7 +560,8 @@ def main() -> None:
         header = (
             f"`{' '.join(['python benchmarks/run.py', *sys.argv[1:]])}`, started {started}. {sizes.messages:,} "
             f"tasks per enqueue/drain measure, {sizes.roundtrips:,} sequential round trips, {sizes.reps} "
-            f"interleaved repetition{'s' if sizes.reps != 1 else ''}, medians."
+            f"interleaved repetition{'s' if sizes.reps != 1 else ''}, medians; the run took "
+            f"{(time.monotonic() - run_began) / 60:.1f} min."
         )
         pkgs = versions(PACKAGES) | server_versions()
         write_results(
