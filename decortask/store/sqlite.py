@@ -140,10 +140,11 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
                 )
             )
 
-    def set_output(self, task_id: str, output: Any) -> None:
+    def set_output(self, task_id: str, output: Any, *, log_lines: Sequence[LogLine] = ()) -> None:
         def body(conn: sqlite3.Connection) -> None:
             record = sqlite_rows.load(conn, task_id, logs=False)
             if record is not None:
+                sqlite_steps.append_lines(conn, task_id, log_lines)
                 record.output = output
                 conn.execute(
                     "UPDATE decortask_tasks SET record = ? WHERE id = ?", (sqlite_rows.blob(record), task_id)
@@ -151,10 +152,13 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
 
         self._run(body)
 
-    def set_progress(self, task_id: str, progress: float, message: str | None = None) -> None:
+    def set_progress(
+        self, task_id: str, progress: float, message: str | None = None, *, log_lines: Sequence[LogLine] = ()
+    ) -> None:
         def body(conn: sqlite3.Connection) -> None:
             record = sqlite_rows.load(conn, task_id, logs=False)
             if record is not None:
+                sqlite_steps.append_lines(conn, task_id, log_lines)
                 record.progress = progress
                 record.progress_message = message
                 conn.execute(
@@ -341,12 +345,14 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
     ) -> list[TaskRecord]:
         return self._run(lambda conn: sqlite_outbox.create(conn, records, entries))
 
-    def mark_published(self, task_ids: Sequence[str], look_at: float) -> None:
+    def mark_published(self, task_ids: Sequence[str], now: float) -> None:
         if task_ids:
-            self._run(lambda conn: sqlite_outbox.mark_published(conn, task_ids, look_at))
+            self._run(lambda conn: sqlite_outbox.mark_published(conn, task_ids, now))
 
-    def outbox_due(self, now: float, limit: int) -> list[OutboxItem]:
-        return self._run(lambda conn: sqlite_outbox.due(conn, now, limit), write=False)
+    def outbox_due(self, unpublished_since: float, published_since: float, limit: int) -> list[OutboxItem]:
+        return self._run(
+            lambda conn: sqlite_outbox.due(conn, unpublished_since, published_since, limit), write=False
+        )
 
     def outbox_remove(self, task_ids: Sequence[str]) -> None:
         if task_ids:
