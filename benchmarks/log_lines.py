@@ -27,7 +27,8 @@ import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+# db 11: benchmarks/run.py flushes db 14 (BENCH_REDIS_URL) between its runs.
+REDIS_URL = os.environ.get("LOG_LINES_REDIS_URL", "redis://127.0.0.1:6379/11")
 KINDS = ("noop", "log3")
 TICKS = os.sysconf("SC_CLK_TCK")
 
