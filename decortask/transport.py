@@ -98,6 +98,12 @@ class BrokerTransport:
 
             options["visibility_timeout"] = self.settings.redis_visibility_timeout
             return redis_connection(self.url, transport_options=options, connect_timeout=5)
+        if self.scheme in ("amqp", "pyamqp"):  # amqps: kombu reads TLS from the scheme; py-amqp's own reads
+            from .transports.amqp import BufferedAmqpTransport
+
+            return kombu.Connection(
+                self.url, transport=BufferedAmqpTransport, transport_options=options, connect_timeout=5
+            )
         return kombu.Connection(self.url, transport_options=options, connect_timeout=5)
 
     def connect(self, conn: kombu.Connection, retries: int | None = None) -> None:

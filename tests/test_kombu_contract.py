@@ -32,6 +32,7 @@ SQLITE = "transports/sqlite.py"
 MEMORY = "transports/memory.py"
 GUARD = "transports/guard.py"
 CONFIRMS = "transports/confirms.py"
+AMQP = "transports/amqp.py"
 SESSION = "transports/session.py"
 TRANSPORT = "transport.py"
 
@@ -295,6 +296,31 @@ RELIED: list[Relied] = [
     _uses("amqp.Connection._transport", "abort(): `transport` would reconnect", by=TRANSPORT),
     _uses("amqp.transport._AbstractTransport.sock", "abort() sets SO_LINGER 0 on it", by=TRANSPORT),
     _call("amqp.Connection.collect", "(self)", "abort() tears down without network I/O", by=TRANSPORT),
+    # -- transports/amqp.py: reads in chunks; transports/session.py: acks in runs -----------------------------
+    _uses("kombu.transport.pyamqp.Transport.Connection", "swapped for BufferedConnection", by=AMQP),
+    _override(
+        "amqp.Connection.Transport",
+        "(self, host, connect_timeout, ssl=, read_timeout=, write_timeout=, socket_settings=, **kwargs)",
+        "builds a BufferedTCPTransport",
+        by=AMQP,
+    ),
+    _kombu_calls("amqp.Connection.connect", "self.Transport(", "the override builds the transport", AMQP),
+    _override(
+        "amqp.transport.TCPTransport._read", "(self, n, initial=, _errnos=)", "reads in chunks", by=AMQP
+    ),
+    _uses("amqp.transport.TCPTransport._quick_recv", "the socket's recv", by=AMQP),
+    _uses("kombu.Connection._connection", "input_waiting() finds the py-amqp connection", by=AMQP),
+    _uses("amqp.Connection._transport", "input_waiting() finds the socket's transport", by=AMQP),
+    _uses("amqp.transport.TCPTransport._read_buffer", "bytes read but not yet framed", by=AMQP),
+    _uses("amqp.transport._AbstractTransport.raise_on_initial_eintr", "as py-amqp's _read", by=AMQP),
+    _kombu_calls(
+        "amqp.transport._AbstractTransport.read_frame",
+        "self._read_buffer = read_frame_buffer + self._read_buffer",
+        "a frame read that times out part-way keeps its bytes in the buffer the override reads from",
+        AMQP,
+    ),
+    _call("kombu.message.Message.ack", "(self, multiple=)", "one multiple ack for a run of tags", by=SESSION),
+    _uses("kombu.message.Message.delivery_tag", "the channel's number of a delivery", by=SESSION),
     _call(
         "amqp.Channel.basic_qos",
         "(self, prefetch_size, prefetch_count, a_global, argsig=)",

@@ -10,6 +10,7 @@ import contextlib
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -17,12 +18,15 @@ from typing import Any, Protocol
 import kombu
 
 from ..message import CONTENT_ENCODING, CONTENT_TYPE
+from .amqp import input_waiting
 from .broadcast import control_queue, decode_cancel
 from .guard import guard_channel
 
 #: A consumer that lost its broker tries again after this pause, doubled after each failure up to the max.
 RECONNECT_FIRST_PAUSE = 0.5
 RECONNECT_MAX_PAUSE = 10.0
+#: Brokers whose acks a consuming session holds until `send_acks`, then sends as few frames as it can.
+BATCHED_ACK_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 #: Errors that mean "the broker is not there right now" across kombu's transports.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, ConnectionError, socket.timeout)
 
@@ -90,6 +94,11 @@ class ConsumerSession:
         self.queues = queues
         self.prefetch = prefetch
         self._inbox: list[Delivery] = []
+        #: AMQP: delivery tags not yet settled, in the order received (the channel numbers them upwards),
+        #: and the messages settled as acked but not yet acked on the wire (see `send_acks`).
+        self._batch_acks = consume and transport.scheme in BATCHED_ACK_SCHEMES
+        self._unsettled: deque[int] = deque()
+        self._held_acks: dict[int, Any] = {}
         self._conn: kombu.Connection | None = None
         self._consumer: kombu.Consumer | None = None
         #: While the connection is lost: when it was lost (monotonic), the attempts since, and the backoff.
@@ -203,6 +212,8 @@ class ConsumerSession:
         self._inbox[-1].refused_detail = f"the transport could not read the message ({type(exc).__name__})"
 
     def _on_message(self, message: Any) -> None:
+        if self._batch_acks:
+            self._unsettled.append(message.delivery_tag)
         info = message.delivery_info or {}
         raw_body = message.body
         if isinstance(raw_body, str):
@@ -229,10 +240,13 @@ class ConsumerSession:
     def drain(self, timeout: float) -> list[Delivery]:
         """Wait up to `timeout` seconds for deliveries; returns what arrived (possibly nothing)."""
         assert self._conn is not None, "consumer is closed"
+        self.send_acks()  # they free the prefetch window this poll is waiting on
         try:
             self._conn.drain_events(timeout=timeout)
-            # Take whatever else is already buffered without waiting again.
-            while len(self._inbox) < self.prefetch:
+            # Take whatever else is already buffered without waiting again (on AMQP, asking first whether
+            # anything is: a read that finds nothing costs a raised timeout).
+            waiting = input_waiting(self._conn)
+            while len(self._inbox) < self.prefetch and (waiting is None or waiting()):
                 self._conn.drain_events(timeout=0)
         except TimeoutError:
             pass
@@ -240,11 +254,13 @@ class ConsumerSession:
         return inbox
 
     def flush_acks(self) -> None:
-        """Send the acks the transport deferred to its next poll (Redis, the SQLite broker) now.
+        """Send every ack held back: this session's (`send_acks`) and those the transport deferred to its
+        next poll (Redis, the SQLite broker).
 
         While a worker shuts down it settles outcomes without polling, so nothing else would carry them
         before the connection closes.
         """
+        self.send_acks()
         if self._conn is not None:
             flush = getattr(self._conn.default_channel, "flush_acks", None)
             if flush is not None:
@@ -268,13 +284,44 @@ class ConsumerSession:
         return self._inbox.pop()
 
     def ack(self, delivery: Delivery) -> None:
+        """Ack `delivery`; on AMQP held until `send_acks` (the worker sends them once per settling round)."""
+        if self._batch_acks and delivery.connection is self._conn:
+            self._held_acks[delivery.raw.delivery_tag] = delivery.raw
+            return
         delivery.raw.ack()
+
+    def send_acks(self) -> None:
+        """Send the acks `ack` held: one `basic_ack(multiple=True)` for the longest run of settled tags
+        from the oldest unsettled one, then one frame for each other held ack.
+
+        A multiple ack covers every unsettled tag up to its own, so it is sent only as far as every tag up
+        to it is acked (requeued ones are gone from the channel already). The others go at once as well:
+        held back, they would keep the prefetch window full behind one long task.
+        """
+        held = self._held_acks
+        if not held:
+            return
+        unsettled = self._unsettled
+        last = None
+        while unsettled and unsettled[0] in held:
+            tag = unsettled.popleft()
+            last = held.pop(tag)
+        if last is not None:
+            last.ack(multiple=True)
+        for tag, raw in held.items():
+            with contextlib.suppress(ValueError):
+                unsettled.remove(tag)
+            raw.ack()
+        held.clear()
 
     def requeue(self, delivery: Delivery) -> None:
         """Give an unstarted delivery back to the broker (nothing to do if its connection was lost since)."""
         if delivery.connection is not None and delivery.connection is not self._conn:
             return  # the broker took it back when that connection went away
         delivery.raw.requeue()
+        if self._batch_acks:
+            with contextlib.suppress(ValueError):  # rejected: no longer the channel's to ack
+                self._unsettled.remove(delivery.raw.delivery_tag)
 
     @property
     def connection_errors(self) -> tuple[type[BaseException], ...]:
@@ -287,8 +334,13 @@ class ConsumerSession:
         Unacked deliveries go back to the broker either way (RabbitMQ requeues them when the connection
         closes; kombu's Redis channel restores them while it closes).
         """
+        if not abort and self._conn is not None:
+            with contextlib.suppress(Exception):  # a dead connection: the broker redelivers them
+                self.send_acks()
         consumer, conn = self._consumer, self._conn
         self._consumer = self._conn = None
+        self._unsettled.clear()
+        self._held_acks.clear()
         if conn is None:
             return
         if abort:

@@ -1,0 +1,104 @@
+"""AMQP connections that read the socket in chunks: py-amqp reads each frame with three `recv` calls.
+
+py-amqp's `TCPTransport._read` asks the socket for exactly the bytes it needs next: a frame's 7-byte
+header, its payload, its 1-byte end. A delivery is three frames (method, header, body), so nine `recv`
+system calls, each of which releases the GIL and must win it back from the pool threads: on a busy
+worker the consumer thread spent a quarter of its time there. Here `_read` takes whatever the socket
+holds (up to `READ_CHUNK`) and serves the next frames from that buffer. What a frame is and how a read
+that times out part-way keeps its bytes (`read_frame` puts them back in `_read_buffer`) is py-amqp's,
+unchanged; tests/test_kombu_contract.py checks the method this replaces.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+from collections.abc import Callable
+from typing import Any
+
+from amqp.transport import TCPTransport
+from kombu.transport import pyamqp
+
+#: Most bytes one `recv` takes. The broker sends at most the prefetch window of deliveries ahead, so the
+#: buffer stays a few kilobytes and slicing it costs nothing that matters.
+READ_CHUNK = 65536
+
+
+class BufferedTCPTransport(TCPTransport):  # type: ignore[misc]  # py-amqp is untyped
+    """`TCPTransport` whose reads take what the socket holds and keep the rest for the next frames."""
+
+    _read_buffer: bytes  # py-amqp's: read from the socket, not yet framed
+
+    def _read(
+        self, n: int, initial: bool = False, _errnos: tuple[int, ...] = (errno.EAGAIN, errno.EINTR)
+    ) -> bytes:
+        rbuf = self._read_buffer
+        if len(rbuf) < n:
+            recv = self._quick_recv
+            try:
+                while len(rbuf) < n:
+                    try:
+                        chunk = recv(max(n - len(rbuf), READ_CHUNK))
+                    except OSError as exc:
+                        if exc.errno in _errnos:
+                            if initial and self.raise_on_initial_eintr:
+                                raise TimeoutError() from None
+                            continue
+                        raise
+                    if not chunk:
+                        raise OSError("Server unexpectedly closed connection")
+                    rbuf += chunk
+            except BaseException:
+                self._read_buffer = rbuf
+                raise
+        result, self._read_buffer = rbuf[:n], rbuf[n:]
+        return result
+
+    def input_waiting(self) -> bool:
+        """Whether a read would find bytes now (buffered, or on the socket), without reading.
+
+        A consumer that takes every delivery already sent asks this before each further read: py-amqp's
+        read with no wait finds out by letting the socket raise a timeout through five frames of its code.
+        """
+        return bool(self._read_buffer) or bool(select.select([self.sock], [], [], 0)[0])
+
+
+def input_waiting(conn: Any) -> Callable[[], bool] | None:
+    """`BufferedTCPTransport.input_waiting` of a kombu connection's socket; None on other transports."""
+    # `_connection`, not `connection`: kombu's property connects when there is no connection.
+    transport = getattr(getattr(conn, "_connection", None), "_transport", None)
+    return transport.input_waiting if isinstance(transport, BufferedTCPTransport) else None
+
+
+class BufferedConnection(pyamqp.Connection):  # type: ignore[misc]
+    """kombu's py-amqp connection on a `BufferedTCPTransport` (TLS connections keep py-amqp's own)."""
+
+    def Transport(  # py-amqp's name and signature
+        self,
+        host: str,
+        connect_timeout: float | None,
+        ssl: Any = False,
+        read_timeout: float | None = None,
+        write_timeout: float | None = None,
+        socket_settings: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        if ssl:
+            return super().Transport(
+                host, connect_timeout, ssl, read_timeout, write_timeout, socket_settings, **kwargs
+            )
+        return BufferedTCPTransport(
+            host,
+            connect_timeout=connect_timeout,
+            ssl=ssl,
+            read_timeout=read_timeout,
+            write_timeout=write_timeout,
+            socket_settings=socket_settings,
+            **kwargs,
+        )
+
+
+class BufferedAmqpTransport(pyamqp.Transport):  # type: ignore[misc]
+    """kombu's `pyamqp` transport with `BufferedConnection`s."""
+
+    Connection = BufferedConnection

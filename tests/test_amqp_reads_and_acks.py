@@ -1,0 +1,139 @@
+"""RabbitMQ consumer sessions: reads in chunks (transports/amqp.py) and acks sent in runs (transports/session.py).
+
+A session holds the acks of one settling round and sends them with `send_acks`: one `multiple` ack for the
+run of settled deliveries from the oldest unsettled one, one frame for each other. These tests check that
+such a run never settles a delivery that was not acked, and that a read split mid-frame loses no byte.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from conftest import AMQP_URL, require_amqp
+
+from decortask.config import Settings
+from decortask.transport import BrokerTransport, ConsumerSession, Delivery
+from decortask.transports.amqp import READ_CHUNK, BufferedTCPTransport
+
+
+@pytest.fixture
+def transport() -> Iterator[BrokerTransport]:
+    require_amqp()
+    made = BrokerTransport(AMQP_URL, Settings.load({"broker_url": AMQP_URL}))
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def queue(transport: BrokerTransport) -> Iterator[str]:
+    name = f"acks-{uuid.uuid4().hex[:10]}"
+    yield name
+    transport.delete_queue(name)
+
+
+def _receive(session: ConsumerSession, count: int, timeout: float = 10.0) -> list[Delivery]:
+    got: list[Delivery] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        got.extend(session.drain(0.1))
+    return got
+
+
+def _publish(transport: BrokerTransport, queue: str, count: int) -> None:
+    transport.publish_many([(str(n).encode(), queue, 0, None) for n in range(count)])
+
+
+def _bodies(deliveries: list[Delivery]) -> list[bytes]:
+    return sorted(d.body for d in deliveries)
+
+
+def test_acks_out_of_order_settle_exactly_the_acked_deliveries(
+    transport: BrokerTransport, queue: str
+) -> None:
+    _publish(transport, queue, 5)
+    session = transport.open_consumer([queue], prefetch=5)
+    try:
+        got = _receive(session, 5)
+        assert [d.body for d in got] == [b"0", b"1", b"2", b"3", b"4"]
+        for n in (1, 0, 3):  # 0-1 is a run; 3 is not (2 is unsettled), 4 stays unsettled too
+            session.ack(got[n])
+        session.send_acks()
+    finally:
+        session.close(abort=True)  # the broker takes back what was not acked
+    again = transport.open_consumer([queue], prefetch=5)
+    try:
+        assert _bodies(_receive(again, 2)) == [b"2", b"4"]
+        assert _receive(again, 1, timeout=0.3) == []
+    finally:
+        again.close(abort=True)
+
+
+def test_a_requeued_delivery_inside_a_run_comes_back_once(transport: BrokerTransport, queue: str) -> None:
+    _publish(transport, queue, 3)
+    session = transport.open_consumer([queue], prefetch=3)
+    try:
+        first, second, third = _receive(session, 3)
+        session.requeue(second)
+        session.ack(first)
+        session.ack(third)
+        session.send_acks()  # one multiple ack up to the third: the requeued second is not the channel's
+        (back,) = _receive(session, 1)
+        assert back.body == b"1"
+        session.ack(back)
+        assert _receive(session, 1, timeout=0.3) == []
+    finally:
+        session.close()
+    assert transport.queue_size(queue) == 0
+
+
+def test_a_closing_session_sends_the_acks_it_holds(transport: BrokerTransport, queue: str) -> None:
+    _publish(transport, queue, 2)
+    session = transport.open_consumer([queue], prefetch=2)
+    try:
+        for delivery in _receive(session, 2):
+            session.ack(delivery)
+    finally:
+        session.close()  # no send_acks: the close must not let the broker take them back
+    assert transport.queue_size(queue) == 0
+
+
+def test_large_and_small_bodies_arrive_whole_through_chunked_reads(
+    transport: BrokerTransport, queue: str
+) -> None:
+    big = bytes(range(256)) * (3 * READ_CHUNK // 256 + 7)  # spans several chunks, not a multiple of one
+    transport.publish_many([(big, queue, 0, None), *[(str(n).encode(), queue, 0, None) for n in range(20)]])
+    session = transport.open_consumer([queue], prefetch=21)
+    try:
+        got = _receive(session, 21)
+        assert got[0].body == big
+        assert [d.body for d in got[1:]] == [str(n).encode() for n in range(20)]
+        for delivery in got:
+            session.ack(delivery)
+    finally:
+        session.close()
+
+
+def test_a_read_that_times_out_mid_frame_keeps_its_bytes_for_the_next_read() -> None:
+    ours, broker = socket.socketpair()
+    transport = BufferedTCPTransport.__new__(BufferedTCPTransport)  # no connection: frames from `broker`
+    transport.sock = ours
+    transport.raise_on_initial_eintr = True
+    transport._setup_transport()
+    payload = b"x" * 1000
+    frame = struct.pack(">BHI", 1, 7, len(payload)) + payload + b"\xce"
+    try:
+        broker.sendall(frame[:500])
+        with pytest.raises(socket.timeout), transport.having_timeout(0.05):
+            transport.read_frame()
+        broker.sendall(frame[500:] + frame)  # the rest of the first frame, then a second one whole
+        with transport.having_timeout(5):
+            assert transport.read_frame() == (1, 7, payload)
+            assert transport.read_frame() == (1, 7, payload)
+    finally:
+        ours.close()
+        broker.close()
