@@ -9,12 +9,31 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pytest
 
-REDIS_URL = os.environ.get("DECORTASK_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+#: The pytest-xdist worker running this process (gw0, gw1, ...; "" without xdist) and how many there are.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+
+def _redis_db_of_this_worker(url: str) -> str:
+    """`url` with the Redis database counted down by the xdist worker's number (db 15, 14, ... for gw0, gw1).
+
+    Keys are namespaced per test, but kombu keeps its `unacked` index once per database: a test that shortens
+    the visibility timeout would hand another xdist worker's in-flight messages out again.
+    """
+    if not XDIST_WORKER:
+        return url
+    parts = urlsplit(url)
+    db = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{(db - int(XDIST_WORKER.removeprefix('gw'))) % 16}"))
+
+
+REDIS_URL = _redis_db_of_this_worker(os.environ.get("DECORTASK_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
 AMQP_URL = os.environ.get("DECORTASK_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+POSTGRES_URL = os.environ.get("DECORTASK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -46,6 +65,27 @@ def require_amqp() -> None:
     """`require_server` for the RabbitMQ that AMQP_URL names."""
     url = urlsplit(AMQP_URL)
     require_server("RabbitMQ", url.hostname or "127.0.0.1", url.port or 5672)
+
+
+def require_postgres() -> None:
+    """`require_server` for the PostgreSQL that POSTGRES_URL names."""
+    url = urlsplit(POSTGRES_URL)
+    require_server("PostgreSQL", url.hostname or "127.0.0.1", url.port or 5432)
+
+
+def postgres_store_url(token: str) -> str:
+    """A PostgreSQL store URL of its own schema (dropped by `drop_postgres_schema`); skips when the server
+    is down (fails under CI)."""
+    require_postgres()
+    return f"{POSTGRES_URL}?schema=dt_test_{token}"
+
+
+def drop_postgres_schema(token: str) -> None:
+    """Drop the schema a test's PostgreSQL store (`postgres_store_url(token)`) wrote."""
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "dt_test_{token}" CASCADE')
 
 
 def amqp_vhost(url: str = AMQP_URL) -> str:
@@ -111,9 +151,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+#: Test files whose tests take minutes (fresh virtualenvs, mypy on the whole package): they run first, so that
+#: no xdist worker is handed one near the end of the run and finishes it alone.
+START_FIRST = ("tests/test_install.py", "tests/test_static.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if XDIST_WORKER:  # a stable sort: every xdist worker must collect the same tests in the same order
+        items.sort(key=lambda item: not item.nodeid.startswith(START_FIRST))
     if config.getoption("--long"):
         # The long soak runs 30 minutes of chaos plus the drain: past the suite's per-test timeout.
         for item in items:
             if "soak" in item.nodeid:
                 item.add_marker(pytest.mark.timeout(45 * 60))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if XDIST_WORKERS > 1 and item.get_closest_marker("slow"):
+        pytest.fail(
+            "a slow test stops, restarts or throttles a broker server that the other xdist workers' tests use: "
+            "run the slow tests without -n (CI's second pass: pytest -m slow)"
+        )

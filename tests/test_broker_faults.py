@@ -1,8 +1,9 @@
 """Broker and store outages of SCENARIOS.md (F-10, F-11, F-12, F-14) on real processes and real servers.
 
-These tests stop, restart or throttle the RabbitMQ and Redis servers on loopback (127.0.0.1 only). Each one
-puts the server back in a `finally` and waits until it answers again, so later tests find it healthy. They
-are marked `slow` (10 to 40 s each): deselect them with `-m "not slow"`.
+The F-10 and F-12 tests stop, restart or throttle the RabbitMQ and Redis servers on loopback (127.0.0.1
+only). Each one puts the server back in a `finally` and waits until it answers again, so later tests find it
+healthy. They are marked `slow`: no other test may run beside them (CI runs them in a second, serial pytest
+pass); deselect them with `-m "not slow"`. The F-11 and F-14 tests leave the servers alone.
 
 The invariant: every task reaches exactly one terminal state, nothing is lost silently, the worker keeps
 running, and every refusal says why. Executions are counted in an effects file, not guessed.
@@ -37,7 +38,7 @@ from decortask.errors import BrokerUnavailable
 from decortask.security import mask_url
 from decortask.store import TaskQuery
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
+pytestmark = pytest.mark.broker
 
 LEASE_TIMEOUT = 3.0
 REDIS_START = [
@@ -282,6 +283,7 @@ def _restart_while_tasks_run(outage: Outage, stopped: Callable[[], Any]) -> None
 # -- F-10 ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("outage", ["amqp"], indirect=True)
 def test_f10_broker_restart_while_tasks_run_rabbitmq(outage: Outage) -> None:
     # The three messages go back to the queue when their connection closes (persistent, durable queue),
@@ -290,6 +292,7 @@ def test_f10_broker_restart_while_tasks_run_rabbitmq(outage: Outage) -> None:
     _restart_while_tasks_run(outage, rabbitmq_stopped)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("outage", ["redis"], indirect=True)
 def test_f10_broker_restart_while_tasks_run_redis(outage: Outage) -> None:
     # Redis keeps nothing on disk here: the running tasks' messages (and any waiting one) are gone after
@@ -336,6 +339,7 @@ def test_f11_broker_down_at_delay_raises_broker_unavailable_without_a_phantom_re
 # -- F-12 ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_f12_unconfirmed_publish_fails_within_the_confirm_timeout(tmp_path: Path) -> None:
     require_amqp()
     queue = f"f12-{uuid.uuid4().hex[:10]}"

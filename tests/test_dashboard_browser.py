@@ -29,6 +29,9 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 ARTIFACTS = REPO / "test-artifacts" / "dashboard"
 SECRET = "hunter2"
 
+# One xdist worker runs them all (--dist loadgroup): each worker would start its own Chromium and live system.
+pytestmark = pytest.mark.xdist_group("dashboard-browser")
+
 
 def _require_chromium() -> None:
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(path)]

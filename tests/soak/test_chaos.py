@@ -32,7 +32,8 @@ from decortask.app import reset_default_app
 from decortask.states import TERMINAL
 from decortask.store import TaskQuery
 
-pytestmark = pytest.mark.broker
+# slow: it restarts the RabbitMQ node, so it runs in CI's serial pass, apart from every other broker test.
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 
 WORKERS = 3
