@@ -11,18 +11,16 @@ supervisor), writes heartbeats for `owners()`, and at shutdown calls `request_st
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
-from collections.abc import Sequence
-from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import recovery
 from .attempts import RunningTask
 from .delivery import process_delivery
 from .errors import ConfigurationError
+from .handoff import Job
 from .outcomes import Outcome, Reason, Settle
 from .procpool import ProcessPool
 from .supervision import RunningAttempts, Supervised, force_stop
@@ -34,6 +32,21 @@ if TYPE_CHECKING:
 
 #: What `decortask worker --pool` accepts.
 POOL_KINDS = ("threads", "processes")
+
+
+class OutcomeFuture(Protocol):
+    """What `Pool.submit` returns: a `concurrent.futures.Future` of the Outcome, or the thread pool's
+    lighter `handoff.Job`."""
+
+    def add_done_callback(self, fn: Callable[[Any], object]) -> None:
+        """Call `fn(self)` once the outcome is in."""
+        ...
+
+    def done(self) -> bool: ...
+
+    def result(self, timeout: float | None = None) -> Outcome:
+        """The Outcome, or the error processing the delivery raised (then leave the message to the broker)."""
+        ...
 
 
 class Pool(RunningAttempts, Protocol):
@@ -48,7 +61,7 @@ class Pool(RunningAttempts, Protocol):
         """Get ready to run deliveries (threads started, children spawned and importing the tasks)."""
         ...
 
-    def submit(self, delivery: Delivery) -> Future[Outcome]:
+    def submit(self, delivery: Delivery) -> OutcomeFuture:
         """Run `delivery`; the future holds its Outcome (an exception: leave the message to the broker)."""
         ...
 
@@ -72,12 +85,6 @@ class Pool(RunningAttempts, Protocol):
         ...
 
 
-@dataclass(eq=False)
-class _Job:
-    delivery: Delivery
-    future: Future[Outcome]
-
-
 class ThreadPool:
     """The default pool: `size` daemon threads in this process, each running one delivery at a time.
 
@@ -96,10 +103,10 @@ class ThreadPool:
         self.app = app
         self.executor = executor
         self.size = size
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         #: The job each busy thread runs, by thread id: shutdown finds a running attempt's job through it.
-        self._busy: dict[int, _Job] = {}
+        self._busy: dict[int, Job] = {}
 
     def start(self) -> None:
         self._threads = [
@@ -109,10 +116,10 @@ class ThreadPool:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, delivery: Delivery) -> Future[Outcome]:
-        job = _Job(delivery, Future())
+    def submit(self, delivery: Delivery) -> Job:
+        job = Job(delivery)
         self._jobs.put(job)
-        return job.future
+        return job
 
     def running(self) -> Sequence[Supervised]:
         return list(self.executor.running.values())
@@ -129,14 +136,14 @@ class ThreadPool:
     def interrupt_running(self) -> None:
         for run in list(self.executor.running.values()):
             job = self._busy.get(run.thread_id)
-            if run.must_complete or job is None or job.future.done():
+            if run.must_complete or job is None or job.done():
                 continue
             run.context.request_stop()
             status = recovery.interrupt(self.app, run.record, run.message, Reason.SHUTDOWN)
             if status is None:
                 continue  # it finished at this very moment: its own outcome settles the message
             # The thread may still be in the task's code; whatever it returns later is discarded.
-            _resolve(job.future, Outcome(Settle.ACK, status, Reason.SHUTDOWN, ran=True))
+            job.resolve(Outcome(Settle.ACK, status, Reason.SHUTDOWN, ran=True))
 
     def shutdown(self, wait: bool = True) -> None:
         """Tell the threads to exit once their current job ends.
@@ -153,24 +160,15 @@ class ThreadPool:
             job = self._jobs.get()
             if job is None:
                 return
-            if not job.future.set_running_or_notify_cancel():
-                continue
             self._busy[ident] = job
             try:
                 outcome = process_delivery(self.app, self.executor, job.delivery)
             except BaseException as exc:
-                with contextlib.suppress(InvalidStateError):
-                    job.future.set_exception(exc)
+                job.resolve(error=exc)
             else:
-                _resolve(job.future, outcome)
+                job.resolve(outcome)  # unless shutdown settled it first: then this outcome is discarded
             finally:
                 self._busy.pop(ident, None)
-
-
-def _resolve(future: Future[Outcome], outcome: Outcome) -> None:
-    """Set `future`'s outcome unless it has one: shutdown and the task's own end may race to it."""
-    with contextlib.suppress(InvalidStateError):
-        future.set_result(outcome)
 
 
 def make_pool(

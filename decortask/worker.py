@@ -20,7 +20,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -30,10 +29,11 @@ from .deadletters import log_dead_letter
 from .delivery import process_delivery
 from .errors import BrokerUnavailable
 from .executor import Executor
+from .handoff import OutcomeInbox
 from .middleware import call_hooks
 from .outcomes import Outcome, Settle
 from .periodic import PeriodicScheduler
-from .pools import make_pool
+from .pools import OutcomeFuture, make_pool
 from .relay import run_relay
 from .scheduler import Scheduler
 from .security import mask_text
@@ -123,14 +123,9 @@ class Worker:
         self._stop = threading.Event()
         self._interrupt_now = threading.Event()
         self._backlog: deque[Delivery] = deque()
-        # A Queue, not a SimpleQueue: on CPython 3.10-3.12, a SimpleQueue.get(timeout=...) interrupted by a
-        # signal whose handler ends past the deadline waits for the next put instead of raising Empty (its
-        # remaining time turns negative, which means "for ever"). SIGTERM is handled on this, the consumer,
-        # thread, mostly inside its short waits for outcomes while every slot is busy: shutdown then waited
-        # for the next task to end, --grace notwithstanding (issue 10, item 9). Queue waits on a lock,
-        # whose acquire handles a signal correctly.
+        # Not a SimpleQueue, whose timed get mishandles signals on CPython 3.10-3.12 (see OutcomeInbox).
         # Each entry carries when its attempt was handed to a slot and when its outcome came back (observers).
-        self._outcomes: queue.Queue[tuple[Delivery, Future[Outcome], float, float]] = queue.Queue()
+        self._outcomes: OutcomeInbox[tuple[Delivery, OutcomeFuture, float, float]] = OutcomeInbox()
         self._in_flight = 0
         self._previous_handlers: dict[int, Any] = {}
 
@@ -254,10 +249,6 @@ class Worker:
         threading.Thread(
             target=run_relay, args=(self.app, self.id, beating), name="decortask-relay", daemon=True
         ).start()
-        # So does the purge: a long one (issue 12: seconds for 100,000 records) never stalls the consumer loop.
-        threading.Thread(
-            target=self._purge_loop, args=(beating,), name="decortask-purge", daemon=True
-        ).start()
         try:
             self.pool.start()
             prefetch = self.concurrency * self.app.settings.prefetch_multiplier
@@ -324,6 +315,7 @@ class Worker:
         settings = self.app.settings
         prefetch = self.concurrency * settings.prefetch_multiplier
         next_tick = next_reap = 0.0
+        next_purge = time.monotonic() + PURGE_INTERVAL
         idle_since: float | None = None
         while not self._stop.is_set():
             now = time.monotonic()
@@ -333,6 +325,9 @@ class Worker:
             if now >= next_reap:
                 self._reap()
                 next_reap = now + max(1.0, settings.lease_timeout / 2)
+            if now >= next_purge:
+                self._purge_expired()
+                next_purge = now + PURGE_INTERVAL
             self._supervise()
             if self._in_flight + len(self._backlog) >= prefetch:
                 # The broker sends nothing more until a message is acked, so wait for an outcome instead:
@@ -438,7 +433,7 @@ class Worker:
             future = self.pool.submit(delivery)
             future.add_done_callback(self._outcome_callback(delivery, started_at))
 
-    def _outcome_callback(self, delivery: Delivery, started_at: float) -> Callable[[Future[Outcome]], None]:
+    def _outcome_callback(self, delivery: Delivery, started_at: float) -> Callable[[OutcomeFuture], None]:
         return lambda done: self._outcomes.put((delivery, done, started_at, time.time()))
 
     def _settle_ready(self, session: ConsumerSession, block: bool = False, timeout: float = 0.2) -> None:
@@ -448,7 +443,7 @@ class Worker:
                     block=block, timeout=timeout if block else None
                 )
             except queue.Empty:
-                return
+                break
             self._in_flight -= 1
             try:
                 outcome = future.result()
@@ -468,6 +463,11 @@ class Worker:
                 # outcome is in the store and a redelivery meets the receipt rules.
                 logger.exception("settling a delivery failed unexpectedly; the broker will redeliver it")
             block = False
+        try:
+            session.send_acks()  # this round's acks, in as few frames as their order allows
+        except session.connection_errors as exc:
+            # The next poll finds the connection gone; the broker redelivers, the receipt rules decide.
+            logger.warning("could not send acks (%s); the broker will redeliver them", type(exc).__name__)
 
     def _supervise(self) -> None:
         try:
@@ -499,10 +499,6 @@ class Worker:
             self.periodic.tick()
         except Exception as exc:
             logger.warning("periodic scheduler tick failed (%s); will retry", mask_text(str(exc)))
-
-    def _purge_loop(self, done: threading.Event) -> None:
-        while not done.wait(PURGE_INTERVAL):
-            self._purge_expired()
 
     def _purge_expired(self) -> None:
         try:
