@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import delete_redis_namespace
+from conftest import delete_redis_namespace, drop_postgres_schema, postgres_store_url
 
 from decortask.errors import IllegalTransition, StoreError
 from decortask.states import TaskStatus
@@ -33,20 +33,25 @@ def _url(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> str:
         return "memory://"
     if kind == "sqlite":
         return f"sqlite:///{tmp_path}/state/store.db"
+    if kind == "postgres":
+        token = request.getfixturevalue("unique")
+        url = postgres_store_url(token)
+        request.addfinalizer(lambda: drop_postgres_schema(token))
+        return url
     base: str = request.getfixturevalue("redis_url")
     namespace = f"dt-test-{request.getfixturevalue('unique')}"
     request.addfinalizer(lambda: delete_redis_namespace(base, namespace))
     return f"{base}?namespace={namespace}"
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskStore]:
     opened = open_store(_url(request, request.param, tmp_path))
     yield opened
     opened.close()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A store URL that several processes can open at once."""
     return _url(request, request.param, tmp_path)

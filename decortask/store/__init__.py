@@ -8,7 +8,8 @@ __all__ = ["LogLine", "ScheduleEntry", "TaskQuery", "TaskRecord", "TaskStore", "
 
 
 def open_store(url: str, *, events: int = 0) -> TaskStore:
-    """Open the store a URL names: `sqlite:///path.db`, `redis://host:port/db` or `memory://`.
+    """Open the store a URL names: `sqlite:///path.db`, `redis://host:port/db`,
+    `postgresql://user@host:5432/db` or `memory://`.
 
     `events` > 0: its writes also append to the event feed, which keeps about that many (docs/events.md).
     """
@@ -28,6 +29,11 @@ def open_store(url: str, *, events: int = 0) -> TaskStore:
         from .redis import RedisStore
 
         return RedisStore(url, events=events)
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url, events=events)
     raise ConfigurationError(
-        f"unknown store URL {mask_url(url)!r}: use sqlite:///path.db, redis://host:6379/0 or memory://"
+        f"unknown store URL {mask_url(url)!r}: use sqlite:///path.db, redis://host:6379/0, "
+        "postgresql://user@host:5432/db or memory://"
     )
