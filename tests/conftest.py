@@ -80,6 +80,14 @@ def postgres_store_url(token: str) -> str:
     return f"{POSTGRES_URL}?schema=dt_test_{token}"
 
 
+def postgres_test_store(request: pytest.FixtureRequest) -> str:
+    """`postgres_store_url` of a fresh schema, dropped when the requesting test ends."""
+    token = uuid.uuid4().hex[:10]
+    url = postgres_store_url(token)
+    request.addfinalizer(lambda: drop_postgres_schema(token))
+    return url
+
+
 def drop_postgres_schema(token: str) -> None:
     """Drop the schema a test's PostgreSQL store (`postgres_store_url(token)`) wrote."""
     import psycopg

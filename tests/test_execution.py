@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import delete_redis_namespace
+from conftest import delete_redis_namespace, postgres_test_store
 
 import decortask
 from decortask import (
@@ -338,13 +338,15 @@ def _redis_store(request: pytest.FixtureRequest) -> str:
     return f"{base}?namespace={namespace}"
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Each store backend: the worker's SUCCESS write takes each one's own path (Python, SQL, Lua)."""
     if request.param == "memory":
         return "memory://"
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/store.db"
+    if request.param == "postgres":
+        return postgres_test_store(request)
     return _redis_store(request)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import delete_redis_namespace
+from conftest import delete_redis_namespace, postgres_test_store
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 from decortask import Decortask, sqlitewatch, task
@@ -34,12 +34,14 @@ from decortask.transports.sqlite import SQLiteTransport
 DEADLINE = 30.0
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "memory":
         return "memory://"
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/store.db"
+    if request.param == "postgres":
+        return postgres_test_store(request)
     base: str = request.getfixturevalue("redis_url")
     namespace = f"dt-wake-{uuid.uuid4().hex[:10]}"
     request.addfinalizer(lambda: delete_redis_namespace(base, namespace))

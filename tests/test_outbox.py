@@ -18,7 +18,14 @@ from pathlib import Path
 
 import behaviour_tasks as bt
 import pytest
-from conftest import AMQP_URL, REDIS_URL, delete_redis_namespace, require_amqp, require_redis
+from conftest import (
+    AMQP_URL,
+    REDIS_URL,
+    delete_redis_namespace,
+    postgres_test_store,
+    require_amqp,
+    require_redis,
+)
 from outbox_helpers import FreezableLink, free_port
 from workers import REPO, WorkerProcess, poll_until
 
@@ -72,12 +79,14 @@ def _outbox(app: Decortask) -> OutboxStore:
 # -- the store's outbox, on every backend ----------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "memory":
         yield "memory://"
     elif request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/store.db"
+    elif request.param == "postgres":
+        yield postgres_test_store(request)
     else:
         require_redis()
         namespace = f"outbox-{uuid.uuid4().hex[:10]}"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import postgres_test_store
 
 from decortask.errors import IllegalTransition
 from decortask.states import TaskStatus
@@ -24,12 +25,14 @@ T0 = 1_763_850_123.456789  # 16 significant digits: more than Redis's cjson keep
 AWKWARD = 'quote " backslash \\ braces {[}] comma , colon : unicode \u00e9\u4e2d\U0001f600 newline \n tab \t'
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskStore]:
     if request.param == "memory":
         url = "memory://"
     elif request.param == "sqlite":
         url = f"sqlite:///{tmp_path}/store.db"
+    elif request.param == "postgres":
+        url = postgres_test_store(request)
     else:
         url = (
             f"{request.getfixturevalue('redis_url')}?namespace=dt-records-{request.getfixturevalue('unique')}"

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis
+from conftest import postgres_test_store
 from workers import poll_until
 
 from decortask import Decortask, TaskStatus, task
@@ -48,9 +49,14 @@ def sqlite_store(tmp_path: Path) -> Iterator[SQLiteStore]:
     store.close()
 
 
-@pytest.fixture(params=["sqlite", "memory", "redis"])
+@pytest.fixture(params=["sqlite", "memory", "redis", "postgres"])
 def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskStore]:
     """Every kind of store: SQLite and Redis batch their transitions, memory takes them one by one."""
+    if request.param == "postgres":
+        store = open_store(postgres_test_store(request))
+        yield store
+        store.close()
+        return
     if request.param != "redis":
         url = f"sqlite:///{tmp_path / 'store.db'}" if request.param == "sqlite" else "memory://"
         store = open_store(url)
