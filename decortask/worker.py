@@ -249,6 +249,10 @@ class Worker:
         threading.Thread(
             target=run_relay, args=(self.app, self.id, beating), name="decortask-relay", daemon=True
         ).start()
+        # So does the purge: a long one (issue 12: seconds for 100,000 records) never stalls the consumer loop.
+        threading.Thread(
+            target=self._purge_loop, args=(beating,), name="decortask-purge", daemon=True
+        ).start()
         try:
             self.pool.start()
             prefetch = self.concurrency * self.app.settings.prefetch_multiplier
@@ -315,7 +319,6 @@ class Worker:
         settings = self.app.settings
         prefetch = self.concurrency * settings.prefetch_multiplier
         next_tick = next_reap = 0.0
-        next_purge = time.monotonic() + PURGE_INTERVAL
         idle_since: float | None = None
         while not self._stop.is_set():
             now = time.monotonic()
@@ -325,9 +328,6 @@ class Worker:
             if now >= next_reap:
                 self._reap()
                 next_reap = now + max(1.0, settings.lease_timeout / 2)
-            if now >= next_purge:
-                self._purge_expired()
-                next_purge = now + PURGE_INTERVAL
             self._supervise()
             if self._in_flight + len(self._backlog) >= prefetch:
                 # The broker sends nothing more until a message is acked, so wait for an outcome instead:
@@ -499,6 +499,10 @@ class Worker:
             self.periodic.tick()
         except Exception as exc:
             logger.warning("periodic scheduler tick failed (%s); will retry", mask_text(str(exc)))
+
+    def _purge_loop(self, done: threading.Event) -> None:
+        while not done.wait(PURGE_INTERVAL):
+            self._purge_expired()
 
     def _purge_expired(self) -> None:
         try:
