@@ -46,7 +46,8 @@ class ExpiryLimits:
         batch_seconds: a batch stops deleting once it has held the write lock this long (checked after
             every `chunk_rows` records, so a batch may overrun by one chunk).
         chunk_rows: records deleted per statement group (their log lines and idempotency keys with them).
-        vacuum_pages: most free pages one `incremental_vacuum` step returns to the file system.
+        vacuum_pages: most free pages one vacuum step returns to the file system (it too stops after
+            `batch_seconds`, checked every 16 pages).
         min_pause: shortest pause between two batches, even after a very short one.
     """
 
@@ -128,14 +129,14 @@ def vacuum(
         return 0
     returned = 0
     while True:
-        freed, held = _timed(run, lambda c, t0: _vacuum_step(c, limits.vacuum_pages))
+        freed, held = _timed(run, lambda c, t0: _vacuum_step(c, limits, t0))
         if freed <= 0:
             return returned
         returned += freed
         _report(on_batch, PurgeBatch("vacuum", freed, held))
         _checkpoint(conn)
-        if freed < limits.vacuum_pages:
-            return returned  # the free list is empty
+        if _free_pages(conn) == 0:
+            return returned
         time.sleep(max(held, limits.min_pause))
 
 
@@ -194,12 +195,15 @@ def compact(path: Path, patience: float) -> tuple[FileState, FileState]:
         conn.close()
 
 
-def _vacuum_step(conn: sqlite3.Connection, pages: int) -> int:
-    """Inside the caller's write transaction: return up to `pages` free pages; returns how many it did."""
+def _vacuum_step(conn: sqlite3.Connection, limits: ExpiryLimits, started: float) -> int:
+    """Inside the caller's write transaction: return up to `vacuum_pages` free pages, or fewer once
+    `batch_seconds` have passed since `started`; returns how many it did."""
     before = _free_pages(conn)
     # One page per statement: Python's sqlite3 steps a statement without result columns only once, and
     # `incremental_vacuum` frees one page per step (executescript would step on, but commits first).
-    for _ in range(min(pages, before)):
+    for done in range(min(limits.vacuum_pages, before)):
+        if done % 16 == 15 and time.perf_counter() - started >= limits.batch_seconds:
+            break
         conn.execute("PRAGMA incremental_vacuum(1)")
     return before - _free_pages(conn)
 
