@@ -231,6 +231,12 @@ def test_a_direct_call_runs_here_with_an_empty_request() -> None:
         gives_up_with_exc()  # a direct call does not retry: retry(exc=) raises exc, as in Celery
 
 
+def test_eager_mode_runs_a_celery_style_task_through_its_retries(decortask_eager: Decortask) -> None:
+    result = tasks.send_twitter_status.delay("hi")
+
+    assert (result.state, result.get(timeout=5), result.handle.attempts) == ("SUCCESS", "posted: hi", 3)
+
+
 def test_revoke_cancels_a_task_not_started_yet(decortask_app: Decortask) -> None:
     result = tasks.add.apply_async((1, 2), countdown=600)
 
