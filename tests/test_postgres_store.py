@@ -1,0 +1,243 @@
+"""What is PostgreSQL's own in the PostgreSQL store: its versioned schema, NOTIFY wake-ups, the schedule
+claimed with SKIP LOCKED, schemas kept apart, and errors that never show a password.
+
+The shared behaviour of every store is in tests/test_store_contract.py (which runs on PostgreSQL too).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import POSTGRES_URL, drop_postgres_schema, postgres_store_url, postgres_test_store
+
+from decortask.errors import ConfigurationError, StoreError
+from decortask.states import TaskStatus
+from decortask.store import LogLine, ScheduleEntry, TaskQuery, TaskRecord, open_store
+from decortask.store.postgres import PostgresStore
+from decortask.store.postgres_schema import SCHEMA_VERSION
+
+S = TaskStatus
+
+
+@pytest.fixture
+def token() -> Iterator[str]:
+    value = uuid.uuid4().hex[:10]
+    yield value
+    drop_postgres_schema(value)
+
+
+@pytest.fixture
+def store(request: pytest.FixtureRequest) -> Iterator[PostgresStore]:
+    opened = open_store(postgres_test_store(request))
+    assert isinstance(opened, PostgresStore)
+    yield opened
+    opened.close()
+
+
+def _record(task_id: str | None = None, **fields: Any) -> TaskRecord:
+    now = time.time()
+    values: dict[str, Any] = {
+        "name": "t",
+        "queue": "q",
+        "status": S.PENDING,
+        "created_at": now,
+        "updated_at": now,
+    }
+    values.update(fields)
+    return TaskRecord(id=task_id or uuid.uuid4().hex, **values)
+
+
+def _sql(schema_token: str, statement: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        cursor = conn.execute(statement.replace("{s}", f'"dt_test_{schema_token}"'))
+        return cursor.fetchall() if cursor.description else []
+
+
+# -- the schema ---------------------------------------------------------------------------------------------
+
+
+def test_a_new_store_creates_its_tables_at_the_current_schema_version(token: str) -> None:
+    open_store(postgres_store_url(token)).close()
+    assert _sql(token, "SELECT version FROM {s}.decortask_schema") == [(SCHEMA_VERSION,)]
+    open_store(postgres_store_url(token)).close()  # opening again migrates nothing and keeps one row
+    assert _sql(token, "SELECT version FROM {s}.decortask_schema") == [(SCHEMA_VERSION,)]
+
+
+def test_a_store_written_by_a_newer_decortask_is_refused_naming_both_versions(token: str) -> None:
+    open_store(postgres_store_url(token)).close()
+    _sql(token, f"UPDATE {{s}}.decortask_schema SET version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError) as caught:
+        open_store(postgres_store_url(token))
+    message = str(caught.value)
+    assert f"schema version {SCHEMA_VERSION + 1}" in message
+    assert f"version {SCHEMA_VERSION}, the newest this decortask knows" in message
+    assert "Upgrade decortask" in message
+
+
+def test_schemas_keep_stores_apart_in_one_database(request: pytest.FixtureRequest) -> None:
+    first, second = open_store(postgres_test_store(request)), open_store(postgres_test_store(request))
+    try:
+        first.create(_record("only-in-first"))
+        assert first.get("only-in-first") is not None
+        assert second.get("only-in-first") is None
+        assert second.count_tasks(TaskQuery()) == 0
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_schema_name_that_is_not_a_plain_identifier_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="not a plain identifier"):
+        open_store(f"{POSTGRES_URL}?schema=x;drop")
+
+
+# -- errors -------------------------------------------------------------------------------------------------
+
+
+def test_an_unreachable_server_is_reported_without_its_password() -> None:
+    with pytest.raises(StoreError) as caught:
+        open_store("postgresql://decortask:s3cret-pw@127.0.0.1:1/test?connect_timeout=2")
+    message = str(caught.value)
+    assert "s3cret-pw" not in message
+    assert "postgresql://decortask:****@127.0.0.1:1/test" in message
+    assert "check that the server is up" in message
+
+
+def test_a_store_error_after_opening_names_the_masked_url(token: str) -> None:
+    url = postgres_store_url(token).replace("postgresql://postgres@", "postgresql://postgres:s3cret-pw@")
+    opened = open_store(url)  # trust authentication takes any password
+    try:
+        _sql(token, "DROP TABLE {s}.decortask_heartbeats")
+        with pytest.raises(StoreError) as caught:
+            opened.heartbeat("w1", time.time())
+        assert "s3cret-pw" not in str(caught.value)
+        assert "postgres:****@" in str(caught.value)
+    finally:
+        opened.close()
+
+
+def test_the_event_feed_is_refused_with_a_clear_error(token: str) -> None:
+    with pytest.raises(ConfigurationError, match="keeps no event feed yet"):
+        open_store(postgres_store_url(token), events=100)
+
+
+# -- outcomes by NOTIFY ---------------------------------------------------------------------------------------
+
+
+def test_a_waiter_is_woken_by_the_notify_of_a_terminal_transition_in_another_process(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.outcome_notices.recheck = 60.0  # far past the test's deadline: only a notice can wake it
+    store.create(_record("t1", status=S.RUNNING, attempt=1))
+    first_read = threading.Event()
+    read = store.get
+
+    def reading(task_id: str) -> TaskRecord | None:
+        record = read(task_id)
+        first_read.set()
+        return record
+
+    monkeypatch.setattr(store, "get", reading)
+    got: list[TaskRecord | None] = []
+    waiter = threading.Thread(target=lambda: got.append(store.wait_for_outcome("t1", timeout=30)))
+    waiter.start()
+    assert first_read.wait(30)  # read RUNNING, listening: from now on only the NOTIFY wakes it
+    ctx = multiprocessing.get_context("spawn")
+    writer = ctx.Process(target=_succeed, args=(store.url, "t1"))
+    writer.start()
+    writer.join(timeout=60)
+    waiter.join(timeout=30)
+    assert [r.result if r else None for r in got] == [42]
+    assert (store.outcome_notices.notified, store.outcome_notices.rechecked) == (1, 0)
+
+
+def _succeed(url: str, task_id: str) -> None:
+    other = open_store(url)
+    other.transition(task_id, S.SUCCESS, expect={S.RUNNING}, result=42)
+    other.close()
+
+
+def test_a_rolled_back_transition_sends_no_notice(store: PostgresStore) -> None:
+    store.create(_record("t1", status=S.RUNNING, attempt=1))
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as listener:
+        listener.execute(f'LISTEN "{store.channel}"')
+        with psycopg.connect(POSTGRES_URL) as conn:
+            conn.execute(
+                f"UPDATE {store.s}.decortask_tasks SET status = 'SUCCESS' WHERE id = 't1' RETURNING id"
+            )
+            conn.execute("SELECT pg_notify(%s, 't1')", (store.channel,))
+            conn.rollback()
+        assert [n.payload for n in listener.notifies(timeout=0.5)] == []
+        store.transition("t1", S.SUCCESS, expect={S.RUNNING}, result=1)
+        assert [n.payload for n in listener.notifies(timeout=5, stop_after=1)] == ["t1"]
+
+
+# -- the schedule -------------------------------------------------------------------------------------------
+
+
+def test_claiming_skips_entries_another_transaction_holds_instead_of_waiting(store: PostgresStore) -> None:
+    for n in range(3):
+        store.add_schedule(ScheduleEntry(f"e{n}", f"t{n}", "q", due_at=100.0 + n, body="{}"))
+    with psycopg.connect(POSTGRES_URL) as holder:
+        holder.execute(f"SELECT id FROM {store.s}.decortask_schedule WHERE id = 'e0' FOR UPDATE")
+        claimed: list[list[ScheduleEntry]] = []
+        claimer = threading.Thread(target=lambda: claimed.append(store.claim_due(200.0, 10, "w1", 30.0)))
+        claimer.start()
+        claimer.join(timeout=20)
+        assert not claimer.is_alive(), "claim_due waited for the lock another transaction holds"
+        holder.rollback()
+    assert [[e.id for e in batch] for batch in claimed] == [["e1", "e2"]]
+    assert [e.id for e in store.claim_due(200.0, 10, "w2", 30.0)] == ["e0"]
+
+
+def _claim_all(url: str, barrier: Any, results: Any) -> None:
+    store = open_store(url)
+    barrier.wait(timeout=60)
+    mine: list[str] = []
+    while batch := store.claim_due(1e9, 7, "claimer", 600.0):
+        mine.extend(e.id for e in batch)
+    results.put(mine)
+    store.close()
+
+
+def test_two_processes_claiming_the_schedule_take_each_entry_exactly_once(store: PostgresStore) -> None:
+    for n in range(400):
+        store.add_schedule(ScheduleEntry(f"e{n:03}", f"t{n}", "q", due_at=float(n), body="{}"))
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_claim_all, args=(store.url, barrier, results)) for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    claimed = [results.get(timeout=60) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=30)
+        assert proc.exitcode == 0
+    every = sorted(claimed[0] + claimed[1])
+    assert every == [f"e{n:03}" for n in range(400)]
+
+
+# -- purging ------------------------------------------------------------------------------------------------
+
+
+def test_purge_deletes_expired_records_with_their_logs_and_keys_in_batches(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("decortask.store.postgres.PURGE_BATCH", 10)
+    records = [
+        _record(f"old{n}", status=S.SUCCESS, expires_at=50.0, idempotency_key=f"k{n}") for n in range(25)
+    ]
+    store.create_many([*records, _record("live", status=S.SUCCESS, expires_at=500.0)])
+    store.append_log("old0", LogLine(1.0, "line"))
+    assert store.purge_expired(100.0) == 25
+    assert store.get("old0") is None and store.get("live") is not None
+    s = store.s
+    with psycopg.connect(POSTGRES_URL) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {s}.decortask_logs").fetchone() == (0,)
+        assert conn.execute(f"SELECT count(*) FROM {s}.decortask_idempotency").fetchone() == (0,)
