@@ -1,6 +1,6 @@
 """The core path on every real broker: tasks enqueued here run in a `decortask worker` subprocess.
 
-Parametrised over the embedded SQLite broker, Redis and RabbitMQ. A missing server skips locally and fails
+Parametrised over the embedded SQLite broker, Redis and RabbitMQ, and the first two with a PostgreSQL store. A missing server skips locally and fails
 under CI=true. One worker per broker serves every test in this module.
 """
 
@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import behaviour_tasks as bt
 import pytest
-from conftest import broker_urls
+from conftest import broker_urls, postgres_test_store
 from workers import WorkerProcess, poll_until
 
 from decortask import Decortask, TaskStatus
@@ -31,11 +31,15 @@ class BrokerSetup:
     worker: WorkerProcess
 
 
-@pytest.fixture(scope="module", params=["sqlite", "redis", "amqp"])
+@pytest.fixture(scope="module", params=["sqlite", "redis", "amqp", "sqlite+postgres", "redis+postgres"])
 def broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerSetup]:
+    """A worker on each broker with its usual store, and on two of them with a PostgreSQL store ("+postgres")."""
     token = uuid.uuid4().hex[:10]
-    tmp = tmp_path_factory.mktemp(f"broker-{request.param}")
-    broker_url, store_url = broker_urls(request.param, tmp, token)
+    kind, _, store_kind = request.param.partition("+")
+    tmp = tmp_path_factory.mktemp(f"broker-{kind}")
+    broker_url, store_url = broker_urls(kind, tmp, token)
+    if store_kind == "postgres":
+        store_url = postgres_test_store(request)
     queue = f"behaviour-{token}"
     app = Decortask(broker_url, store_url, default_queue=queue)
     worker = WorkerProcess(broker_url, store_url, queue, tmp / "worker.log", concurrency=8).start()
