@@ -36,6 +36,12 @@ def faults(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
         yield rig
 
 
+#: The SIGKILL tests also run on the network brokers with a PostgreSQL store (issue 16).
+sigkill_matrix = pytest.mark.parametrize(
+    "faults", [*BROKERS, "redis+postgres", "amqp+postgres"], indirect=True
+)
+
+
 def _wait_running(faults: Faults, handle: TaskHandle[str], worker: WorkerProcess) -> None:
     try:
         poll_until(lambda: handle.status is TaskStatus.RUNNING, 20, f"{handle.id} to start")
@@ -170,6 +176,7 @@ def test_f04_unstarted_prefetched_messages_go_back_still_pending(faults: Faults)
     )
 
 
+@sigkill_matrix
 def test_f05_sigkill_requeues_opted_in(faults: Faults) -> None:
     handle = bt.sleep_opted_in.delay(2.0)
     first = faults.worker("w1").start()
@@ -182,6 +189,7 @@ def test_f05_sigkill_requeues_opted_in(faults: Faults) -> None:
     assert faults.effects_of(handle) == [(1, "started"), (2, "started"), (2, "finished")]
 
 
+@sigkill_matrix
 def test_f06_sigkill_not_opted_in_ends_interrupted_and_never_runs_again(faults: Faults) -> None:
     handle = bt.sleep_not_opted_in.delay(2.0)
     first = faults.worker("w1").start()
@@ -194,6 +202,7 @@ def test_f06_sigkill_not_opted_in_ends_interrupted_and_never_runs_again(faults: 
     assert faults.effects_of(handle) == [(1, "started")]
 
 
+@sigkill_matrix
 def test_f09_a_task_that_kills_its_worker_is_dead_lettered_after_max_deliveries(faults: Faults) -> None:
     handle = bt.kills_its_worker.delay()
     for round_ in range(6):
