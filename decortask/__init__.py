@@ -3,6 +3,18 @@
 from __future__ import annotations
 
 from .app import Decortask, current_app
+from .canvas import (
+    Chain,
+    Chord,
+    Group,
+    GroupHandle,
+    Signature,
+    WorkflowHandle,
+    chain,
+    chord,
+    group,
+    signature,
+)
 from .context import TaskContext, get_task_context, task_log
 from .errors import (
     ArgumentEncodingError,
@@ -47,6 +59,17 @@ __all__ = [
     "get_task_context",
     "task",
     "task_log",
+    # workflows (docs/workflows.md)
+    "Chain",
+    "Chord",
+    "Group",
+    "GroupHandle",
+    "Signature",
+    "WorkflowHandle",
+    "chain",
+    "chord",
+    "group",
+    "signature",
     # live events (docs/events.md)
     "Event",
     "EventSubscriber",

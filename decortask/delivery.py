@@ -40,4 +40,9 @@ def process_delivery(app: Decortask, executor: Executor, delivery: Delivery) -> 
         # Its dead letter is logged once when published; the traceback only at DEBUG.
         logger.debug("decoding a message on %s failed unexpectedly", delivery.queue, exc_info=True)
         return executor.refuse(None, "decode_error", f"unexpected {type(exc).__name__}")
-    return executor.execute(message, delivery.queue)
+    outcome = executor.execute(message, delivery.queue)
+    if message.workflow:  # a workflow's task: what follows it is created before its message is acked
+        from .workflow import continue_workflow
+
+        continue_workflow(app, message, executor.write)
+    return outcome

@@ -43,6 +43,8 @@ class Reason(str, Enum):
     RESULT_NOT_SERIALIZABLE = "result_not_serializable"
     #: `decortask purge` deleted its message before it ran (CANCELLED).
     PURGED = "purged"
+    #: An earlier step of its chain, or a member of its chord, did not succeed: it never ran (FAILED).
+    WORKFLOW_FAILED = "workflow_failed"
     # -- a refused message (dead-lettered; its task FAILED when known) --------------------------------------
     DECODE_ERROR = "decode_error"
     INTEGRITY_ERROR = "integrity_error"

@@ -29,12 +29,30 @@ if TYPE_CHECKING:
     from .task import Task
 
 
+@dataclass(frozen=True)
+class Lineage:
+    """Where a call sits in a workflow (`workflow.py`): its id, parent, root and the rest of its workflow.
+
+    A continuation's id is derived from its workflow (not random), so creating it a second time fails in
+    the store instead of running it twice.
+    """
+
+    task_id: str | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+    workflow: dict[str, Any] | None = None
+
+
+NO_LINEAGE = Lineage()
+
+
 def send_task(
     app: Decortask,
     task: Task[Any, Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     options: CallOptions = NO_OPTIONS,
+    lineage: Lineage = NO_LINEAGE,
 ) -> TaskHandle[Any]:
     """Validate, record and publish one call: what `.delay()` and `.apply_async()` do.
 
@@ -45,7 +63,7 @@ def send_task(
 
     task.bind_arguments(args, kwargs)
     common = _Common.of(app, task, options)
-    item = common.prepare(app, task, args, kwargs, options, "")
+    item = common.prepare(app, task, args, kwargs, options, "", lineage)
     store = app.store
     if common.due is not None:
         # The entry is written before the record: a crash in between leaves an entry whose message
@@ -137,12 +155,13 @@ class _Common:
         kwargs: dict[str, Any],
         options: CallOptions,
         where: str,
+        lineage: Lineage = NO_LINEAGE,
     ) -> _Prepared:
         """The message (encoded: JSON and size checked) and the record of one call whose arguments fit."""
         options.check_key_and_tags(where)
         idempotency_key = options.idempotency_key
         message = Message(
-            id=uuid.uuid4().hex,
+            id=lineage.task_id or uuid.uuid4().hex,
             task=task.name,
             args=list(args),
             kwargs=kwargs,
@@ -153,6 +172,9 @@ class _Common:
             idempotency_key=idempotency_key,
             tags=dict(options.tags or {}),
             priority=self.priority,
+            parent_id=lineage.parent_id,
+            root_id=lineage.root_id,
+            workflow=lineage.workflow,
             cipher=app.cipher,  # the broker sees only ciphertext; the store keeps the arguments (it is trusted)
         )
         message = prepare_enqueue(app, message)
@@ -171,6 +193,9 @@ class _Common:
             priority=self.priority,
             persist=task.options.persist,
             scheduled_for=self.due,
+            parent_id=lineage.parent_id,
+            root_id=lineage.root_id,
+            workflow=lineage.workflow,
         )
         return _Prepared(message, body, record)
 

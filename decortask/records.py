@@ -36,13 +36,14 @@ def record_from_message(message: Message, queue: str) -> TaskRecord:
         priority=message.priority,
         parent_id=message.parent_id,
         root_id=message.root_id,
+        workflow=message.workflow,
     )
 
 
 def message_from_record(record: TaskRecord, cipher: MessageCipher | None = None) -> Message:
     """The message for the record's next attempt, rebuilt from what the store kept.
 
-    The original `expires` and `workflow` are not kept in a record, so a rebuilt message has neither.
+    The original `expires` is not kept in a record, so a rebuilt message has none.
     """
     return Message(
         id=record.id,
@@ -56,6 +57,7 @@ def message_from_record(record: TaskRecord, cipher: MessageCipher | None = None)
         priority=record.priority,
         parent_id=record.parent_id,
         root_id=record.root_id,
+        workflow=record.workflow,
         cipher=cipher,
     )
 

@@ -20,6 +20,7 @@ from .schedules import Schedule
 if TYPE_CHECKING:
     from .app import Decortask
     from .call_options import CallOptions
+    from .canvas import Signature
     from .handle import TaskHandle
     from .producer import Call
 
@@ -335,6 +336,19 @@ class Task(Generic[P, R]):
         if app.eager_runner is not None:
             app.eager_runner(handle)
         return handle
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
+        """A signature of this call for a workflow (`decortask.canvas`); a chain puts the previous
+        step's result before `args`, so they may be partial."""
+        from .canvas import Signature
+
+        return Signature(self.name, args, kwargs)
+
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
+        """An immutable signature: in a chain it ignores the previous step's result."""
+        from .canvas import Signature
+
+        return Signature(self.name, args, kwargs, immutable=True)
 
     def call(self, *args: P.args, **kwargs: P.kwargs) -> Call:
         """One call for `apply_many`, its arguments type-checked like `.delay()`'s."""

@@ -112,6 +112,9 @@ class TaskRecord:
     root_id: str | None = None
     deliveries: int = 0
     cancel_requested_at: float | None = None
+    #: The message's `workflow` (what follows this task, `workflow.py`), kept so that a message rebuilt
+    #: from the record (a requeued attempt, a retry) still continues its workflow.
+    workflow: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; `from_dict` inverts it exactly.

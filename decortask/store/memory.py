@@ -25,9 +25,10 @@ from .base import (
 from .outbox_state import OutboxEntry, OutboxItem, OutboxStore, item_of
 from .outcome_waiters import OutcomeNotices
 from .periodic_state import PeriodicStateStore, ScheduleState
+from .workflow_state import WorkflowStore
 
 
-class MemoryStore(TaskStore, PeriodicStateStore, OutboxStore):
+class MemoryStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
     """A dict behind one lock. Records are deep-copied in and out so callers never share state."""
 
     def __init__(self, url: str = "memory://") -> None:
@@ -42,6 +43,7 @@ class MemoryStore(TaskStore, PeriodicStateStore, OutboxStore):
         self._leases: dict[str, tuple[str, float]] = {}
         self._periodic: dict[str, ScheduleState] = {}
         self._outbox: dict[str, tuple[OutboxEntry, bool]] = {}  # task id -> (entry, published)
+        self._joins: dict[str, set[int]] = {}  # workflow join id -> members that ended
         #: Waiters for outcomes, woken by `apply_step` as it writes a terminal status.
         self.outcome_notices = OutcomeNotices()
 
@@ -212,6 +214,14 @@ class MemoryStore(TaskStore, PeriodicStateStore, OutboxStore):
             for task_id in gone:
                 self.delete(task_id)
             return len(gone)
+
+    # -- workflow joins (workflow_state.py) -----------------------------------------------------------------
+
+    def join_member(self, join_id: str, member: int) -> int:
+        with self._lock:
+            ended = self._joins.setdefault(join_id, set())
+            ended.add(member)
+            return len(ended)
 
     # -- outbox (outbox_state.py) ---------------------------------------------------------------------------
 

@@ -53,6 +53,7 @@ from .periodic_state import PeriodicStateStore, ScheduleState
 from .redis_liveness import RedisLiveness
 from .redis_outbox import RedisOutbox, RedisOutboxMethods
 from .redis_queries import RedisQueries
+from .redis_workflow import RedisWorkflowJoins
 
 T = TypeVar("T")
 
@@ -68,6 +69,7 @@ class RedisStore(
     TaskStore,
     PeriodicStateStore,
     RedisOutboxMethods,
+    RedisWorkflowJoins,
 ):
     """A `TaskStore` in Redis, safe across threads, processes and hosts."""
 

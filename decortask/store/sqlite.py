@@ -29,6 +29,7 @@ from . import (
     sqlite_queries,
     sqlite_rows,
     sqlite_steps,
+    sqlite_workflow,
 )
 from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, TaskStore, TransitionStep
 from .outbox_state import OutboxEntry, OutboxItem, OutboxStore
@@ -83,6 +84,7 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
         self._run(sqlite_rows.create_schema)
         self._run(sqlite_periodic.create_schema)
         self._run(sqlite_outbox.create_schema)
+        self._run(sqlite_workflow.create_schema)
         self._run(sqlite_events.create_schema)
         if events > 0:
             self._run(lambda conn: sqlite_events.install_triggers(conn, events))
@@ -337,6 +339,11 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
     def trim_events(self, keep: int) -> int:
         """Delete all but the newest `keep` events; returns how many were deleted."""
         return self._run(lambda conn: sqlite_events.trim(conn, keep))
+
+    # -- workflow joins (SQL in sqlite_workflow.py) ---------------------------------------------------------
+
+    def join_member(self, join_id: str, member: int) -> int:
+        return self._run(lambda conn: sqlite_workflow.join_member(conn, join_id, member))
 
     # -- outbox (SQL in sqlite_outbox.py) -------------------------------------------------------------------
 

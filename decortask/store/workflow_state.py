@@ -1,0 +1,27 @@
+"""What workflows keep in the store: the joins of chords, one atomic counter per chord.
+
+A chord's callback runs once every member has ended. Each member's end is recorded in the store as
+"member k of join j ended", and the store answers how many distinct members have ended, in one atomic step
+(SQLite: one transaction, `sqlite_workflow.py`; Redis: one MULTI of SADD and SCARD, `redis_workflow.py`;
+memory: under its lock). A member reported twice (its message redelivered after a crash) is counted once,
+so the count reaches the chord's size exactly when its last member ends, however often members are reported.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+#: How long a join is kept after its last member's report (Redis expires it; seconds).
+JOIN_TTL = 7 * 24 * 3600
+
+
+@runtime_checkable
+class WorkflowStore(Protocol):
+    """The workflows' part of a store; every store backend implements it."""
+
+    def join_member(self, join_id: str, member: int) -> int:
+        """Record that member `member` of join `join_id` ended; how many distinct members have ended.
+
+        Atomic, and idempotent per member: reporting the same member again changes nothing.
+        """
+        ...

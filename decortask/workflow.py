@@ -1,0 +1,203 @@
+"""Running workflows on the workers: what follows a task of a `chain` or a `chord` (built in `canvas.py`).
+
+Every piece of a workflow's state is in the broker's messages and in the store, never in a worker's memory:
+
+- A chain's remaining steps travel in the message of the step that runs (its `workflow` field, DESIGN §5),
+  and in that task's record, so a message rebuilt from the record (a requeued attempt) keeps them.
+- When a delivery of a workflow's message leaves its task's record terminal, `continue_workflow` (called for
+  every such delivery by `delivery.process_delivery`, before the message is acked) creates what follows:
+  the chain's next step, or the chord's callback once the chord's join (an atomic counter in the store,
+  `store/workflow_state.py`) counts every member. What follows has an id derived from the workflow's id
+  (`canvas.derived_id`), so a second creation fails in the store and runs nothing twice.
+- A worker killed between writing the outcome and creating what follows has not acked the message: its
+  redelivery finds the record terminal (a duplicate, not run again) and creates the missing continuation.
+- A failed step (FAILED, CANCELLED, INTERRUPTED) ends the chain: its last step's record is written FAILED
+  (reason `workflow_failed`) naming the step, and the steps between never run. A failed chord member does
+  the same to the callback, unless the chord passes failures to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from .canvas import Signature, chain_spec, derived_id
+from .errors import (
+    ArgumentEncodingError,
+    ConfigurationError,
+    PayloadTooLargeError,
+    StoreError,
+    UnknownTaskError,
+)
+from .outcomes import Reason
+from .producer import Lineage
+from .records import ended_fields
+from .states import TaskStatus
+from .store.base import TaskRecord
+from .store.workflow_state import WorkflowStore
+
+if TYPE_CHECKING:
+    from .app import Decortask
+    from .message import Message
+
+logger = logging.getLogger("decortask.worker")
+#: A store call made patiently: the executor's `write` (retries while the store is busy or away).
+Write = Callable[[Callable[[], Any]], Any]
+
+
+def continue_workflow(app: Decortask, message: Message, write: Write) -> None:
+    """Create what follows the message's task if its record is terminal (a chain's next step, a chord's
+    callback, or their FAILED record); called after every delivery of a message with a `workflow`.
+
+    Idempotent: what it creates has a derived id, so running it again for a redelivered message creates
+    what a killed worker left out and nothing twice.
+    """
+    record = cast("TaskRecord | None", write(lambda: app.store.get(message.id)))
+    if record is None or not record.status.terminal or not message.workflow:
+        return
+    spec = message.workflow
+    try:
+        if isinstance(spec.get("chain"), dict):
+            _continue_chain(app, record, spec["chain"], write)
+        if isinstance(spec.get("chord"), dict):
+            _join_chord(app, record, spec["chord"], write)
+    except (ConfigurationError, KeyError, TypeError, ValueError) as exc:
+        # A malformed workflow field (a forged or foreign message): nothing can be derived from it.
+        logger.error(
+            "task %s: its message's workflow field is malformed (%s); nothing follows it", record.id, exc
+        )
+
+
+def _continue_chain(app: Decortask, record: TaskRecord, spec: dict[str, Any], write: Write) -> None:
+    workflow_id, step, size = str(spec["id"]), int(spec["step"]), int(spec["size"])
+    rest = [Signature.from_dict(data) for data in spec["rest"]]
+    if not rest:
+        return
+    if record.status is not TaskStatus.SUCCESS:
+        why = f"chain {workflow_id}: step {step + 1} of {size}, {_describe(record)}; the steps after it did not run"
+        _fail(app, derived_id(workflow_id, f"step:{size - 1}"), rest[-1], why, record, workflow_id, write)
+        return
+    nxt = rest[0].with_parent_result(record.result)
+    lineage = Lineage(
+        derived_id(workflow_id, f"step:{step + 1}"),
+        record.id,
+        workflow_id,
+        chain_spec(workflow_id, step + 1, size, rest[1:]),
+    )
+    _create(app, nxt, lineage, write)
+
+
+def _join_chord(app: Decortask, record: TaskRecord, spec: dict[str, Any], write: Write) -> None:
+    chord_id, member, size = str(spec["id"]), int(spec["member"]), int(spec["size"])
+    callback = Signature.from_dict(spec["callback"])
+    callback_id = derived_id(chord_id, "callback")
+    pass_failures = bool(spec.get("pass_failures"))
+    if record.status is not TaskStatus.SUCCESS and not pass_failures:
+        why = (
+            f"chord {chord_id}: member {member + 1} of {size}, {_describe(record)}; the callback did not run"
+        )
+        _fail(app, callback_id, callback, why, record, chord_id, write)
+        return
+    store = app.store
+    if not isinstance(store, WorkflowStore):
+        raise ConfigurationError(f"the store {type(store).__name__} keeps no workflow joins; chords need one")
+    ended = int(write(lambda: store.join_member(chord_id, member)))
+    if ended < size:
+        return
+    ids = [derived_id(chord_id, f"member:{index}") for index in range(size)]
+    found = cast("list[TaskRecord | None]", write(lambda: [store.get(member_id) for member_id in ids]))
+    values = [
+        _value_for_callback(got, member_id, pass_failures) for got, member_id in zip(found, ids, strict=True)
+    ]
+    _create(app, callback.with_parent_result(values), Lineage(callback_id, record.id, chord_id), write)
+
+
+def _value_for_callback(record: TaskRecord | None, task_id: str, pass_failures: bool) -> Any:
+    if record is not None and record.status is TaskStatus.SUCCESS:
+        return record.result
+    if not pass_failures:  # a member that failed meanwhile (its report raced this one): it fails the chord
+        return None
+    return {
+        "task_id": task_id,
+        "status": record.status.value if record else None,
+        "error_type": record.error_type if record else None,
+        "error_message": record.error_message if record else "the member's record is gone",
+    }
+
+
+def _describe(record: TaskRecord) -> str:
+    """`name (task <id>) ended FAILED (reason): Error: message`, for the record of a failed step."""
+    reason = f" ({record.reason})" if record.reason else ""
+    error = f": {record.error_type}: {record.error_message}" if record.error_type else ""
+    if not error and record.error_message:
+        error = f": {record.error_message}"
+    return f"{record.name} (task {record.id}) ended {record.status.value}{reason}{error}"
+
+
+def _exists(app: Decortask, task_id: str, write: Write) -> bool:
+    return write(lambda: app.store.get(task_id)) is not None
+
+
+def _create(app: Decortask, sig: Signature[Any], lineage: Lineage, write: Write) -> None:
+    """Create and publish `sig` under its derived id unless it exists; a call that cannot be made (its
+    task unknown here, arguments that do not fit) is written FAILED in its place instead."""
+    assert lineage.task_id is not None
+    if _exists(app, lineage.task_id, write):
+        return
+    try:
+        write(lambda: sig.send(app, lineage))
+    except StoreError:
+        if not _exists(app, lineage.task_id, write):  # not another worker's creation first: a real failure
+            raise
+    except (
+        UnknownTaskError,
+        TypeError,
+        ArgumentEncodingError,
+        PayloadTooLargeError,
+        ConfigurationError,
+    ) as exc:
+        parent = app.store.get(lineage.parent_id) if lineage.parent_id else None
+        why = f"{sig.name} could not be enqueued after task {lineage.parent_id}: {exc}"
+        _fail(app, lineage.task_id, sig, why, parent, lineage.root_id or "", write)
+
+
+def _fail(
+    app: Decortask,
+    task_id: str,
+    sig: Signature[Any],
+    why: str,
+    cause: TaskRecord | None,
+    root_id: str,
+    write: Write,
+) -> None:
+    """Write the record of `sig`'s task (id `task_id`) FAILED with `why`, unless it exists: it never runs."""
+    if _exists(app, task_id, write):
+        return
+    task = app.registry.find(sig.name)
+    now = time.time()
+    queue = sig.options.get("queue") or (task.options.queue if task else None) or app.settings.default_queue
+    record = TaskRecord(
+        id=task_id,
+        name=sig.name,
+        queue=str(queue),
+        status=TaskStatus.FAILED,
+        created_at=now,
+        updated_at=now,
+        args=list(sig.args),
+        kwargs=dict(sig.kwargs),
+        reason=Reason.WORKFLOW_FAILED,
+        error_type=cause.error_type if cause is not None and cause.error_type else "WorkflowFailed",
+        error_message=why,
+        parent_id=cause.id if cause is not None else None,
+        root_id=root_id or None,
+        persist=task.options.persist if task else True,
+        **ended_fields(app.settings, now, task.options.persist if task else True),
+    )
+    try:
+        write(lambda: app.store.create(record))
+    except StoreError:
+        if not _exists(app, task_id, write):
+            raise
+    logger.warning("task %s (%s) FAILED without running: %s", task_id, sig.name, why)

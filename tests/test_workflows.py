@@ -1,0 +1,251 @@
+"""Workflows (issue 13, first slice): signatures, chain, group, chord.
+
+The rules: a chain feeds each result to the next step and fails naming the step that failed; a group's
+results come back in order; a chord's callback gets the members' results once all ended, runs exactly once,
+and never runs when a member failed (unless the chord passes failures to it). Deterministic cases run on
+the in-process driver (`run_pending`); the same behaviours then run on real worker subprocesses on every
+broker, and a worker is SIGKILLed while chord members run.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import workflow_tasks as wt
+from behaviour_tasks import read_effects
+from conftest import BROKERS
+from workers import Rig, poll_until, short_lease_rig
+
+from decortask import (
+    ConfigurationError,
+    Decortask,
+    Signature,
+    TaskFailed,
+    TaskStatus,
+    WaitTimeout,
+    chain,
+    chord,
+    group,
+    signature,
+)
+from decortask import workflow as workflow_module
+from decortask.canvas import derived_id
+from decortask.message import Message
+from decortask.testing import isolated_app, run_pending
+
+# -- signatures ----------------------------------------------------------------------------------------------
+
+
+def test_a_signature_is_json_and_comes_back_the_same() -> None:
+    sig = wt.add.s(2).set(queue="maths", countdown=5, priority=3, tags={"k": "v"})
+    data = json.loads(json.dumps(sig.to_dict()))
+    assert Signature.from_dict(data) == sig
+    assert data == {
+        "task": "wf.add",
+        "args": [2],
+        "kwargs": {},
+        "options": {"queue": "maths", "countdown": 5, "priority": 3, "tags": {"k": "v"}},
+    }
+
+
+def test_s_takes_the_previous_result_first_and_si_ignores_it() -> None:
+    assert wt.add.s(2).with_parent_result(40).args == (40, 2)
+    assert wt.add.si(1, 2).with_parent_result(40).args == (1, 2)
+    assert Signature.from_dict(wt.add.si(1, 2).to_dict()).immutable
+
+
+def test_a_signature_refuses_an_unknown_option_and_a_malformed_dict() -> None:
+    with pytest.raises(ConfigurationError, match="unknown option"):
+        wt.add.s(1, 2).set(retries=3)
+    with pytest.raises(ConfigurationError):
+        Signature.from_dict({"task": "wf.add", "args": "not a list"})
+    with pytest.raises(ConfigurationError):
+        Signature.from_dict(["wf.add"])
+
+
+def test_a_signature_is_sent_with_delay_and_by_name() -> None:
+    with isolated_app() as app:
+        first = wt.add.s(2).delay(40)
+        second = signature("wf.mul", (6, 7)).apply_async()
+        run_pending(app)
+        assert (first.get(timeout=5), second.get(timeout=5)) == (42, 42)
+
+
+# -- chain, group, chord on the in-process driver -------------------------------------------------------------
+
+
+@pytest.fixture
+def app() -> Iterator[Decortask]:
+    with isolated_app() as test_app:
+        yield test_app
+
+
+def test_a_chain_feeds_each_result_to_the_next_step(app: Decortask) -> None:
+    handle = (wt.add.s(2, 2) | wt.mul.s(10) | wt.add.si(1, 1) | wt.add.s(5)).apply_async()
+    run_pending(app)
+    assert handle.get(timeout=5) == 7
+    last = handle.record()
+    assert last.root_id == handle.workflow_id and last.parent_id == derived_id(handle.workflow_id, "step:2")
+
+
+def test_a_failing_middle_step_stops_the_chain_and_fails_it_naming_the_step(app: Decortask) -> None:
+    handle = chain(wt.add.s(1, 1), wt.fail.s(), wt.add.s(5), wt.mul.s(2)).apply_async()
+    run_pending(app)
+    with pytest.raises(TaskFailed, match=r"step 2 of 4, wf\.fail \(task \w+\) ended FAILED.*wf\.fail got 2"):
+        handle.get(timeout=5)
+    assert handle.record().reason == "workflow_failed"
+    assert app.store.get(derived_id(handle.workflow_id, "step:2")) is None  # the step between never ran
+
+
+def test_a_group_returns_its_results_in_order_and_an_empty_one_nothing(app: Decortask) -> None:
+    handle = group(wt.add.s(i, i) for i in range(6)).apply_async()
+    run_pending(app)
+    assert handle.get(timeout=5) == [0, 2, 4, 6, 8, 10]
+    assert group().apply_async().get(timeout=1) == []
+
+
+def test_cancelling_a_group_cancels_its_pending_members(app: Decortask) -> None:
+    handle = group(wt.add.s(i, i) for i in range(3)).apply_async()
+    assert handle.cancel() == 3
+    run_pending(app)
+    assert [member.status for member in handle] == [TaskStatus.CANCELLED] * 3
+
+
+def test_a_chord_passes_the_results_in_order_to_its_callback_once(app: Decortask, tmp_path: Path) -> None:
+    effects = tmp_path / "effects.jsonl"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DECORTASK_TEST_EFFECTS", str(effects))
+        handle = chord([wt.mul.s(i, 10) for i in range(5)], wt.collect.s()).apply_async()
+        run_pending(app)
+    assert handle.get(timeout=5) == [0, 10, 20, 30, 40]
+    assert [row["event"] for row in read_effects(str(effects))] == ["collect"]
+
+
+def test_an_empty_chord_calls_its_callback_with_no_results(app: Decortask) -> None:
+    handle = chord([], wt.tsum.s()).apply_async()
+    run_pending(app)
+    assert handle.get(timeout=5) == 0
+
+
+def test_a_failed_member_fails_the_chord_naming_it_and_the_callback_never_runs(
+    app: Decortask, tmp_path: Path
+) -> None:
+    effects = tmp_path / "effects.jsonl"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DECORTASK_TEST_EFFECTS", str(effects))
+        handle = chord([wt.add.s(1, 1), wt.fail.s(7), wt.add.s(2, 2)], wt.tsum.s()).apply_async()
+        run_pending(app)
+    with pytest.raises(TaskFailed, match=r"member 2 of 3, wf\.fail \(task \w+\) ended FAILED"):
+        handle.get(timeout=5)
+    assert read_effects(str(effects)) == []
+
+
+def test_a_chord_asked_to_pass_failures_gives_them_to_its_callback(app: Decortask) -> None:
+    handle = chord([wt.add.s(1, 1), wt.fail.s(7)], wt.collect.s(), pass_failures=True).apply_async()
+    run_pending(app)
+    first, second = handle.get(timeout=5)
+    assert first == 2
+    assert second["status"] == "FAILED" and second["error_message"] == "wf.fail got 7"
+
+
+def test_a_step_whose_arguments_do_not_fit_fails_the_chain_instead_of_hanging(app: Decortask) -> None:
+    handle = chain(wt.add.s(1, 1), wt.add.s(1, 2)).apply_async()  # add(2, 1, 2): one argument too many
+    run_pending(app)
+    with pytest.raises(TaskFailed, match=r"wf\.add could not be enqueued after task \w+: .*too many"):
+        handle.get(timeout=5)
+
+
+def test_a_worker_killed_between_a_members_outcome_and_the_join_is_repaired_by_the_redelivery(
+    app: Decortask, tmp_path: Path
+) -> None:
+    """The continuation is written after the member's outcome, before its message is acked. A worker
+    killed between the two leaves the message unacked: its redelivery finds the record terminal (a
+    duplicate, not run again) and makes the join and the callback the dead worker did not."""
+    effects = tmp_path / "effects.jsonl"
+    real = workflow_module.continue_workflow
+    killed: list[Message] = []
+
+    def dies_after_the_outcome_of_the_last_member(app_: Decortask, message: Message, write: Any) -> None:
+        if message.workflow and message.workflow["chord"]["member"] == 1:
+            killed.append(message)  # the worker died here: no join, no ack
+            return
+        real(app_, message, write)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DECORTASK_TEST_EFFECTS", str(effects))
+        patch.setattr(workflow_module, "continue_workflow", dies_after_the_outcome_of_the_last_member)
+        handle = chord([wt.slow_add.s(1, 1, 0), wt.slow_add.s(2, 2, 0)], wt.tsum.s()).apply_async()
+        run_pending(app)
+        with pytest.raises(WaitTimeout):
+            handle.wait(timeout=0.3)
+    assert killed
+    app.transport.publish(killed[0].encode(), app.settings.default_queue)  # the broker redelivers it
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DECORTASK_TEST_EFFECTS", str(effects))
+        run_pending(app)
+    assert handle.get(timeout=5) == 6
+    events = [row["event"] for row in read_effects(str(effects))]
+    assert sorted(events) == ["slow_add", "slow_add", "tsum"]  # the member did not run again
+
+
+# -- real workers on every broker ---------------------------------------------------------------------------
+
+
+@pytest.fixture(params=BROKERS)
+def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
+    with short_lease_rig(request.param, tmp_path, "workflows", ("-A", "tests.workflow_tasks")) as test_rig:
+        yield test_rig
+
+
+def _effects(rig: Rig, event: str) -> list[dict[str, object]]:
+    return [row for row in read_effects(str(rig.effects)) if row["event"] == event]
+
+
+@pytest.mark.broker
+def test_chains_on_real_workers(rig: Rig) -> None:
+    with rig.worker("w1") as worker:
+        good = (wt.add.s(2, 2) | wt.mul.s(10) | wt.add.s(1)).apply_async(app=rig.app)
+        bad = (wt.add.s(1, 1) | wt.fail.s() | wt.add.s(5)).apply_async(app=rig.app)
+        assert good.get(timeout=30) == 41, worker.log_tail()
+        with pytest.raises(TaskFailed, match=r"step 2 of 3, wf\.fail"):
+            bad.get(timeout=30)
+
+
+@pytest.mark.broker
+def test_groups_on_real_workers(rig: Rig) -> None:
+    with rig.worker("w1") as worker:
+        handle = group(wt.mul.s(i, 3) for i in range(8)).apply_async(app=rig.app)
+        assert handle.get(timeout=30) == [i * 3 for i in range(8)], worker.log_tail()
+        assert group().apply_async(app=rig.app).get(timeout=1) == []
+
+
+@pytest.mark.broker
+def test_chords_on_real_workers_run_their_callback_exactly_once(rig: Rig) -> None:
+    with rig.worker("w1") as first, rig.worker("w2"):
+        good = chord([wt.add.s(i, i) for i in range(20)], wt.tsum.s()).apply_async(app=rig.app)
+        bad = chord([wt.add.s(1, 1), wt.fail.s(7)], wt.tsum.s()).apply_async(app=rig.app)
+        assert good.get(timeout=60) == sum(2 * i for i in range(20)), first.log_tail()
+        with pytest.raises(TaskFailed, match=r"member 2 of 2, wf\.fail"):
+            bad.get(timeout=30)
+    assert [row["id"] for row in _effects(rig, "tsum")] == [good.id]
+
+
+@pytest.mark.broker
+def test_f_workflow_sigkill_while_chord_members_run_the_callback_runs_exactly_once(rig: Rig) -> None:
+    """A worker SIGKILLed while opted-in members (`requeue_on_interrupt`) run: they run again on another
+    worker, the chord completes, and its callback runs once."""
+    handle = chord([wt.slow_add.s(i, 1, 1.5) for i in range(4)], wt.tsum.s()).apply_async(app=rig.app)
+    first = rig.worker("w1", concurrency=4).start()
+    try:
+        poll_until(lambda: len(_effects(rig, "slow_add")) >= 2, 30, "members to start")
+    finally:
+        first.signal(signal.SIGKILL)
+        first.wait(10)
+    with rig.worker("w2", concurrency=4) as second:
+        assert handle.get(timeout=60) == sum(i + 1 for i in range(4)), second.log_tail()
+    assert len(_effects(rig, "tsum")) == 1
