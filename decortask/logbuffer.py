@@ -147,11 +147,12 @@ class LogFlusher:
     """One thread per process writing the lines of buffers that waited long enough (started on first use).
 
     It knows only buffers with lines waiting: a buffer tells it on its first line after a write, and is
-    forgotten once found empty.
+    forgotten once found empty. With none, the thread sleeps until told (an idle worker never wakes it).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._told = threading.Condition(self._lock)
         self._buffers: set[TaskLogBuffer] = set()
         self._tick: float | None = None
         self._thread: threading.Thread | None = None
@@ -160,6 +161,8 @@ class LogFlusher:
     def watch(self, buffer: TaskLogBuffer) -> None:
         """Flush `buffer` once its oldest line is due."""
         with self._lock:
+            if not self._buffers:
+                self._told.notify()
             self._buffers.add(buffer)
             tick = buffer.interval / 2
             if self._tick is None or tick < self._tick:
@@ -171,6 +174,9 @@ class LogFlusher:
 
     def _run(self) -> None:
         while True:
+            with self._lock:
+                while not self._buffers:
+                    self._told.wait()
             time.sleep(self._tick or 0.25)
             try:
                 self.flush_due(time.monotonic())
