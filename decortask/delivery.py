@@ -44,5 +44,5 @@ def process_delivery(app: Decortask, executor: Executor, delivery: Delivery) -> 
     if message.workflow:  # a workflow's task: what follows it is created before its message is acked
         from .workflow import continue_workflow
 
-        continue_workflow(app, message, executor.write)
+        continue_workflow(app, message.id, message.workflow, executor.write)
     return outcome

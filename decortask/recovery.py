@@ -151,6 +151,10 @@ def settle_interrupted(
     _log(record, verdict, reason, now)
     if verdict.status is not TaskStatus.CANCELLED:
         notify_interrupt(app, message, record, reason)
+    if done.workflow and done.status.terminal:  # the reaper has no message: what follows is created here
+        from .workflow import continue_workflow
+
+        continue_workflow(app, done.id, done.workflow, lambda step: step())
     return Interrupted(verdict, done, entry, nxt)
 
 

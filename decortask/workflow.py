@@ -40,24 +40,23 @@ from .store.workflow_state import WorkflowStore
 
 if TYPE_CHECKING:
     from .app import Decortask
-    from .message import Message
 
 logger = logging.getLogger("decortask.worker")
 #: A store call made patiently: the executor's `write` (retries while the store is busy or away).
 Write = Callable[[Callable[[], Any]], Any]
 
 
-def continue_workflow(app: Decortask, message: Message, write: Write) -> None:
-    """Create what follows the message's task if its record is terminal (a chain's next step, a chord's
-    callback, or their FAILED record); called after every delivery of a message with a `workflow`.
+def continue_workflow(app: Decortask, task_id: str, spec: dict[str, Any], write: Write) -> None:
+    """Create what follows task `task_id` if its record is terminal (a chain's next step, a chord's
+    callback, or their FAILED record).
 
-    Idempotent: what it creates has a derived id, so running it again for a redelivered message creates
-    what a killed worker left out and nothing twice.
+    Called after every delivery of a message with a `workflow` (`spec`), and by `recovery` when it ends an
+    interrupted attempt of such a task. Idempotent: what it creates has a derived id, so running it again
+    (a redelivered message) creates what a killed worker left out and nothing twice.
     """
-    record = cast("TaskRecord | None", write(lambda: app.store.get(message.id)))
-    if record is None or not record.status.terminal or not message.workflow:
+    record = cast("TaskRecord | None", write(lambda: app.store.get(task_id)))
+    if record is None or not record.status.terminal:
         return
-    spec = message.workflow
     try:
         if isinstance(spec.get("chain"), dict):
             _continue_chain(app, record, spec["chain"], write)

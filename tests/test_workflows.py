@@ -9,6 +9,7 @@ broker, and a worker is SIGKILLed while chord members run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ from decortask import (
 )
 from decortask import workflow as workflow_module
 from decortask.canvas import derived_id
-from decortask.message import Message
+from decortask.records import message_from_record
 from decortask.testing import isolated_app, run_pending
 
 # -- signatures ----------------------------------------------------------------------------------------------
@@ -168,13 +169,15 @@ def test_a_worker_killed_between_a_members_outcome_and_the_join_is_repaired_by_t
     duplicate, not run again) and makes the join and the callback the dead worker did not."""
     effects = tmp_path / "effects.jsonl"
     real = workflow_module.continue_workflow
-    killed: list[Message] = []
+    killed: list[str] = []
 
-    def dies_after_the_outcome_of_the_last_member(app_: Decortask, message: Message, write: Any) -> None:
-        if message.workflow and message.workflow["chord"]["member"] == 1:
-            killed.append(message)  # the worker died here: no join, no ack
+    def dies_after_the_outcome_of_the_last_member(
+        app_: Decortask, task_id: str, spec: dict[str, Any], write: Any
+    ) -> None:
+        if spec["chord"]["member"] == 1:
+            killed.append(task_id)  # the worker died here: no join, no ack
             return
-        real(app_, message, write)
+        real(app_, task_id, spec, write)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DECORTASK_TEST_EFFECTS", str(effects))
@@ -184,7 +187,10 @@ def test_a_worker_killed_between_a_members_outcome_and_the_join_is_repaired_by_t
         with pytest.raises(WaitTimeout):
             handle.wait(timeout=0.3)
     assert killed
-    app.transport.publish(killed[0].encode(), app.settings.default_queue)  # the broker redelivers it
+    record = app.store.get(killed[0])
+    assert record is not None
+    message = dataclasses.replace(message_from_record(record), attempt=record.attempt)
+    app.transport.publish(message.encode(), app.settings.default_queue)  # the broker redelivers it
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DECORTASK_TEST_EFFECTS", str(effects))
         run_pending(app)
@@ -249,3 +255,22 @@ def test_f_workflow_sigkill_while_chord_members_run_the_callback_runs_exactly_on
     with rig.worker("w2", concurrency=4) as second:
         assert handle.get(timeout=60) == sum(i + 1 for i in range(4)), second.log_tail()
     assert len(_effects(rig, "tsum")) == 1
+
+
+@pytest.mark.broker
+def test_f_workflow_sigkill_while_members_not_opted_in_run_fails_the_chord_naming_one(rig: Rig) -> None:
+    """Members not opted in end INTERRUPTED when their worker dies: the chord fails naming one, within the
+    recovery time (the redelivery or the reaper settles it), and its callback never runs."""
+    handle = chord([wt.slow_add_once.s(i, 1, 3.0) for i in range(3)], wt.tsum.s()).apply_async(app=rig.app)
+    first = rig.worker("w1", concurrency=4).start()
+    try:
+        poll_until(lambda: len(_effects(rig, "slow_add_once")) >= 3, 30, "members to start")
+    finally:
+        first.signal(signal.SIGKILL)
+        first.wait(10)
+    with rig.worker("w2", concurrency=4) as second:
+        with pytest.raises(TaskFailed, match=r"member \d of 3, wf\.slow_add_once .* ended INTERRUPTED"):
+            handle.get(timeout=60)
+        assert handle.record().reason == "workflow_failed", second.log_tail()
+    assert _effects(rig, "tsum") == []
+    assert len(_effects(rig, "slow_add_once")) == 3  # none ran again

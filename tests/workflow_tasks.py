@@ -53,3 +53,11 @@ def slow_add(ctx: TaskContext, x: int, y: int, seconds: float) -> int:
     record_effect(ctx, "slow_add")
     time.sleep(seconds)
     return x + y
+
+
+@task(name="wf.slow_add_once")
+def slow_add_once(ctx: TaskContext, x: int, y: int, seconds: float) -> int:
+    """A member not opted in to requeue_on_interrupt: if its worker dies it ends INTERRUPTED."""
+    record_effect(ctx, "slow_add_once")
+    time.sleep(seconds)
+    return x + y
