@@ -20,6 +20,8 @@ from .security import MessageCipher, mask_url
 from .store import TaskStore, open_store
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from .handle import TaskHandle
     from .middleware import Middleware
     from .outbox import Publisher
@@ -186,6 +188,15 @@ class Decortask:
         if publisher is None:
             return True
         return publisher.flush(self.settings.confirm_timeout if timeout is None else timeout)
+
+    def transaction(self, connection: Any) -> AbstractContextManager[None]:
+        """A block in which `.delay()` writes its task in `connection`'s transaction (a psycopg connection to
+        the PostgreSQL store's database); the messages are sent after the block commits, and a rollback
+        sends nothing. See `decortask/transactions.py` and docs/deployment.md.
+        """
+        from .transactions import transaction
+
+        return transaction(self, connection)
 
     def _settle_published(self) -> None:
         publisher = self._publisher

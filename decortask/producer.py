@@ -22,6 +22,7 @@ from .records import schedule_entry
 from .states import TaskStatus
 from .store.base import ScheduleEntry, TaskRecord
 from .store.outbox_state import OutboxEntry, OutboxStore
+from .transactions import enqueue_publisher, enqueue_store
 
 if TYPE_CHECKING:
     from .app import Decortask
@@ -64,7 +65,7 @@ def send_task(
     task.bind_arguments(args, kwargs)
     common = _Common.of(app, task, options)
     item = common.prepare(app, task, args, kwargs, options, "", lineage)
-    store = app.store
+    store = enqueue_store(app)  # the caller's transaction inside app.transaction()
     if common.due is not None:
         # The entry is written before the record: a crash in between leaves an entry whose message
         # creates its record on receipt, never a record that nothing will ever publish.
@@ -76,7 +77,7 @@ def send_task(
         else:
             finish_enqueue(app, item.message)
         return TaskHandle(app, stored.id, stored.name)
-    publisher = app.publisher
+    publisher = enqueue_publisher(app, options.confirm)
     if publisher is None:
         stored = store.create(item.record)
     else:
@@ -250,7 +251,7 @@ def send_many(
         prepared.append(common.prepare(app, task, args, kwargs, own, f"item {index} of the batch: "))
     if not prepared:
         return []
-    store = app.store
+    store = enqueue_store(app)  # the caller's transaction inside app.transaction()
     if common.due is not None:
         # As in send_task: entries first, so a crash in between never leaves a record nothing publishes.
         entries = [common.schedule_entry(item) for item in prepared]
@@ -262,7 +263,7 @@ def send_many(
             store.remove_schedule(held)
     else:
         persistent = task.options.persist
-        publisher = app.publisher
+        publisher = enqueue_publisher(app, options.confirm)
         if publisher is None:
             stored = store.create_many([item.record for item in prepared])
         else:

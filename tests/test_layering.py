@@ -17,7 +17,8 @@ MAX_LINES = 600
 #: What `app.py` may import: the modules below it. `app.handle()` is documented API returning a
 #: `TaskHandle`, so `handle` is the one module beside it that it builds (handle.py never imports app.py at
 #: run time: checked by the cycle test). `outbox` is the app's background publisher, held like its transport
-#: (it needs nothing of the app at run time). Never `producer`, `task`, the worker or anything else above it.
+#: (it needs nothing of the app at run time); `transactions` is `app.transaction()`'s block (it imports only
+#: `errors` at run time). Never `producer`, `task`, the worker or anything else above it.
 APP_MAY_IMPORT = {
     "decortask.call_options",
     "decortask.config",
@@ -28,6 +29,7 @@ APP_MAY_IMPORT = {
     "decortask.registry",
     "decortask.security",
     "decortask.store",
+    "decortask.transactions",
     "decortask.transport",
 }
 

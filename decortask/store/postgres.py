@@ -12,14 +12,17 @@ default 1 and 20), `pool_timeout` (seconds to wait for a free connection, defaul
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
+from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
 from ..errors import ConfigurationError, StoreError
@@ -68,6 +71,7 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore):
         self._forked_pools: list[ConnectionPool[Any]] = []  # a parent's pools, never closed from a child
         self._listener = NotifyListener(self.conninfo, self.channel)
         self.outcome_notices = self._listener.notices
+        self._joined: _TupleRows | None = None  # set on a view bound to a caller's transaction (`joined`)
         try:
             with psycopg.connect(self.conninfo, application_name="decortask") as conn:
                 postgres_schema.migrate(conn, self.schema, self._masked)
@@ -367,6 +371,24 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore):
         if pool is not None and mine:
             pool.close()
 
+    @contextlib.contextmanager
+    def joined(self, connection: Any) -> Iterator[Joined]:
+        """Join the caller's psycopg `connection`: a transaction block on it, and a view of this store whose
+        every call runs inside that transaction (each in a savepoint, so a failed call undoes only itself).
+
+        `Joined.committed` turns True once the block has committed: when the block was the connection's
+        outermost transaction and ended without an exception. Inside an outer transaction it stays False
+        (the commit comes later, out of sight). Used by `app.transaction()` (`decortask/transactions.py`);
+        the connection must reach the same database as the store's URL.
+        """
+        outermost = connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        view = copy.copy(self)
+        view._joined = _TupleRows(connection)
+        state = Joined(view)
+        with connection.transaction():
+            yield state
+        state.committed = outermost
+
     def _connections(self) -> ConnectionPool[Any]:
         """This process's pool, opened on first use (and again after `close()` or a fork)."""
         pid = os.getpid()
@@ -391,6 +413,12 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore):
 
     def _run(self, body: Callable[[Any], T]) -> T:
         """Run `body` in one transaction on a pooled connection; a deadlock victim is retried."""
+        if self._joined is not None:  # a view in the caller's transaction: a savepoint in it, no retry
+            try:
+                with self._joined.transaction():
+                    return body(self._joined)
+            except psycopg.Error as exc:
+                raise self._error(exc) from None
         for attempt in range(RETRIES + 1):
             try:
                 with self._connections().connection() as conn, conn.transaction():
@@ -422,6 +450,31 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore):
             f"the PostgreSQL store {self._masked} failed: {text}; check that the server is up and that the "
             "URL's host, user, password, database and schema are right"
         )
+
+
+class Joined:
+    """What `PostgresStore.joined` yields: the store view in the caller's transaction, and whether the
+    transaction has committed."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+        self.committed = False
+
+
+class _TupleRows:
+    """The caller's connection as the store's SQL uses it: rows as tuples, whatever its row factory."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    def execute(self, query: Any, params: Any = None) -> Any:
+        return self._connection.cursor(row_factory=tuple_row).execute(query, params)
+
+    def cursor(self) -> Any:
+        return self._connection.cursor(row_factory=tuple_row)
+
+    def transaction(self) -> Any:
+        return self._connection.transaction()
 
 
 def _parse(url: str) -> tuple[str, str, dict[str, str]]:

@@ -1,0 +1,172 @@
+"""Transactional enqueue (issue 16): `.delay()` inside `app.transaction(conn)` writes its task in the
+application's own PostgreSQL transaction; a rollback sends nothing, a commit sends once, and a producer
+killed between the commit and the publish loses nothing (the relay sends it).
+
+A network broker (Redis here, as the outbox needs one) and a PostgreSQL store of its own schema.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import behaviour_tasks as bt
+import psycopg
+import pytest
+from conftest import POSTGRES_URL, REDIS_URL, postgres_test_store, require_redis
+from workers import REPO, WorkerProcess, poll_until
+
+from decortask import Decortask, TaskStatus
+from decortask.app import reset_default_app
+from decortask.errors import ConfigurationError
+from decortask.store import TaskRecord
+
+pytestmark = pytest.mark.broker
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.fixture
+def queue() -> str:
+    return f"txn-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def store_url(request: pytest.FixtureRequest) -> str:
+    return postgres_test_store(request)
+
+
+@pytest.fixture
+def app(store_url: str, queue: str) -> Iterator[Decortask]:
+    require_redis()
+    built = Decortask(REDIS_URL, store_url, default_queue=queue)
+    try:
+        yield built
+    finally:
+        built.transport.delete_queue(queue)
+        built.close()
+        reset_default_app()
+
+
+@pytest.fixture
+def conn(app: Decortask) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """The application's own connection, with an orders table of its own beside the store's tables."""
+    schema = app.store.s  # type: ignore[attr-defined]
+    with psycopg.connect(POSTGRES_URL) as connection:
+        connection.execute(f"CREATE TABLE {schema}.orders (id text PRIMARY KEY)")
+        connection.commit()
+        yield connection
+
+
+def _orders(app: Decortask) -> list[str]:
+    with psycopg.connect(POSTGRES_URL) as other:
+        return [row[0] for row in other.execute(f"SELECT id FROM {app.store.s}.orders")]  # type: ignore[attr-defined]
+
+
+def test_a_rollback_writes_no_record_and_sends_nothing(
+    app: Decortask, conn: psycopg.Connection, queue: str
+) -> None:
+    with pytest.raises(Boom), app.transaction(conn):
+        conn.execute(f"INSERT INTO {app.store.s}.orders VALUES ('o1')")  # type: ignore[attr-defined]
+        handle = bt.add.delay(1, 2)
+        assert app.store.get(handle.id) is None  # not committed: invisible outside the transaction
+        raise Boom
+    assert app.flush_published(timeout=10)
+    assert (_orders(app), app.store.get(handle.id), app.transport.queue_size(queue)) == ([], None, 0)
+    assert app.store.outbox_due(1e12, 1e12, 10) == []  # type: ignore[attr-defined]
+
+
+def test_a_commit_writes_the_record_with_the_data_and_sends_the_message_once(
+    app: Decortask, conn: psycopg.Connection, queue: str
+) -> None:
+    with app.transaction(conn):
+        conn.execute(f"INSERT INTO {app.store.s}.orders VALUES ('o1')")  # type: ignore[attr-defined]
+        handle = bt.add.delay(1, 2)
+        assert app.transport.queue_size(queue) == 0  # nothing leaves before the commit
+    assert app.flush_published(timeout=10)
+    record = app.store.get(handle.id)
+    assert _orders(app) == ["o1"] and record is not None and record.status is TaskStatus.PENDING
+    assert app.transport.queue_size(queue) == 1
+    [item] = app.store.outbox_due(1e12, 1e12, 10)  # type: ignore[attr-defined]
+    assert (item.entry.task_id, item.published) == (handle.id, True)
+
+
+def test_inside_an_outer_transaction_the_messages_are_left_to_the_relay(
+    app: Decortask, conn: psycopg.Connection, queue: str
+) -> None:
+    conn.execute("SELECT 1")  # the connection is now inside a transaction the block cannot commit
+    with app.transaction(conn):
+        handle = bt.add.delay(1, 2)
+    assert app.store.get(handle.id) is None  # still the outer transaction's
+    conn.commit()
+    assert app.flush_published(timeout=10)
+    assert app.transport.queue_size(queue) == 0
+    [item] = app.store.outbox_due(1e12, 1e12, 10)  # type: ignore[attr-defined]
+    assert (item.entry.task_id, item.published) == (handle.id, False)  # the relay's to publish
+
+
+def test_confirm_true_is_refused_inside_a_block(app: Decortask, conn: psycopg.Connection, queue: str) -> None:
+    with pytest.raises(ConfigurationError, match="confirm=True"), app.transaction(conn):
+        bt.add.apply_async((1, 2), confirm=True)
+    assert app.transport.queue_size(queue) == 0
+
+
+def test_a_store_that_is_not_postgresql_is_refused(queue: str) -> None:
+    app = Decortask("memory://", "memory://", default_queue=queue, set_default=False)
+    with pytest.raises(ConfigurationError, match="needs a PostgreSQL store"), app.transaction(object()):
+        pass
+
+
+PRODUCER = """
+import sys, time
+import psycopg
+import behaviour_tasks as bt
+from decortask import Decortask
+app = Decortask(sys.argv[1], sys.argv[2], default_queue=sys.argv[3], publisher_delay=3600)
+with psycopg.connect(sys.argv[4]) as conn:
+    with app.transaction(conn):
+        handle = bt.sleep_not_opted_in.delay(0.1)
+    print(handle.id, flush=True)  # committed; the publisher waits an hour before its first batch
+    time.sleep(3600)
+"""
+
+
+def test_a_producer_sigkilled_between_commit_and_publish_loses_nothing(
+    app: Decortask, store_url: str, queue: str, tmp_path: Path
+) -> None:
+    producer = subprocess.Popen(
+        [sys.executable, "-c", PRODUCER, REDIS_URL, store_url, queue, POSTGRES_URL],
+        cwd=REPO / "tests",
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert producer.stdout is not None
+        task_id = producer.stdout.readline().decode().strip()
+    finally:
+        producer.kill()  # SIGKILL after the commit, before any publish
+        producer.wait(10)
+    record = app.store.get(task_id)
+    assert record is not None and record.status is TaskStatus.PENDING
+    assert app.transport.queue_size(queue) == 0
+    effects = tmp_path / "effects.jsonl"
+    relay_soon = {"DECORTASK_RELAY_INTERVAL": "0.3", "DECORTASK_RELAY_AFTER": "1"}
+    worker = WorkerProcess(
+        REDIS_URL, store_url, queue, tmp_path / "worker.log", concurrency=2,
+        env={"DECORTASK_TEST_EFFECTS": str(effects), **relay_soon},
+    )  # fmt: skip
+    with worker:
+        done = poll_until(lambda: _finished(app, task_id), 60, "the relayed task to finish")
+        assert done.status is TaskStatus.SUCCESS and done.result == "slept"
+    runs = [row["event"] for row in bt.read_effects(str(effects)) if row["id"] == task_id]
+    assert runs == ["started", "finished"]  # exactly once
+    assert "relay: published 1 messages of queue" in worker.log_tail(200)
+
+
+def _finished(app: Decortask, task_id: str) -> TaskRecord | None:
+    record = app.store.get(task_id)
+    return record if record is not None and record.status.terminal else None
