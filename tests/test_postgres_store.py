@@ -81,6 +81,40 @@ def test_a_store_written_by_a_newer_decortask_is_refused_naming_both_versions(to
     assert "Upgrade decortask" in message
 
 
+def test_a_store_at_an_older_version_is_migrated_forward_and_keeps_its_records(token: str) -> None:
+    store = open_store(postgres_store_url(token))
+    store.create(_record("kept"))
+    store.close()
+    # As decortask left it at version 1: the workflow joins of version 2 did not exist yet.
+    _sql(token, "DROP TABLE {s}.decortask_joins")
+    _sql(token, "UPDATE {s}.decortask_schema SET version = 1")
+    store = open_store(postgres_store_url(token))
+    try:
+        assert _sql(token, "SELECT version FROM {s}.decortask_schema") == [(SCHEMA_VERSION,)]
+        assert store.get("kept") is not None
+        assert store.join_member("j", 0) == 1  # type: ignore[attr-defined]
+    finally:
+        store.close()
+
+
+def test_members_of_one_join_ending_at_once_are_each_counted_once(store: PostgresStore) -> None:
+    counts: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def end(member: int) -> None:
+        barrier.wait(timeout=30)
+        counts.append(store.join_member("chord", member))
+        counts.append(store.join_member("chord", member))  # a redelivered report counts nothing
+
+    threads = [threading.Thread(target=end, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert max(counts) == 8 and counts.count(8) >= 1
+    assert sorted(set(counts)) == list(range(1, 9))  # every count from 1 to 8 was seen by one member
+
+
 def test_schemas_keep_stores_apart_in_one_database(request: pytest.FixtureRequest) -> None:
     first, second = open_store(postgres_test_store(request)), open_store(postgres_test_store(request))
     try:

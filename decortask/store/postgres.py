@@ -34,6 +34,7 @@ from .outbox_state import OutboxEntry, OutboxItem, OutboxStore
 from .periodic_state import PeriodicStateStore, ScheduleState
 from .postgres_rows import COLUMNS, Rows, decode
 from .postgres_wait import NotifyListener
+from .workflow_state import WorkflowStore
 
 T = TypeVar("T")
 
@@ -47,7 +48,7 @@ _TERMINAL = sorted(s.value for s in TERMINAL)
 _OWN_OPTIONS = ("schema", "pool_min", "pool_max", "pool_timeout")
 
 
-class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore):
+class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
     """A `TaskStore` in a PostgreSQL database, shared by every process and host that reaches it."""
 
     def __init__(self, url: str, *, events: int = 0) -> None:
@@ -351,6 +352,27 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore):
         if task_ids:
             sql = f"DELETE FROM {self.s}.decortask_outbox WHERE id = ANY(%s)"
             self._run(lambda conn: conn.execute(sql, (list(task_ids),)))
+
+    # -- workflow joins (workflow_state.py) -----------------------------------------------------------------
+
+    def join_member(self, join_id: str, member: int) -> int:
+        def body(conn: Any) -> int:
+            # The join's lock: members ending at once count one after the other, so the last one counts
+            # them all (each count is a statement after the lock, with a snapshot that sees the others).
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"decortask join {join_id}",)
+            )
+            conn.execute(
+                f"INSERT INTO {self.s}.decortask_joins (join_id, member, ended_at) VALUES (%s, %s, %s) "
+                "ON CONFLICT DO NOTHING",
+                (join_id, member, time.time()),
+            )
+            row = conn.execute(
+                f"SELECT count(*) FROM {self.s}.decortask_joins WHERE join_id = %s", (join_id,)
+            )
+            return int(row.fetchone()[0])
+
+        return self._run(body)
 
     # -- waiting for outcomes ------------------------------------------------------------------------------
 

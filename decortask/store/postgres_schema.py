@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import ConfigurationError, StoreError
 
 #: The version of the tables this decortask writes; a store at a newer one is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -61,6 +61,11 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         " priority integer NOT NULL, persistent boolean NOT NULL, body text NOT NULL,"
         " since double precision NOT NULL, published boolean NOT NULL DEFAULT false)",
         "CREATE INDEX decortask_outbox_since ON {s}.decortask_outbox (published, since)",
+    ),
+    # Workflows (issue 13): one row per ended chord member (`workflow_state.py`).
+    2: (
+        "CREATE TABLE {s}.decortask_joins (join_id text NOT NULL, member integer NOT NULL,"
+        " ended_at double precision NOT NULL, PRIMARY KEY (join_id, member))",
     ),
 }
 
