@@ -275,3 +275,20 @@ def test_purge_deletes_expired_records_with_their_logs_and_keys_in_batches(
     with psycopg.connect(POSTGRES_URL) as conn:
         assert conn.execute(f"SELECT count(*) FROM {s}.decortask_logs").fetchone() == (0,)
         assert conn.execute(f"SELECT count(*) FROM {s}.decortask_idempotency").fetchone() == (0,)
+
+
+# -- what jsonb cannot hold ---------------------------------------------------------------------------------
+
+
+def test_a_nul_character_in_an_error_message_is_stored_replaced_instead_of_failing_the_outcome(
+    store: PostgresStore,
+) -> None:
+    store.create(_record("t1", status=S.RUNNING, attempt=1, kwargs={"raw": "a\x00b"}))
+    done = store.transition("t1", S.FAILED, expect={S.RUNNING}, error_message="bad\x00byte", result="r\x00")
+    assert done is not None
+    stored = store.get("t1")
+    assert stored is not None
+    assert (stored.status, stored.error_message) == (S.FAILED, "bad\ufffdbyte")
+    assert (stored.kwargs, stored.result) == ({"raw": "a\x00b"}, "r\x00")  # json columns keep it as is
+    store.set_progress("t1", 0.5, "half\x00way")
+    assert store.get("t1").progress_message == "half\ufffdway"  # type: ignore[union-attr]

@@ -33,6 +33,15 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+def _scalars(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` fit for the jsonb column: NUL characters in strings become U+FFFD.
+
+    jsonb refuses NUL (`\\u0000`), and an error message or traceback carrying one would otherwise fail
+    its outcome write on every retry. The json columns (arguments, result, output) keep NUL as it is.
+    """
+    return {k: v.replace("\x00", "\ufffd") if isinstance(v, str) else v for k, v in values.items()}
+
+
 def decode(row: Sequence[Any]) -> TaskRecord:
     """A record from its `COLUMNS` (psycopg has decoded the JSON), without log lines."""
     data = dict(row[0])
@@ -45,7 +54,7 @@ def decode(row: Sequence[Any]) -> TaskRecord:
 def encode(record: TaskRecord) -> tuple[str, str, str, str]:
     """(record, payload, result, output) as the JSON text of their columns."""
     data = record.to_dict()
-    scalars = {key: value for key, value in data.items() if key not in _OWN_COLUMNS}
+    scalars = _scalars({key: value for key, value in data.items() if key not in _OWN_COLUMNS})
     payload = {key: data[key] for key in _PAYLOAD}
     return _dumps(scalars), _dumps(payload), _dumps(record.result), _dumps(record.output)
 
@@ -205,7 +214,7 @@ class Rows:
             return _GENERAL
         if not MUTABLE_FIELDS.issuperset(changes) or ("deliveries" in changes and step.max_deliveries):
             return _GENERAL
-        scalars = {k: v for k, v in changes.items() if k not in _OWN_COLUMNS}
+        scalars = _scalars({k: v for k, v in changes.items() if k not in _OWN_COLUMNS})
         scalars["status"] = step.status.value
         scalars["updated_at"] = now
         try:
@@ -270,7 +279,7 @@ class Rows:
             return
         conn.execute(
             f"UPDATE {self.s}.decortask_tasks SET record = record || %s::jsonb WHERE id = %s",
-            (_dumps(scalars), task_id),
+            (_dumps(_scalars(scalars)), task_id),
         )
 
     def put_schedule(self, conn: Any, entry: Any) -> None:
