@@ -468,10 +468,15 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
         password = urlsplit(self.url).password
         if password:
             text = text.replace(password, "****")
-        return StoreError(
-            f"the PostgreSQL store {self._masked} failed: {text}; check that the server is up and that the "
-            "URL's host, user, password, database and schema are right"
-        )
+        if isinstance(exc, psycopg.OperationalError):  # connecting, or the connection went away
+            hint = (
+                "check that the server is up and that the URL's host, user, password and database are right"
+            )
+        elif isinstance(exc, psycopg.errors.UndefinedTable):
+            hint = "its tables are gone: reopen the store (decortask creates them) or check the URL's schema"
+        else:
+            hint = "decortask could not write or read this record there; the message above says why"
+        return StoreError(f"the PostgreSQL store {self._masked} failed: {text}; {hint}")
 
 
 class Joined:
