@@ -292,3 +292,34 @@ def test_a_nul_character_in_an_error_message_is_stored_replaced_instead_of_faili
     assert (stored.kwargs, stored.result) == ({"raw": "a\x00b"}, "r\x00")  # json columns keep it as is
     store.set_progress("t1", 0.5, "half\x00way")
     assert store.get("t1").progress_message == "half\ufffdway"  # type: ignore[union-attr]
+
+
+# -- lost connections ---------------------------------------------------------------------------------------
+
+
+def test_after_the_server_dropped_the_pools_connections_one_call_fails_and_the_next_works(
+    request: pytest.FixtureRequest,
+) -> None:
+    store = open_store(postgres_test_store(request) + "&pool_min=3")
+    assert isinstance(store, PostgresStore)
+    try:
+        store.create(_record("t1"))
+        pool = store._connections()
+        pool.wait(timeout=30)  # at least three connections are open, and all are idle
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            held = [pool.getconn() for _ in range(pool.get_stats()["pool_available"])]
+            pids = [conn.info.backend_pid for conn in held]
+            for conn in held:
+                pool.putconn(conn)
+            admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
+            deadline = time.monotonic() + 30
+            gone = "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)"
+            while admin.execute(gone, (pids,)).fetchone() != (0,):
+                assert time.monotonic() < deadline, "the server did not end the backends"
+                time.sleep(0.01)
+        with pytest.raises(StoreError, match="check that the server is up"):
+            store.get("t1")  # a restart of the server looks the same to the pool
+        record = store.get("t1")
+        assert record is not None and record.id == "t1"
+    finally:
+        store.close()

@@ -450,6 +450,8 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
                     raise self._error(exc) from None
                 time.sleep(0.01 * 2**attempt)
             except psycopg.Error as exc:
+                if isinstance(exc, psycopg.OperationalError):
+                    self._drop_dead_connections()
                 raise self._error(exc) from None
             except Exception as exc:
                 from psycopg_pool import PoolTimeout
@@ -462,6 +464,14 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
                     ) from None
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _drop_dead_connections(self) -> None:
+        """After a lost connection, test the idle ones: a server restart ends them all, and without this
+        each would fail one more call before the pool replaced it."""
+        pool = self._pool
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                pool.check()
 
     def _error(self, exc: BaseException) -> StoreError:
         text = str(exc).strip()
