@@ -8,11 +8,16 @@ name it. Internal for now: users keep the keyword API.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .app import Decortask
+    from .canvas import Signature
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +38,18 @@ class CallOptions:
     #: Wait for the broker's confirm before returning (and raise `BrokerUnavailable` within
     #: `confirm_timeout` if it does not come), instead of returning once the record is durable.
     confirm: bool = False
+    #: Signatures sent once the task succeeded (`link=`), or ended otherwise (`link_error=`); see workflow.py.
+    link: Sequence[Signature[Any]] = ()
+    link_error: Sequence[Signature[Any]] = ()
+
+    def links(self, app: Decortask) -> dict[str, Any] | None:
+        """The message's `workflow` field for `link` / `link_error` (each routed as `.delay()` would), or None."""
+        spec = {
+            key: [sig.routed(app).to_dict() for sig in sigs]
+            for key, sigs in (("link", self.link), ("link_error", self.link_error))
+            if sigs
+        }
+        return spec or None
 
     def priority_or(self, default: int) -> int:
         """The call's priority, else `default` (the task's); 0..9."""

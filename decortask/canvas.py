@@ -85,6 +85,15 @@ class Signature(Generic[R]):
             return self
         return replace(self, args=(value, *self.args))
 
+    def routed(self, app: Decortask) -> Signature[R]:
+        """This signature with its queue resolved in `app`, as `.delay()` would (its own, its task's, the app's
+        default): a workflow's continuation is created on a worker whose default queue may differ. Raises
+        `UnknownTaskError` for a task `app` does not know."""
+        task = app.registry.get(self.name)
+        if self.options.get("queue"):
+            return self
+        return self.set(queue=task.options.queue or app.settings.default_queue)
+
     def call_options(self) -> CallOptions:
         """The signature's options as `apply_async` takes them."""
         return CallOptions(**self.options)
@@ -196,7 +205,7 @@ class Chain(Generic[R]):
         app = _current(app)
         if not self.steps:
             raise ConfigurationError("chain() has no steps; give it at least one signature")
-        steps = [_routed(app, step) for step in self.steps]
+        steps = [step.routed(app) for step in self.steps]
         workflow_id = uuid.uuid4().hex
         size = len(steps)
         spec = chain_spec(workflow_id, 0, size, steps[1:])
@@ -248,7 +257,7 @@ class Chord(Generic[R]):
     def apply_async(self, *, app: Decortask | None = None) -> WorkflowHandle[R]:
         """Enqueue the members; the handle waits for the callback."""
         app = _current(app)
-        routed = _routed(app, self.callback)
+        routed = self.callback.routed(app)
         chord_id = uuid.uuid4().hex
         callback_id = derived_id(chord_id, "callback")
         members = self.header.members
@@ -309,13 +318,15 @@ def chord(
     return Chord(header if isinstance(header, Group) else group(header), callback, pass_failures)
 
 
-def _routed(app: Decortask, sig: Signature[R]) -> Signature[R]:
-    """`sig` with its queue resolved here, as `.delay()` would (its own, its task's, this app's default):
-    a continuation is created on a worker whose default queue may differ. An unknown task raises now."""
-    task = app.registry.get(sig.name)
-    return (
-        sig if sig.options.get("queue") else sig.set(queue=task.options.queue or app.settings.default_queue)
-    )
+def signatures(
+    keyword: str, given: Signature[Any] | Sequence[Signature[Any]] | None
+) -> tuple[Signature[Any], ...]:
+    """`link=` / `link_error=` as a tuple of signatures; `ConfigurationError` for anything else."""
+    sigs = (given,) if isinstance(given, Signature) else tuple(given or ())
+    for sig in sigs:
+        if not isinstance(sig, Signature):
+            raise ConfigurationError(f"{keyword}= takes signatures (task.s(...)), got {sig!r}")
+    return sigs
 
 
 def chain_spec(

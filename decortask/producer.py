@@ -175,7 +175,7 @@ class _Common:
             priority=self.priority,
             parent_id=lineage.parent_id,
             root_id=lineage.root_id,
-            workflow=lineage.workflow,
+            workflow=lineage.workflow or options.links(app),
             cipher=app.cipher,  # the broker sees only ciphertext; the store keeps the arguments (it is trusted)
         )
         message = prepare_enqueue(app, message)
@@ -196,7 +196,7 @@ class _Common:
             scheduled_for=self.due,
             parent_id=lineage.parent_id,
             root_id=lineage.root_id,
-            workflow=lineage.workflow,
+            workflow=message.workflow,
         )
         return _Prepared(message, body, record)
 

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import sys
 import typing
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
@@ -199,6 +199,18 @@ def _same_parameters_as(
     return adopt
 
 
+def _links(
+    link: Signature[Any] | Sequence[Signature[Any]] | None,
+    link_error: Signature[Any] | Sequence[Signature[Any]] | None,
+) -> tuple[tuple[Signature[Any], ...], tuple[Signature[Any], ...]]:
+    """`link=` and `link_error=` as tuples of signatures (checked; the canvas is imported only when given)."""
+    if not link and not link_error:
+        return (), ()
+    from .canvas import signatures
+
+    return signatures("link", link), signatures("link_error", link_error)
+
+
 class Task(Generic[P, R]):
     """A registered task. Call it for a plain local call; `.delay()` / `.apply_async()` to enqueue."""
 
@@ -289,6 +301,8 @@ class Task(Generic[P, R]):
         tags: Mapping[str, str] | None = None,
         app: Decortask | None = None,
         confirm: bool = False,
+        link: Signature[Any] | Sequence[Signature[Any]] | None = None,
+        link_error: Signature[Any] | Sequence[Signature[Any]] | None = None,
     ) -> TaskHandle[R]:
         """Enqueue with per-call options.
 
@@ -307,10 +321,15 @@ class Task(Generic[P, R]):
                 within `confirm_timeout` (and leaving no record) if it does not; by default the call
                 returns once the task's record is durable and the message is published in the background
                 (the outbox, docs/reliability.md).
+            link: signatures sent once this task succeeded, its result first in their arguments (unless
+                `.si()`), as a chain's next step is (docs/workflows.md).
+            link_error: signatures sent once this task ended FAILED, CANCELLED or INTERRUPTED, its task
+                id first in their arguments (unless `.si()`).
         """
         from .app import current_app
         from .call_options import CallOptions
 
+        links = _links(link, link_error)
         options = CallOptions(
             countdown=countdown,
             eta=eta,
@@ -320,6 +339,8 @@ class Task(Generic[P, R]):
             idempotency_key=idempotency_key,
             tags=tags,
             confirm=confirm,
+            link=links[0],
+            link_error=links[1],
         )
         return self.enqueue(app or current_app(), tuple(args or ()), dict(kwargs or {}), options)
 
@@ -386,6 +407,8 @@ class Task(Generic[P, R]):
         tags: Mapping[str, str] | None = None,
         app: Decortask | None = None,
         confirm: bool = False,
+        link: Signature[Any] | Sequence[Signature[Any]] | None = None,
+        link_error: Signature[Any] | Sequence[Signature[Any]] | None = None,
     ) -> list[TaskHandle[R]]:
         """Enqueue many calls with far fewer round trips than one `.delay()` each; handles in call order.
 
@@ -393,12 +416,13 @@ class Task(Generic[P, R]):
         step, then the messages published together (confirmed by the broker on AMQP). Options apply to
         every call; `task.call(...).keyed(key)` gives one call an idempotency key. `confirm=True` waits
         for the broker's confirms as `apply_async` does. See docs/performance.md for what a
-        `BrokerUnavailable` leaves behind.
+        `BrokerUnavailable` leaves behind. `link=` / `link_error=` apply to each call.
         """
         from .app import current_app
         from .call_options import CallOptions
         from .producer import send_many
 
+        links = _links(link, link_error)
         options = CallOptions(
             countdown=countdown,
             eta=eta,
@@ -407,6 +431,8 @@ class Task(Generic[P, R]):
             queue=queue,
             tags=tags,
             confirm=confirm,
+            link=links[0],
+            link_error=links[1],
         )
         return send_many(app or current_app(), self, calls, options)
 

@@ -62,6 +62,7 @@ def continue_workflow(app: Decortask, task_id: str, spec: dict[str, Any], write:
             _continue_chain(app, record, spec["chain"], write)
         if isinstance(spec.get("chord"), dict):
             _join_chord(app, record, spec["chord"], write)
+        _follow_links(app, record, spec, write)
     except (ConfigurationError, KeyError, TypeError, ValueError) as exc:
         # A malformed workflow field (a forged or foreign message): nothing can be derived from it.
         logger.error(
@@ -86,6 +87,17 @@ def _continue_chain(app: Decortask, record: TaskRecord, spec: dict[str, Any], wr
         chain_spec(workflow_id, step + 1, size, rest[1:]),
     )
     _create(app, nxt, lineage, write)
+
+
+def _follow_links(app: Decortask, record: TaskRecord, spec: dict[str, Any], write: Write) -> None:
+    """Send the `link=` signatures of a task that succeeded (its result first), or its `link_error=` ones
+    (its id first), each once: their ids are derived from the task's id."""
+    ok = record.status is TaskStatus.SUCCESS
+    kind = "link" if ok else "link_error"
+    for index, data in enumerate(spec.get(kind) or ()):
+        sig = Signature.from_dict(data).with_parent_result(record.result if ok else record.id)
+        lineage = Lineage(derived_id(record.id, f"{kind}:{index}"), record.id, record.root_id or record.id)
+        _create(app, sig, lineage, write)
 
 
 def _join_chord(app: Decortask, record: TaskRecord, spec: dict[str, Any], write: Write) -> None:

@@ -27,6 +27,7 @@ from decortask import (
     Decortask,
     Signature,
     TaskFailed,
+    TaskHandle,
     TaskStatus,
     WaitTimeout,
     chain,
@@ -199,6 +200,25 @@ def test_a_worker_killed_between_a_members_outcome_and_the_join_is_repaired_by_t
     assert sorted(events) == ["slow_add", "slow_add", "tsum"]  # the member did not run again
 
 
+def test_link_sends_its_signature_with_the_result_and_link_error_with_the_failed_id(app: Decortask) -> None:
+    good = wt.add.apply_async((2, 2), link=[wt.mul.s(10), wt.add.si(1, 1)], link_error=wt.on_error.s())
+    bad = wt.fail.apply_async((7,), link=wt.mul.s(10), link_error=wt.on_error.s())
+    run_pending(app)
+    assert TaskHandle(app, derived_id(good.id, "link:0"), "wf.mul").get(timeout=5) == 40
+    assert TaskHandle(app, derived_id(good.id, "link:1"), "wf.add").get(timeout=5) == 2
+    assert (
+        TaskHandle(app, derived_id(bad.id, "link_error:0"), "wf.on_error").get(timeout=5)
+        == f"handled {bad.id}"
+    )
+    assert app.store.get(derived_id(good.id, "link_error:0")) is None
+    assert app.store.get(derived_id(bad.id, "link:0")) is None
+
+
+def test_link_refuses_what_is_not_a_signature(app: Decortask) -> None:
+    with pytest.raises(ConfigurationError, match="link= takes signatures"):
+        wt.add.apply_async((1, 1), link=[wt.mul])  # type: ignore[list-item]
+
+
 # -- real workers on every broker ---------------------------------------------------------------------------
 
 
@@ -220,6 +240,19 @@ def test_chains_on_real_workers(rig: Rig) -> None:
         assert good.get(timeout=30) == 41, worker.log_tail()
         with pytest.raises(TaskFailed, match=r"step 2 of 3, wf\.fail"):
             bad.get(timeout=30)
+
+
+@pytest.mark.broker
+def test_links_on_real_workers(rig: Rig) -> None:
+    with rig.worker("w1") as worker:
+        good = wt.add.apply_async((2, 2), link=wt.mul.s(10), app=rig.app)
+        bad = wt.fail.apply_async((7,), link_error=wt.on_error.s(), app=rig.app)
+        linked = TaskHandle(rig.app, derived_id(good.id, "link:0"), "wf.mul")
+        errback = TaskHandle(rig.app, derived_id(bad.id, "link_error:0"), "wf.on_error")
+        poll_until(lambda: rig.app.store.get(linked.id), 30, "the link to be sent")
+        poll_until(lambda: rig.app.store.get(errback.id), 30, "the errback to be sent")
+        assert linked.get(timeout=30) == 40, worker.log_tail()
+        assert errback.get(timeout=30) == f"handled {bad.id}"
 
 
 @pytest.mark.broker

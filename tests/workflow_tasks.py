@@ -61,3 +61,10 @@ def slow_add_once(ctx: TaskContext, x: int, y: int, seconds: float) -> int:
     record_effect(ctx, "slow_add_once")
     time.sleep(seconds)
     return x + y
+
+
+@task(name="wf.on_error")
+def on_error(ctx: TaskContext, failed_task_id: str) -> str:
+    """A `link_error=` callback: gets the failed task's id."""
+    record_effect(ctx, "on_error")
+    return f"handled {failed_task_id}"
