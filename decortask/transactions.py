@@ -4,12 +4,18 @@
         conn.execute("INSERT INTO orders ...")
         send_receipt.delay(order_id)
 
+    with django.db.transaction.atomic():  # or Django's connection, inside atomic()
+        with app.transaction(django.db.connection):
+            Order.objects.create(...)
+            send_receipt.delay(order.id)
+
 When the store is the application's own PostgreSQL database, every `.delay()` (and `.apply_async()`,
 `.map()`, `.apply_many()`) of `app` inside the block writes its task's record and outbox entry through
 `conn`, in the block's transaction. Their messages are kept aside and handed to the background publisher
-only after the block committed. So a rollback (an exception out of the block) leaves no record and sends
-nothing; a commit sends each message once; and a process killed between the commit and the publish loses
-nothing, because the committed outbox entry is published by a worker's relay after `relay_after`.
+only after the block committed (with Django: by an `on_commit` hook of the outermost `atomic()`). So a
+rollback (an exception out of the block) leaves no record and sends nothing; a commit sends each message
+once; and a process killed between the commit and the publish loses nothing, because the committed
+outbox entry is published by a worker's relay after `relay_after`.
 
 A block inside a transaction the connection already had open is a savepoint: its commit is the outer
 one's, which decortask cannot see, so its messages are left to the relay (published `relay_after` after
@@ -71,15 +77,38 @@ def transaction(app: Decortask, connection: Any) -> Iterator[None]:
         )
     if _block.get() is not None:
         raise ConfigurationError("app.transaction() blocks do not nest: enqueue in the outer block")
-    with join(connection) as joined:
+    django = _django_connection(connection)
+    with join(django.connection if django else connection, owner_commits=bool(django)) as joined:
         block = _Block(app, joined.store)
         token = _block.set(block)
         try:
             yield
         finally:
             _block.reset(token)
-    if joined.committed and block.outgoing:
+    if not block.outgoing:
+        return
+    if django:  # Django commits (or rolls back) the outermost atomic() later: its hook runs at the commit
+        django.on_commit(lambda: publisher.submit(block.outgoing))
+    elif joined.committed:
         publisher.submit(block.outgoing)
+
+
+def _django_connection(connection: Any) -> Any:
+    """Django's connection wrapper, when `connection` is one (opened, inside `atomic()`); else None."""
+    if not (hasattr(connection, "in_atomic_block") and hasattr(connection, "on_commit")):
+        return None
+    if not connection.in_atomic_block:
+        raise ConfigurationError(
+            "app.transaction(django.db.connection) must run inside transaction.atomic(): outside it every "
+            "Django query commits at once, so there is no transaction to enqueue in"
+        )
+    connection.ensure_connection()
+    if connection.vendor != "postgresql" or not hasattr(connection.connection, "transaction"):
+        raise ConfigurationError(
+            "app.transaction() with Django needs its PostgreSQL backend on psycopg 3 (psycopg2 is not "
+            f"supported); this connection is {connection.vendor}"
+        )
+    return connection
 
 
 def enqueue_store(app: Decortask) -> TaskStore:

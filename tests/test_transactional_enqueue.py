@@ -170,3 +170,78 @@ def test_a_producer_sigkilled_between_commit_and_publish_loses_nothing(
 def _finished(app: Decortask, task_id: str) -> TaskRecord | None:
     record = app.store.get(task_id)
     return record if record is not None and record.status.terminal else None
+
+
+# -- Django on PostgreSQL -------------------------------------------------------------------------------------
+
+DJANGO_PRODUCER = """
+import sys
+import django
+from django.conf import settings
+
+broker, store, queue, schema, outcome = sys.argv[1:6]
+settings.configure(
+    DATABASES={"default": {"ENGINE": "django.db.backends.postgresql", "NAME": "test", "USER": "postgres",
+                           "HOST": "127.0.0.1", "PORT": "5432"}},
+    INSTALLED_APPS=[],
+)
+django.setup()
+from django.db import connection, transaction
+import behaviour_tasks as bt
+from decortask import Decortask
+
+class Rollback(Exception):
+    pass
+
+app = Decortask(broker, store, default_queue=queue)
+try:
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(f"INSERT INTO {schema}.orders VALUES ('o1')")
+        with app.transaction(connection):
+            handle = bt.add.delay(1, 2)
+        print(handle.id, flush=True)
+        with transaction.atomic():  # a nested atomic() is a savepoint: the outer commit still decides
+            pass
+        assert app.flush_published(timeout=10) and app.transport.queue_size(queue) == 0  # not before the commit
+        if outcome == "rollback":
+            raise Rollback
+except Rollback:
+    pass
+assert app.flush_published(timeout=10)
+app.close()
+"""
+
+
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+def test_with_django_the_outermost_atomic_decides_whether_the_task_exists_and_is_sent(
+    app: Decortask, conn: psycopg.Connection, store_url: str, queue: str, outcome: str
+) -> None:
+    pytest.importorskip("django")
+    schema = app.store.s  # type: ignore[attr-defined]
+    done = subprocess.run(
+        [sys.executable, "-c", DJANGO_PRODUCER, REDIS_URL, store_url, queue, schema, outcome],
+        cwd=REPO / "tests", capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    task_id = done.stdout.decode().strip()
+    record = app.store.get(task_id)
+    if outcome == "commit":
+        assert _orders(app) == ["o1"] and record is not None and record.status is TaskStatus.PENDING
+        assert app.transport.queue_size(queue) == 1
+    else:
+        assert (_orders(app), record, app.transport.queue_size(queue)) == ([], None, 0)
+
+
+def test_with_django_outside_atomic_the_block_is_refused(app: Decortask) -> None:
+    class DjangoLike:  # what app.transaction() looks at on Django's connection wrapper
+        in_atomic_block = False
+
+        def on_commit(self, hook: object) -> None:  # pragma: no cover - never reached
+            raise AssertionError
+
+    with (
+        pytest.raises(ConfigurationError, match=r"inside transaction.atomic\(\)"),
+        app.transaction(DjangoLike()),
+    ):
+        pass

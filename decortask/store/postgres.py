@@ -394,22 +394,26 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
             pool.close()
 
     @contextlib.contextmanager
-    def joined(self, connection: Any) -> Iterator[Joined]:
+    def joined(self, connection: Any, *, owner_commits: bool = False) -> Iterator[Joined]:
         """Join the caller's psycopg `connection`: a transaction block on it, and a view of this store whose
         every call runs inside that transaction (each in a savepoint, so a failed call undoes only itself).
 
         `Joined.committed` turns True once the block has committed: when the block was the connection's
         outermost transaction and ended without an exception. Inside an outer transaction it stays False
-        (the commit comes later, out of sight). Used by `app.transaction()` (`decortask/transactions.py`);
-        the connection must reach the same database as the store's URL.
+        (the commit comes later, out of sight). `owner_commits`: the connection's owner commits it (Django
+        inside `atomic()`, with autocommit off): its transaction is started if it was not yet, and the block
+        is a savepoint in it. Used by `app.transaction()` (`decortask/transactions.py`); the connection must
+        reach the same database as the store's URL.
         """
-        outermost = connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        idle = connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        if owner_commits and idle:
+            connection.execute("SELECT 1")  # autocommit is off: this opens the owner's transaction
         view = copy.copy(self)
         view._joined = _TupleRows(connection)
         state = Joined(view)
         with connection.transaction():
             yield state
-        state.committed = outermost
+        state.committed = idle and not owner_commits
 
     def _connections(self) -> ConnectionPool[Any]:
         """This process's pool, opened on first use (and again after `close()` or a fork)."""
