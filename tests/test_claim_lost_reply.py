@@ -15,12 +15,14 @@ from typing import Any
 
 import pytest
 import redis
+from conftest import postgres_test_store
 
 from decortask import Decortask, TaskStatus, task
 from decortask.errors import StoreError
 from decortask.executor import Executor, Settle
 from decortask.message import Message
 from decortask.store.base import TaskRecord
+from decortask.store.postgres import PostgresStore
 from decortask.store.redis import RedisStore
 from decortask.store.sqlite import SQLiteStore
 from decortask.store.writer import TransitionStep
@@ -59,13 +61,19 @@ class LossyRedisStore(LosesFirstReply, RedisStore):
     pass
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+class LossyPostgresStore(LosesFirstReply, PostgresStore):
+    pass
+
+
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Decortask]:
     app = Decortask(broker_url="memory://", store_url=f"sqlite:///{tmp_path / 'store.db'}")
     namespace = ""
     store: Any
     if request.param == "sqlite":
         store = LossySQLiteStore(app.settings.store_url)
+    elif request.param == "postgres":
+        store = LossyPostgresStore(postgres_test_store(request))
     else:
         base: str = request.getfixturevalue("redis_url")
         namespace = f"dt-lost-{request.getfixturevalue('unique')}"
