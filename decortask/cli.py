@@ -299,6 +299,10 @@ def _open_for_reading(app: Decortask) -> TaskStore:
             f"the store is {url}, which lives inside one process: there is nothing to read from here; "
             + _POINT_AT_A_STORE
         )
+    if scheme in ("postgresql", "postgres"):
+        from .store.postgres import PostgresStore
+
+        return PostgresStore(url, create=False)  # refuses a schema without a store, creating nothing
     if scheme != "sqlite":
         return app.store  # a server store: reading it creates nothing
     from .store.sqlite import SQLiteStore

@@ -7,6 +7,9 @@ The shared behaviour of every store is in tests/test_store_contract.py (which ru
 from __future__ import annotations
 
 import multiprocessing
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -16,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import POSTGRES_URL, drop_postgres_schema, postgres_store_url, postgres_test_store
+from workers import REPO
 
 from decortask.errors import ConfigurationError, StoreError
 from decortask.states import TaskStatus
@@ -323,3 +327,39 @@ def test_after_the_server_dropped_the_pools_connections_one_call_fails_and_the_n
         assert record is not None and record.id == "t1"
     finally:
         store.close()
+
+
+# -- reading from the command line --------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("DECORTASK_") or k.startswith("DECORTASK_TEST")
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "decortask", *args, "--broker-url", "memory://"],
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_decortask_tasks_reads_a_postgresql_store_and_creates_none_where_there_is_none(token: str) -> None:
+    url = postgres_store_url(token)
+    missing = _cli("tasks", "--store-url", url)
+    assert missing.returncode != 0
+    assert f"there is no decortask store in schema 'dt_test_{token}'" in missing.stderr
+    with psycopg.connect(POSTGRES_URL) as conn:
+        found = conn.execute(
+            "SELECT 1 FROM pg_namespace WHERE nspname = %s", (f"dt_test_{token}",)
+        ).fetchone()
+    assert found is None  # nothing was created
+    store = open_store(url)
+    store.create(_record("listed-task"))
+    store.close()
+    listing = _cli("tasks", "--store-url", url, "--json")
+    assert listing.returncode == 0, listing.stderr
+    assert '"listed-task"' in listing.stdout

@@ -51,7 +51,9 @@ _OWN_OPTIONS = ("schema", "pool_min", "pool_max", "pool_timeout")
 class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
     """A `TaskStore` in a PostgreSQL database, shared by every process and host that reaches it."""
 
-    def __init__(self, url: str, *, events: int = 0) -> None:
+    def __init__(self, url: str, *, events: int = 0, create: bool = True) -> None:
+        """Open the store a `postgresql://` URL names, creating or migrating its tables unless `create` is
+        False (`decortask tasks`, `show`: a schema without them is a `StoreError`, and nothing is created)."""
         self.url = url
         self._masked = mask_url(url)
         if events > 0:
@@ -75,7 +77,10 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
         self._joined: _TupleRows | None = None  # set on a view bound to a caller's transaction (`joined`)
         try:
             with psycopg.connect(self.conninfo, application_name="decortask") as conn:
-                postgres_schema.migrate(conn, self.schema, self._masked)
+                if create:
+                    postgres_schema.migrate(conn, self.schema, self._masked)
+                else:
+                    postgres_schema.require(conn, self.schema, self._masked)
         except psycopg.Error as exc:
             raise self._error(exc) from None
 

@@ -121,6 +121,18 @@ def migrate(conn: Any, schema: str, where: str) -> int:
     return current
 
 
+def require(conn: Any, schema: str, where: str) -> None:
+    """Raise `StoreError` unless `schema` holds decortask's tables at a version this decortask reads."""
+    found = _version(conn, quoted_schema(schema))
+    if found is None:
+        raise StoreError(
+            f"there is no decortask store in schema {schema!r} of {where} (nothing was created): check the "
+            "URL's database and ?schema=, or start a worker or producer on it first"
+        )
+    if found > SCHEMA_VERSION:
+        raise newer_schema_error(where, found)
+
+
 def _version(conn: Any, s: str) -> int | None:
     """The version the store's tables are at, or None when it has none yet (read outside any lock)."""
     import psycopg
