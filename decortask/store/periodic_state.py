@@ -73,6 +73,6 @@ def periodic_state(store: object) -> PeriodicStateStore:
     if not isinstance(store, PeriodicStateStore):
         raise ConfigurationError(
             f"the store {type(store).__name__} keeps no periodic-task state (leases, schedule state); "
-            "periodic tasks need a memory://, sqlite:// or redis:// store"
+            "periodic tasks need a memory://, sqlite://, redis:// or postgresql:// store"
         )
     return store
