@@ -487,6 +487,6 @@ def check_store(app: Decortask) -> None:
     """Refuse a store the children cannot share (`memory://` lives inside one process)."""
     if app.settings.store_url.lower().startswith("memory:"):
         raise ConfigurationError(
-            "--pool processes needs a store its child processes can share (sqlite:// or redis://); "
+            "--pool processes needs a store its child processes can share (sqlite://, redis:// or postgresql://); "
             "a memory:// store lives inside one process. Use --pool threads, or another store URL"
         )
