@@ -208,9 +208,11 @@ class Chain(Generic[R]):
         steps = [step.routed(app) for step in self.steps]
         workflow_id = uuid.uuid4().hex
         size = len(steps)
-        spec = chain_spec(workflow_id, 0, size, steps[1:])
-        steps[0].send(app, Lineage(derived_id(workflow_id, "step:0"), None, workflow_id, spec))
-        return WorkflowHandle(app, derived_id(workflow_id, f"step:{size - 1}"), steps[-1].name, workflow_id)
+        step_ids = [derived_id(workflow_id, f"step:{index}") for index in range(size)]
+        steps[0].send(
+            app, Lineage(step_ids[0], None, workflow_id, chain_spec(workflow_id, 0, size, steps[1:]))
+        )
+        return WorkflowHandle(app, step_ids[-1], steps[-1].name, workflow_id, step_ids[:-1])
 
     def delay(self) -> WorkflowHandle[R]:
         """`apply_async()`."""
@@ -264,6 +266,7 @@ class Chord(Generic[R]):
         if not members:  # nothing to wait for: the callback gets an empty list now
             routed.with_parent_result([]).send(app, Lineage(callback_id, None, chord_id))
         callback = routed.to_dict()
+        member_ids = [derived_id(chord_id, f"member:{index}") for index in range(len(members))]
         for index, member in enumerate(members):
             spec = {
                 "chord": {
@@ -274,8 +277,8 @@ class Chord(Generic[R]):
                     "pass_failures": self.pass_failures,
                 }
             }
-            member.send(app, Lineage(derived_id(chord_id, f"member:{index}"), None, chord_id, spec))
-        return WorkflowHandle(app, callback_id, self.callback.name, chord_id)
+            member.send(app, Lineage(member_ids[index], None, chord_id, spec))
+        return WorkflowHandle(app, callback_id, self.callback.name, chord_id, member_ids)
 
     def delay(self) -> WorkflowHandle[R]:
         """`apply_async()`."""
@@ -344,12 +347,33 @@ class WorkflowHandle(TaskHandle[R]):
     """The handle of a chain or a chord: the task that ends it, which the workflow creates later.
 
     `wait()`/`get()` wait for that task to be created, then for its outcome; a failed step or member
-    surfaces as that task's `TaskFailed`, naming the step or member.
+    surfaces as that task's `TaskFailed`, naming the step or member. `cancel()` cancels the workflow's
+    tasks that exist and have not ended (a chain's current step, a chord's members), which fails it.
     """
 
-    def __init__(self, app: Decortask, task_id: str, name: str, workflow_id: str) -> None:
+    def __init__(
+        self, app: Decortask, task_id: str, name: str, workflow_id: str, parts: Sequence[str] = ()
+    ) -> None:
         super().__init__(app, task_id, name)
         self.workflow_id = workflow_id
+        #: Ids of the tasks `cancel()` looks at, besides the final one: a chain's steps, a chord's members.
+        self.parts = tuple(parts)
+
+    def cancel(self) -> bool:
+        """Cancel every task of the workflow that exists and has not ended; True if any was cancelled.
+
+        A cancelled step or member ends CANCELLED, and the workflow fails naming it (a chain's later steps
+        and a chord's callback never run). A chain step about to be created as this runs is not seen.
+        """
+        from .control import request_cancel
+
+        store = self.app.store
+        cancelled = False
+        for task_id in (*self.parts, self.id):
+            record = store.get(task_id)
+            if record is not None and not record.status.terminal:
+                cancelled = request_cancel(self.app, task_id) or cancelled
+        return cancelled
 
     def __repr__(self) -> str:
         return f"<WorkflowHandle {self.workflow_id}: {self.name} {self.id}>"

@@ -437,7 +437,12 @@ class ProcessPool:
             return Outcome(Settle.ACK, record.status if record else None, "settled", ran=True)
         message = self._message(job.delivery)
         if slot.killed_for == "forced" and run.stop_reason is not None and message is not None:
-            return self.executor.settle_stopped(record, message, run.stop_reason)
+            outcome = self.executor.settle_stopped(record, message, run.stop_reason)
+            if message.workflow:  # what follows a workflow's task, as `delivery.process_delivery` does
+                from .workflow import continue_workflow
+
+                continue_workflow(self.app, record.id, message.workflow, self.executor.write)
+            return outcome
         reason = "shutdown" if slot.killed_for == "shutdown" else "worker_lost"
         status = recovery.interrupt(self.app, record, message, reason)
         return Outcome(Settle.ACK, status, reason, ran=True)

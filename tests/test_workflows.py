@@ -118,6 +118,23 @@ def test_cancelling_a_group_cancels_its_pending_members(app: Decortask) -> None:
     assert [member.status for member in handle] == [TaskStatus.CANCELLED] * 3
 
 
+def test_cancelling_a_chain_cancels_its_current_step_and_fails_the_chain(app: Decortask) -> None:
+    handle = chain(wt.add.s(1, 1), wt.mul.s(10)).apply_async()
+    assert handle.cancel()
+    run_pending(app)
+    with pytest.raises(TaskFailed, match=r"step 1 of 2, wf\.add \(task \w+\) ended CANCELLED"):
+        handle.get(timeout=5)
+
+
+def test_cancelling_a_chord_cancels_its_members_and_its_callback_never_runs(app: Decortask) -> None:
+    handle = chord([wt.add.s(i, i) for i in range(3)], wt.tsum.s()).apply_async()
+    assert handle.cancel()
+    run_pending(app)
+    with pytest.raises(TaskFailed, match=r"member \d of 3, wf\.add \(task \w+\) ended CANCELLED"):
+        handle.get(timeout=5)
+    assert not handle.cancel()  # nothing left to cancel
+
+
 def test_a_chord_passes_the_results_in_order_to_its_callback_once(app: Decortask, tmp_path: Path) -> None:
     effects = tmp_path / "effects.jsonl"
     with pytest.MonkeyPatch.context() as patch:
@@ -307,3 +324,17 @@ def test_f_workflow_sigkill_while_members_not_opted_in_run_fails_the_chord_namin
         assert handle.record().reason == "workflow_failed", second.log_tail()
     assert _effects(rig, "tsum") == []
     assert len(_effects(rig, "slow_add_once")) == 3  # none ran again
+
+
+@pytest.mark.broker
+def test_a_step_stopped_by_force_in_a_process_pool_fails_the_chain(tmp_path: Path) -> None:
+    """The process pool's parent writes the outcome of a child it stopped (a time limit): the chain
+    continues from there too, so it fails naming the step instead of waiting for ever."""
+    with short_lease_rig("sqlite", tmp_path, "workflows", ("-A", "tests.workflow_tasks")) as sqlite_rig:
+        handle = chain(wt.add.s(1, 1), wt.overrun.s(), wt.add.s(1)).apply_async(app=sqlite_rig.app)
+        with sqlite_rig.worker("w1", "--pool", "processes", concurrency=1) as worker:
+            with pytest.raises(
+                TaskFailed, match=r"step 2 of 3, wf\.overrun \(task \w+\) ended FAILED \(timeout\)"
+            ):
+                handle.get(timeout=60)
+            assert worker.log_tail()

@@ -68,3 +68,9 @@ def on_error(ctx: TaskContext, failed_task_id: str) -> str:
     """A `link_error=` callback: gets the failed task's id."""
     record_effect(ctx, "on_error")
     return f"handled {failed_task_id}"
+
+
+@task(name="wf.overrun", timeout=1)
+def overrun(x: Any) -> None:
+    """Runs past its time limit: a process-pool worker stops it by force (FAILED, timeout)."""
+    time.sleep(60)
