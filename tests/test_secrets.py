@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import os
 import re
 import subprocess
@@ -87,12 +88,20 @@ def test_the_sentinel_password_never_appears_anywhere(tmp_path: Path) -> None:
     [f"amqp://guest:{SENTINEL}@127.0.0.1:1//", f"redis://default:{SENTINEL}@127.0.0.1:1/0"],
     ids=["amqp", "redis"],  # not the URLs: SENTINEL differs per process, and xdist workers must agree on ids
 )
-def test_errors_for_an_unreachable_broker_mask_the_password(url: str, tmp_path: Path) -> None:
+def test_errors_for_an_unreachable_broker_mask_the_password(
+    url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     app = Decortask(url, f"sqlite:///{tmp_path}/d.db", publish_retries=0, set_default=False)
     try:
         with pytest.raises(BrokerUnavailable) as caught:
-            bt.add.apply_async(args=(1, 2), app=app)
+            bt.add.apply_async(args=(1, 2), app=app, confirm=True)
         assert SENTINEL not in str(caught.value) and "****" in str(caught.value)
+        # Without confirm the call returns (the outbox has it): the background publisher's warning is masked.
+        with caplog.at_level(logging.WARNING):
+            bt.add.apply_async(args=(1, 2), app=app)
+            assert not app.flush_published(2)
+        assert "could not publish" in caplog.text and "****" in caplog.text
+        assert SENTINEL not in caplog.text
     finally:
         app.close()
 
