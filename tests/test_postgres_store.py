@@ -169,9 +169,14 @@ def test_the_event_feed_is_refused_with_a_clear_error(token: str) -> None:
 # -- outcomes by NOTIFY ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("closed_before", [False, True])
 def test_a_waiter_is_woken_by_the_notify_of_a_terminal_transition_in_another_process(
-    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch, closed_before: bool
 ) -> None:
+    if closed_before:  # a store closed after a wait and used again (an app reopens its store)
+        store.create(_record("t0", status=S.SUCCESS))
+        assert store.wait_for_outcome("t0", timeout=5) is not None
+        store.close()
     store.outcome_notices.recheck = 60.0  # far past the test's deadline: only a notice can wake it
     store.create(_record("t1", status=S.RUNNING, attempt=1))
     first_read = threading.Event()

@@ -15,7 +15,6 @@ import contextlib
 import logging
 import os
 import threading
-import time
 from typing import Any
 
 from .outcome_waiters import OutcomeNotices
@@ -46,35 +45,37 @@ class NotifyListener:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._listening = threading.Event()
-        self._closed = False
+        self._stop = threading.Event()
 
     def ready(self, left: float | None) -> None:
         """Start the listener unless it runs, and return once it LISTENs (or after READY_TIMEOUT)."""
         with self._lock:
-            if self._closed:
-                return
             alive = self._thread is not None and self._thread.is_alive() and self._pid == os.getpid()
             if not alive:
                 self._pid = os.getpid()
-                self._listening = threading.Event()
+                self._listening, self._stop = threading.Event(), threading.Event()
                 self._thread = threading.Thread(
-                    target=self._listen, args=(self._listening,), name="decortask-pg-outcomes", daemon=True
+                    target=self._listen,
+                    args=(self._listening, self._stop),
+                    name="decortask-pg-outcomes",
+                    daemon=True,
                 )
                 self._thread.start()
             listening = self._listening
         listening.wait(READY_TIMEOUT if left is None else min(left, READY_TIMEOUT))
 
     def close(self) -> None:
-        """Stop the listener (within BLOCK seconds)."""
+        """Stop the listener (within BLOCK seconds); the next wait starts another (a store used again)."""
         with self._lock:
-            self._closed = True
+            self._stop.set()
+            self._thread = None
 
-    def _listen(self, listening: threading.Event) -> None:
+    def _listen(self, listening: threading.Event, stop: threading.Event) -> None:
         import psycopg
 
         conn: Any = None
         try:
-            while not self._closed:
+            while not stop.is_set():
                 try:
                     if conn is None:
                         conn = psycopg.connect(self._conninfo, autocommit=True, application_name="decortask")
@@ -92,7 +93,7 @@ class NotifyListener:
                         with contextlib.suppress(psycopg.Error):
                             conn.close()
                     conn = None
-                    time.sleep(min(self.notices.recheck, 1.0))
+                    stop.wait(min(self.notices.recheck, 1.0))
         finally:
             listening.clear()
             if conn is not None:
@@ -106,5 +107,6 @@ class NotifyListener:
         with self._lock:
             if self.notices.waiting():
                 return False
-            self._thread = None
+            if self._thread is threading.current_thread():
+                self._thread = None
             return True
