@@ -338,3 +338,40 @@ def test_a_step_stopped_by_force_in_a_process_pool_fails_the_chain(tmp_path: Pat
             ):
                 handle.get(timeout=60)
             assert worker.log_tail()
+
+
+@pytest.mark.broker
+def test_f_workflow_sigterm_past_the_grace_while_chord_members_run(rig: Rig) -> None:
+    """A worker stopped past its grace while members of two chords run: the opted-in members run again on
+    another worker and their chord's callback runs once; the others end INTERRUPTED (shutdown) and fail
+    their chord, whose callback never runs."""
+    requeued = chord([wt.slow_add.s(i, 1, 4.0) for i in range(2)], wt.tsum.s()).apply_async(app=rig.app)
+    interrupted = chord([wt.slow_add_once.s(i, 1, 4.0) for i in range(2)], wt.tsum.s()).apply_async(
+        app=rig.app
+    )
+    first = rig.worker("w1", "--grace", "1", concurrency=4).start()
+    try:
+        poll_until(
+            lambda: len(_effects(rig, "slow_add")) >= 2 and len(_effects(rig, "slow_add_once")) >= 2,
+            30,
+            "the members of both chords to start",
+        )
+    finally:
+        first.signal(signal.SIGTERM)
+    assert first.wait(30) == 0, first.log_tail()
+    with rig.worker("w2", concurrency=4) as second:
+        assert requeued.get(timeout=60) == 3, second.log_tail()
+        with pytest.raises(TaskFailed, match=r"wf\.slow_add_once .* ended INTERRUPTED \(shutdown\)"):
+            interrupted.get(timeout=60)
+    assert [row["id"] for row in _effects(rig, "tsum")] == [requeued.id]
+    assert len(_effects(rig, "slow_add_once")) == 2  # not run again
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("kind", ["redis", "amqp"])
+def test_a_chord_of_a_thousand_members_runs_its_callback_once(kind: str, tmp_path: Path) -> None:
+    with short_lease_rig(kind, tmp_path, "workflows", ("-A", "tests.workflow_tasks")) as big:
+        handle = chord([wt.add.s(i, 1) for i in range(1000)], wt.tsum.s()).apply_async(app=big.app)
+        with big.worker("w1", concurrency=4) as worker, big.worker("w2", concurrency=4):
+            assert handle.get(timeout=300) == sum(range(1, 1001)), worker.log_tail()
+        assert len(_effects(big, "tsum")) == 1
