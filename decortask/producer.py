@@ -81,6 +81,7 @@ def send_task(
     if publisher is None:
         stored = store.create(item.record)
     else:
+        app.transport.check_queue(common.queue)  # a misdeclared queue is the caller's error, not the outbox's
         outbox_entry = common.outbox_entry(item, task.options.persist)
         stored = cast(OutboxStore, store).create_outboxed([item.record], [outbox_entry])[0]
     if stored.id != item.message.id:
@@ -267,6 +268,7 @@ def send_many(
         if publisher is None:
             stored = store.create_many([item.record for item in prepared])
         else:
+            app.transport.check_queue(common.queue)
             outbox = [common.outbox_entry(item, persistent) for item in prepared]
             stored = cast(OutboxStore, store).create_outboxed([item.record for item in prepared], outbox)
         fresh = [item for item, s in zip(prepared, stored, strict=True) if s.id == item.message.id]

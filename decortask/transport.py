@@ -68,6 +68,7 @@ class BrokerTransport:
         #: Called before this process looks at or consumes a queue (`queue_size`, `purge`, `open_consumer`):
         #: the app flushes its background publisher there, so a process sees the messages it sent.
         self.before_inspect: Callable[[], None] | None = None
+        self._checked_queues: set[str] = set()
         if scheme == "sqlite":
             self._sqlite_path = str(sqlite_path(url))
 
@@ -426,6 +427,31 @@ class BrokerTransport:
             yield conn.default_channel
         finally:
             conn.release()
+
+    def check_queue(self, name: str) -> None:
+        """Declare `name` once per process, on a short-lived connection, before a call hands it a message.
+
+        The outbox publishes after `.delay()` returned, so a queue that exists with other arguments would
+        otherwise never reach the caller; this is where it does, on the first call. A broker that cannot
+        be reached is not an error here, and is not tried again for this queue (one connect attempt per
+        queue and process): the background publisher and the relay send the message, and log why not.
+
+        Raises:
+            QueueMismatch: the queue exists with other arguments (see `declare_queue`).
+        """
+        if name in self._checked_queues:
+            return
+        conn = self.connection()
+        try:
+            self.connect(conn, 0)
+            self.declare_queue(name, conn.default_channel)
+        except QueueMismatch:
+            raise
+        except Exception:  # unreachable: the background publisher reports it
+            pass
+        finally:
+            self.abort(conn)  # also after a refused declaration, which closed the channel
+        self._checked_queues.add(name)
 
     def queue_size(self, name: str) -> int:
         """Ready messages in `name` (0 if the queue does not exist yet)."""
