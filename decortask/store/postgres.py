@@ -98,7 +98,7 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
         return self._run(lambda conn: self._rows.load(conn, task_id))
 
     def delete(self, task_id: str) -> None:
-        self._run(lambda conn: self._rows.delete(conn, [task_id]))
+        self._run(lambda conn: self._rows.delete(conn, [task_id]), atomic=False)
 
     def apply_step(self, step: TransitionStep) -> TaskRecord | None:
         return self._run(lambda conn: self._rows.transition(conn, step))
@@ -127,7 +127,7 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
     def append_logs(self, task_id: str, lines: Sequence[LogLine]) -> None:
         """Append several lines of one task in one statement (captured output, `capture.py`)."""
         if lines:
-            self._run(lambda conn: self._rows.append_lines(conn, task_id, lines))
+            self._run(lambda conn: self._rows.append_lines(conn, task_id, lines), atomic=False)
 
     def set_output(self, task_id: str, output: Any, *, log_lines: Sequence[LogLine] = ()) -> None:
         self._run(lambda conn: self._rows.set_fields(conn, task_id, {"output": output}, log_lines))
@@ -156,7 +156,7 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
         sql, params = postgres_queries.count(self.s, query)
         if sql is None:
             return 0
-        return int(self._run(lambda conn: conn.execute(sql, params).fetchone()[0]))
+        return int(self._run(lambda conn: conn.execute(sql, params).fetchone()[0], atomic=False))
 
     def purge_expired(self, now: float) -> int:
         """Delete expired terminal records in batches of PURGE_BATCH, one short transaction each."""
@@ -167,7 +167,7 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
         total = 0
         while True:
             deleted: int = self._run(
-                lambda conn: int(conn.execute(sql, (now, _TERMINAL, PURGE_BATCH)).rowcount)
+                lambda conn: int(conn.execute(sql, (now, _TERMINAL, PURGE_BATCH)).rowcount), atomic=False
             )
             total += deleted
             if deleted < PURGE_BATCH:
@@ -176,7 +176,7 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
     # -- schedule ------------------------------------------------------------------------------------------
 
     def add_schedule(self, entry: ScheduleEntry) -> None:
-        self._run(lambda conn: self._rows.put_schedule(conn, entry))
+        self._run(lambda conn: self._rows.put_schedule(conn, entry), atomic=False)
 
     def claim_due(self, now: float, limit: int, owner: str, lease: float) -> list[ScheduleEntry]:
         if limit <= 0:
@@ -188,28 +188,30 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
             "ORDER BY due_at, seq LIMIT %s FOR UPDATE SKIP LOCKED) "
             "RETURNING id, task_id, queue, due_at, body, priority, seq"
         )
-        rows = self._run(lambda conn: conn.execute(sql, (now + lease, owner, now, now, limit)).fetchall())
+        rows = self._run(
+            lambda conn: conn.execute(sql, (now + lease, owner, now, now, limit)).fetchall(), atomic=False
+        )
         rows.sort(key=lambda row: (row[3], row[6]))
         return [ScheduleEntry(*row[:6]) for row in rows]
 
     def remove_schedule(self, entry_ids: Sequence[str]) -> None:
         if entry_ids:
             sql = f"DELETE FROM {self.s}.decortask_schedule WHERE id = ANY(%s)"
-            self._run(lambda conn: conn.execute(sql, (list(entry_ids),)))
+            self._run(lambda conn: conn.execute(sql, (list(entry_ids),)), atomic=False)
 
     def count_schedule(self, queues: Iterable[str] | None = None) -> int:
         where, params = _queue_filter(queues)
         if where is None:
             return 0
         sql = f"SELECT count(*) FROM {self.s}.decortask_schedule{where}"
-        return int(self._run(lambda conn: conn.execute(sql, params).fetchone()[0]))
+        return int(self._run(lambda conn: conn.execute(sql, params).fetchone()[0], atomic=False))
 
     def next_due(self, queues: Iterable[str] | None = None) -> float | None:
         where, params = _queue_filter(queues)
         if where is None:
             return None
         sql = f"SELECT min(due_at) FROM {self.s}.decortask_schedule{where}"
-        value = self._run(lambda conn: conn.execute(sql, params).fetchone()[0])
+        value = self._run(lambda conn: conn.execute(sql, params).fetchone()[0], atomic=False)
         return float(value) if value is not None else None
 
     # -- workers -------------------------------------------------------------------------------------------
@@ -219,7 +221,7 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
 
     def last_heartbeat(self, worker_id: str) -> float | None:
         sql = f"SELECT ts FROM {self.s}.decortask_heartbeats WHERE worker_id = %s"
-        row = self._run(lambda conn: conn.execute(sql, (worker_id,)).fetchone())
+        row = self._run(lambda conn: conn.execute(sql, (worker_id,)).fetchone(), atomic=False)
         return float(row[0]) if row is not None else None
 
     def heartbeats(self) -> dict[str, float]:
@@ -244,7 +246,9 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
         self._run(body)
 
     def _stamps(self, table: str) -> dict[str, float]:
-        rows = self._run(lambda conn: conn.execute(f"SELECT worker_id, ts FROM {self.s}.{table}").fetchall())
+        rows = self._run(
+            lambda conn: conn.execute(f"SELECT worker_id, ts FROM {self.s}.{table}").fetchall(), atomic=False
+        )
         return {str(worker_id): float(ts) for worker_id, ts in rows}
 
     # -- periodic tasks ------------------------------------------------------------------------------------
@@ -255,16 +259,18 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
             "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until "
             "WHERE l.until <= %s OR l.owner = excluded.owner RETURNING owner"
         )
-        row = self._run(lambda conn: conn.execute(sql, (name, owner, now + ttl, now)).fetchone())
+        row = self._run(
+            lambda conn: conn.execute(sql, (name, owner, now + ttl, now)).fetchone(), atomic=False
+        )
         return row is not None and row[0] == owner
 
     def release_lease(self, name: str, owner: str) -> None:
         sql = f"DELETE FROM {self.s}.decortask_leases WHERE name = %s AND owner = %s"
-        self._run(lambda conn: conn.execute(sql, (name, owner)))
+        self._run(lambda conn: conn.execute(sql, (name, owner)), atomic=False)
 
     def lease_owner(self, name: str, now: float) -> str | None:
         sql = f"SELECT owner FROM {self.s}.decortask_leases WHERE name = %s AND until > %s"
-        row = self._run(lambda conn: conn.execute(sql, (name, now)).fetchone())
+        row = self._run(lambda conn: conn.execute(sql, (name, now)).fetchone(), atomic=False)
         return str(row[0]) if row else None
 
     def schedule_state(self, name: str) -> ScheduleState | None:
@@ -280,7 +286,7 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
             "ON CONFLICT (name) DO UPDATE SET last_slot = excluded.last_slot "
             "WHERE p.last_slot IS NULL OR p.last_slot < excluded.last_slot"
         )
-        self._run(lambda conn: conn.execute(sql, (name, slot)))
+        self._run(lambda conn: conn.execute(sql, (name, slot)), atomic=False)
         return self._states(" WHERE name = %s", (name,))[0]
 
     def set_schedule_paused(self, name: str, paused: bool) -> ScheduleState:
@@ -288,12 +294,12 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
             f"INSERT INTO {self.s}.decortask_periodic (name, paused) VALUES (%s, %s) "
             "ON CONFLICT (name) DO UPDATE SET paused = excluded.paused"
         )
-        self._run(lambda conn: conn.execute(sql, (name, paused)))
+        self._run(lambda conn: conn.execute(sql, (name, paused)), atomic=False)
         return self._states(" WHERE name = %s", (name,))[0]
 
     def _states(self, clause: str, params: tuple[Any, ...]) -> list[ScheduleState]:
         sql = f"SELECT name, last_slot, paused FROM {self.s}.decortask_periodic{clause}"
-        rows = self._run(lambda conn: conn.execute(sql, params).fetchall())
+        rows = self._run(lambda conn: conn.execute(sql, params).fetchall(), atomic=False)
         return [
             ScheduleState(str(n), float(last) if last is not None else None, bool(p)) for n, last, p in rows
         ]
@@ -329,7 +335,7 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
     def mark_published(self, task_ids: Sequence[str], now: float) -> None:
         if task_ids:
             sql = f"UPDATE {self.s}.decortask_outbox SET published = true, since = %s WHERE id = ANY(%s)"
-            self._run(lambda conn: conn.execute(sql, (now, list(task_ids))))
+            self._run(lambda conn: conn.execute(sql, (now, list(task_ids))), atomic=False)
 
     def outbox_due(self, unpublished_since: float, published_since: float, limit: int) -> list[OutboxItem]:
         # Each half walks the (published, since) index; the outer ORDER BY merges the two short lists.
@@ -341,7 +347,7 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
             "ORDER BY o.since LIMIT %s"
         )
         params = (False, unpublished_since, limit, True, published_since, limit, limit)
-        rows = self._run(lambda conn: conn.execute(sql, params).fetchall())
+        rows = self._run(lambda conn: conn.execute(sql, params).fetchall(), atomic=False)
         return [
             OutboxItem(
                 OutboxEntry(task_id, queue, int(priority), bool(persistent), body, float(since)),
@@ -356,7 +362,7 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
     def outbox_remove(self, task_ids: Sequence[str]) -> None:
         if task_ids:
             sql = f"DELETE FROM {self.s}.decortask_outbox WHERE id = ANY(%s)"
-            self._run(lambda conn: conn.execute(sql, (list(task_ids),)))
+            self._run(lambda conn: conn.execute(sql, (list(task_ids),)), atomic=False)
 
     # -- workflow joins (workflow_state.py) -----------------------------------------------------------------
 
@@ -436,14 +442,18 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
                     min_size=self._pool_min,
                     max_size=self._pool_max,
                     timeout=self._pool_timeout,
-                    kwargs={"application_name": "decortask"},
+                    kwargs={"application_name": "decortask", "autocommit": True},
                     name=f"decortask-{self.schema}",
                     open=True,
                 )
             return self._pool
 
-    def _run(self, body: Callable[[Any], T]) -> T:
-        """Run `body` in one transaction on a pooled connection; a deadlock victim is retried."""
+    def _run(self, body: Callable[[Any], T], *, atomic: bool = True) -> T:
+        """Run `body` in one transaction on a pooled connection; a deadlock victim is retried.
+
+        `atomic=False`: `body` runs one statement, which is a transaction by itself (the pool's connections
+        are in autocommit), so BEGIN and COMMIT would only add two round trips.
+        """
         if self._joined is not None:  # a view in the caller's transaction: a savepoint in it, no retry
             try:
                 with self._joined.transaction():
@@ -452,8 +462,11 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
                 raise self._error(exc) from None
         for attempt in range(RETRIES + 1):
             try:
-                with self._connections().connection() as conn, conn.transaction():
-                    return body(conn)
+                with self._connections().connection() as conn:
+                    if not atomic:
+                        return body(conn)
+                    with conn.transaction():
+                        return body(conn)
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
                 if attempt == RETRIES:
                     raise self._error(exc) from None
