@@ -112,6 +112,8 @@ class Message:
                         "args": envelope.pop("args"),
                         "kwargs": envelope.pop("kwargs"),
                     }
+                    if self.workflow:  # the later steps' arguments are arguments too
+                        secret["workflow"], envelope["workflow"] = self.workflow, None
                     envelope["enc"] = cipher.encrypt(_dumps(secret).encode(CONTENT_ENCODING))
                 body = _dumps(envelope)
             except (TypeError, ValueError) as exc:
@@ -213,8 +215,9 @@ def decode(
                 task_id=message_id,
             )
         args, kwargs = _field(data, "args", list, default=[]), _field(data, "kwargs", dict, default={})
+        workflow = _field(data, "workflow", dict)
     else:
-        args, kwargs = _decrypt_arguments(data, version, message_id, task, cipher)
+        args, kwargs, workflow = _decrypt_arguments(data, version, message_id, task, cipher)
     return Message(
         v=version,
         id=message_id,
@@ -230,7 +233,7 @@ def decode(
         priority=_priority(data),
         parent_id=_field(data, "parent_id", str),
         root_id=_field(data, "root_id", str),
-        workflow=_field(data, "workflow", dict),
+        workflow=workflow,
         meta=_meta(data),
         cipher=cipher,
     )
@@ -281,8 +284,9 @@ def envelope_id(body: bytes | str, budget: int) -> str | None:
 
 def _decrypt_arguments(
     data: dict[str, Any], version: int, message_id: str, task: str, cipher: MessageCipher | None
-) -> tuple[list[Any], dict[str, Any]]:
-    """`args` and `kwargs` from `enc`, after checking the sealed `v`, `task` and `id` match the envelope."""
+) -> tuple[list[Any], dict[str, Any], dict[str, Any] | None]:
+    """`args`, `kwargs` and `workflow` from `enc`, after checking the sealed `v`, `task` and `id` match the
+    envelope."""
 
     # Details name what failed, never the token, the plaintext or a key: they end up in logs and headers.
     def refused(detail: str) -> MessageError:
@@ -293,9 +297,9 @@ def _decrypt_arguments(
         raise refused("the message is encrypted ('enc') but this worker has no encryption_keys")
     if type(token) is not str:
         raise refused("field 'enc' must be a string (a Fernet token)")
-    if data.get("args") is not None or data.get("kwargs") is not None:
+    if data.get("args") is not None or data.get("kwargs") is not None or data.get("workflow") is not None:
         # Plaintext beside a token would be ambiguous: never guess which arguments were meant.
-        raise refused("an encrypted message must not also carry 'args' or 'kwargs'")
+        raise refused("an encrypted message must not also carry 'args', 'kwargs' or 'workflow'")
     plaintext = cipher.decrypt(token)
     if plaintext is None:
         raise refused(
@@ -314,9 +318,16 @@ def _decrypt_arguments(
         )
     args = [] if inner.get("args") is None else inner["args"]
     kwargs = {} if inner.get("kwargs") is None else inner["kwargs"]
-    if type(args) is not list or type(kwargs) is not dict:
-        raise refused("the decrypted 'enc' must hold 'args' as an array and 'kwargs' as an object")
-    return args, kwargs
+    workflow = inner.get("workflow")
+    if (
+        type(args) is not list
+        or type(kwargs) is not dict
+        or (workflow is not None and type(workflow) is not dict)
+    ):
+        raise refused(
+            "the decrypted 'enc' must hold 'args' as an array, 'kwargs' and 'workflow' (if any) as objects"
+        )
+    return args, kwargs, workflow
 
 
 def _field(data: dict[str, Any], name: str, kind: type, required: bool = False, default: Any = None) -> Any:

@@ -37,6 +37,7 @@ from decortask import (
 )
 from decortask import workflow as workflow_module
 from decortask.canvas import derived_id
+from decortask.message import Message
 from decortask.records import message_from_record
 from decortask.testing import isolated_app, run_pending
 
@@ -234,6 +235,42 @@ def test_link_sends_its_signature_with_the_result_and_link_error_with_the_failed
 def test_link_refuses_what_is_not_a_signature(app: Decortask) -> None:
     with pytest.raises(ConfigurationError, match="link= takes signatures"):
         wt.add.apply_async((1, 1), link=[wt.mul])  # type: ignore[list-item]
+
+
+def test_with_encryption_the_later_steps_arguments_travel_encrypted_too() -> None:
+    """The `workflow` field holds the arguments of the steps to come: with encryption keys it is sealed in
+    `enc` with the task's own arguments, and the broker sees neither."""
+    fernet = pytest.importorskip("cryptography.fernet")
+    secret = "sekrit-step-argument-42"
+    with isolated_app(encryption_keys=fernet.Fernet.generate_key().decode()) as app:
+        handle = chain(wt.add.si(1, 1), wt.collect.si([secret])).apply_async()
+        queue = app.settings.default_queue
+        session = app.transport.open_consumer([queue], prefetch=1, consume=False)
+        try:
+            raw = session.get(queue)
+            assert raw is not None
+            assert secret.encode() not in raw.body
+            assert json.loads(raw.body)["workflow"] is None
+            session.requeue(raw)
+        finally:
+            session.close()
+        run_pending(app)
+        assert handle.get(timeout=5) == [secret]
+
+
+def test_a_plaintext_workflow_beside_encrypted_arguments_is_refused() -> None:
+    from decortask.errors import MessageError
+    from decortask.message import decode
+    from decortask.security import MessageCipher
+
+    fernet = pytest.importorskip("cryptography.fernet")
+    cipher = MessageCipher(fernet.Fernet.generate_key().decode())
+    body = json.loads(Message(id="m-1", task="wf.add", args=[1, 1], workflow={"x": 1}).encode(cipher=cipher))
+    assert body["workflow"] is None
+    assert decode(json.dumps(body), "application/json", cipher=cipher).workflow == {"x": 1}
+    body["workflow"] = {"chain": {"forged": True}}
+    with pytest.raises(MessageError, match="must not also carry 'args', 'kwargs' or 'workflow'"):
+        decode(json.dumps(body), "application/json", cipher=cipher)
 
 
 # -- real workers on every broker ---------------------------------------------------------------------------
