@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import signal
+import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,14 @@ from typing import Any
 import pytest
 import workflow_tasks as wt
 from behaviour_tasks import read_effects
-from conftest import BROKERS
+from conftest import (
+    BROKERS,
+    REDIS_URL,
+    delete_redis_namespace,
+    drop_postgres_schema,
+    postgres_store_url,
+    require_redis,
+)
 from workers import Rig, poll_until, short_lease_rig
 
 from decortask import (
@@ -39,6 +48,8 @@ from decortask import workflow as workflow_module
 from decortask.canvas import derived_id
 from decortask.message import Message
 from decortask.records import message_from_record
+from decortask.store import open_store
+from decortask.store.workflow_state import WorkflowStore
 from decortask.testing import isolated_app, run_pending
 
 # -- signatures ----------------------------------------------------------------------------------------------
@@ -77,6 +88,55 @@ def test_a_signature_is_sent_with_delay_and_by_name() -> None:
         second = signature("wf.mul", (6, 7)).apply_async()
         run_pending(app)
         assert (first.get(timeout=5), second.get(timeout=5)) == (42, 42)
+
+
+# -- the chord join in every store -------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
+def join_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[WorkflowStore]:
+    token = uuid.uuid4().hex[:10]
+    if request.param == "memory":
+        url = "memory://"
+    elif request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/store.db"
+    elif request.param == "redis":
+        require_redis()
+        url = f"{REDIS_URL}?namespace=dt-join-{token}"
+        request.addfinalizer(lambda: delete_redis_namespace(REDIS_URL, f"dt-join-{token}"))
+    else:
+        url = postgres_store_url(token)
+        request.addfinalizer(lambda: drop_postgres_schema(token))
+    store = open_store(url)
+    assert isinstance(store, WorkflowStore)
+    yield store
+    store.close()
+
+
+def test_a_join_counts_each_member_once_and_exactly_one_report_sees_it_complete(
+    join_store: WorkflowStore,
+) -> None:
+    size = 16
+    firsts: list[int] = []
+    agains: list[int] = []
+    lock = threading.Lock()
+
+    def report(member: int) -> None:
+        first = join_store.join_member("chord-1", member)
+        again = join_store.join_member("chord-1", member)  # a redelivered report counts nothing
+        with lock:
+            firsts.append(first)
+            agains.append(again)
+
+    threads = [threading.Thread(target=report, args=(member,)) for member in range(size)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(firsts) == list(range(1, size + 1))  # atomic: each report saw its own count
+    assert max(agains) == size and all(again >= first for first, again in zip(firsts, agains, strict=True))
+    assert join_store.join_member("chord-1", 0) == size
+    assert join_store.join_member("chord-2", 0) == 1  # joins are separate
 
 
 # -- chain, group, chord on the in-process driver -------------------------------------------------------------
