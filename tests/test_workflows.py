@@ -50,7 +50,7 @@ from decortask.message import Message
 from decortask.records import message_from_record
 from decortask.store import open_store
 from decortask.store.workflow_state import WorkflowStore
-from decortask.testing import isolated_app, run_pending
+from decortask.testing import eager, isolated_app, run_pending
 
 # -- signatures ----------------------------------------------------------------------------------------------
 
@@ -295,6 +295,14 @@ def test_link_sends_its_signature_with_the_result_and_link_error_with_the_failed
 def test_link_refuses_what_is_not_a_signature(app: Decortask) -> None:
     with pytest.raises(ConfigurationError, match="link= takes signatures"):
         wt.add.apply_async((1, 1), link=[wt.mul])  # type: ignore[list-item]
+
+
+def test_eager_mode_runs_a_whole_workflow_before_apply_async_returns() -> None:
+    with isolated_app() as app, eager(app):
+        steps = chain(wt.add.s(1, 1), wt.mul.s(10), wt.add.s(1)).apply_async()
+        assert steps.done() and steps.get(timeout=0) == 21
+        joined = chord([wt.add.s(i, i) for i in range(3)], wt.tsum.s()).apply_async()
+        assert joined.done() and joined.get(timeout=0) == 6
 
 
 def test_with_encryption_the_later_steps_arguments_travel_encrypted_too() -> None:
