@@ -20,9 +20,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .call_options import CallOptions
-from .errors import ConfigurationError, WaitTimeout
+from .errors import ConfigurationError, TaskNotFound, WaitTimeout
 from .handle import TaskHandle, TaskResult, _value_of
 from .producer import NO_LINEAGE, Lineage, send_task
+from .states import TaskStatus
 
 if TYPE_CHECKING:
     from .app import Decortask
@@ -381,6 +382,18 @@ class WorkflowHandle(TaskHandle[R]):
     def done(self) -> bool:
         record = self.app.store.get(self.id)
         return record is not None and record.status.terminal
+
+    @property
+    def status(self) -> TaskStatus:
+        """The final task's status; PENDING while the workflow has not created it yet."""
+        record = self.app.store.get(self.id)
+        return TaskStatus.PENDING if record is None else record.status
+
+    def _not_found(self) -> TaskNotFound:
+        return TaskNotFound(
+            f"workflow {self.workflow_id}: its final task {self.name} ({self.id}) is not created yet (its "
+            "earlier tasks still run; wait() or get() wait for it), or its record expired"
+        )
 
     def wait(self, timeout: float | None = None) -> TaskResult:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -37,6 +37,7 @@ from decortask import (
     Signature,
     TaskFailed,
     TaskHandle,
+    TaskNotFound,
     TaskStatus,
     WaitTimeout,
     chain,
@@ -154,6 +155,17 @@ def test_a_chain_feeds_each_result_to_the_next_step(app: Decortask) -> None:
     assert handle.get(timeout=5) == 7
     last = handle.record()
     assert last.root_id == handle.workflow_id and last.parent_id == derived_id(handle.workflow_id, "step:2")
+
+
+def test_a_chain_handle_is_pending_until_its_last_step_exists(app: Decortask) -> None:
+    handle = chain(wt.add.s(1, 1), wt.mul.s(10)).apply_async()
+    assert (handle.status, handle.done()) == (TaskStatus.PENDING, False)
+    with pytest.raises(TaskNotFound, match="is not created yet"):
+        handle.record()
+    with pytest.raises(WaitTimeout, match=r"was not created within 0\.1 s"):
+        handle.get(timeout=0.1)
+    run_pending(app)
+    assert (handle.status, handle.get(timeout=5)) == (TaskStatus.SUCCESS, 20)
 
 
 def test_a_failing_middle_step_stops_the_chain_and_fails_it_naming_the_step(app: Decortask) -> None:
