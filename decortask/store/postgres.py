@@ -32,7 +32,7 @@ from . import postgres_queries, postgres_schema
 from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, TaskStore, TransitionStep
 from .outbox_state import OutboxEntry, OutboxItem, OutboxStore
 from .periodic_state import PeriodicStateStore, ScheduleState
-from .postgres_rows import COLUMNS, Rows, decode
+from .postgres_rows import COLUMNS, Rows, decode, one_statement
 from .postgres_wait import NotifyListener
 from .workflow_state import WorkflowStore
 
@@ -101,6 +101,8 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
         self._run(lambda conn: self._rows.delete(conn, [task_id]), atomic=False)
 
     def apply_step(self, step: TransitionStep) -> TaskRecord | None:
+        if one_statement(step):  # a claim, most outcomes: one round trip
+            return self._run(lambda conn: self._rows.transition_alone(conn, step), atomic=False)
         return self._run(lambda conn: self._rows.transition(conn, step))
 
     def transition_many(self, steps: Sequence[TransitionStep]) -> list[TaskRecord | Exception | None]:
@@ -111,6 +113,9 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
             outcomes: list[TaskRecord | Exception | None] = []
             for step in steps:
                 try:
+                    if one_statement(step):  # its UPDATE writes all or nothing: no savepoint needed
+                        outcomes.append(self._rows.transition_alone(conn, step))
+                        continue
                     with conn.transaction():
                         outcomes.append(self._rows.transition(conn, step))
                 except psycopg.Error:

@@ -207,6 +207,16 @@ class Rows:
             done.logs = self.load_logs(conn, [step.task_id]).get(step.task_id, [])
         return done
 
+    def transition_alone(self, conn: Any, step: TransitionStep) -> TaskRecord | None:
+        """A step of `one_statement` shape: its `UPDATE` alone when SQL decides it (a transaction by itself
+        on an autocommit connection; in a batch, all or nothing without a savepoint), else `transition` in
+        a transaction block of its own (a savepoint inside a batch)."""
+        done = self._update(conn, step, time.time())
+        if done is not _GENERAL:
+            return done if isinstance(done, TaskRecord) else None
+        with conn.transaction():
+            return self.transition(conn, step)
+
     def _update(self, conn: Any, step: TransitionStep, now: float) -> TaskRecord | object | None:
         """The step as one `UPDATE ... RETURNING`, or `_GENERAL` when SQL cannot decide it alike."""
         expect, changes = step.expect, step.changes
@@ -291,6 +301,12 @@ class Rows:
             "priority = excluded.priority, claimed_until = 0, claimed_by = NULL",
             (entry.id, entry.task_id, entry.queue, entry.due_at, entry.body, entry.priority),
         )
+
+
+def one_statement(step: TransitionStep) -> bool:
+    """Whether `step` writes nothing but its record (no schedule entry, no log lines, no logs read back):
+    then its compare-and-set, when SQL decides it, is a single statement."""
+    return step.schedule is None and not step.log_lines and not step.logs
 
 
 def _mutable(record: TaskRecord) -> tuple[str, str, str]:
