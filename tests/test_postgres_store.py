@@ -368,3 +368,14 @@ def test_decortask_tasks_reads_a_postgresql_store_and_creates_none_where_there_i
     listing = _cli("tasks", "--store-url", url, "--json")
     assert listing.returncode == 0, listing.stderr
     assert '"listed-task"' in listing.stdout
+
+
+def test_without_psycopg_installed_the_error_names_the_extra() -> None:
+    script = (
+        "import sys; sys.modules['psycopg'] = None\n"  # as if psycopg were not installed
+        "from decortask.store import open_store\n"
+        "open_store('postgresql://postgres@127.0.0.1:5432/test')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "pip install 'decortask[postgres]'" in done.stderr

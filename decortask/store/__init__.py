@@ -30,8 +30,13 @@ def open_store(url: str, *, events: int = 0) -> TaskStore:
 
         return RedisStore(url, events=events)
     if scheme in ("postgresql", "postgres"):
-        from .postgres import PostgresStore
-
+        try:
+            from .postgres import PostgresStore
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"the PostgreSQL store needs psycopg 3 and psycopg-pool ({exc}): "
+                "pip install 'decortask[postgres]'"
+            ) from None
         return PostgresStore(url, events=events)
     raise ConfigurationError(
         f"unknown store URL {mask_url(url)!r}: use sqlite:///path.db, redis://host:6379/0, "
