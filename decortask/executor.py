@@ -552,18 +552,16 @@ class Executor:
         *,
         expect: TaskStatus = TaskStatus.RUNNING,
         **changes: Any,
-    ) -> TaskRecord | None:
-        """Write the terminal `status` of attempt `attempt`; None if the record changed meanwhile."""
+    ) -> bool:
+        """Write the terminal `status` of attempt `attempt`; False if the record changed meanwhile."""
         # Callers that know the task pass its own `persist` (ended_fields); otherwise it is kept as history.
         changes = {**ended_fields(self.app.settings, time.time()), **changes}
         writer, lines = self.writer, self.unwritten_logs.pop(task_id, ())
         done = self.write(
-            lambda: writer.transition(
-                task_id, status, expect={expect}, expect_attempt=attempt, log_lines=lines, **changes
-            ),
+            lambda: writer.settle(task_id, status, expect, attempt, lines, **changes),
             patient=True,
         )
-        if done is None:
+        if not done:
             logger.warning(
                 "task %s changed while attempt %d ran; its %s was not recorded", task_id, attempt, status
             )

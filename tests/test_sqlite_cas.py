@@ -10,7 +10,7 @@ import pytest
 
 from decortask.states import TaskStatus
 from decortask.store import sqlite_cas, sqlite_steps
-from decortask.store.base import TaskRecord, TransitionStep, claim_step
+from decortask.store.base import NOT_READ_BACK, TaskRecord, TransitionStep, claim_step
 from decortask.store.sqlite import SQLiteStore
 
 S = TaskStatus
@@ -63,6 +63,33 @@ def claim(task_id: str, attempt: int = 1, cap: int = 3) -> TransitionStep:
 
 def finish(task_id: str, status: TaskStatus, attempt: int = 1, **changes: Any) -> TransitionStep:
     return TransitionStep(task_id, status, frozenset({S.RUNNING}), attempt, None, changes, logs=False)
+
+
+def test_an_outcome_not_read_back_writes_the_record_the_general_path_writes(
+    stores: tuple[SQLiteStore, SQLiteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for store in stores:
+        store.create(record("t"))
+    both(stores, monkeypatch, [claim("t")])
+    monkeypatch.undo()
+    outcome = TransitionStep(
+        "t",
+        S.SUCCESS,
+        frozenset({S.RUNNING}),
+        1,
+        None,
+        {"result": {"n": NOW}, "finished_at": NOW + 2},
+        logs=False,
+        read_back=False,
+    )
+
+    with_sql, in_python = both(stores, monkeypatch, [outcome])
+
+    assert with_sql == [NOT_READ_BACK]  # held, and its record was not decoded
+    assert isinstance(in_python[0], TaskRecord)
+    assert same_records(stores, "t").result == {"n": NOW}
+    monkeypatch.undo()
+    assert stores[0].transition_many([outcome]) == [None]  # it no longer holds: None, as read back
 
 
 @pytest.mark.parametrize(

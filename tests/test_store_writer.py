@@ -294,6 +294,20 @@ def test_transitions_through_the_writer_keep_the_store_contract(any_store: TaskS
     assert any_store.get("t").status is TaskStatus.RETRYING  # type: ignore[union-attr]
 
 
+def test_settle_says_whether_an_outcome_held_on_every_store(any_store: TaskStore) -> None:
+    # The executor's outcome writes: only whether the compare-and-set held is asked, not the record.
+    any_store.create(pending("t"))
+    writer = StoreWriter(any_store)
+    assert writer.transition("t", TaskStatus.RUNNING, expect={TaskStatus.PENDING}, attempt=1) is not None
+
+    assert writer.settle("t", TaskStatus.SUCCESS, TaskStatus.RUNNING, 2, result=1) is False  # other attempt
+    assert any_store.get("t").status is TaskStatus.RUNNING  # type: ignore[union-attr]
+    assert writer.settle("t", TaskStatus.SUCCESS, TaskStatus.RUNNING, 1, result=42, finished_at=9.5) is True
+    done = any_store.get("t")
+    assert done is not None and (done.status, done.result, done.finished_at) == (TaskStatus.SUCCESS, 42, 9.5)
+    assert writer.settle("t", TaskStatus.FAILED, TaskStatus.RUNNING, 1) is False  # ended already
+
+
 class CountingStore(SQLiteStore):
     """A SQLite store that counts reads of single records."""
 

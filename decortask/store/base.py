@@ -242,6 +242,8 @@ class TransitionStep:
             `task_log()` and captured lines riding with its outcome). They are appended whether or not the
             compare-and-set holds, since they record what the attempt did; not for an unknown task, nor by
             a step that raises its own error (which writes nothing).
+        read_back: False when the caller asks only whether the step held (an attempt's outcome): a store
+            may then skip reading the record back and return `NOT_READ_BACK` in its place.
     """
 
     task_id: str
@@ -253,6 +255,14 @@ class TransitionStep:
     max_deliveries: int | None = None
     logs: bool = True
     log_lines: tuple[LogLine, ...] = ()
+    read_back: bool = True
+
+
+#: What a store may return for a step with `read_back=False` that held: written, not read back. Not a
+#: real record; `StoreWriter.settle` turns it into True.
+NOT_READ_BACK: TaskRecord = TaskRecord(
+    id="", name="", queue="", status=TaskStatus.PENDING, created_at=0.0, updated_at=0.0
+)
 
 
 def claim_step(task_id: str, attempt: int, max_deliveries: int, **changes: Any) -> TransitionStep:

@@ -20,7 +20,7 @@ import sqlite3
 from typing import Any, Final
 
 from ..states import ALLOWED
-from .base import MUTABLE_FIELDS, TaskRecord, TransitionStep
+from .base import MUTABLE_FIELDS, NOT_READ_BACK, TaskRecord, TransitionStep
 
 #: Returned when a step must take the general path.
 UNSUPPORTED: Final = object()
@@ -46,6 +46,9 @@ def _json_value(value: Any) -> tuple[str, Any] | None:
 
 def update(conn: Any, step: TransitionStep, now: float) -> TaskRecord | object | None:
     """Apply `step` as one `UPDATE ... RETURNING`; the updated record (without logs), None, or UNSUPPORTED.
+
+    A step with `read_back=False` (and no logs asked for) returns `NOT_READ_BACK` instead of the record; a
+    record damaged in fields this step does not touch is then not noticed by it (the next read reports it).
 
     None: the record is missing or an expectation does not hold, exactly when `apply_transition` says so.
     """
@@ -77,9 +80,12 @@ def update(conn: Any, step: TransitionStep, now: float) -> TaskRecord | object |
     if "expires_at" in changes:
         columns += ", expires_at = ?"
         column_params.append(changes["expires_at"])
+    # Decoding the returned record was a quarter of a claim's and an outcome's cost; an outcome's caller
+    # only asks whether it held (its log lines, when asked for, go onto the returned record).
+    read_back = step.read_back or step.logs
     sql = (
         f"UPDATE decortask_tasks SET {columns}, record = json_set(record, {', '.join(setters)}) "
-        f"WHERE {' AND '.join(where)} RETURNING record"
+        f"WHERE {' AND '.join(where)} RETURNING {'record' if read_back else '1'}"
     )
     try:
         row = conn.execute(sql, (*column_params, *params, *where_params)).fetchone()
@@ -87,4 +93,6 @@ def update(conn: Any, step: TransitionStep, now: float) -> TaskRecord | object |
         if "malformed JSON" in str(exc):  # a damaged record: the general path reports it for this step alone
             return UNSUPPORTED
         raise
-    return None if row is None else TaskRecord.from_json(row[0])
+    if row is None:
+        return None
+    return TaskRecord.from_json(row[0]) if read_back else NOT_READ_BACK

@@ -17,7 +17,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from .base import TaskRecord, TaskStore, Transitions, TransitionStep, claim_step
+from ..states import TaskStatus
+from .base import LogLine, TaskRecord, TaskStore, Transitions, TransitionStep, claim_step
 
 # `TransitionStep` and `claim_step` live in base.py (the backends take steps); importable from here as well.
 __all__ = ["MAX_BATCH", "BatchingStore", "StoreWriter", "TransitionStep", "claim_step"]
@@ -81,6 +82,31 @@ class StoreWriter(Transitions):
         caller then reads the record to find out which (the rare path).
         """
         return self.apply_step(claim_step(task_id, attempt, max_deliveries, **changes))
+
+    def settle(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        expect: TaskStatus,
+        expect_attempt: int,
+        log_lines: Sequence[LogLine] = (),
+        **changes: Any,
+    ) -> bool:
+        """`transition(task_id, status, expect={expect}, ...)` for a caller that asks only whether it held
+        (an attempt's outcome): True if it did. The store may skip reading the record back
+        (`TransitionStep.read_back`).
+        """
+        step = TransitionStep(
+            task_id,
+            status,
+            frozenset({expect}),
+            expect_attempt,
+            changes=changes,
+            logs=False,
+            log_lines=tuple(log_lines),
+            read_back=False,
+        )
+        return self.apply_step(step) is not None
 
     def apply_step(self, step: TransitionStep) -> TaskRecord | None:
         """Apply one step in the next group commit; returns its result or raises its error.
