@@ -154,8 +154,9 @@ class Publisher:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=1.0)
         with self._cond:
-            self._thread = None
-            self._stopping = False
+            if thread is None or not thread.is_alive():  # else it stops once its publish returns
+                self._thread = None
+                self._stopping = False
         return flushed
 
     # -- the thread ----------------------------------------------------------------------------------------
@@ -165,6 +166,7 @@ class Publisher:
         if self._pid != os.getpid():
             self._reset()  # the parent's thread and its half-sent state did not cross the fork
         if self._thread is None or not self._thread.is_alive():
+            self._stopping = False
             self._thread = threading.Thread(target=self._run, name="decortask-publisher", daemon=True)
             self._thread.start()
 

@@ -197,6 +197,15 @@ def test_run_pending_and_queue_size_see_what_this_process_handed_to_the_publishe
         slow.close()
 
 
+def test_an_app_used_again_after_close_publishes_again(network_app: Decortask) -> None:
+    first = bt.add.delay(1, 1)
+    network_app.close()  # flushes the publisher and stops its thread
+    second = bt.add.delay(2, 2)  # reopens what it needs and starts a new thread
+    assert network_app.flush_published(10)
+    assert _observer(network_app).transport.queue_size(network_app.settings.default_queue) == 2
+    assert run_pending(network_app) == 2 and (first.get(timeout=5), second.get(timeout=5)) == (2, 4)
+
+
 def test_a_broker_that_is_down_at_delay_leaves_the_record_for_the_relay_with_one_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
