@@ -274,7 +274,9 @@ class RedisStore(
     def set_progress(
         self, task_id: str, progress: float, message: str | None = None, *, log_lines: Sequence[LogLine] = ()
     ) -> None:
-        self._set_fields(task_id, ["progress", _json(progress), "progress_message", _json(message)], log_lines)
+        self._set_fields(
+            task_id, ["progress", _json(progress), "progress_message", _json(message)], log_lines
+        )
 
     def _set_fields(self, task_id: str, pairs: list[Any], log_lines: Sequence[LogLine]) -> None:
         args = [len(log_lines), *(_json(line.to_dict()) for line in log_lines), *pairs]
