@@ -128,7 +128,9 @@ def _join_chord(app: Decortask, record: TaskRecord, spec: dict[str, Any], write:
 def _value_for_callback(record: TaskRecord | None, task_id: str, pass_failures: bool) -> Any:
     if record is not None and record.status is TaskStatus.SUCCESS:
         return record.result
-    if not pass_failures:  # a member that failed meanwhile (its report raced this one): it fails the chord
+    if (
+        not pass_failures
+    ):  # only members that succeeded join such a chord: this one's record is gone (expired)
         return None
     return {
         "task_id": task_id,
@@ -151,17 +153,28 @@ def _exists(app: Decortask, task_id: str, write: Write) -> bool:
     return write(lambda: app.store.get(task_id)) is not None
 
 
+def _once(app: Decortask, task_id: str, create: Callable[[], object], write: Write) -> bool:
+    """Run `create` (which writes task `task_id`) through `write` unless the task exists; whether it wrote
+    it. A refused duplicate is another worker's creation first, not a store failure to retry."""
+
+    def attempt() -> bool:
+        try:
+            create()
+        except StoreError:
+            if app.store.get(task_id) is None:
+                raise  # a real failure: `write` retries it
+            return False
+        return True
+
+    return not _exists(app, task_id, write) and bool(write(attempt))
+
+
 def _create(app: Decortask, sig: Signature[Any], lineage: Lineage, write: Write) -> None:
     """Create and publish `sig` under its derived id unless it exists; a call that cannot be made (its
     task unknown here, arguments that do not fit) is written FAILED in its place instead."""
     assert lineage.task_id is not None
-    if _exists(app, lineage.task_id, write):
-        return
     try:
-        write(lambda: sig.send(app, lineage))
-    except StoreError:
-        if not _exists(app, lineage.task_id, write):  # not another worker's creation first: a real failure
-            raise
+        _once(app, lineage.task_id, lambda: sig.send(app, lineage), write)
     except (
         UnknownTaskError,
         TypeError,
@@ -184,8 +197,6 @@ def _fail(
     write: Write,
 ) -> None:
     """Write the record of `sig`'s task (id `task_id`) FAILED with `why`, unless it exists: it never runs."""
-    if _exists(app, task_id, write):
-        return
     task = app.registry.find(sig.name)
     now = time.time()
     queue = sig.options.get("queue") or (task.options.queue if task else None) or app.settings.default_queue
@@ -206,9 +217,5 @@ def _fail(
         persist=task.options.persist if task else True,
         **ended_fields(app.settings, now, task.options.persist if task else True),
     )
-    try:
-        write(lambda: app.store.create(record))
-    except StoreError:
-        if not _exists(app, task_id, write):
-            raise
-    logger.warning("task %s (%s) FAILED without running: %s", task_id, sig.name, why)
+    if _once(app, task_id, lambda: app.store.create(record), write):
+        logger.warning("task %s (%s) FAILED without running: %s", task_id, sig.name, why)

@@ -252,6 +252,24 @@ def test_a_step_whose_arguments_do_not_fit_fails_the_chain_instead_of_hanging(ap
         handle.get(timeout=5)
 
 
+def test_a_continuation_created_by_another_worker_first_is_a_no_op_not_a_retried_failure(
+    app: Decortask,
+) -> None:
+    """Two workers may both create a continuation (a redelivery beside the original): the store refuses
+    the second, which then finds the task there and stops at once instead of retrying a store failure."""
+    first = wt.add.s(1, 1).send(app)
+    calls: list[str] = []
+
+    def write(step: Any) -> Any:
+        calls.append("write")
+        return step()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(workflow_module, "_exists", lambda *args: False)  # both looked before either wrote
+        created = workflow_module._once(app, first.id, lambda: app.store.create(first.record()), write)
+    assert created is False and calls == ["write"]
+
+
 def test_a_worker_killed_between_a_members_outcome_and_the_join_is_repaired_by_the_redelivery(
     app: Decortask, tmp_path: Path
 ) -> None:
