@@ -165,7 +165,8 @@ def signature(
     immutable: bool = False,
     **options: Any,
 ) -> Signature[Any]:
-    """A signature by task name, for a task this process need not import (Celery's `signature`)."""
+    """A signature by the task's registered name (Celery's `signature`). Sending it, or a workflow holding it,
+    needs the task registered in the sending process, as `.delay()` does: its arguments are checked there."""
     return Signature(name, tuple(args), dict(kwargs or {}), options, immutable)
 
 
