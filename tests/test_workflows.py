@@ -168,6 +168,16 @@ def test_a_chain_handle_is_pending_until_its_last_step_exists(app: Decortask) ->
     assert (handle.status, handle.get(timeout=5)) == (TaskStatus.SUCCESS, 20)
 
 
+def test_a_steps_options_apply_when_the_step_is_created(app: Decortask) -> None:
+    handle = chain(wt.add.s(1, 1), wt.add.s(5).set(countdown=30, priority=7)).apply_async()
+    run_pending(app)
+    record = handle.record()
+    assert (record.status, record.priority) == (TaskStatus.SCHEDULED, 7)
+    assert record.scheduled_for is not None and record.scheduled_for > record.created_at + 29
+    run_pending(app, now=record.scheduled_for)
+    assert handle.get(timeout=5) == 7
+
+
 def test_a_failing_middle_step_stops_the_chain_and_fails_it_naming_the_step(app: Decortask) -> None:
     handle = chain(wt.add.s(1, 1), wt.fail.s(), wt.add.s(5), wt.mul.s(2)).apply_async()
     run_pending(app)
