@@ -131,8 +131,14 @@ def feed_for(store: TaskStore) -> EventFeed:
         from .store.redis_events import RedisEventFeed
 
         return RedisEventFeed(store._client, store.namespace)
+    postgres_store = sys.modules.get("decortask.store.postgres")
+    if postgres_store is not None and isinstance(store, postgres_store.PostgresStore):
+        from .store.postgres_events import PostgresEventFeed
+
+        return PostgresEventFeed(store)
     raise ConfigurationError(
-        f"the store {type(store).__name__} keeps no event feed; events need a sqlite:// or redis:// store"
+        f"the store {type(store).__name__} keeps no event feed; events need a sqlite://, redis:// or "
+        "postgresql:// store"
     )
 
 

@@ -106,7 +106,14 @@ BROKERS = ("sqlite", "redis", "amqp")
 
 def broker_urls(kind: str, tmp: os.PathLike[str], token: str) -> tuple[str, str]:
     """(broker URL, store URL) for a broker kind: SQLite uses one file for both, Redis a Redis store in its
-    own namespace, RabbitMQ a SQLite store. Skips (or fails under CI) when the server is down."""
+    own namespace, RabbitMQ a SQLite store. Skips (or fails under CI) when the server is down.
+
+    "<kind>+postgres" (e.g. "redis+postgres"): that broker with a PostgreSQL store in the schema of `token`
+    (the caller drops it: `drop_postgres_schema(token)`).
+    """
+    kind, _, store_kind = kind.partition("+")
+    if store_kind == "postgres":
+        return broker_urls(kind, tmp, token)[0], postgres_store_url(token)
     sqlite_file = f"sqlite:///{os.fspath(tmp)}/decortask.db"
     if kind == "sqlite":
         return sqlite_file, sqlite_file

@@ -20,7 +20,7 @@ from typing import Any
 
 import behaviour_tasks as bt
 import pytest
-from conftest import broker_urls, delete_redis_namespace, require_redis
+from conftest import broker_urls, delete_redis_namespace, drop_postgres_schema, require_redis
 from workers import REPO, WorkerProcess, poll_until, run_burst_worker
 
 from decortask import Decortask
@@ -30,7 +30,8 @@ from decortask.states import TaskStatus
 from decortask.store.base import TaskQuery
 from decortask.testing import run_pending
 
-KINDS = ["sqlite", "redis"]
+#: The SQLite store (triggers), Redis (Lua) and PostgreSQL (triggers, on the Redis broker).
+KINDS = ["sqlite", "redis", "redis+postgres"]
 
 
 @pytest.fixture(params=KINDS)
@@ -50,6 +51,8 @@ def events_app(kind: str, tmp_path: Path, unique: str) -> Iterator[Decortask]:
         reset_default_app()
         if kind == "redis":
             delete_redis_namespace(broker_url, f"test-{unique}")
+        if kind.endswith("+postgres"):
+            drop_postgres_schema(unique)
 
 
 def _decortask(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -246,6 +249,8 @@ def test_no_events_are_written_unless_the_setting_asks(kind: str, tmp_path: Path
         reset_default_app()
         if kind == "redis":
             delete_redis_namespace(broker_url, f"test-{unique}")
+        if kind.endswith("+postgres"):
+            drop_postgres_schema(unique)
 
 
 def test_a_subscriber_that_raises_stops_alone_and_the_next_one_resumes_after_it(

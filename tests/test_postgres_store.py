@@ -25,6 +25,7 @@ from decortask.errors import ConfigurationError, StoreError
 from decortask.states import TaskStatus
 from decortask.store import LogLine, ScheduleEntry, TaskQuery, TaskRecord, open_store
 from decortask.store.postgres import PostgresStore
+from decortask.store.postgres_events import PostgresEventFeed
 from decortask.store.postgres_schema import SCHEMA_VERSION
 
 S = TaskStatus
@@ -89,8 +90,13 @@ def test_a_store_at_an_older_version_is_migrated_forward_and_keeps_its_records(t
     store = open_store(postgres_store_url(token))
     store.create(_record("kept"))
     store.close()
-    # As decortask left it at version 1: the workflow joins of version 2 did not exist yet.
-    _sql(token, "DROP TABLE {s}.decortask_joins")
+    # As decortask left it at version 1: the workflow joins of version 2 and the event feed of version 3
+    # did not exist yet.
+    _sql(token, "DROP TABLE {s}.decortask_joins, {s}.decortask_events, {s}.decortask_event_counter")
+    _sql(
+        token,
+        "DROP FUNCTION {s}.decortask_task_event, {s}.decortask_log_event, {s}.decortask_append_event CASCADE",
+    )
     _sql(token, "UPDATE {s}.decortask_schema SET version = 1")
     store = open_store(postgres_store_url(token))
     try:
@@ -161,9 +167,50 @@ def test_a_store_error_after_opening_names_the_masked_url(token: str) -> None:
         opened.close()
 
 
-def test_the_event_feed_is_refused_with_a_clear_error(token: str) -> None:
-    with pytest.raises(ConfigurationError, match="keeps no event feed yet"):
-        open_store(postgres_store_url(token), events=100)
+def test_only_the_writes_of_a_store_opened_with_events_append_to_the_feed(token: str) -> None:
+    with_events, without = (
+        open_store(postgres_store_url(token), events=100),
+        open_store(postgres_store_url(token)),
+    )
+    try:
+        with_events.create(_record("seen"))
+        without.create(_record("unseen"))
+        without.transition("seen", S.RUNNING, expect={S.PENDING}, attempt=1)  # a write of the other store
+        with_events.transition("unseen", S.RUNNING, expect={S.PENDING}, attempt=1)
+        events = PostgresEventFeed(with_events).read(0, 10, 0)
+        assert [(n, e["id"], e["status"]) for n, e in events] == [
+            (1, "seen", "PENDING"),
+            (2, "unseen", "RUNNING"),
+        ]
+    finally:
+        with_events.close()
+        without.close()
+
+
+def test_event_numbers_are_contiguous_across_concurrent_and_rolled_back_writers(token: str) -> None:
+    store = open_store(postgres_store_url(token), events=10_000)
+    try:
+        store.create_many([_record(f"t{n}") for n in range(40)])
+
+        def run(n: int) -> None:
+            store.transition(f"t{n}", S.RUNNING, expect={S.PENDING}, attempt=1)
+
+        threads = [threading.Thread(target=run, args=(n,)) for n in range(40)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        with psycopg.connect(POSTGRES_URL) as conn:  # a writer whose event is rolled back with it
+            conn.execute("SET decortask.events = '10000'")
+            conn.execute(f"UPDATE {store.s}.decortask_tasks SET status = 'SUCCESS' WHERE id = 't0'")
+            conn.rollback()
+        store.transition("t0", S.SUCCESS, expect={S.RUNNING}, result=1)
+        feed = PostgresEventFeed(store)
+        numbers = [n for n, _ in feed.read(0, 1000, 0)]
+        assert numbers == list(range(1, 82))  # contiguous: no number lost to a waiting or rolled-back writer
+        assert feed.bounds() == (1, 81)
+    finally:
+        store.close()
 
 
 # -- outcomes by NOTIFY ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from behaviour_tasks import read_effects
-from conftest import broker_urls, drop_postgres_schema, postgres_store_url
+from conftest import broker_urls, drop_postgres_schema
 
 from decortask import Decortask, TaskHandle
 from decortask.app import reset_default_app
@@ -202,10 +202,8 @@ def short_lease_rig(kind: str, tmp: Path, prefix: str, worker_args: tuple[str, .
     `kind` "redis+postgres" (any broker, "+postgres"): that broker with a PostgreSQL store of its own schema.
     """
     token = uuid.uuid4().hex[:10]
-    kind, _, store_kind = kind.partition("+")
     broker_url, store_url = broker_urls(kind, tmp, token)
-    if store_kind == "postgres":
-        store_url = postgres_store_url(token)
+    kind, _, store_kind = kind.partition("+")
     queue = f"{prefix}-{token}"
     app = Decortask(
         broker_url, store_url, default_queue=queue, sqlite_lease=LEASE, lease_timeout=LEASE_TIMEOUT

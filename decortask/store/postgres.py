@@ -4,7 +4,8 @@
 transaction on a pooled connection (`_run`): claims and transitions are compare-and-set `UPDATE`s
 (`postgres_rows.py`), the schedule is claimed with `FOR UPDATE SKIP LOCKED` so claimers never wait for
 each other, and `wait_for_outcome` is woken by LISTEN/NOTIFY (`postgres_wait.py`). decortask creates and
-migrates its tables itself (`postgres_schema.py`). The event feed is not implemented for PostgreSQL yet.
+migrates its tables itself (`postgres_schema.py`); its event feed is written by triggers
+(`postgres_events.py`).
 
 URL options besides libpq's own: `schema` (default `public`), `pool_min` and `pool_max` (connections,
 default 1 and 20), `pool_timeout` (seconds to wait for a free connection, default 30).
@@ -56,11 +57,8 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
         False (`decortask tasks`, `show`: a schema without them is a `StoreError`, and nothing is created)."""
         self.url = url
         self._masked = mask_url(url)
-        if events > 0:
-            raise ConfigurationError(
-                "the PostgreSQL store keeps no event feed yet: start without events (DECORTASK_EVENTS=0), "
-                "or use a sqlite:// or redis:// store for the event feed"
-            )
+        #: > 0: this store's writes also append to the event feed, which keeps about that many events.
+        self.events = max(events, 0)
         self.schema, self.conninfo, options = _parse(url)
         self.s = postgres_schema.quoted_schema(self.schema)
         self.channel = ("decortask_" + self.schema)[:63]
@@ -447,11 +445,19 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
                     min_size=self._pool_min,
                     max_size=self._pool_max,
                     timeout=self._pool_timeout,
-                    kwargs={"application_name": "decortask", "autocommit": True},
+                    kwargs=self._session(),
                     name=f"decortask-{self.schema}",
                     open=True,
                 )
             return self._pool
+
+    def _session(self) -> dict[str, Any]:
+        """How the pool opens its connections: in autocommit, and asking for events (the feed's triggers,
+        `postgres_events.py`) only when this store was opened with them."""
+        session: dict[str, Any] = {"application_name": "decortask", "autocommit": True}
+        if self.events:
+            session["options"] = f"-c decortask.events={int(self.events)}"
+        return session
 
     def _run(self, body: Callable[[Any], T], *, atomic: bool = True) -> T:
         """Run `body` in one transaction on a pooled connection; a deadlock victim is retried.

@@ -17,9 +17,10 @@ import re
 from typing import Any
 
 from ..errors import ConfigurationError, StoreError
+from . import postgres_events
 
 #: The version of the tables this decortask writes; a store at a newer one is refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -67,6 +68,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE TABLE {s}.decortask_joins (join_id text NOT NULL, member integer NOT NULL,"
         " ended_at double precision NOT NULL, PRIMARY KEY (join_id, member))",
     ),
+    # The event feed (`postgres_events.py`): its table, counter and triggers.
+    3: postgres_events.MIGRATION,
 }
 
 
