@@ -13,6 +13,7 @@ import dataclasses
 import json
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -232,6 +233,19 @@ def test_an_empty_chord_calls_its_callback_with_no_results(app: Decortask) -> No
     handle = chord([], wt.tsum.s()).apply_async()
     run_pending(app)
     assert handle.get(timeout=5) == 0
+
+
+def test_a_member_that_retries_joins_once_with_its_final_result(app: Decortask, tmp_path: Path) -> None:
+    effects = tmp_path / "effects.jsonl"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DECORTASK_TEST_EFFECTS", str(effects))
+        handle = chord([wt.flaky.s(5), wt.add.s(1, 1)], wt.collect.s()).apply_async()
+        run_pending(app)
+        assert handle.status is TaskStatus.PENDING  # the flaky member waits for its second attempt
+        run_pending(app, now=time.time() + 5)
+    assert handle.get(timeout=5) == [5, 2]
+    events = [row["event"] for row in read_effects(str(effects))]
+    assert (events.count("flaky"), events.count("collect")) == (2, 1)
 
 
 def test_a_failed_member_fails_the_chord_naming_it_and_the_callback_never_runs(

@@ -74,3 +74,12 @@ def on_error(ctx: TaskContext, failed_task_id: str) -> str:
 def overrun(x: Any) -> None:
     """Runs past its time limit: a process-pool worker stops it by force (FAILED, timeout)."""
     time.sleep(60)
+
+
+@task(name="wf.flaky", retries=2, delay=0.1)
+def flaky(ctx: TaskContext, x: int) -> int:
+    """Fails its first attempt, then returns `x`: a chord member that retries."""
+    record_effect(ctx, "flaky")
+    if ctx.attempt == 1:
+        raise ConnectionError("first attempt fails")
+    return x
