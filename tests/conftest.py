@@ -18,8 +18,13 @@ XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 
 
+#: Redis databases the benchmarks empty with FLUSHDB (benchmarks/run.py: 14, benchmarks/log_lines.py: 11).
+BENCHMARK_REDIS_DBS = frozenset({14, 11})
+
+
 def _redis_db_of_this_worker(url: str) -> str:
-    """`url` with the Redis database counted down by the xdist worker's number (db 15, 14, ... for gw0, gw1).
+    """`url` with a Redis database of the xdist worker's own: the URL's for gw0, then counting down (15, 13,
+    12, 10 for gw0-gw3 by default), past the benchmarks' databases.
 
     Keys are namespaced per test, but kombu keeps its `unacked` index once per database: a test that shortens
     the visibility timeout would hand another xdist worker's in-flight messages out again.
@@ -27,8 +32,10 @@ def _redis_db_of_this_worker(url: str) -> str:
     if not XDIST_WORKER:
         return url
     parts = urlsplit(url)
-    db = int(parts.path.strip("/") or 0)
-    return urlunsplit(parts._replace(path=f"/{(db - int(XDIST_WORKER.removeprefix('gw'))) % 16}"))
+    base = int(parts.path.strip("/") or 0)
+    dbs = [db % 16 for db in range(base, base - 16, -1) if db % 16 not in BENCHMARK_REDIS_DBS]
+    db = dbs[int(XDIST_WORKER.removeprefix("gw")) % len(dbs)]
+    return urlunsplit(parts._replace(path=f"/{db}"))
 
 
 REDIS_URL = _redis_db_of_this_worker(os.environ.get("DECORTASK_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
