@@ -14,16 +14,15 @@ default 1 and 20), `pool_timeout` (seconds to wait for a free connection, defaul
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
-from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
 from ..errors import ConfigurationError, StoreError
@@ -33,6 +32,7 @@ from . import postgres_queries, postgres_schema
 from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, TaskStore, TransitionStep
 from .outbox_state import OutboxEntry, OutboxItem, OutboxStore
 from .periodic_state import PeriodicStateStore, ScheduleState
+from .postgres_joined import Joined, TupleRows, join
 from .postgres_rows import COLUMNS, Rows, decode, one_statement
 from .postgres_wait import NotifyListener
 from .workflow_state import WorkflowStore
@@ -72,7 +72,7 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
         self._forked_pools: list[ConnectionPool[Any]] = []  # a parent's pools, never closed from a child
         self._listener = NotifyListener(self.conninfo, self.channel)
         self.outcome_notices = self._listener.notices
-        self._joined: _TupleRows | None = None  # set on a view bound to a caller's transaction (`joined`)
+        self._joined: TupleRows | None = None  # set on a view bound to a caller's transaction (`joined`)
         try:
             with psycopg.connect(self.conninfo, application_name="decortask") as conn:
                 if create:
@@ -407,27 +407,9 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
         if pool is not None and mine:
             pool.close()
 
-    @contextlib.contextmanager
-    def joined(self, connection: Any, *, owner_commits: bool = False) -> Iterator[Joined]:
-        """Join the caller's psycopg `connection`: a transaction block on it, and a view of this store whose
-        every call runs inside that transaction (each in a savepoint, so a failed call undoes only itself).
-
-        `Joined.committed` turns True once the block has committed: when the block was the connection's
-        outermost transaction and ended without an exception. Inside an outer transaction it stays False
-        (the commit comes later, out of sight). `owner_commits`: the connection's owner commits it (Django
-        inside `atomic()`, with autocommit off): its transaction is started if it was not yet, and the block
-        is a savepoint in it. Used by `app.transaction()` (`decortask/transactions.py`); the connection must
-        reach the same database as the store's URL.
-        """
-        idle = connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        if owner_commits and idle:
-            connection.execute("SELECT 1")  # autocommit is off: this opens the owner's transaction
-        view = copy.copy(self)
-        view._joined = _TupleRows(connection)
-        state = Joined(view)
-        with connection.transaction():
-            yield state
-        state.committed = idle and not owner_commits
+    def joined(self, connection: Any, *, owner_commits: bool = False) -> AbstractContextManager[Joined]:
+        """This store in the caller's psycopg `connection`'s transaction (`postgres_joined.join`)."""
+        return join(self, connection, owner_commits=owner_commits)
 
     def _connections(self) -> ConnectionPool[Any]:
         """This process's pool, opened on first use (and again after `close()` or a fork)."""
@@ -520,31 +502,6 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
         else:
             hint = "decortask could not write or read this record there; the message above says why"
         return StoreError(f"the PostgreSQL store {self._masked} failed: {text}; {hint}")
-
-
-class Joined:
-    """What `PostgresStore.joined` yields: the store view in the caller's transaction, and whether the
-    transaction has committed."""
-
-    def __init__(self, store: PostgresStore) -> None:
-        self.store = store
-        self.committed = False
-
-
-class _TupleRows:
-    """The caller's connection as the store's SQL uses it: rows as tuples, whatever its row factory."""
-
-    def __init__(self, connection: Any) -> None:
-        self._connection = connection
-
-    def execute(self, query: Any, params: Any = None) -> Any:
-        return self._connection.cursor(row_factory=tuple_row).execute(query, params)
-
-    def cursor(self) -> Any:
-        return self._connection.cursor(row_factory=tuple_row)
-
-    def transaction(self) -> Any:
-        return self._connection.transaction()
 
 
 def _parse(url: str) -> tuple[str, str, dict[str, str]]:
