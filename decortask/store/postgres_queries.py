@@ -11,75 +11,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ConfigurationError
-from .base import TASK_ORDERS, TaskQuery
+from .base import TaskQuery
+from .sql_listing import Dialect, order_by, order_clauses, where
 
 _NEWEST = "created_at DESC, seq DESC"
-_ORDER_SQL = {
-    "-created": _NEWEST,
-    "created": "created_at ASC, seq ASC",
-    "name": "name ASC, " + _NEWEST,
-    "-name": "name DESC, " + _NEWEST,
-    "status": "status ASC, " + _NEWEST,
-    "-status": "status DESC, " + _NEWEST,
-    "queue": "queue ASC, " + _NEWEST,
-    "-queue": "queue DESC, " + _NEWEST,
-}
-
-
-def where(query: TaskQuery) -> tuple[str | None, list[Any]]:
-    """SQL WHERE clause and parameters for `query`; None when it can match nothing."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if query.statuses is not None:
-        if not query.statuses:
-            return None, []
-        clauses.append("status = ANY(%s)")
-        params.append(sorted(s.value for s in query.statuses))
-    for column, value in (("name", query.name), ("queue", query.queue)):
-        if value is not None:
-            clauses.append(f"{column} = %s")
-            params.append(value)
-    if query.created_after is not None:
-        clauses.append("created_at >= %s")
-        params.append(query.created_after)
-    if query.created_before is not None:
-        clauses.append("created_at < %s")
-        params.append(query.created_before)
-    if query.text:
-        needle = "%" + _escape_like(query.text) + "%"
-        clauses.append("(id ILIKE %s OR name ILIKE %s)")
-        params.extend([needle, needle])
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+_ORDER_SQL = order_clauses(newest=_NEWEST, oldest="created_at ASC, seq ASC")
+#: psycopg's parameters; one array for a status filter; ILIKE folds case as `matches` does.
+POSTGRES = Dialect(mark="%s", text_match="(id ILIKE %s OR name ILIKE %s)", status_array=True)
 
 
 def page(s: str, columns: str, query: TaskQuery) -> tuple[str | None, list[Any]]:
     """SELECT of `columns` of the records on `query`'s page, in its order; None when it matches nothing."""
-    clause, params = where(query)
+    clause, params = where(query, POSTGRES)
     if clause is None or query.limit <= 0:
         return None, []
     sql = (
-        f"SELECT id, {columns} FROM {s}.decortask_tasks{clause} ORDER BY {order_by(query.order)} "
+        f"SELECT id, {columns} FROM {s}.decortask_tasks{clause} ORDER BY {order_by(_ORDER_SQL, query.order)} "
         "LIMIT %s OFFSET %s"
     )
     return sql, [*params, query.limit, max(query.offset, 0)]
 
 
 def count(s: str, query: TaskQuery) -> tuple[str | None, list[Any]]:
-    clause, params = where(query)
+    """SELECT count(*) of the records `query` matches; None when it can match nothing."""
+    clause, params = where(query, POSTGRES)
     if clause is None:
         return None, []
     return f"SELECT count(*) FROM {s}.decortask_tasks{clause}", params
-
-
-def order_by(order: str) -> str:
-    try:
-        return _ORDER_SQL[order]
-    except KeyError:
-        raise ConfigurationError(
-            f"cannot order tasks by {order!r}: use one of {', '.join(sorted(TASK_ORDERS))}"
-        ) from None
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
