@@ -28,19 +28,19 @@ from psycopg_pool import ConnectionPool
 from ..errors import ConfigurationError, StoreError
 from ..security import mask_url
 from ..states import TERMINAL
-from . import postgres_queries, postgres_schema
+from . import postgres_queries, postgres_schema, sql_workers
 from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, TaskStore, TransitionStep
 from .outbox_state import OutboxEntry, OutboxItem, OutboxStore
 from .periodic_state import PeriodicStateStore, ScheduleState
 from .postgres_joined import Joined, TupleRows, join
+from .postgres_queries import POSTGRES
 from .postgres_rows import COLUMNS, Rows, decode, one_statement
 from .postgres_wait import NotifyListener
+from .sql_listing import queue_filter
 from .workflow_state import WorkflowStore
 
 T = TypeVar("T")
 
-#: Heartbeats and clean stops older than this are forgotten (as on SQLite).
-HEARTBEAT_TTL = 24 * 3600.0
 #: Records one purge transaction deletes at most: each batch holds its row locks only briefly.
 PURGE_BATCH = 1000
 #: Retries of a transaction PostgreSQL aborted to break a deadlock (it wrote nothing).
@@ -203,14 +203,14 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
             self._run(lambda conn: conn.execute(sql, (list(entry_ids),)), atomic=False)
 
     def count_schedule(self, queues: Iterable[str] | None = None) -> int:
-        where, params = _queue_filter(queues)
+        where, params = queue_filter(queues, POSTGRES)
         if where is None:
             return 0
         sql = f"SELECT count(*) FROM {self.s}.decortask_schedule{where}"
         return int(self._run(lambda conn: conn.execute(sql, params).fetchone()[0], atomic=False))
 
     def next_due(self, queues: Iterable[str] | None = None) -> float | None:
-        where, params = _queue_filter(queues)
+        where, params = queue_filter(queues, POSTGRES)
         if where is None:
             return None
         sql = f"SELECT min(due_at) FROM {self.s}.decortask_schedule{where}"
@@ -220,7 +220,9 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
     # -- workers -------------------------------------------------------------------------------------------
 
     def heartbeat(self, worker_id: str, now: float) -> None:
-        self._stamp("decortask_heartbeats", worker_id, now)
+        self._run(
+            lambda conn: sql_workers.stamp(conn, f"{self.s}.decortask_heartbeats", "%s", worker_id, now)
+        )
 
     def last_heartbeat(self, worker_id: str) -> float | None:
         sql = f"SELECT ts FROM {self.s}.decortask_heartbeats WHERE worker_id = %s"
@@ -228,31 +230,19 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
         return float(row[0]) if row is not None else None
 
     def heartbeats(self) -> dict[str, float]:
-        return self._stamps("decortask_heartbeats")
+        return self._run(
+            lambda conn: sql_workers.stamps(conn, f"{self.s}.decortask_heartbeats"), atomic=False
+        )
 
     def worker_stopped(self, worker_id: str, now: float) -> None:
-        self._stamp("decortask_worker_stops", worker_id, now)
+        self._run(
+            lambda conn: sql_workers.stamp(conn, f"{self.s}.decortask_worker_stops", "%s", worker_id, now)
+        )
 
     def stopped_workers(self) -> dict[str, float]:
-        return self._stamps("decortask_worker_stops")
-
-    def _stamp(self, table: str, worker_id: str, now: float) -> None:
-        def body(conn: Any) -> None:
-            conn.execute(
-                f"INSERT INTO {self.s}.{table} (worker_id, ts) VALUES (%s, %s) "
-                "ON CONFLICT (worker_id) DO UPDATE SET ts = excluded.ts",
-                (worker_id, now),
-            )
-            # Worker ids are per process start: without pruning the table would only grow.
-            conn.execute(f"DELETE FROM {self.s}.{table} WHERE ts < %s", (now - HEARTBEAT_TTL,))
-
-        self._run(body)
-
-    def _stamps(self, table: str) -> dict[str, float]:
-        rows = self._run(
-            lambda conn: conn.execute(f"SELECT worker_id, ts FROM {self.s}.{table}").fetchall(), atomic=False
+        return self._run(
+            lambda conn: sql_workers.stamps(conn, f"{self.s}.decortask_worker_stops"), atomic=False
         )
-        return {str(worker_id): float(ts) for worker_id, ts in rows}
 
     # -- periodic tasks ------------------------------------------------------------------------------------
 
@@ -527,15 +517,6 @@ def _int_option(options: dict[str, str], name: str, default: int) -> int:
     if value < 1:
         raise ConfigurationError(f"{name} in the PostgreSQL store URL must be at least 1, got {value}")
     return value
-
-
-def _queue_filter(queues: Iterable[str] | None) -> tuple[str | None, list[Any]]:
-    if queues is None:
-        return "", []
-    wanted = sorted(set(queues))
-    if not wanted:
-        return None, []
-    return " WHERE queue = ANY(%s)", [wanted]
 
 
 def _status(value: str | None) -> Any:

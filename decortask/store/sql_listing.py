@@ -1,5 +1,5 @@
 """What the SQL stores' task listings share, whatever the dialect: the ORDER BY of each order, the WHERE of
-a `TaskQuery` and the escaping of its text search.
+a `TaskQuery` (or of a queue filter) and the escaping of its text search.
 
 Each dialect says how it writes a parameter, a status filter and a text match (`Dialect`); the queries
 around them (`sqlite_queries.py`, `postgres_queries.py`) stay with the store that runs them.
@@ -7,6 +7,7 @@ around them (`sqlite_queries.py`, `postgres_queries.py`) stay with the store tha
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +23,8 @@ class Dialect:
     mark: str
     #: Match id or name against a LIKE pattern given twice, case-folded (the same pattern as a parameter).
     text_match: str
-    #: Whether a status filter is one array parameter (`= ANY(%s)`) rather than one parameter per status.
-    status_array: bool = False
+    #: Whether a set of values is one array parameter (`= ANY(%s)`) rather than one parameter per value.
+    arrays: bool = False
 
 
 def order_clauses(newest: str, oldest: str) -> dict[str, str]:
@@ -58,13 +59,9 @@ def where(
     if query.statuses is not None:
         if not query.statuses:
             return None, []
-        statuses = sorted(s.value for s in query.statuses)
-        if dialect.status_array:
-            clauses.append(f"{status_column} = ANY({mark})")
-            params.append(statuses)
-        else:
-            clauses.append(f"{status_column} IN ({', '.join([mark] * len(statuses))})")
-            params.extend(statuses)
+        clause, values = one_of(status_column, sorted(s.value for s in query.statuses), dialect)
+        clauses.append(clause)
+        params.extend(values)
     for column, value in (("name", query.name), ("queue", query.queue)):
         if value is not None:
             clauses.append(f"{column} = {mark}")
@@ -80,6 +77,24 @@ def where(
         clauses.append(dialect.text_match)
         params.extend([needle, needle])
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def one_of(column: str, values: list[Any], dialect: Dialect) -> tuple[str, list[Any]]:
+    """A clause matching `column` against any of `values` (not empty), and its parameters."""
+    if dialect.arrays:
+        return f"{column} = ANY({dialect.mark})", [values]
+    return f"{column} IN ({', '.join([dialect.mark] * len(values))})", list(values)
+
+
+def queue_filter(queues: Iterable[str] | None, dialect: Dialect) -> tuple[str | None, list[Any]]:
+    """A WHERE clause keeping `queues` ("" for all when None), and its parameters; None for no queue."""
+    if queues is None:
+        return "", []
+    wanted = sorted(set(queues))
+    if not wanted:
+        return None, []
+    clause, params = one_of("queue", wanted, dialect)
+    return " WHERE " + clause, params
 
 
 def escape_like(text: str) -> str:

@@ -22,6 +22,7 @@ from .. import sqlitelocks
 from ..config import sqlite_path
 from ..errors import ConfigurationError, StoreError
 from . import (
+    sql_workers,
     sqlite_events,
     sqlite_expiry,
     sqlite_outbox,
@@ -34,6 +35,8 @@ from . import (
 from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, TaskStore, TransitionStep
 from .outbox_state import OutboxEntry, OutboxItem, OutboxStore
 from .periodic_state import PeriodicStateStore, ScheduleState
+from .sql_listing import queue_filter
+from .sqlite_queries import SQLITE
 from .sqlite_wait import OutcomeWatcher
 
 T = TypeVar("T")
@@ -43,8 +46,6 @@ BUSY_TIMEOUT = 30.0
 #: Extra attempts after a lock timeout, with this first backoff (doubled each time).
 LOCK_RETRIES = 3
 LOCK_BACKOFF = 0.05
-#: Heartbeats older than this are forgotten; a worker silent for a day counts as dead either way.
-HEARTBEAT_TTL = 24 * 3600.0
 
 
 class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
@@ -237,14 +238,14 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
         self._run(body)
 
     def count_schedule(self, queues: Iterable[str] | None = None) -> int:
-        where, params = _queue_filter(queues)
+        where, params = queue_filter(queues, SQLITE)
         if where is None:
             return 0
         sql = f"SELECT COUNT(*) FROM decortask_schedule{where}"
         return int(self._run(lambda conn: conn.execute(sql, params).fetchone()[0], write=False))
 
     def next_due(self, queues: Iterable[str] | None = None) -> float | None:
-        where, params = _queue_filter(queues)
+        where, params = queue_filter(queues, SQLITE)
         if where is None:
             return None
         sql = f"SELECT MIN(due_at) FROM decortask_schedule{where}"
@@ -254,16 +255,7 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
     # -- workers -------------------------------------------------------------------------------------------
 
     def heartbeat(self, worker_id: str, now: float) -> None:
-        def body(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO decortask_heartbeats (worker_id, ts) VALUES (?, ?) "
-                "ON CONFLICT (worker_id) DO UPDATE SET ts = excluded.ts",
-                (worker_id, now),
-            )
-            # Worker ids are per process start: without pruning the table would only grow.
-            conn.execute("DELETE FROM decortask_heartbeats WHERE ts < ?", (now - HEARTBEAT_TTL,))
-
-        self._run(body)
+        self._run(lambda conn: sql_workers.stamp(conn, "decortask_heartbeats", "?", worker_id, now))
 
     def last_heartbeat(self, worker_id: str) -> float | None:
         sql = "SELECT ts FROM decortask_heartbeats WHERE worker_id = ?"
@@ -271,25 +263,13 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
         return float(row[0]) if row is not None else None
 
     def heartbeats(self) -> dict[str, float]:
-        sql = "SELECT worker_id, ts FROM decortask_heartbeats"
-        rows = self._run(lambda conn: conn.execute(sql).fetchall(), write=False)
-        return {str(worker_id): float(ts) for worker_id, ts in rows}
+        return self._run(lambda conn: sql_workers.stamps(conn, "decortask_heartbeats"), write=False)
 
     def worker_stopped(self, worker_id: str, now: float) -> None:
-        def body(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO decortask_worker_stops (worker_id, ts) VALUES (?, ?) "
-                "ON CONFLICT (worker_id) DO UPDATE SET ts = excluded.ts",
-                (worker_id, now),
-            )
-            conn.execute("DELETE FROM decortask_worker_stops WHERE ts < ?", (now - HEARTBEAT_TTL,))
-
-        self._run(body)
+        self._run(lambda conn: sql_workers.stamp(conn, "decortask_worker_stops", "?", worker_id, now))
 
     def stopped_workers(self) -> dict[str, float]:
-        sql = "SELECT worker_id, ts FROM decortask_worker_stops"
-        rows = self._run(lambda conn: conn.execute(sql).fetchall(), write=False)
-        return {str(worker_id): float(ts) for worker_id, ts in rows}
+        return self._run(lambda conn: sql_workers.stamps(conn, "decortask_worker_stops"), write=False)
 
     # -- periodic tasks (SQL in sqlite_periodic.py) ---------------------------------------------------------
 
@@ -483,15 +463,6 @@ def _not_a_database(path: Path) -> StoreError:
 def _close_quietly(conn: sqlite3.Connection) -> None:
     with contextlib.suppress(sqlite3.Error):
         conn.close()
-
-
-def _queue_filter(queues: Iterable[str] | None) -> tuple[str | None, list[Any]]:
-    if queues is None:
-        return "", []
-    wanted = sorted(set(queues))
-    if not wanted:
-        return None, []
-    return f" WHERE queue IN ({', '.join('?' * len(wanted))})", list(wanted)
 
 
 def _busy_timeout(url: str) -> float:
