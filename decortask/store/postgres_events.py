@@ -16,11 +16,10 @@ the table to the newest N.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
-from .sqlite_events import FIELDS, TRIM_EVERY
+from .event_rows import FIELDS, TRIM_EVERY, event_fields
 
 #: How often a read that may wait looks for new events.
 POLL = 0.05
@@ -38,7 +37,7 @@ MIGRATION = (
     " UPDATE {s}.decortask_event_counter SET n = n + 1 RETURNING n INTO next_id;"
     " INSERT INTO {s}.decortask_events VALUES (next_id, extract(epoch FROM clock_timestamp()), kind, task_id,"
     " name, queue, status, data);"
-    f" IF next_id % greatest(1, least({TRIM_EVERY}, keep / 10)) = 0 THEN"  # sqlite_events.trim_every
+    f" IF next_id % greatest(1, least({TRIM_EVERY}, keep / 10)) = 0 THEN"  # event_rows.trim_every
     " DELETE FROM {s}.decortask_events WHERE id <= next_id - keep; END IF; END $$",
     "CREATE FUNCTION {s}.decortask_task_event() RETURNS trigger LANGUAGE plpgsql AS $$"
     " DECLARE keep bigint := nullif(current_setting('decortask.events', true), '')::bigint; kind text;"
@@ -82,7 +81,7 @@ class PostgresEventFeed:
             rows = self.store._run(lambda conn: conn.execute(sql, (after, limit)).fetchall(), atomic=False)
             left = deadline - time.monotonic()
             if rows or left <= 0:
-                return [(int(row[0]), _fields(row)) for row in rows]
+                return [(int(row[0]), event_fields(row)) for row in rows]
             time.sleep(min(POLL, left))
 
     def bounds(self) -> tuple[int, int]:
@@ -103,14 +102,3 @@ class PostgresEventFeed:
 
     def close(self) -> None:
         return None
-
-
-def _fields(row: tuple[Any, ...]) -> dict[str, Any]:
-    _, ts, kind, task_id, name, queue, status, data = row
-    fields: dict[str, Any] = {"ts": ts, "kind": kind, "id": task_id, "name": name, "queue": queue}
-    fields["status"] = status
-    if kind == "log":
-        fields["line"] = json.loads(data) if data else {}
-    elif data:
-        fields.update(zip(FIELDS, json.loads(data), strict=False))
-    return fields

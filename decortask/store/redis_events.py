@@ -16,23 +16,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-#: Record fields each state or progress event carries (the same as SQLite's `sqlite_events.FIELDS`).
-FIELDS = (
-    "id",
-    "name",
-    "queue",
-    "status",
-    "attempt",
-    "owner",
-    "reason",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "updated_at",
-    "progress",
-    "progress_message",
-    "error_type",
-)
+from . import event_rows
+
+#: Record fields each state or progress event carries (the SQL stores' `event_rows.FIELDS`, with the
+#: task's id, name, queue and status, which they keep in columns).
+FIELDS = ("id", "name", "queue", "status", *event_rows.FIELDS)
 
 #: The prelude of a store without events: the scripts test `EVENTS` and skip `emit_event`.
 NO_EVENTS = "local EVENTS = false\nlocal function emit_event(kind, values, line) end\n"

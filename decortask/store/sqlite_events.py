@@ -16,25 +16,10 @@ delete).
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any
 
-#: Record fields each state or progress event carries, in the order of the stored JSON array.
-FIELDS = (
-    "attempt",
-    "owner",
-    "reason",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "updated_at",
-    "progress",
-    "progress_message",
-    "error_type",
-)
-#: Most rows between two trims (a tenth of what the feed keeps, when that is less).
-TRIM_EVERY = 1000
+from .event_rows import FIELDS, event_fields, trim_every
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS decortask_events (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL,"
@@ -82,11 +67,6 @@ def install_triggers(conn: sqlite3.Connection, keep: int) -> None:
         conn.execute(statement)
 
 
-def trim_every(keep: int) -> int:
-    """Rows between two trims of a feed keeping `keep`: it holds at most `keep + trim_every(keep)` rows."""
-    return max(1, min(TRIM_EVERY, keep // 10))
-
-
 def has_feed(conn: sqlite3.Connection) -> bool:
     """Whether the file has an events table (a store made by an older version has none)."""
     sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'decortask_events'"
@@ -102,7 +82,7 @@ def read(conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, di
         "ORDER BY id LIMIT ?",
         (after, limit),
     ).fetchall()
-    return [(int(row[0]), _fields(row)) for row in rows]
+    return [(int(row[0]), event_fields(row)) for row in rows]
 
 
 def bounds(conn: sqlite3.Connection) -> tuple[int, int]:
@@ -124,14 +104,3 @@ def trim(conn: sqlite3.Connection, keep: int) -> int:
         (max(keep, 0),),
     )
     return int(cursor.rowcount)
-
-
-def _fields(row: tuple[Any, ...]) -> dict[str, Any]:
-    _, ts, kind, task_id, name, queue, status, data = row
-    fields: dict[str, Any] = {"ts": ts, "kind": kind, "id": task_id, "name": name, "queue": queue}
-    fields["status"] = status
-    if kind == "log":
-        fields["line"] = json.loads(data) if data else {}
-    elif data:
-        fields.update(zip(FIELDS, json.loads(data), strict=False))
-    return fields
