@@ -11,18 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_quickstart_runs_on_the_embedded_default(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DECORTASK_")}
-    env["PYTHONPATH"] = str(REPO)
-    result = subprocess.run(
-        [sys.executable, "-m", "examples.quickstart"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
+    out = run_example("examples.quickstart", tmp_path)
     assert "examples.quickstart.add: SUCCESS -> 11" in out
     assert "examples.quickstart.add: SUCCESS -> 33" in out
     assert "examples.quickstart.count_words: SUCCESS after 2 attempts -> 11" in out
@@ -30,19 +19,19 @@ def test_quickstart_runs_on_the_embedded_default(tmp_path: Path) -> None:
 
 
 def test_the_workflows_example_runs_a_chain_a_group_and_a_chord(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DECORTASK_")}
-    env["PYTHONPATH"] = str(REPO)
-    result = subprocess.run(
-        [sys.executable, "-m", "examples.workflows"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
+    out = run_example("examples.workflows", tmp_path)
     assert "chain: 51" in out
     assert "failing chain: chain " in out and "step 2 of 3, examples.workflows.check_positive" in out
     assert "group: [1, 4, 9, 16, 25]" in out
     assert "chord: 55" in out
+
+
+def run_example(module: str, cwd: Path) -> str:
+    """Run `python -m module` in `cwd` with no DECORTASK_ settings; its output, once it exited with 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DECORTASK_")}
+    env["PYTHONPATH"] = str(REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", module], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
