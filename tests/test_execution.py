@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import delete_redis_namespace, postgres_test_store
+from store_helpers import BACKENDS, fresh_store_url
 
 import decortask
 from decortask import (
@@ -331,23 +331,10 @@ def fails_once(ctx: TaskContext) -> str:
     return "ok on 2"
 
 
-def _redis_store(request: pytest.FixtureRequest) -> str:
-    base: str = request.getfixturevalue("redis_url")
-    namespace = f"dt-test-{request.getfixturevalue('unique')}"
-    request.addfinalizer(lambda: delete_redis_namespace(base, namespace))
-    return f"{base}?namespace={namespace}"
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
+@pytest.fixture(params=BACKENDS)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Each store backend: the worker's SUCCESS write takes each one's own path (Python, SQL, Lua)."""
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/store.db"
-    if request.param == "postgres":
-        return postgres_test_store(request)
-    return _redis_store(request)
+    return fresh_store_url(request, tmp_path, "dt-test")
 
 
 def test_success_after_a_retry_clears_the_earlier_attempts_error_on_every_store(store_url: str) -> None:

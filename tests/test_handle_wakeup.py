@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import delete_redis_namespace, postgres_test_store
+from conftest import delete_redis_namespace
 from kombu import Connection, Consumer, Exchange, Producer, Queue
+from store_helpers import BACKENDS, first_read_done, fresh_store_url
 
 from decortask import Decortask, sqlitewatch, task
 from decortask.errors import WaitTimeout
@@ -34,18 +35,9 @@ from decortask.transports.sqlite import SQLiteTransport
 DEADLINE = 30.0
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
+@pytest.fixture(params=BACKENDS)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/store.db"
-    if request.param == "postgres":
-        return postgres_test_store(request)
-    base: str = request.getfixturevalue("redis_url")
-    namespace = f"dt-wake-{uuid.uuid4().hex[:10]}"
-    request.addfinalizer(lambda: delete_redis_namespace(base, namespace))
-    return f"{base}?namespace={namespace}"
+    return fresh_store_url(request, tmp_path, "dt-wake")
 
 
 @pytest.fixture
@@ -98,20 +90,6 @@ def until(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.002)
 
 
-def first_read_done(store: TaskStore, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
-    """Set once a wait has read its record (still unfinished): from then on only a notice can wake it."""
-    done = threading.Event()
-    read = store.get
-
-    def reading(task_id: str) -> TaskRecord | None:
-        record = read(task_id)
-        done.set()
-        return record
-
-    monkeypatch.setattr(store, "get", reading)
-    return done
-
-
 def in_thread(call: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
     box: dict[str, Any] = {}
 
@@ -126,19 +104,25 @@ def in_thread(call: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]
     return thread, box
 
 
+def get_woken_by_outcome(
+    app: Decortask, writer: TaskStore, handle: TaskHandle[Any], value: Any, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    """`handle.get()` in a thread; once its first read found the task unfinished, `writer` makes `value` its
+    outcome. What the get returned ({"value": ...}) or raised ({"error": ...})."""
+    read = first_read_done(app.store, monkeypatch)
+    thread, box = in_thread(lambda: handle.get(timeout=DEADLINE))
+    assert read.wait(DEADLINE)
+    succeed(writer, handle.id, value)
+    thread.join(DEADLINE)
+    return box
+
+
 def test_get_wakes_on_the_outcome_notice(
     app: Decortask, writer: TaskStore, notices: OutcomeNotices, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     handle = pending(app)
     woken_before = notices.notified
-    read = first_read_done(app.store, monkeypatch)
-    thread, box = in_thread(lambda: handle.get(timeout=DEADLINE))
-    assert read.wait(DEADLINE)
-
-    succeed(writer, handle.id, 42)
-
-    thread.join(DEADLINE)
-    assert box == {"value": 42}
+    assert get_woken_by_outcome(app, writer, handle, 42, monkeypatch) == {"value": 42}
     assert notices.notified > woken_before  # woken by the notice ...
     assert notices.rechecked == 0  # ... never by the recheck timer
     assert notices.waiting() == []
@@ -247,12 +231,7 @@ def test_a_listener_that_nobody_needed_exits_and_the_next_wait_starts_it_again(
         traffic.join(DEADLINE)
 
     handle = pending(app)
-    read = first_read_done(app.store, monkeypatch)
-    thread, box = in_thread(lambda: handle.get(timeout=DEADLINE))
-    assert read.wait(DEADLINE)
-    succeed(writer, handle.id, 2)
-    thread.join(DEADLINE)
-    assert box == {"value": 2}
+    assert get_woken_by_outcome(app, writer, handle, 2, monkeypatch) == {"value": 2}
     assert notices.rechecked == 0
 
 

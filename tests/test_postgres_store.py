@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import POSTGRES_URL, drop_postgres_schema, postgres_store_url, postgres_test_store
+from store_helpers import first_read_done
 from workers import REPO
 
 from decortask.errors import ConfigurationError, StoreError
@@ -226,15 +227,7 @@ def test_a_waiter_is_woken_by_the_notify_of_a_terminal_transition_in_another_pro
         store.close()
     store.outcome_notices.recheck = 60.0  # far past the test's deadline: only a notice can wake it
     store.create(_record("t1", status=S.RUNNING, attempt=1))
-    first_read = threading.Event()
-    read = store.get
-
-    def reading(task_id: str) -> TaskRecord | None:
-        record = read(task_id)
-        first_read.set()
-        return record
-
-    monkeypatch.setattr(store, "get", reading)
+    first_read = first_read_done(store, monkeypatch)
     got: list[TaskRecord | None] = []
     waiter = threading.Thread(target=lambda: got.append(store.wait_for_outcome("t1", timeout=30)))
     waiter.start()

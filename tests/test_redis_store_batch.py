@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from store_helpers import own_redis_store
 
 from decortask.errors import IllegalTransition
 from decortask.states import TaskStatus
-from decortask.store import LogLine, TaskRecord, open_store
+from decortask.store import LogLine, TaskRecord
 from decortask.store.base import TransitionStep, claim_step
 from decortask.store.redis import RedisStore
 from decortask.store.writer import StoreWriter
@@ -25,18 +26,8 @@ S = TaskStatus
 
 @pytest.fixture
 def store(redis_url: str, unique: str) -> Iterator[RedisStore]:
-    namespace = f"dt-batch-{unique}"
-    opened = open_store(f"{redis_url}?namespace={namespace}")
-    assert isinstance(opened, RedisStore)
-    yield opened
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
-    opened.close()
+    with own_redis_store(redis_url, f"dt-batch-{unique}") as opened:
+        yield opened
 
 
 def pending(task_id: str, **fields: Any) -> TaskRecord:

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 import redis
+from store_helpers import own_redis_store
 
 from decortask.states import TaskStatus
-from decortask.store import TaskQuery, TaskRecord, open_store, redis_queries
+from decortask.store import TaskQuery, TaskRecord, redis_queries
 from decortask.store.redis import RedisStore
 
 T0 = 1_700_000_000.0
@@ -23,16 +24,8 @@ T0 = 1_700_000_000.0
 
 @pytest.fixture
 def store(redis_url: str, unique: str) -> Iterator[RedisStore]:
-    namespace = f"dt-list-{unique}"
-    opened = open_store(f"{redis_url}?namespace={namespace}")
-    assert isinstance(opened, RedisStore)
-    yield opened
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
-    opened.close()
+    with own_redis_store(redis_url, f"dt-list-{unique}") as opened:
+        yield opened
 
 
 def record(task_id: str, name: str, queue: str, at: float, **fields: Any) -> TaskRecord:
