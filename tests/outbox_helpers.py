@@ -13,11 +13,16 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
-from workers import poll_until
+import behaviour_tasks as bt
+from workers import REPO, WorkerProcess, poll_until
+
+from decortask import Decortask, TaskStatus
+from decortask.store import TaskRecord
 
 
 def free_port() -> int:
@@ -121,3 +126,44 @@ class FreezableLink:
             for sock in (source, sink):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+
+def task_of_killed_producer(*args: str) -> str:
+    """Run `python -c args...` in tests/, read the task id it prints once its `.delay()` returned, SIGKILL it.
+
+    The producer's publisher waits an hour before its first batch, so the message never leaves it.
+    """
+    producer = subprocess.Popen([sys.executable, "-c", *args], cwd=REPO / "tests", stdout=subprocess.PIPE)
+    try:
+        assert producer.stdout is not None
+        return producer.stdout.readline().decode().strip()
+    finally:
+        producer.kill()  # SIGKILL: no atexit, no publish
+        producer.wait(10)
+
+
+def assert_relayed_exactly_once(
+    app: Decortask, broker_url: str, store_url: str, queue: str, task_id: str, tmp_path: Path
+) -> None:
+    """`task_id` is PENDING and its message never reached `queue`: a worker's outbox relay publishes it,
+    and it runs exactly once."""
+    record = app.store.get(task_id)
+    assert record is not None and record.status is TaskStatus.PENDING
+    assert app.transport.queue_size(queue) == 0  # the message never left the producer
+    effects = tmp_path / "effects.jsonl"
+    relay_soon = {"DECORTASK_RELAY_INTERVAL": "0.3", "DECORTASK_RELAY_AFTER": "1"}
+    worker = WorkerProcess(
+        broker_url, store_url, queue, tmp_path / "worker.log", concurrency=2,
+        env={"DECORTASK_TEST_EFFECTS": str(effects), **relay_soon},
+    )  # fmt: skip
+    with worker:
+        done = poll_until(lambda: _finished(app, task_id), 60, "the relayed task to finish")
+        assert done.status is TaskStatus.SUCCESS and done.result == "slept"
+    runs = [row["event"] for row in bt.read_effects(str(effects)) if row["id"] == task_id]
+    assert runs == ["started", "finished"]  # exactly once
+    assert "relay: published 1 messages of queue" in worker.log_tail(200)
+
+
+def _finished(app: Decortask, task_id: str) -> TaskRecord | None:
+    record = app.store.get(task_id)
+    return record if record is not None and record.status.terminal else None

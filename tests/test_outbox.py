@@ -21,13 +21,12 @@ import pytest
 from conftest import (
     AMQP_URL,
     REDIS_URL,
-    delete_redis_namespace,
-    postgres_test_store,
     require_amqp,
     require_redis,
 )
-from outbox_helpers import FreezableLink, free_port
-from workers import REPO, WorkerProcess, poll_until
+from outbox_helpers import FreezableLink, assert_relayed_exactly_once, free_port, task_of_killed_producer
+from store_helpers import BACKENDS, fresh_store_url
+from workers import REPO
 
 from decortask import Decortask, TaskStatus
 from decortask.app import reset_default_app
@@ -79,19 +78,9 @@ def _outbox(app: Decortask) -> OutboxStore:
 # -- the store's outbox, on every backend ----------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "memory":
-        yield "memory://"
-    elif request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/store.db"
-    elif request.param == "postgres":
-        yield postgres_test_store(request)
-    else:
-        require_redis()
-        namespace = f"outbox-{uuid.uuid4().hex[:10]}"
-        yield f"{REDIS_URL}?namespace={namespace}"
-        delete_redis_namespace(REDIS_URL, namespace)
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return fresh_store_url(request, tmp_path, "outbox")
 
 
 def _record(now: float, key: str | None = None) -> TaskRecord:
@@ -318,39 +307,12 @@ time.sleep(3600)
 @pytest.mark.parametrize("kind", ["redis", "amqp"])
 def test_f12_producer_sigkilled_after_delay_loses_no_task(kind: str, tmp_path: Path, queue: str) -> None:
     broker, store = _broker(kind), f"sqlite:///{tmp_path}/store.db"
-    producer = subprocess.Popen(
-        [sys.executable, "-c", PRODUCER, broker, store, queue], cwd=REPO / "tests", stdout=subprocess.PIPE
-    )
-    try:
-        assert producer.stdout is not None
-        task_id = producer.stdout.readline().decode().strip()  # .delay() returned
-    finally:
-        producer.kill()  # SIGKILL: no atexit, and its publisher waits an hour before its first batch
-        producer.wait(10)
+    task_id = task_of_killed_producer(PRODUCER, broker, store, queue)
     app = Decortask(broker, store, default_queue=queue)
-    effects = tmp_path / "effects.jsonl"
     try:
-        record = app.store.get(task_id)
-        assert record is not None and record.status is TaskStatus.PENDING
-        assert app.transport.queue_size(queue) == 0  # the message never left the producer
-        relay_soon = {"DECORTASK_RELAY_INTERVAL": "0.3", "DECORTASK_RELAY_AFTER": "1"}
-        worker = WorkerProcess(
-            broker, store, queue, tmp_path / "worker.log", concurrency=2,
-            env={"DECORTASK_TEST_EFFECTS": str(effects), **relay_soon},
-        )  # fmt: skip
-        with worker:
-            done = poll_until(lambda: _finished(app, task_id), 60, "the relayed task to finish")
-            assert done.status is TaskStatus.SUCCESS and done.result == "slept"
-        runs = [row["event"] for row in bt.read_effects(str(effects)) if row["id"] == task_id]
-        assert runs == ["started", "finished"]  # exactly once
-        assert "relay: published 1 messages of queue" in worker.log_tail(200)
+        assert_relayed_exactly_once(app, broker, store, queue, task_id, tmp_path)
         assert app.store.count_tasks(TaskQuery(statuses=frozenset({TaskStatus.SUCCESS}))) == 1
     finally:
         app.transport.delete_queue(queue)
         app.close()
         reset_default_app()
-
-
-def _finished(app: Decortask, task_id: str) -> TaskRecord | None:
-    record = app.store.get(task_id)
-    return record if record is not None and record.status.terminal else None

@@ -17,12 +17,12 @@ import behaviour_tasks as bt
 import psycopg
 import pytest
 from conftest import POSTGRES_URL, REDIS_URL, postgres_test_store, require_redis
-from workers import REPO, WorkerProcess, poll_until
+from outbox_helpers import assert_relayed_exactly_once, task_of_killed_producer
+from workers import REPO
 
 from decortask import Decortask, TaskStatus
 from decortask.app import reset_default_app
 from decortask.errors import ConfigurationError
-from decortask.store import TaskRecord
 
 pytestmark = pytest.mark.broker
 
@@ -139,37 +139,8 @@ with psycopg.connect(sys.argv[4]) as conn:
 def test_a_producer_sigkilled_between_commit_and_publish_loses_nothing(
     app: Decortask, store_url: str, queue: str, tmp_path: Path
 ) -> None:
-    producer = subprocess.Popen(
-        [sys.executable, "-c", PRODUCER, REDIS_URL, store_url, queue, POSTGRES_URL],
-        cwd=REPO / "tests",
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert producer.stdout is not None
-        task_id = producer.stdout.readline().decode().strip()
-    finally:
-        producer.kill()  # SIGKILL after the commit, before any publish
-        producer.wait(10)
-    record = app.store.get(task_id)
-    assert record is not None and record.status is TaskStatus.PENDING
-    assert app.transport.queue_size(queue) == 0
-    effects = tmp_path / "effects.jsonl"
-    relay_soon = {"DECORTASK_RELAY_INTERVAL": "0.3", "DECORTASK_RELAY_AFTER": "1"}
-    worker = WorkerProcess(
-        REDIS_URL, store_url, queue, tmp_path / "worker.log", concurrency=2,
-        env={"DECORTASK_TEST_EFFECTS": str(effects), **relay_soon},
-    )  # fmt: skip
-    with worker:
-        done = poll_until(lambda: _finished(app, task_id), 60, "the relayed task to finish")
-        assert done.status is TaskStatus.SUCCESS and done.result == "slept"
-    runs = [row["event"] for row in bt.read_effects(str(effects)) if row["id"] == task_id]
-    assert runs == ["started", "finished"]  # exactly once
-    assert "relay: published 1 messages of queue" in worker.log_tail(200)
-
-
-def _finished(app: Decortask, task_id: str) -> TaskRecord | None:
-    record = app.store.get(task_id)
-    return record if record is not None and record.status.terminal else None
+    task_id = task_of_killed_producer(PRODUCER, REDIS_URL, store_url, queue, POSTGRES_URL)  # after the commit
+    assert_relayed_exactly_once(app, REDIS_URL, store_url, queue, task_id, tmp_path)
 
 
 # -- Django on PostgreSQL -------------------------------------------------------------------------------------
