@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import socket
 import struct
-import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 from conftest import AMQP_URL, require_amqp
+from transport_helpers import receive
 
 from decortask.config import Settings
-from decortask.transport import BrokerTransport, ConsumerSession, Delivery
+from decortask.transport import BrokerTransport, Delivery
 from decortask.transports.amqp import READ_CHUNK, BufferedTCPTransport
 
 
@@ -36,14 +36,6 @@ def queue(transport: BrokerTransport) -> Iterator[str]:
     transport.delete_queue(name)
 
 
-def _receive(session: ConsumerSession, count: int, timeout: float = 10.0) -> list[Delivery]:
-    got: list[Delivery] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < count and time.monotonic() < deadline:
-        got.extend(session.drain(0.1))
-    return got
-
-
 def _publish(transport: BrokerTransport, queue: str, count: int) -> None:
     transport.publish_many([(str(n).encode(), queue, 0, None) for n in range(count)])
 
@@ -58,7 +50,7 @@ def test_acks_out_of_order_settle_exactly_the_acked_deliveries(
     _publish(transport, queue, 5)
     session = transport.open_consumer([queue], prefetch=5)
     try:
-        got = _receive(session, 5)
+        got = receive(session, 5)
         assert [d.body for d in got] == [b"0", b"1", b"2", b"3", b"4"]
         for n in (1, 0, 3):  # 0-1 is a run; 3 is not (2 is unsettled), 4 stays unsettled too
             session.ack(got[n])
@@ -67,8 +59,8 @@ def test_acks_out_of_order_settle_exactly_the_acked_deliveries(
         session.close(abort=True)  # the broker takes back what was not acked
     again = transport.open_consumer([queue], prefetch=5)
     try:
-        assert _bodies(_receive(again, 2)) == [b"2", b"4"]
-        assert _receive(again, 1, timeout=0.3) == []
+        assert _bodies(receive(again, 2)) == [b"2", b"4"]
+        assert receive(again, 1, timeout=0.3) == []
     finally:
         again.close(abort=True)
 
@@ -77,15 +69,15 @@ def test_a_requeued_delivery_inside_a_run_comes_back_once(transport: BrokerTrans
     _publish(transport, queue, 3)
     session = transport.open_consumer([queue], prefetch=3)
     try:
-        first, second, third = _receive(session, 3)
+        first, second, third = receive(session, 3)
         session.requeue(second)
         session.ack(first)
         session.ack(third)
         session.send_acks()  # one multiple ack up to the third: the requeued second is not the channel's
-        (back,) = _receive(session, 1)
+        (back,) = receive(session, 1)
         assert back.body == b"1"
         session.ack(back)
-        assert _receive(session, 1, timeout=0.3) == []
+        assert receive(session, 1, timeout=0.3) == []
     finally:
         session.close()
     assert transport.queue_size(queue) == 0
@@ -95,7 +87,7 @@ def test_a_closing_session_sends_the_acks_it_holds(transport: BrokerTransport, q
     _publish(transport, queue, 2)
     session = transport.open_consumer([queue], prefetch=2)
     try:
-        for delivery in _receive(session, 2):
+        for delivery in receive(session, 2):
             session.ack(delivery)
     finally:
         session.close()  # no send_acks: the close must not let the broker take them back
@@ -109,7 +101,7 @@ def test_large_and_small_bodies_arrive_whole_through_chunked_reads(
     transport.publish_many([(big, queue, 0, None), *[(str(n).encode(), queue, 0, None) for n in range(20)]])
     session = transport.open_consumer([queue], prefetch=21)
     try:
-        got = _receive(session, 21)
+        got = receive(session, 21)
         assert got[0].body == big
         assert [d.body for d in got[1:]] == [str(n).encode() for n in range(20)]
         for delivery in got:

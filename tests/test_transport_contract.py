@@ -8,10 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import AMQP_URL, REDIS_URL, require_amqp, require_redis
+from transport_helpers import receive
 
 from decortask import BrokerUnavailable, ConfigurationError
 from decortask.config import Settings
-from decortask.transport import BrokerTransport, ConsumerSession, Delivery
+from decortask.transport import BrokerTransport, Delivery
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis", "amqp"])
@@ -40,25 +41,17 @@ def queue(transport: BrokerTransport) -> Iterator[str]:
         transport.delete_queue(each)
 
 
-def _receive(session: ConsumerSession, count: int, timeout: float = 10.0) -> list[Delivery]:
-    got: list[Delivery] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < count and time.monotonic() < deadline:
-        got.extend(session.drain(0.1))
-    return got
-
-
 def test_publish_consume_ack_round_trip(transport: BrokerTransport, queue: str) -> None:
     transport.publish(b'{"n":1}', queue, headers={"x-test": "yes"})
     session = transport.open_consumer([queue], prefetch=4)
     try:
-        (delivery,) = _receive(session, 1)
+        (delivery,) = receive(session, 1)
         assert delivery.body == b'{"n":1}'
         assert delivery.content_type == "application/json"
         assert delivery.headers["x-test"] == "yes"
         assert delivery.queue == queue
         session.ack(delivery)
-        assert _receive(session, 1, timeout=0.3) == []
+        assert receive(session, 1, timeout=0.3) == []
     finally:
         session.close()
     assert transport.queue_size(queue) == 0
@@ -68,9 +61,9 @@ def test_requeue_redelivers(transport: BrokerTransport, queue: str) -> None:
     transport.publish(b"{}", queue)
     session = transport.open_consumer([queue], prefetch=1)
     try:
-        (first,) = _receive(session, 1)
+        (first,) = receive(session, 1)
         session.requeue(first)
-        (again,) = _receive(session, 1)
+        (again,) = receive(session, 1)
         assert again.body == b"{}"
         session.ack(again)
     finally:
@@ -80,11 +73,11 @@ def test_requeue_redelivers(transport: BrokerTransport, queue: str) -> None:
 def test_unacked_messages_return_when_the_consumer_closes(transport: BrokerTransport, queue: str) -> None:
     transport.publish_many([(b'{"n":%d}' % n, queue, 0, None) for n in range(3)])
     session = transport.open_consumer([queue], prefetch=3)
-    assert len(_receive(session, 3)) == 3
+    assert len(receive(session, 3)) == 3
     session.close()
     again = transport.open_consumer([queue], prefetch=3)
     try:
-        bodies = sorted(d.body for d in _receive(again, 3))
+        bodies = sorted(d.body for d in receive(again, 3))
         assert bodies == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
     finally:
         again.close()
@@ -113,7 +106,7 @@ def test_dead_letter_keeps_the_body_and_says_why(transport: BrokerTransport, que
     transport.publish(b"\x80not-json", queue)
     session = transport.open_consumer([queue], prefetch=1)
     try:
-        (delivery,) = _receive(session, 1)
+        (delivery,) = receive(session, 1)
         transport.dead_letter(delivery, "decode_error", "body is not valid JSON")
         session.ack(delivery)
     finally:
@@ -189,7 +182,7 @@ def test_a_cancel_broadcast_reaches_every_consuming_session(transport: BrokerTra
                 transport.broadcast_cancel("task-to-stop")
         assert set(heard["a"]) == set(heard["b"]) == {"task-to-stop"}
         transport.publish(b'{"n":1}', queue)  # task deliveries are unaffected by the control channel
-        (delivery,) = _receive(sessions[0], 1) or _receive(sessions[1], 1)
+        (delivery,) = receive(sessions[0], 1) or receive(sessions[1], 1)
         assert delivery.body == b'{"n":1}'
     finally:
         for session in sessions:
@@ -228,7 +221,7 @@ def test_flush_acks_settles_deferred_acks_without_a_poll(transport: BrokerTransp
     transport.publish(b"{}", queue)
     session = transport.open_consumer([queue], prefetch=4)
     try:
-        (delivery,) = _receive(session, 1)
+        (delivery,) = receive(session, 1)
         session.ack(delivery)
         session.flush_acks()
         assert not _still_held_by_the_broker(transport, delivery)
