@@ -47,12 +47,17 @@ def events_app(kind: str, tmp_path: Path, unique: str) -> Iterator[Decortask]:
     try:
         yield app
     finally:
-        app.close()
-        reset_default_app()
-        if kind == "redis":
-            delete_redis_namespace(broker_url, f"test-{unique}")
-        if kind.endswith("+postgres"):
-            drop_postgres_schema(unique)
+        _close(app, kind, broker_url, unique)
+
+
+def _close(app: Decortask, kind: str, broker_url: str, unique: str) -> None:
+    """Close an app of `broker_urls(kind, ..., unique)` and delete what it left on the servers."""
+    app.close()
+    reset_default_app()
+    if kind == "redis":
+        delete_redis_namespace(broker_url, f"test-{unique}")
+    if kind.endswith("+postgres"):
+        drop_postgres_schema(unique)
 
 
 def _decortask(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -245,12 +250,7 @@ def test_no_events_are_written_unless_the_setting_asks(kind: str, tmp_path: Path
         run_pending(quiet)
         assert feed_for(quiet.store).bounds()[1] == 0
     finally:
-        quiet.close()
-        reset_default_app()
-        if kind == "redis":
-            delete_redis_namespace(broker_url, f"test-{unique}")
-        if kind.endswith("+postgres"):
-            drop_postgres_schema(unique)
+        _close(quiet, kind, broker_url, unique)
 
 
 def test_a_subscriber_that_raises_stops_alone_and_the_next_one_resumes_after_it(

@@ -450,17 +450,22 @@ def test_chords_on_real_workers_run_their_callback_exactly_once(rig: Rig) -> Non
     assert [row["id"] for row in _effects(rig, "tsum")] == [good.id]
 
 
+def _sigkill_a_worker_once_members_started(rig: Rig, member: str, started: int) -> None:
+    """Start worker w1 and SIGKILL it once `started` runs of the task `member` have begun."""
+    first = rig.worker("w1", concurrency=4).start()
+    try:
+        poll_until(lambda: len(_effects(rig, member)) >= started, 30, "members to start")
+    finally:
+        first.signal(signal.SIGKILL)
+        first.wait(10)
+
+
 @pytest.mark.broker
 def test_f_workflow_sigkill_while_chord_members_run_the_callback_runs_exactly_once(rig: Rig) -> None:
     """A worker SIGKILLed while opted-in members (`requeue_on_interrupt`) run: they run again on another
     worker, the chord completes, and its callback runs once."""
     handle = chord([wt.slow_add.s(i, 1, 1.5) for i in range(4)], wt.tsum.s()).apply_async(app=rig.app)
-    first = rig.worker("w1", concurrency=4).start()
-    try:
-        poll_until(lambda: len(_effects(rig, "slow_add")) >= 2, 30, "members to start")
-    finally:
-        first.signal(signal.SIGKILL)
-        first.wait(10)
+    _sigkill_a_worker_once_members_started(rig, "slow_add", 2)
     with rig.worker("w2", concurrency=4) as second:
         assert handle.get(timeout=60) == sum(i + 1 for i in range(4)), second.log_tail()
     assert len(_effects(rig, "tsum")) == 1
@@ -471,12 +476,7 @@ def test_f_workflow_sigkill_while_members_not_opted_in_run_fails_the_chord_namin
     """Members not opted in end INTERRUPTED when their worker dies: the chord fails naming one, within the
     recovery time (the redelivery or the reaper settles it), and its callback never runs."""
     handle = chord([wt.slow_add_once.s(i, 1, 3.0) for i in range(3)], wt.tsum.s()).apply_async(app=rig.app)
-    first = rig.worker("w1", concurrency=4).start()
-    try:
-        poll_until(lambda: len(_effects(rig, "slow_add_once")) >= 3, 30, "members to start")
-    finally:
-        first.signal(signal.SIGKILL)
-        first.wait(10)
+    _sigkill_a_worker_once_members_started(rig, "slow_add_once", 3)
     with rig.worker("w2", concurrency=4) as second:
         with pytest.raises(TaskFailed, match=r"member \d of 3, wf\.slow_add_once .* ended INTERRUPTED"):
             handle.get(timeout=60)
