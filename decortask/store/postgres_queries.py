@@ -16,8 +16,8 @@ from .sql_listing import Dialect, order_by, order_clauses, where
 
 _NEWEST = "created_at DESC, seq DESC"
 _ORDER_SQL = order_clauses(newest=_NEWEST, oldest="created_at ASC, seq ASC")
-#: psycopg's parameters; one array for a status filter; ILIKE folds case as `matches` does.
-POSTGRES = Dialect(mark="%s", text_match="(id ILIKE %s OR name ILIKE %s)", status_array=True)
+#: psycopg's parameters; a set of values (statuses, queues) is one array; ILIKE folds case as `matches` does.
+POSTGRES = Dialect(mark="%s", text_match="(id ILIKE %s OR name ILIKE %s)", arrays=True)
 
 
 def page(s: str, columns: str, query: TaskQuery) -> tuple[str | None, list[Any]]:
