@@ -189,6 +189,55 @@ def test_layout_holds_and_the_detail_opens_beside_the_list(
     assert after["scrollWidth"] <= width, after
 
 
+#: The throughput chart's bars: per final state the sum of their task counts, and each bar's height per task.
+CHART_BARS = """
+const bars = [...document.querySelectorAll('#chart-throughput rect[data-state]')];
+const sums = {};
+for (const b of bars) sums[b.dataset.state] = (sums[b.dataset.state] || 0) + Number(b.dataset.count);
+return {
+  sums: sums,
+  perTask: bars.map((b) => Number(b.getAttribute('height')) / Number(b.dataset.count)),
+  charts: [...document.querySelectorAll('#view-charts svg.chart-svg')].map((s) => s.getBoundingClientRect().right),
+  scrollWidth: document.documentElement.scrollWidth,
+};
+"""
+
+
+def _ended_in_the_last_hour(system: Scene) -> dict[str, int]:
+    """The store's count of tasks per final state that ended in the last hour (what the chart must show)."""
+    now = time.time()
+    counts: dict[str, int] = {}
+    for record in system.app.store.list_tasks(_query(created_after=now - 7200, limit=500)):
+        if record.status.terminal and record.finished_at is not None and record.finished_at > now - 3540:
+            counts[record.status.value] = counts.get(record.status.value, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("width,height", [(900, 700), (1280, 800), (1920, 1080)])
+def test_charts_show_the_tasks_that_ended_by_final_state(
+    system: Scene, browser: Any, width: int, height: int
+) -> None:
+    _viewport(browser, width, height)
+    browser.get(system.dashboard.url + "/?view=charts")
+    expected: dict[str, int] = {}
+
+    def matches() -> Any:
+        expected.clear()
+        expected.update(_ended_in_the_last_hour(system))
+        drawn = _js(browser, CHART_BARS)
+        return drawn if drawn["sums"] == expected and len(drawn["charts"]) == 4 else None
+
+    # The page redraws every 15 s from a scan cached 15 s: a task that ended just before may take 30 s.
+    drawn = _until(browser, matches, "bars that add up to the store's ended tasks", timeout=60)
+    _shot(browser, f"charts-{width}x{height}")
+    assert expected["SUCCESS"] >= 41 and expected["FAILED"] >= 2, expected  # this module's tasks
+    assert max(drawn["perTask"]) - min(drawn["perTask"]) < 0.01, drawn  # heights proportional to counts
+    assert drawn["scrollWidth"] <= width, drawn  # no sideways scroll
+    assert all(right <= width + 0.5 for right in drawn["charts"]), drawn
+    assert browser.find_element("id", "tab-charts").get_attribute("class") == "tab on"
+    assert "since the dashboard started" in browser.find_element("id", "chart-queues").text
+
+
 def test_row_click_detail_and_filters_live_in_the_url(system: Scene, browser: Any) -> None:
     _viewport(browser, 1280, 800)
     _open(browser, system.dashboard.url + "/")

@@ -38,6 +38,7 @@ from ..security import mask_text, scrub
 from ..states import TaskStatus
 from ..store.base import TASK_ORDERS
 from . import queries
+from .activity import Activity
 from .auth import CSRF_HEADER, SESSION_COOKIE, Caller, Guard, new_session_id
 from .events import stream
 
@@ -64,6 +65,11 @@ class DashboardState:
     poll_interval: float = 0.5
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     streams: int = 0
+    #: The Charts view's data (cached store scan, queue depth samples).
+    activity: Activity = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.activity = Activity(lambda: self.app.store)
 
 
 def state_of(request: Request) -> DashboardState:
@@ -280,6 +286,14 @@ async def queue_list(request: Request, caller: Caller) -> Response:
     state = state_of(request)
     try:
         return json_response({"queues": await in_thread(queries.queues, state.app, state.queues)})
+    except StoreError as exc:
+        return outage(exc)
+
+
+async def activity(request: Request, caller: Caller) -> Response:
+    """The last hour for the Charts view: ended tasks per minute, runtime percentiles, queue depth."""
+    try:
+        return json_response(await in_thread(state_of(request).activity.report))
     except StoreError as exc:
         return outage(exc)
 

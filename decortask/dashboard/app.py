@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from ..security import mask_text
 from . import api, page, queries
 from .assets import SCRIPT, STYLES
 from .auth import CSRF_FIELD, SESSION_COOKIE, Caller, Guard, check_exposure
+from .chart_script import CHART_SCRIPT, CHART_STYLES
 
 if TYPE_CHECKING:
     from ..app import Decortask
@@ -69,8 +71,13 @@ def create_dashboard(
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        # Queue depth has no history in the broker: the dashboard samples it while it runs.
+        sampler = asyncio.create_task(
+            state.activity.sample_queues(lambda: queries.queues(state.app, state.queues), state.closing)
+        )
         yield
         state.closing.set()
+        sampler.cancel()  # not waited for: a broker call that hangs must not hold up the shutdown
 
     routes = [
         Route("/", index),
@@ -90,6 +97,7 @@ def create_dashboard(
         Route("/api/counts", api.guarded(api.counts)),
         Route("/api/workers", api.guarded(api.workers)),
         Route("/api/queues", api.guarded(api.queue_list)),
+        Route("/api/activity", api.guarded(api.activity)),
         Route("/api/deadletters", api.guarded(api.dead_letter_list)),
         Route("/api/deadletters/replay", api.guarded(api.replay_dead_letters, post=True), methods=["POST"]),
         Route("/api/schedules", api.guarded(api.schedule_list)),
@@ -252,8 +260,9 @@ async def logout(request: Request) -> Response:
 
 
 async def script(request: Request) -> Response:
-    return Response(SCRIPT, media_type="text/javascript")
+    # One file (one <script>): the page's script and the Charts view's, which it calls.
+    return Response(SCRIPT + CHART_SCRIPT, media_type="text/javascript")
 
 
 async def styles(request: Request) -> Response:
-    return Response(STYLES, media_type="text/css")
+    return Response(STYLES + CHART_STYLES, media_type="text/css")

@@ -13,7 +13,7 @@ SCRIPT = r"""
   const TERMINAL = new Set(["SUCCESS", "FAILED", "CANCELLED", "INTERRUPTED"]);
   const STATUSES = ["PENDING", "SCHEDULED", "RUNNING", "RETRYING", "SUCCESS", "FAILED", "CANCELLED",
     "INTERRUPTED"];
-  const VIEWS = ["tasks", "workers", "queues", "schedules"];
+  const VIEWS = ["tasks", "workers", "queues", "schedules", "charts"];
   const FILTERS = ["status", "q", "queue", "tag"];
   const PAGE = 50;
   const state = { view: "tasks", filter: {}, sort: "-created", offset: 0, total: 0, selected: null,
@@ -111,6 +111,7 @@ SCRIPT = r"""
     if (view === "tasks") { refreshTasks(); refreshCounts(); }
     if (view === "workers" || view === "queues") refreshSide();
     if (view === "schedules") refreshSchedules();
+    if (view === "charts") window.decortaskCharts.refresh();  // chart_script.py, served after this script
   }
 
   // -- counts and the task list --------------------------------------------------------------------------
@@ -451,6 +452,7 @@ SCRIPT = r"""
     refreshSchedules();
     setInterval(() => { if (state.view === "workers" || state.view === "queues") refreshSide(); }, 5000);
     setInterval(() => { if (state.view === "schedules") refreshSchedules(); }, 5000);
+    setInterval(() => { if (state.view === "charts") window.decortaskCharts.refresh(); }, 15000);
     connect();
   });
 })();
@@ -469,6 +471,7 @@ header code { color: #c8d3e6; }
   cursor: pointer; font: inherit; white-space: nowrap; }
 .tab.on { color: #fff; border-bottom-color: #7fb0ff; }
 .logout { margin-left: auto; }
+.logout button { white-space: nowrap; }
 .live { padding: 1px 8px; border-radius: 8px; background: #7a4b00; white-space: nowrap; }
 .live.on { background: #196b3a; }
 .message { margin: 0 12px; min-height: 0; }

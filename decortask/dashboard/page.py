@@ -35,14 +35,21 @@ _COLUMNS = (
     ("created", "Created", "created"),
     ("progress", "Progress", None),
 )
-_VIEWS = (("tasks", "Tasks"), ("workers", "Workers"), ("queues", "Queues"), ("schedules", "Schedules"))
+_VIEWS = (
+    ("tasks", "Tasks"),
+    ("workers", "Workers"),
+    ("queues", "Queues"),
+    ("schedules", "Schedules"),
+    ("charts", "Charts"),
+)
 
 
 def shell(csrf_token: str, overview: dict[str, Any], can_logout: bool) -> str:
     """The dashboard page; `dashboard.js` fills it from the JSON API and the event stream.
 
-    Four views share the page (tasks, workers, queues with their dead letters, schedules); the script shows
-    one at a time and keeps the view, the filters, the sort, the page and the open task in the URL.
+    Five views share the page (tasks, workers, queues with their dead letters, schedules, charts of the last
+    hour); the script shows one at a time and keeps the view, the filters, the sort, the page and the open
+    task in the URL.
     """
     extra = (
         f'<meta name="csrf-token" content="{escape(csrf_token)}">\n'
@@ -135,6 +142,15 @@ def shell(csrf_token: str, overview: dict[str, Any], can_logout: bool) -> str:
   <p id="schedules-note" class="note"></p>
   <table id="schedules" class="rows"><thead><tr><th>Schedule</th><th>Runs (zone)</th><th>Next run</th>
   <th>Last slot</th><th>State</th><th>Leader</th><th></th></tr></thead><tbody></tbody></table>
+</section>
+<section id="view-charts" class="view" hidden>
+  <p id="charts-note" class="note"></p>
+  <div class="charts">
+    <figure id="chart-throughput" class="chart"></figure>
+    <figure id="chart-failures" class="chart"></figure>
+    <figure id="chart-queues" class="chart"></figure>
+    <figure id="chart-runtime" class="chart"></figure>
+  </div>
 </section>
 </body>
 </html>
