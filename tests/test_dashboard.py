@@ -21,9 +21,11 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 import behaviour_tasks as bt
 import httpx
@@ -542,10 +544,22 @@ def periodic_app(tmp_path: Path, unique: str) -> Iterator[Decortask]:
     leader = PeriodicScheduler(instance, "leader-host:42:abc")
     leader.tick(hour + 1)  # both schedules start
     leader.tick(hour + 3601)  # hourly-echo publishes the slot of the next hour
+    instance.periodic_ticks = (hour + 1, hour + 3601)  # type: ignore[attr-defined]
     yield instance
     instance.transport.purge(instance.settings.default_queue)
     instance.close()
     reset_default_app()
+
+
+def _nightly_slot_ticked(app: Decortask) -> float | None:
+    """The 03:00 Europe/Paris slot the fixture's two ticks (this hour's start, the next's) reached, if any."""
+    ticks = app.periodic_ticks  # type: ignore[attr-defined]
+    paris = ZoneInfo("Europe/Paris")
+    first = datetime.fromtimestamp(ticks[0], paris)
+    slot = first.replace(hour=3, minute=0, second=0, microsecond=0)
+    if slot.timestamp() <= ticks[0]:
+        slot += timedelta(days=1)
+    return slot.timestamp() if slot.timestamp() <= ticks[1] else None
 
 
 def test_schedules_api_lists_what_decortask_schedules_lists(periodic_app: Decortask) -> None:
@@ -570,7 +584,11 @@ def test_schedules_api_lists_what_decortask_schedules_lists(periodic_app: Decort
     assert (hourly["task"], hourly["schedule"], hourly["expression"], hourly["tz"]) == (
         "dash.echo", "every 1h", 3600, None
     )  # fmt: skip
-    assert (nightly["expression"], nightly["tz"], nightly["last_at"]) == ("0 3 * * *", "Europe/Paris", None)
+    # The fixture ticks at the start of this hour and of the next: between 01:00 and 02:00 UTC in winter
+    # (03:00 in Paris) the second tick publishes the nightly slot too.
+    assert (nightly["expression"], nightly["tz"], nightly["last_at"]) == (
+        "0 3 * * *", "Europe/Paris", _nightly_slot_ticked(periodic_app)
+    )  # fmt: skip
     assert hourly["last_outcome"] == "PENDING" and hourly["last_task_id"] is not None
     assert hourly["next_at"] == hourly["last_at"] + 3600 and hourly["paused"] is False
     assert hourly["leader"] == "leader-host:42:abc"
