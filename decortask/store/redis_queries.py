@@ -21,6 +21,7 @@ import heapq
 import itertools
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -41,13 +42,17 @@ SEARCH_CHUNK = 20000
 # Adds to KEYS[2] the members of KEYS[1] (a sorted set) at ranks ARGV[2]..ARGV[3] whose lower-cased id
 # contains ARGV[1], with their scores; returns how many members it looked at.
 SEARCH_IDS = """
-local page = redis.call('ZRANGE', KEYS[1], ARGV[2], ARGV[3], 'WITHSCORES')
-for i = 1, #page, 2 do
-  if string.find(string.lower(page[i]), ARGV[1], 1, true) then
-    redis.call('ZADD', KEYS[2], page[i + 1], page[i])
+local page = redis.call('ZRANGE', KEYS[1], ARGV[2], ARGV[3])
+local find, lower = string.find, string.lower
+for i = 1, #page do
+  local id = page[i]
+  -- Most ids are lower-case already (uuid hex): lower-case only those with an upper-case letter.
+  if find(id, '%u') then id = lower(id) end
+  if find(id, ARGV[1], 1, true) then
+    redis.call('ZADD', KEYS[2], redis.call('ZSCORE', KEYS[1], page[i]), page[i])
   end
 end
-return #page / 2
+return #page
 """
 #: Seconds a text search's sorted set of matches lives.
 TEXT_TTL = 10
@@ -74,6 +79,9 @@ class RedisQueries:
     _client: redis.Redis
     _created: str
     namespace: str
+    #: Recent text searches: text -> (their sorted set, until when it is reused). Only read here: the
+    #: first search gives the instance its own dict.
+    _searches: dict[str, tuple[str, float]] = {}
 
     def _errors(self) -> contextlib.AbstractContextManager[None]:
         raise NotImplementedError  # RedisStore's: Redis errors become StoreError
@@ -269,7 +277,20 @@ class RedisQueries:
             offset += len(page)
 
     def _text_matches(self, text: str) -> str:
-        """A short-lived sorted set of every task whose name or id contains `text` (case-blind)."""
+        """A short-lived sorted set of every task whose name or id contains `text` (case-blind).
+
+        Kept for a few seconds and reused, so a listing and its count (or the next page) search once.
+        """
+        now = time.monotonic()
+        cached = self._searches.get(text)
+        if cached is not None and cached[1] > now and self._client.exists(cached[0]):
+            return cached[0]
+        key = self._search_into(text)
+        self._searches = {t: kept for t, kept in self._searches.items() if kept[1] > now}
+        self._searches[text] = (key, now + TEXT_TTL / 2)
+        return key
+
+    def _search_into(self, text: str) -> str:
         needle = text.casefold()
         key = f"{self.namespace}:tmp:search:{uuid.uuid4().hex}"
         names = [name for name in self._client.smembers(self._names) if needle in name.casefold()]

@@ -135,6 +135,11 @@ while i <= #ARGV do
   if redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 1 then return {'exists', ARGV[i]} end
   i = i + 7 + count
 end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  -- A new store: every record it will hold is indexed by name and queue below, so nothing predates
+  -- those indexes (redis_queries.ensure_indexed need not read the records of a store made before them).
+  redis.call('SET', string.sub(ARGV[4], 1, -8) .. 'by-name-and-queue', '1')
+end
 local replies = {}
 for n, record in ipairs(records) do
   local at, count = record[1], record[2]
