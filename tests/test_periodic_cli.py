@@ -53,7 +53,12 @@ def test_schedules_lists_next_and_last_runs_and_pause_and_resume_persist(tmp_pat
     assert rows["beat"]["last_run"] == time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(hour + 3600))
     assert rows["beat"]["last_outcome"] == "PENDING"
     assert rows["beat"]["next_run"] == time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(hour + 7200))
-    assert rows["nightly"]["next_run"].endswith("03:00:00") and rows["nightly"]["last_run"] is None
+    # The second tick (the next hour's start) reaches the nightly 03:00 UTC slot when run between 02:00 and
+    # 03:00 UTC: then that slot is its last run.
+    nightly = hour + 1 - (hour + 1) % 86400 + 3 * 3600
+    nightly += 86400 if nightly <= hour + 1 else 0
+    reached = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(nightly)) if nightly <= hour + 3601 else None
+    assert rows["nightly"]["next_run"].endswith("03:00:00") and rows["nightly"]["last_run"] == reached
     table = _cli("-A", "tests.periodic_tasks", env=env)
     assert (
         table.returncode == 0
