@@ -205,6 +205,10 @@ class ScheduleEntry:
         )
 
 
+#: Seconds a worker's heartbeat and clean-stop stamps are kept (every store): a worker silent for a day
+#: counts as dead either way.
+HEARTBEAT_TTL = 24 * 3600
+
 #: What a task list can be ordered by (`TaskQuery.order`): the key, or "-key" for descending.
 ORDER_FIELDS = {"created": "created_at", "name": "name", "status": "status", "queue": "queue"}
 TASK_ORDERS = frozenset({*ORDER_FIELDS, *(f"-{key}" for key in ORDER_FIELDS)})

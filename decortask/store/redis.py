@@ -52,7 +52,7 @@ from .outbox_state import OutboxEntry
 from .periodic_state import PeriodicStateStore, ScheduleState
 from .redis_liveness import RedisLiveness
 from .redis_outbox import RedisOutbox, RedisOutboxMethods
-from .redis_queries import RedisQueries
+from .redis_queries import RedisQueries, record_with_logs
 from .redis_workflow import RedisWorkflowJoins
 
 T = TypeVar("T")
@@ -170,7 +170,7 @@ class RedisStore(
         if replies[0] == "exists":
             raise StoreError(f"task {replies[1]} already exists; task ids must be unique")
         return [
-            _record(reply[1], reply[2:]) if reply[0] == "held" else _copy(record)
+            record_with_logs(reply[1], reply[2:]) if reply[0] == "held" else _copy(record)
             for record, reply in zip(records, replies, strict=True)
         ]
 
@@ -180,7 +180,7 @@ class RedisStore(
             pipe.get(self._task(task_id))
             pipe.lrange(self._logs(task_id), 0, -1)
             raw, lines = pipe.execute()
-        return _record(raw, lines) if raw is not None else None
+        return record_with_logs(raw, lines) if raw is not None else None
 
     def delete(self, task_id: str) -> None:
         self._delete_where([task_id], lambda record: True)
@@ -248,7 +248,7 @@ class RedisStore(
             replies = self._transition_script(keys=[self._expires, *self._sched], args=args)
         for index, reply in zip(sent, replies, strict=True):
             if reply[0] == "ok":
-                outcomes[index] = _record(reply[1], reply[2:])
+                outcomes[index] = record_with_logs(reply[1], reply[2:])
             elif reply[0] == "illegal":
                 try:
                     check_transition(steps[index].task_id, TaskStatus(reply[1]), steps[index].status)
@@ -504,12 +504,6 @@ def _entry_json(entry: ScheduleEntry) -> str:
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _record(raw: str, lines: Sequence[str]) -> TaskRecord:
-    record = TaskRecord.from_json(raw)
-    record.logs = [LogLine.from_dict(json.loads(line)) for line in lines]
-    return record
 
 
 def _state(name: str, last: Any, paused: Any) -> ScheduleState:

@@ -10,8 +10,8 @@ import contextlib
 
 import redis
 
-#: Seconds a heartbeat (or a clean stop) is kept.
-HEARTBEAT_TTL = 24 * 3600
+from .base import HEARTBEAT_TTL
+
 #: Keys read per SCAN call.
 SCAN_COUNT = 500
 

@@ -129,7 +129,7 @@ class RedisQueries:
             for task_id, _ in found:
                 pipe.lrange(self._logs(task_id), 0, -1)
             logs = pipe.execute() if found else []
-        return [_record(raw, lines) for (_, raw), lines in zip(found, logs, strict=True)]
+        return [record_with_logs(raw, lines) for (_, raw), lines in zip(found, logs, strict=True)]
 
     def count_tasks(self, query: TaskQuery) -> int:
         if query.statuses is not None and not query.statuses:
@@ -316,7 +316,7 @@ class RedisQueries:
         # match is read and sorted (fast while the filter is narrow).
         plan = self._plan(dataclasses.replace(query, order="-created"))
         assert plan is not None
-        matching = [_record(raw, []) for _, raw in self._matching(plan, query)]
+        matching = [record_with_logs(raw, []) for _, raw in self._matching(plan, query)]
         start = max(query.offset, 0)
         page = ordered(matching, query.order)[start : start + query.limit]
         pipe = self._client.pipeline(transaction=False)
@@ -324,7 +324,7 @@ class RedisQueries:
             pipe.lrange(self._logs(record.id), 0, -1)
         logs = pipe.execute() if page else []
         for record, lines in zip(page, logs, strict=True):
-            record.logs = [LogLine.from_dict(json.loads(line)) for line in lines]
+            record.logs = log_lines(lines)
         return page
 
 
@@ -335,7 +335,12 @@ def _window(query: TaskQuery) -> tuple[str, str]:
     return low, high
 
 
-def _record(raw: str, lines: Sequence[str]) -> TaskRecord:
+def record_with_logs(raw: str, lines: Sequence[str]) -> TaskRecord:
+    """A stored record JSON and its log list's lines (JSON), as the TaskRecord they make (every reader)."""
     record = TaskRecord.from_json(raw)
-    record.logs = [LogLine.from_dict(json.loads(line)) for line in lines]
+    record.logs = log_lines(lines)
     return record
+
+
+def log_lines(lines: Sequence[str]) -> list[LogLine]:
+    return [LogLine.from_dict(json.loads(line)) for line in lines]

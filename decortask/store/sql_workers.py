@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-#: Stamps older than this are pruned as new ones are written; a worker silent for a day counts as dead either way.
-HEARTBEAT_TTL = 24 * 3600.0
+from .base import HEARTBEAT_TTL  # stamps older than this are pruned as new ones are written
 
 
 def stamp(conn: Any, table: str, mark: str, worker_id: str, now: float) -> None:
