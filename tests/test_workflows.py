@@ -50,8 +50,9 @@ from decortask import workflow as workflow_module
 from decortask.canvas import derived_id
 from decortask.message import Message
 from decortask.records import message_from_record
-from decortask.store import open_store
-from decortask.store.workflow_state import WorkflowStore
+from decortask.store import TaskRecord, TaskStore, open_store
+from decortask.store.redis import RedisStore
+from decortask.store.workflow_state import JOIN_TTL, WorkflowStore
 from decortask.testing import eager, isolated_app, run_pending
 
 # -- signatures ----------------------------------------------------------------------------------------------
@@ -139,6 +140,49 @@ def test_a_join_counts_each_member_once_and_exactly_one_report_sees_it_complete(
     assert max(agains) == size and all(again >= first for first, again in zip(firsts, agains, strict=True))
     assert join_store.join_member("chord-1", 0) == size
     assert join_store.join_member("chord-2", 0) == 1  # joins are separate
+
+
+def test_the_expiry_purge_deletes_the_joins_named_by_the_records_it_deletes(
+    join_store: WorkflowStore,
+) -> None:
+    """A join's rows go with its members' records: once they expire and are purged, reporting a member
+    of that join again starts from nothing. A join whose records are still kept is untouched."""
+    store = join_store
+    assert isinstance(store, TaskStore)
+    if isinstance(store, RedisStore):  # Redis expires a join's set by itself, JOIN_TTL after its last report
+        store.join_member("chord-old", 0)
+        assert 0 < store._client.ttl(f"{store.namespace}:join:chord-old") <= JOIN_TTL
+        return
+    now = time.time()
+
+    def member(task_id: str, join_id: str, index: int, expires_at: float) -> TaskRecord:
+        spec = {"chord": {"id": join_id, "member": index, "size": 3, "callback": wt.tsum.s().to_dict()}}
+        return TaskRecord(
+            id=task_id,
+            name="wf.add",
+            queue="default",
+            status=TaskStatus.SUCCESS,
+            created_at=now - 100,
+            updated_at=now - 100,
+            expires_at=expires_at,
+            workflow=spec,
+        )
+
+    nested = {"chain": {"id": "c", "step": 0, "size": 2, "rest": [], "then": {"chord": {"id": "outer"}}}}
+    store.create_many(
+        [
+            member("old-0", "chord-old", 0, now - 10),
+            member("old-1", "chord-old", 1, now - 10),
+            member("kept-0", "chord-kept", 0, now + 3600),
+            dataclasses.replace(member("inner-0", "inner", 0, now - 10), workflow=nested),
+        ]
+    )
+    for join_id in ("chord-old", "chord-kept", "outer"):
+        assert [store.join_member(join_id, index) for index in (0, 1)] == [1, 2]
+    assert store.purge_expired(now) == 3
+    assert store.join_member("chord-old", 2) == 1  # its rows went with its records
+    assert store.join_member("outer", 2) == 1  # a join the record is nested in (`then`) too
+    assert store.join_member("chord-kept", 2) == 3
 
 
 # -- chain, group, chord on the in-process driver -------------------------------------------------------------

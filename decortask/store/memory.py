@@ -25,7 +25,7 @@ from .base import (
 from .outbox_state import OutboxEntry, OutboxItem, OutboxStore, item_of
 from .outcome_waiters import OutcomeNotices
 from .periodic_state import PeriodicStateStore, ScheduleState
-from .workflow_state import WorkflowStore
+from .workflow_state import WorkflowStore, join_ids
 
 
 class MemoryStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
@@ -212,6 +212,8 @@ class MemoryStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
                 if r.status in TERMINAL and r.expires_at is not None and r.expires_at <= now
             ]
             for task_id in gone:
+                for join_id in join_ids(self._records[task_id].workflow):  # the joins go with it
+                    self._joins.pop(join_id, None)
                 self.delete(task_id)
             return len(gone)
 

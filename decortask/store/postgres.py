@@ -37,7 +37,7 @@ from .postgres_queries import POSTGRES
 from .postgres_rows import COLUMNS, Rows, decode, one_statement
 from .postgres_wait import NotifyListener
 from .sql_listing import queue_filter
-from .workflow_state import WorkflowStore
+from .workflow_state import WorkflowStore, join_ids
 
 T = TypeVar("T")
 
@@ -165,13 +165,24 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
         """Delete expired terminal records in batches of PURGE_BATCH, one short transaction each."""
         sql = (
             f"DELETE FROM {self.s}.decortask_tasks WHERE id IN (SELECT id FROM {self.s}.decortask_tasks "
-            "WHERE expires_at <= %s AND status = ANY(%s) LIMIT %s FOR UPDATE SKIP LOCKED)"
+            "WHERE expires_at <= %s AND status = ANY(%s) LIMIT %s FOR UPDATE SKIP LOCKED) "
+            "RETURNING record->'workflow'"
         )
+        joins = f"DELETE FROM {self.s}.decortask_joins WHERE join_id = ANY(%s)"
+
+        def batch(conn: Any) -> int:
+            # The joins these records name go with them (`workflow_state.join_ids`), in one transaction.
+            specs = conn.execute(sql, (now, _TERMINAL, PURGE_BATCH)).fetchall()
+            named: set[str] = set()
+            for (spec,) in specs:
+                named |= join_ids(spec)
+            if named:
+                conn.execute(joins, (sorted(named),))
+            return len(specs)
+
         total = 0
         while True:
-            deleted: int = self._run(
-                lambda conn: int(conn.execute(sql, (now, _TERMINAL, PURGE_BATCH)).rowcount), atomic=False
-            )
+            deleted: int = self._run(batch)
             total += deleted
             if deleted < PURGE_BATCH:
                 return total

@@ -24,7 +24,7 @@ from typing import Protocol, TypeVar
 
 from .. import sqlitelocks
 from ..states import TERMINAL
-from . import sqlite_rows
+from . import sqlite_rows, sqlite_workflow
 
 _TERMINAL_VALUES = tuple(sorted(s.value for s in TERMINAL))
 # INDEXED BY: without statistics the planner may prefer the (status, created_at) index, and would then
@@ -149,6 +149,7 @@ def _delete_batch(
     while True:
         wanted = min(limits.chunk_rows, limits.batch_rows - deleted)
         ids = [row[0] for row in conn.execute(_EXPIRED_IDS, (now, *_TERMINAL_VALUES, wanted))]
+        sqlite_workflow.purge_joins(conn, ids)
         sqlite_rows.delete(conn, ids)
         deleted += len(ids)
         if len(ids) < wanted:

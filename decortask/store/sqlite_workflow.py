@@ -1,9 +1,15 @@
-"""SQL of the workflows' joins (`workflow_state.py`) for `SQLiteStore`: one row per ended chord member."""
+"""SQL of the workflows' joins (`workflow_state.py`) for `SQLiteStore`: one row per ended chord member,
+deleted with the records that name its join (`purge_joins`)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
+from collections.abc import Sequence
+
+from . import sqlite_rows
+from .workflow_state import join_ids
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
@@ -22,3 +28,20 @@ def join_member(conn: sqlite3.Connection, join_id: str, member: int) -> int:
     )
     (count,) = conn.execute("SELECT COUNT(*) FROM workflow_joins WHERE join_id = ?", (join_id,)).fetchone()
     return int(count)
+
+
+def purge_joins(conn: sqlite3.Connection, task_ids: Sequence[str]) -> None:
+    """In the caller's write transaction, before records `task_ids` are deleted: delete the rows of the
+    joins their `workflow` names (`workflow_state.join_ids`)."""
+    joins: set[str] = set()
+    for chunk in sqlite_rows.chunks(task_ids):
+        marks = ", ".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT json_extract(record, '$.workflow') FROM decortask_tasks WHERE id IN ({marks}) "
+            "AND json_extract(record, '$.workflow') IS NOT NULL",
+            chunk,
+        )
+        for (spec,) in rows:
+            joins |= join_ids(json.loads(spec))
+    for chunk in sqlite_rows.chunks(sorted(joins)):
+        conn.execute(f"DELETE FROM workflow_joins WHERE join_id IN ({', '.join('?' * len(chunk))})", chunk)

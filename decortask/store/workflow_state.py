@@ -5,11 +5,15 @@ A chord's callback runs once every member has ended. Each member's end is record
 (SQLite: one transaction, `sqlite_workflow.py`; Redis: one MULTI of SADD and SCARD, `redis_workflow.py`;
 memory: under its lock). A member reported twice (its message redelivered after a crash) is counted once,
 so the count reaches the chord's size exactly when its last member ends, however often members are reported.
+
+A join's rows go with its members' records: when the expiry purges a record whose `workflow` names a join
+(`join_ids`), the store deletes that join's rows in the same batch (SQLite, PostgreSQL, memory); Redis
+expires a join's set `JOIN_TTL` after its last report.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 #: How long a join is kept after its last member's report (Redis expires it; seconds).
 JOIN_TTL = 7 * 24 * 3600
@@ -25,3 +29,16 @@ class WorkflowStore(Protocol):
         Atomic, and idempotent per member: reporting the same member again changes nothing.
         """
         ...
+
+
+def join_ids(spec: Any) -> set[str]:
+    """The ids of the joins a record's `workflow` (`spec`) reports to: its own chord's, and those of the
+    workflows it is nested in (`then`). A malformed spec names none."""
+    found: set[str] = set()
+    while isinstance(spec, dict):
+        chord, chain = spec.get("chord"), spec.get("chain")
+        if isinstance(chord, dict) and isinstance(chord.get("id"), str):
+            found.add(chord["id"])
+        frame = chord if isinstance(chord, dict) else chain
+        spec = frame.get("then") if isinstance(frame, dict) else None
+    return found
