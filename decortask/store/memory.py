@@ -22,13 +22,14 @@ from .base import (
     matches,
     ordered,
 )
+from .memory_limits import MemoryLimits
 from .outbox_state import OutboxEntry, OutboxItem, OutboxStore, item_of
 from .outcome_waiters import OutcomeNotices
 from .periodic_state import PeriodicStateStore, ScheduleState
 from .workflow_state import WorkflowStore, join_ids
 
 
-class MemoryStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
+class MemoryStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore, MemoryLimits):
     """A dict behind one lock. Records are deep-copied in and out so callers never share state."""
 
     def __init__(self, url: str = "memory://") -> None:

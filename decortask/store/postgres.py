@@ -33,6 +33,7 @@ from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, TaskStore, Tran
 from .outbox_state import OutboxEntry, OutboxItem, OutboxStore
 from .periodic_state import PeriodicStateStore, ScheduleState
 from .postgres_joined import Joined, TupleRows, join
+from .postgres_limits import PostgresLimits
 from .postgres_queries import POSTGRES
 from .postgres_rows import COLUMNS, Rows, decode, one_statement
 from .postgres_wait import NotifyListener
@@ -49,7 +50,7 @@ _TERMINAL = sorted(s.value for s in TERMINAL)
 _OWN_OPTIONS = ("schema", "pool_min", "pool_max", "pool_timeout")
 
 
-class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore):
+class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore, PostgresLimits):
     """A `TaskStore` in a PostgreSQL database, shared by every process and host that reaches it."""
 
     def __init__(self, url: str, *, events: int = 0, create: bool = True) -> None:

@@ -17,10 +17,10 @@ import re
 from typing import Any
 
 from ..errors import ConfigurationError, StoreError
-from . import postgres_events
+from . import postgres_events, postgres_limits
 
 #: The version of the tables this decortask writes; a store at a newer one is refused.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -70,6 +70,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # The event feed (`postgres_events.py`): its table, counter and triggers.
     3: postgres_events.MIGRATION,
+    # Flow control (issue 17): rate logs and concurrency slots (`postgres_limits.py`).
+    4: postgres_limits.MIGRATION,
 }
 
 

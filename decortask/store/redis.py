@@ -50,6 +50,7 @@ from .base import (
 )
 from .outbox_state import OutboxEntry
 from .periodic_state import PeriodicStateStore, ScheduleState
+from .redis_limits import RedisLimits
 from .redis_liveness import RedisLiveness
 from .redis_outbox import RedisOutbox, RedisOutboxMethods
 from .redis_queries import RedisQueries, record_with_logs
@@ -70,6 +71,7 @@ class RedisStore(
     PeriodicStateStore,
     RedisOutboxMethods,
     RedisWorkflowJoins,
+    RedisLimits,
 ):
     """A `TaskStore` in Redis, safe across threads, processes and hosts."""
 

@@ -25,6 +25,7 @@ from . import (
     sql_workers,
     sqlite_events,
     sqlite_expiry,
+    sqlite_limits,
     sqlite_outbox,
     sqlite_periodic,
     sqlite_queries,
@@ -36,6 +37,7 @@ from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, TaskStore, Tran
 from .outbox_state import OutboxEntry, OutboxItem, OutboxStore
 from .periodic_state import PeriodicStateStore, ScheduleState
 from .sql_listing import queue_filter
+from .sqlite_limits import SQLiteLimits
 from .sqlite_queries import SQLITE
 from .sqlite_wait import OutcomeWatcher
 
@@ -48,7 +50,7 @@ LOCK_RETRIES = 3
 LOCK_BACKOFF = 0.05
 
 
-class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
+class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore, SQLiteLimits):
     """A `TaskStore` in one SQLite file, shared by every thread and process on the host."""
 
     def __init__(self, url: str, *, read_only: bool = False, events: int = 0) -> None:
@@ -87,6 +89,7 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore):
         self._run(sqlite_outbox.create_schema)
         self._run(sqlite_workflow.create_schema)
         self._run(sqlite_events.create_schema)
+        self._run(sqlite_limits.create_schema)
         if events > 0:
             self._run(lambda conn: sqlite_events.install_triggers(conn, events))
             self.events = events
