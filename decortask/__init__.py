@@ -22,6 +22,8 @@ from .errors import (
     ConfigurationError,
     DecortaskError,
     DuplicateTaskError,
+    GraphError,
+    GraphFailed,
     IllegalTransition,
     MessageError,
     PayloadTooLargeError,
@@ -37,6 +39,7 @@ from .errors import (
     WaitTimeout,
 )
 from .events import Event, EventSubscriber
+from .graph import Graph, GraphHandle, GraphStatus
 from .handle import TaskHandle, TaskResult
 from .middleware import ExecutionOutcome, Middleware
 from .producer import Call
@@ -62,6 +65,9 @@ __all__ = [
     # workflows (docs/workflows.md)
     "Chain",
     "Chord",
+    "Graph",
+    "GraphHandle",
+    "GraphStatus",
     "Group",
     "GroupHandle",
     "Signature",
@@ -89,6 +95,8 @@ __all__ = [
     "ConfigurationError",
     "DecortaskError",
     "DuplicateTaskError",
+    "GraphError",
+    "GraphFailed",
     "IllegalTransition",
     "MessageError",
     "PayloadTooLargeError",

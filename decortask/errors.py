@@ -116,6 +116,21 @@ class TaskCancelled(DecortaskError):
     """The task ended CANCELLED."""
 
 
+class GraphError(ConfigurationError):
+    """A graph (`decortask.Graph`) cannot be built: a bad or repeated node name, a dependency on a node the
+    graph does not have, a cycle, or arguments that do not fit a node's task."""
+
+
+class GraphFailed(DecortaskError):
+    """A graph ended FAILED or CANCELLED; `states` holds each node's final status by name."""
+
+    def __init__(self, graph_id: str, status: str, message: str, states: dict[str, str]) -> None:
+        super().__init__(f"graph {graph_id} ended {status}: {message}")
+        self.graph_id = graph_id
+        self.status = status
+        self.states = states
+
+
 class TimeLimitExceeded(DecortaskError):
     """A task ran past its `timeout`; recorded as FAILED (timeout) once no retries remain."""
 

@@ -45,6 +45,9 @@ class Reason(str, Enum):
     PURGED = "purged"
     #: An earlier step of its chain, or a member of its chord, did not succeed: it never ran (FAILED).
     WORKFLOW_FAILED = "workflow_failed"
+    #: A graph node whose required dependency did not succeed, or whose graph was cancelled: it never ran
+    #: (CANCELLED).
+    SKIPPED = "skipped"
     # -- a refused message (dead-lettered; its task FAILED when known) --------------------------------------
     DECODE_ERROR = "decode_error"
     INTEGRITY_ERROR = "integrity_error"

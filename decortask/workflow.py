@@ -19,21 +19,17 @@ Every piece of a workflow's state is in the broker's messages and in the store, 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from .canvas import Signature, chain_spec, derived_id
-from .errors import (
-    ArgumentEncodingError,
-    ConfigurationError,
-    PayloadTooLargeError,
-    StoreError,
-    UnknownTaskError,
-)
-from .outcomes import Reason
+from .continuations import Write
+from .continuations import create as _create
+from .continuations import describe as _describe
+from .continuations import outcome_value as _value_for_callback
+from .continuations import write_unrun as _fail
+from .errors import ConfigurationError
+from .graph_run import node_ended
 from .producer import Lineage
-from .records import ended_fields
 from .states import TaskStatus
 from .store.base import TaskRecord
 from .store.workflow_state import WorkflowStore
@@ -42,8 +38,6 @@ if TYPE_CHECKING:
     from .app import Decortask
 
 logger = logging.getLogger("decortask.worker")
-#: A store call made patiently: the executor's `write` (retries while the store is busy or away).
-Write = Callable[[Callable[[], Any]], Any]
 
 
 def continue_workflow(app: Decortask, task_id: str, spec: dict[str, Any], write: Write) -> None:
@@ -62,6 +56,8 @@ def continue_workflow(app: Decortask, task_id: str, spec: dict[str, Any], write:
             _continue_chain(app, record, spec["chain"], write)
         if isinstance(spec.get("chord"), dict):
             _join_chord(app, record, spec["chord"], write)
+        if isinstance(spec.get("graph"), dict):
+            node_ended(app, record, spec["graph"], write)
         _follow_links(app, record, spec, write)
     except (ConfigurationError, KeyError, TypeError, ValueError) as exc:
         # A malformed workflow field (a forged or foreign message): nothing can be derived from it.
@@ -123,99 +119,3 @@ def _join_chord(app: Decortask, record: TaskRecord, spec: dict[str, Any], write:
         _value_for_callback(got, member_id, pass_failures) for got, member_id in zip(found, ids, strict=True)
     ]
     _create(app, callback.with_parent_result(values), Lineage(callback_id, record.id, chord_id), write)
-
-
-def _value_for_callback(record: TaskRecord | None, task_id: str, pass_failures: bool) -> Any:
-    if record is not None and record.status is TaskStatus.SUCCESS:
-        return record.result
-    if (
-        not pass_failures
-    ):  # only members that succeeded join such a chord: this one's record is gone (expired)
-        return None
-    return {
-        "task_id": task_id,
-        "status": record.status.value if record else None,
-        "error_type": record.error_type if record else None,
-        "error_message": record.error_message if record else "the member's record is gone",
-    }
-
-
-def _describe(record: TaskRecord) -> str:
-    """`name (task <id>) ended FAILED (reason): Error: message`, for the record of a failed step."""
-    reason = f" ({record.reason})" if record.reason else ""
-    error = f": {record.error_type}: {record.error_message}" if record.error_type else ""
-    if not error and record.error_message:
-        error = f": {record.error_message}"
-    return f"{record.name} (task {record.id}) ended {record.status.value}{reason}{error}"
-
-
-def _exists(app: Decortask, task_id: str, write: Write) -> bool:
-    return write(lambda: app.store.get(task_id)) is not None
-
-
-def _once(app: Decortask, task_id: str, create: Callable[[], object], write: Write) -> bool:
-    """Run `create` (which writes task `task_id`) through `write` unless the task exists; whether it wrote
-    it. A refused duplicate is another worker's creation first, not a store failure to retry."""
-
-    def attempt() -> bool:
-        try:
-            create()
-        except StoreError:
-            if app.store.get(task_id) is None:
-                raise  # a real failure: `write` retries it
-            return False
-        return True
-
-    return not _exists(app, task_id, write) and bool(write(attempt))
-
-
-def _create(app: Decortask, sig: Signature[Any], lineage: Lineage, write: Write) -> None:
-    """Create and publish `sig` under its derived id unless it exists; a call that cannot be made (its
-    task unknown here, arguments that do not fit) is written FAILED in its place instead."""
-    assert lineage.task_id is not None
-    try:
-        _once(app, lineage.task_id, lambda: sig.send(app, lineage), write)
-    except (
-        UnknownTaskError,
-        TypeError,
-        ArgumentEncodingError,
-        PayloadTooLargeError,
-        ConfigurationError,
-    ) as exc:
-        parent = app.store.get(lineage.parent_id) if lineage.parent_id else None
-        why = f"{sig.name} could not be enqueued after task {lineage.parent_id}: {exc}"
-        _fail(app, lineage.task_id, sig, why, parent, lineage.root_id or "", write)
-
-
-def _fail(
-    app: Decortask,
-    task_id: str,
-    sig: Signature[Any],
-    why: str,
-    cause: TaskRecord | None,
-    root_id: str,
-    write: Write,
-) -> None:
-    """Write the record of `sig`'s task (id `task_id`) FAILED with `why`, unless it exists: it never runs."""
-    task = app.registry.find(sig.name)
-    now = time.time()
-    queue = sig.options.get("queue") or (task.options.queue if task else None) or app.settings.default_queue
-    record = TaskRecord(
-        id=task_id,
-        name=sig.name,
-        queue=str(queue),
-        status=TaskStatus.FAILED,
-        created_at=now,
-        updated_at=now,
-        args=list(sig.args),
-        kwargs=dict(sig.kwargs),
-        reason=Reason.WORKFLOW_FAILED,
-        error_type=cause.error_type if cause is not None and cause.error_type else "WorkflowFailed",
-        error_message=why,
-        parent_id=cause.id if cause is not None else None,
-        root_id=root_id or None,
-        persist=task.options.persist if task else True,
-        **ended_fields(app.settings, now, task.options.persist if task else True),
-    )
-    if _once(app, task_id, lambda: app.store.create(record), write):
-        logger.warning("task %s (%s) FAILED without running: %s", task_id, sig.name, why)

@@ -43,6 +43,7 @@ from decortask import (
     WaitTimeout,
     chain,
     chord,
+    continuations,
     group,
     signature,
 )
@@ -333,8 +334,8 @@ def test_a_continuation_created_by_another_worker_first_is_a_no_op_not_a_retried
         return step()
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(workflow_module, "_exists", lambda *args: False)  # both looked before either wrote
-        created = workflow_module._once(app, first.id, lambda: app.store.create(first.record()), write)
+        patch.setattr(continuations, "exists", lambda *args: False)  # both looked before either wrote
+        created = continuations.once(app, first.id, lambda: app.store.create(first.record()), write)
     assert created is False and calls == ["write"]
 
 

@@ -1,0 +1,364 @@
+"""Graphs (issue 13): named nodes with required and optional dependencies, results passed by name, and
+finally nodes that run whatever happened.
+
+The rules: a node starts once every node it waits for has ended (the store's join says so) and gets their
+results as keyword arguments named after them; a required dependency that did not succeed skips the node
+(CANCELLED, reason `skipped`) and those after it, an optional one never does; a finally node runs once the
+nodes it follows ended, even after a failure or a cancel; the graph's status is read from its nodes'
+records. Deterministic cases run on the in-process driver (`run_pending`); then real workers on every
+broker, and workers SIGKILLed or stopped past their grace while nodes run.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import graph_tasks as gt
+import pytest
+from behaviour_tasks import read_effects
+from conftest import BROKERS
+from workers import Rig, poll_until, short_lease_rig
+
+from decortask import (
+    Decortask,
+    Graph,
+    GraphError,
+    GraphFailed,
+    GraphStatus,
+    TaskStatus,
+    UnknownTaskError,
+    WaitTimeout,
+    signature,
+)
+from decortask.graph_spec import GraphSpec, node_id
+from decortask.testing import isolated_app, run_pending
+from decortask.workflow import continue_workflow
+
+
+@pytest.fixture
+def app() -> Iterator[Decortask]:
+    with isolated_app() as test_app:
+        yield test_app
+
+
+def _pipeline() -> Graph:
+    """source -> double, source -> total(double, source), and a finally report after all of them."""
+    g = Graph()
+    g.add("source", gt.number.s(5))
+    g.add("double", gt.double.s(), requires=["source"])
+    g.add("total", gt.total.s(), requires=["double", "source"])
+    g.add_finally("report", gt.report.s())
+    return g
+
+
+# -- building: mistakes are refused before anything is sent ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("build", "error"),
+    [
+        (lambda g: g.add("a", gt.number.s(1)).add("b", gt.double.s(), requires=["nope"]), "waits for 'nope'"),
+        (
+            lambda g: g.add("a", gt.double.s(), requires=["b"]).add("b", gt.double.s(), requires=["a"]),
+            r"cycle: (a -> b -> a|b -> a -> b)",
+        ),
+        (lambda g: g.add("a", gt.double.s(), requires=["a"]), "waits for itself"),
+        (lambda g: g.add("a", gt.number.s(1)).add("a", gt.number.s(2)), "named 'a' already"),
+        (lambda g: g.add("not-a-name", gt.number.s(1)), "not a Python identifier"),
+        (
+            lambda g: g.add("a", gt.number.s(1)).add("b", gt.total.s(), requires=["a"], optional=["a"]),
+            "twice",
+        ),
+        (lambda g: g.add("a", gt.number.s(1)).add("b", gt.total.s(a=3), requires=["a"]), "also dependencies"),
+        (lambda g: g.add("a", gt.number.s(1)).add("b", gt.number.s(), requires=["a"]), "'g.number'|g.number"),
+        (lambda g: g.add("a", gt.number.s(1, 2)), "too many positional"),
+        (lambda g: g.add("a", "gt.number"), "give it a signature"),
+        (lambda g: g, "has no nodes"),
+    ],
+    ids=[
+        "unknown-dependency",
+        "cycle",
+        "self",
+        "duplicate",
+        "bad-name",
+        "listed-twice",
+        "kwarg-clash",
+        "result-not-taken",
+        "bad-arguments",
+        "not-a-signature",
+        "empty",
+    ],
+)
+def test_a_graph_that_cannot_run_is_refused_when_started_and_nothing_is_sent(
+    app: Decortask, build: object, error: str
+) -> None:
+    with pytest.raises(GraphError, match=error):
+        build(Graph()).apply_async()  # type: ignore[operator]
+    assert run_pending(app) == 0
+
+
+def test_a_node_of_an_unregistered_task_is_refused_when_started(app: Decortask) -> None:
+    with pytest.raises(UnknownTaskError):
+        Graph().add("a", signature("g.no_such_task")).apply_async()
+
+
+# -- running: results by name, skips, optional dependencies, finally nodes ---------------------------------
+
+
+def test_each_node_gets_its_dependencies_results_by_name_and_the_graph_succeeds(app: Decortask) -> None:
+    handle = _pipeline().apply_async()
+    assert handle.status() is GraphStatus.RUNNING
+    run_pending(app)
+    assert handle.get(timeout=5) == {
+        "source": 5,
+        "double": 10,
+        "total": 15,
+        "report": {"source": 5, "double": 10, "total": 15},
+    }
+    assert handle.status() is GraphStatus.SUCCESS
+    total = handle["total"].record()
+    assert total.kwargs == {"double": 10, "source": 5} and total.root_id == handle.id
+
+
+def test_a_failed_node_skips_what_requires_it_and_the_finally_node_still_runs(app: Decortask) -> None:
+    g = Graph()
+    g.add("source", gt.number.s(5))
+    g.add("broken", gt.boom.s(), requires=["source"])
+    g.add("after_broken", gt.total.s(), requires=["broken"])
+    g.add("further", gt.total.s(), requires=["after_broken", "source"])
+    g.add_finally("report", gt.report.s())
+    handle = g.apply_async()
+    run_pending(app)
+    assert handle.wait(timeout=5) is GraphStatus.FAILED
+    assert handle.states() == {
+        "source": TaskStatus.SUCCESS,
+        "broken": TaskStatus.FAILED,
+        "after_broken": TaskStatus.CANCELLED,
+        "further": TaskStatus.CANCELLED,
+        "report": TaskStatus.SUCCESS,
+    }
+    skipped = handle["further"].record()
+    assert skipped.reason == "skipped" and "the node after_broken it requires" in (
+        skipped.error_message or ""
+    )
+    assert handle["report"].get(timeout=1) == {
+        "source": 5,
+        "broken": None,
+        "after_broken": None,
+        "further": None,
+    }
+    with pytest.raises(GraphFailed, match=r"ended FAILED: node broken \(g\.boom, task \w+\) ended FAILED"):
+        handle.get(timeout=1)
+
+
+def test_an_optional_dependency_that_fails_does_not_skip_its_dependent_which_gets_none(
+    app: Decortask,
+) -> None:
+    g = Graph()
+    g.add("source", gt.number.s(5))
+    g.add("extra", gt.boom.s())
+    g.add("total", gt.total.s(), requires=["source"], optional=["extra"])
+    handle = g.apply_async()
+    run_pending(app)
+    assert handle.wait(timeout=5) is GraphStatus.FAILED  # a node failed: the graph says so
+    assert handle["total"].get(timeout=1) == 5
+    assert handle["total"].record().kwargs == {"source": 5, "extra": None}
+
+
+def test_a_finally_node_given_si_takes_no_results_and_may_follow_only_some_nodes(app: Decortask) -> None:
+    g = Graph()
+    g.add("a", gt.number.s(1))
+    g.add("b", gt.boom.s(), requires=["a"])
+    g.add_finally("cleanup", gt.cleanup.si(), after=["a"])
+    handle = g.apply_async()
+    run_pending(app)
+    assert handle.wait(timeout=5) is GraphStatus.FAILED
+    assert handle["cleanup"].get(timeout=1) == "clean"
+
+
+def test_cancel_skips_the_nodes_not_started_and_the_finally_node_still_runs(app: Decortask) -> None:
+    handle = _pipeline().apply_async()
+    assert handle.cancel() == 3  # source waited in the queue; double and total were not created yet
+    assert handle.status() is GraphStatus.RUNNING  # report waits for the queue to be drained
+    run_pending(app)
+    assert handle.wait(timeout=5) is GraphStatus.CANCELLED
+    assert handle.states() == {
+        "source": TaskStatus.CANCELLED,
+        "double": TaskStatus.CANCELLED,
+        "total": TaskStatus.CANCELLED,
+        "report": TaskStatus.SUCCESS,
+    }
+    assert handle["report"].get(timeout=1) == {"source": None, "double": None, "total": None}
+    with pytest.raises(GraphFailed, match="ended CANCELLED"):
+        handle.get(timeout=1)
+    assert handle.cancel() == 0
+
+
+def test_wait_times_out_naming_the_nodes_still_waited_for(app: Decortask) -> None:
+    handle = _pipeline().apply_async()
+    with pytest.raises(WaitTimeout, match="still waiting for source, double, total, report"):
+        handle.wait(timeout=0.05)
+
+
+def test_reporting_a_nodes_end_again_runs_nothing_twice(app: Decortask, tmp_path: Path) -> None:
+    """A redelivered message (its worker killed before the ack) reports the node's end again: the joins
+    count it once, the nodes after it exist already, and nothing runs again."""
+    effects = tmp_path / "effects.jsonl"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DECORTASK_TEST_EFFECTS", str(effects))
+        handle = _pipeline().apply_async()
+        run_pending(app)
+        assert handle.wait(timeout=5) is GraphStatus.SUCCESS
+        for name in handle:
+            record = handle[name].record()
+            assert record.workflow is not None
+            continue_workflow(app, record.id, record.workflow, lambda step: step())
+        assert run_pending(app) == 0
+    assert sorted(row["event"] for row in read_effects(str(effects))) == [
+        "double",
+        "number",
+        "report",
+        "total",
+    ]
+
+
+def test_every_node_carries_the_whole_graph_as_json(app: Decortask) -> None:
+    handle = _pipeline().apply_async()
+    record = handle["source"].record()
+    assert record.workflow is not None
+    spec, name = GraphSpec.from_workflow(record.workflow["graph"])
+    assert name == "source" and spec.id == handle.id
+    assert [node.name for node in spec.nodes] == ["source", "double", "total", "report"]
+    assert spec.node("report").requires == ("source", "double", "total") and spec.node("report").finally_
+    assert node_id(handle.id, "total") == handle.node_ids["total"]
+
+
+# -- real workers on every broker ---------------------------------------------------------------------------
+
+
+@pytest.fixture(params=BROKERS)
+def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
+    with short_lease_rig(request.param, tmp_path, "graphs", ("-A", "tests.graph_tasks")) as test_rig:
+        yield test_rig
+
+
+def _runs(rig: Rig, event: str) -> list[str]:
+    """The ids of the tasks that ran `event`, one per run (attempt)."""
+    return [str(row["id"]) for row in read_effects(str(rig.effects)) if row["event"] == event]
+
+
+@pytest.mark.broker
+def test_a_graph_with_a_finally_node_that_runs_after_a_failure_on_real_workers(rig: Rig) -> None:
+    g = Graph()
+    g.add("source", gt.number.s(5))
+    g.add("double", gt.double.s(), requires=["source"])
+    g.add("broken", gt.boom.s(), requires=["source"])
+    g.add("total", gt.total.s(), requires=["double", "broken"])
+    g.add_finally("report", gt.report.s())
+    with rig.worker("w1") as first, rig.worker("w2"):
+        handle = g.apply_async(app=rig.app)
+        assert handle.wait(timeout=60) is GraphStatus.FAILED, first.log_tail()
+        good = _pipeline().apply_async(app=rig.app)
+        assert good.get(timeout=60)["report"] == {"source": 5, "double": 10, "total": 15}
+    assert handle.states() == {
+        "source": TaskStatus.SUCCESS,
+        "double": TaskStatus.SUCCESS,
+        "broken": TaskStatus.FAILED,
+        "total": TaskStatus.CANCELLED,
+        "report": TaskStatus.SUCCESS,
+    }
+    assert handle["report"].get(timeout=1) == {"source": 5, "double": 10, "broken": None, "total": None}
+    assert _runs(rig, "report").count(handle.node_ids["report"]) == 1
+
+
+def _sigkill_a_worker_once_started(rig: Rig, event: str, started: int) -> None:
+    """Start worker w1 and SIGKILL it once `started` runs of `event` have begun."""
+    first = rig.worker("w1", concurrency=4).start()
+    try:
+        poll_until(lambda: len(_runs(rig, event)) >= started, 30, f"{started} runs of {event} to start")
+    finally:
+        first.signal(signal.SIGKILL)
+        first.wait(10)
+
+
+def _slow_graph(task: str, seconds: float) -> Graph:
+    """Two slow nodes side by side, a node requiring both, and a finally node after all of them."""
+    slow = gt.slow if task == "slow" else gt.slow_once
+    g = Graph()
+    g.add("left", slow.s(seconds))
+    g.add("right", slow.s(seconds))
+    g.add("joined", gt.total.s(), requires=["left", "right"])
+    g.add_finally("report", gt.report.s())
+    return g
+
+
+@pytest.mark.broker
+def test_f_workflow_sigkill_while_graph_nodes_run_opted_in_nodes_run_again_and_the_graph_succeeds(
+    rig: Rig,
+) -> None:
+    """A worker SIGKILLed while opted-in nodes (`requeue_on_interrupt`) run: they run again on another
+    worker, the node after them and the finally node run once, and the graph succeeds."""
+    handle = _slow_graph("slow", 1.5).apply_async(app=rig.app)
+    _sigkill_a_worker_once_started(rig, "slow", 2)
+    with rig.worker("w2", concurrency=4) as second:
+        assert handle.wait(timeout=60) is GraphStatus.SUCCESS, second.log_tail()
+    assert handle.get(timeout=1)["joined"] == 3
+    assert _runs(rig, "total") == [handle.node_ids["joined"]]
+    assert _runs(rig, "report") == [handle.node_ids["report"]]
+    assert sorted(_runs(rig, "slow")).count(handle.node_ids["left"]) == 2  # killed once, ran again once
+
+
+@pytest.mark.broker
+def test_f_workflow_sigkill_while_graph_nodes_not_opted_in_run_fails_the_graph_and_runs_the_finally_node(
+    rig: Rig,
+) -> None:
+    """Nodes not opted in end INTERRUPTED when their worker dies (the redelivery or the reaper settles
+    them, within the recovery time): the node requiring them is skipped, the finally node runs once, and
+    the graph ends FAILED with nothing left waiting."""
+    handle = _slow_graph("slow_once", 3.0).apply_async(app=rig.app)
+    _sigkill_a_worker_once_started(rig, "slow_once", 2)
+    with rig.worker("w2", concurrency=4) as second:
+        assert handle.wait(timeout=60) is GraphStatus.FAILED, second.log_tail()
+    assert handle.states() == {
+        "left": TaskStatus.INTERRUPTED,
+        "right": TaskStatus.INTERRUPTED,
+        "joined": TaskStatus.CANCELLED,
+        "report": TaskStatus.SUCCESS,
+    }
+    assert handle["joined"].record().reason == "skipped"
+    assert _runs(rig, "total") == []
+    assert _runs(rig, "report") == [handle.node_ids["report"]]
+    assert len(_runs(rig, "slow_once")) == 2  # none ran again
+    with pytest.raises(GraphFailed, match=r"node (left|right) \(g\.slow_once, task \w+\) ended INTERRUPTED"):
+        handle.get(timeout=1)
+
+
+@pytest.mark.broker
+def test_f_workflow_sigterm_past_the_grace_while_graph_nodes_run(rig: Rig) -> None:
+    """A worker stopped past its grace while the nodes of two graphs run: the opted-in nodes run again on
+    another worker and their graph succeeds; the others end INTERRUPTED (shutdown), skip the node after
+    them, and their graph fails; both finally nodes run once."""
+    requeued = _slow_graph("slow", 4.0).apply_async(app=rig.app)
+    interrupted = _slow_graph("slow_once", 4.0).apply_async(app=rig.app)
+    first = rig.worker("w1", "--grace", "1", concurrency=4).start()
+    try:
+        poll_until(
+            lambda: len(_runs(rig, "slow")) >= 2 and len(_runs(rig, "slow_once")) >= 2,
+            30,
+            "the slow nodes of both graphs to start",
+        )
+    finally:
+        first.signal(signal.SIGTERM)
+    assert first.wait(30) == 0, first.log_tail()
+    with rig.worker("w2", concurrency=4) as second:
+        assert requeued.wait(timeout=60) is GraphStatus.SUCCESS, second.log_tail()
+        assert interrupted.wait(timeout=60) is GraphStatus.FAILED, second.log_tail()
+    assert interrupted["left"].record().reason == "shutdown"
+    assert interrupted.states()["joined"] is TaskStatus.CANCELLED
+    assert _runs(rig, "total") == [requeued.node_ids["joined"]]
+    assert sorted(_runs(rig, "report")) == sorted(
+        [requeued.node_ids["report"], interrupted.node_ids["report"]]
+    )
+    assert len(_runs(rig, "slow_once")) == 2  # not run again
