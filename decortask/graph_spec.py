@@ -15,6 +15,7 @@ from typing import Any
 
 from .canvas import Signature, derived_id
 from .errors import GraphError
+from .store.workflow_state import graph_join_id as join_id
 
 __all__ = ["GraphNode", "GraphSpec", "join_id", "node_id", "ordered"]
 
@@ -119,11 +120,6 @@ class GraphSpec:
 def node_id(graph_id: str, name: str) -> str:
     """The task id of node `name` of graph `graph_id`."""
     return derived_id(graph_id, f"node:{name}")
-
-
-def join_id(graph_id: str, name: str) -> str:
-    """The store join that counts the ended dependencies of node `name` of graph `graph_id`."""
-    return f"{graph_id}:{name}"
 
 
 def ordered(nodes: Iterable[GraphNode]) -> tuple[GraphNode, ...]:

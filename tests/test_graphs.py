@@ -12,6 +12,7 @@ broker, and workers SIGKILLed or stopped past their grace while nodes run.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import graph_tasks as gt
 import pytest
 from behaviour_tasks import read_effects
 from conftest import BROKERS
+from store_helpers import fresh_store_url
 from workers import Rig, poll_until, short_lease_rig
 
 from decortask import (
@@ -32,7 +34,10 @@ from decortask import (
     WaitTimeout,
     signature,
 )
-from decortask.graph_spec import GraphSpec, node_id
+from decortask.graph_spec import GraphSpec, join_id, node_id, ordered
+from decortask.store import TaskStore, open_store
+from decortask.store.base import TaskRecord
+from decortask.store.workflow_state import WorkflowStore
 from decortask.testing import isolated_app, run_pending
 from decortask.workflow import continue_workflow
 
@@ -222,6 +227,40 @@ def test_reporting_a_nodes_end_again_runs_nothing_twice(app: Decortask, tmp_path
         "report",
         "total",
     ]
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def purging_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskStore]:
+    store = open_store(fresh_store_url(request, tmp_path, "dt-graph-purge"))
+    yield store
+    store.close()
+
+
+def test_the_expiry_purge_deletes_a_graph_nodes_join_with_the_nodes_record(purging_store: TaskStore) -> None:
+    """Every node that waits for others gets a record (run or skipped), and its join goes with it when
+    the expiry purges it. (Redis expires joins by itself: test_workflows.)"""
+    store = purging_store
+    assert isinstance(store, WorkflowStore)
+    now = time.time()
+    spec = GraphSpec("g1", ordered(_pipeline().nodes))
+    join = join_id("g1", "total")
+    for member in (0, 1):
+        store.join_member(join, member)
+    record = TaskRecord(
+        id=node_id("g1", "total"),
+        name="g.total",
+        queue="default",
+        status=TaskStatus.SUCCESS,
+        created_at=now - 100,
+        updated_at=now - 100,
+        expires_at=now - 10,
+        workflow=spec.workflow("total"),
+    )
+    store.create(record)
+    assert store.join_member(join_id("g1", "report"), 0) == 1
+    assert store.purge_expired(now) == 1
+    assert store.join_member(join, 0) == 1  # its rows went with the record
+    assert store.join_member(join_id("g1", "report"), 1) == 2  # another node's join is untouched
 
 
 def test_every_node_carries_the_whole_graph_as_json(app: Decortask) -> None:

@@ -31,10 +31,19 @@ class WorkflowStore(Protocol):
         ...
 
 
+def graph_join_id(graph_id: str, node: str) -> str:
+    """The join that counts the ended dependencies of node `node` of graph `graph_id` (`graph_run.py`)."""
+    return f"{graph_id}:{node}"
+
+
 def join_ids(spec: Any) -> set[str]:
     """The ids of the joins a record's `workflow` (`spec`) reports to: its own chord's, and those of the
-    workflows it is nested in (`then`). A malformed spec names none."""
+    workflows it is nested in (`then`); a graph node's record names its own join (every node that has one
+    gets a record, run or skipped). A malformed spec names none."""
     found: set[str] = set()
+    graph = spec.get("graph") if isinstance(spec, dict) else None
+    if isinstance(graph, dict) and isinstance(graph.get("id"), str) and isinstance(graph.get("node"), str):
+        found.add(graph_join_id(graph["id"], graph["node"]))
     while isinstance(spec, dict):
         chord, chain = spec.get("chord"), spec.get("chain")
         if isinstance(chord, dict) and isinstance(chord.get("id"), str):
