@@ -26,6 +26,19 @@ def test_the_workflows_example_runs_a_chain_a_group_and_a_chord(tmp_path: Path) 
     assert "chord: 55" in out
 
 
+def test_the_graphs_example_runs_a_finally_node_after_a_failure(tmp_path: Path) -> None:
+    out = run_example("examples.graphs", tmp_path)
+    assert "tolerant graph: FAILED, summary: 4 words, title: none" in out
+    assert (
+        "strict graph: FAILED: download SUCCESS, count_words SUCCESS, find_title FAILED, summary CANCELLED"
+        in out
+    )
+    assert (
+        "strict graph's finally node: download=ok, count_words=ok, find_title=no result, summary=no result"
+        in out
+    )
+
+
 def run_example(module: str, cwd: Path) -> str:
     """Run `python -m module` in `cwd` with no DECORTASK_ settings; its output, once it exited with 0."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DECORTASK_")}
