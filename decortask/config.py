@@ -20,6 +20,11 @@ ENV_PREFIX = "DECORTASK_"
 #: (cli.py) and the SQLite store's busy timeout (store/sqlite.py). `DECORTASK_TEST_*` belong to test suites.
 OTHER_ENV_VARIABLES = frozenset({"DECORTASK_DASHBOARD_TOKEN", "DECORTASK_SQLITE_BUSY_TIMEOUT"})
 TEST_ENV_PREFIX = "DECORTASK_TEST_"
+#: The `queue_type` values: decortask's choice for new queues (`auto`), or a type every queue must have.
+AUTO_QUEUE_TYPE = "auto"
+QUEUE_TYPES = (AUTO_QUEUE_TYPE, "classic", "quorum")
+#: Every queue `Q` has a dead-letter queue `Q.dlq` (DESIGN §4).
+DEAD_LETTER_SUFFIX = ".dlq"
 
 logger = logging.getLogger("decortask.config")
 #: Misspelled variables already warned about: each is named once per process, however many apps load.
@@ -90,6 +95,12 @@ class Settings:
             worker that crashes loses at most this much of a task's log.
         schedules: periodic schedules of tasks of any package, as a JSON object (text) or a mapping:
             name -> {"task": ..., "cron": ... or "every": seconds, "args": ..., ...}; see docs/periodic.md.
+        queue_type: RabbitMQ type of the task queues decortask declares: `classic` (priorities 0..9),
+            `quorum` (replicated; a broker-side delivery limit dead-letters to `<queue>.dlq`), or `auto`
+            (default): classic, but a queue that already exists as a quorum queue is used as it is.
+            Other brokers ignore it. See docs/configuration.md.
+        queue_types: per-queue `queue_type`, as a mapping or text (`billing=quorum,emails=classic`); a
+            queue not named here has `queue_type`. `<queue>.dlq` has the type of its queue.
     """
 
     broker_url: str = DEFAULT_URL
@@ -123,6 +134,8 @@ class Settings:
     publisher_delay: float = 0.0
     log_flush_interval: float = 0.5
     schedules: str | Mapping[str, Any] = ""
+    queue_type: str = AUTO_QUEUE_TYPE
+    queue_types: str | Mapping[str, str] = ""
 
     @classmethod
     def load(
@@ -197,6 +210,13 @@ class Settings:
         from .periodic_config import entries_from_setting
 
         entries_from_setting(self.schedules)  # a malformed schedule is reported at start, not at its slot
+        _check_queue_type("queue_type", self.queue_type)
+        queue_types_from_setting(self.queue_types)
+
+    def queue_type_for(self, queue: str) -> str:
+        """The `queue_type` of `queue` (`auto`, `classic` or `quorum`); `<queue>.dlq` has its queue's."""
+        base = queue[: -len(DEAD_LETTER_SUFFIX)] if queue.endswith(DEAD_LETTER_SUFFIX) else queue
+        return queue_types_from_setting(self.queue_types).get(base, self.queue_type)
 
     def __repr__(self) -> str:
         # Settings get printed and logged: URLs appear with their passwords masked, keys not at all.
@@ -320,6 +340,35 @@ def settings_from_config(
             )
         found[name] = (spelled, value)
     return {name: value for name, (_, value) in found.items()}
+
+
+def _check_queue_type(where: str, value: object) -> None:
+    if value not in QUEUE_TYPES:
+        raise ConfigurationError(f"setting {where} must be one of {', '.join(QUEUE_TYPES)}, got {value!r}")
+
+
+def queue_types_from_setting(value: str | Mapping[str, str]) -> dict[str, str]:
+    """The `queue_types` setting as {queue: type}, from a mapping or `billing=quorum,emails=classic` text.
+
+    Raises:
+        ConfigurationError: an entry is not `queue=type`, or names a type that is not one of `QUEUE_TYPES`.
+    """
+    if isinstance(value, Mapping):
+        pairs = [(str(queue), str(kind)) for queue, kind in value.items()]
+    elif isinstance(value, str):
+        pairs = []
+        for entry in filter(None, (part.strip() for part in value.split(","))):
+            queue, sep, kind = entry.partition("=")
+            if not sep or not queue.strip():
+                raise ConfigurationError(
+                    f"setting queue_types: {entry!r} is not queue=type; write e.g. billing=quorum,emails=classic"
+                )
+            pairs.append((queue.strip(), kind.strip()))
+    else:
+        raise ConfigurationError(f"setting queue_types must be a mapping or text, got {type(value).__name__}")
+    for queue, kind in pairs:
+        _check_queue_type(f"queue_types[{queue!r}]", kind)
+    return dict(pairs)
 
 
 def sqlite_path(url: str) -> Path:

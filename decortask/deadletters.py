@@ -38,6 +38,8 @@ DETAIL = "x-decortask-detail"
 ORIGINAL_QUEUE = "x-decortask-original-queue"
 ORIGINAL_CONTENT_TYPE = "x-decortask-original-content-type"
 DEAD_LETTERED_AT = "x-decortask-dead-lettered-at"
+#: RabbitMQ's header on a message it dead-lettered itself (e.g. `delivery_limit` of a quorum queue).
+BROKER_REASON = "x-first-death-reason"
 #: Prefix of the id of a dead letter whose body is not a valid envelope (no task id can be trusted).
 RAW_ID_PREFIX = "sha256:"
 #: The id shown for a dead letter the broker client cannot read (see `decortask.admin.fetch`).
@@ -213,8 +215,9 @@ def inspect_dead_letter(
     letter = DeadLetter(
         id=ident,
         queue=_text(headers.get(ORIGINAL_QUEUE)) or _original_queue(delivery.queue),
-        reason=_text(headers.get(REASON)) or "unknown",
-        detail=mask_text(_text(headers.get(DETAIL))),
+        # RabbitMQ's own dead letters (a quorum queue's delivery limit) carry its reason, not decortask's.
+        reason=_text(headers.get(REASON)) or _text(headers.get(BROKER_REASON)) or "unknown",
+        detail=mask_text(_text(headers.get(DETAIL))) or _broker_detail(headers),
         dead_lettered_at=_number(headers.get(DEAD_LETTERED_AT)),
         task=message.task if message is not None else None,
         size=len(delivery.body),
@@ -405,6 +408,16 @@ def _give_back(session: ConsumerSession, held: list[Delivery]) -> None:
 
 def _original_queue(dlq: str) -> str:
     return dlq[: -len(DEAD_LETTER_SUFFIX)] if dlq.endswith(DEAD_LETTER_SUFFIX) else dlq
+
+
+def _broker_detail(headers: dict[str, Any]) -> str:
+    """What a dead letter RabbitMQ made itself says: `delivery_limit` is the quorum queue's backstop."""
+    if _text(headers.get(BROKER_REASON)) == "delivery_limit":
+        return (
+            "RabbitMQ dead-lettered it: the message went back to its quorum queue more often than the "
+            "queue's x-delivery-limit (workers that died or gave it back); its task record says what became of it"
+        )
+    return ""
 
 
 def _text(value: Any) -> str:

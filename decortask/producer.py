@@ -141,13 +141,15 @@ class _Common:
         now = time.time()
         defaults = task.options
         priority = options.priority_or(defaults.priority)  # a bad priority is reported before bad times
-        return cls(
+        common = cls(
             now=now,
             due=options.due_at(now),
             expires_at=options.expires_at(now, defaults.expires),
             priority=priority,
             queue=options.queue or defaults.queue or app.settings.default_queue,
         )
+        app.transport.check_priority(common.queue, priority)  # a quorum queue would ignore it
+        return common
 
     def prepare(
         self,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import socket
 import struct
 import threading
@@ -23,13 +22,28 @@ from typing import Any
 import kombu
 from kombu import Exchange, Queue
 
-from .config import Settings, sqlite_path
+from .config import AUTO_QUEUE_TYPE, Settings, sqlite_path
 from .errors import BrokerUnavailable, ConfigurationError, QueueMismatch
 from .message import CONTENT_ENCODING, CONTENT_TYPE
 from .security import mask_text, mask_url
 from .transports.broadcast import BROADCAST_SCHEMES, CONTROL_EXCHANGE, CONTROL_TTL_MS, encode_cancel
 from .transports.confirms import confirm_tracker
 from .transports.memory import restoring_memory_transport
+from .transports.queues import (
+    CLASSIC,
+    DEAD_LETTER_SUFFIX,
+    MAX_PRIORITY,
+    QUORUM,
+    QueueKind,
+    Refusal,
+    declared_arguments,
+    fitting_type,
+    mismatch_line,
+    probe,
+    quorum_priorities,
+    refused,
+    reply_of,
+)
 from .transports.session import CONNECTION_ERRORS, ConsumerSession, Delivery
 
 # ConsumerSession and Delivery live in transports/session.py; this module stays the one to import from.
@@ -38,8 +52,6 @@ __all__ = ["DEAD_LETTER_SUFFIX", "BrokerTransport", "ConsumerSession", "Delivery
 logger = logging.getLogger("decortask.transport")
 
 DEFAULT_EXCHANGE = Exchange("")
-MAX_PRIORITY = 9
-DEAD_LETTER_SUFFIX = ".dlq"
 _SCHEMES = {"amqp", "amqps", "pyamqp", "redis", "rediss", "memory", "sqlite"}
 
 
@@ -62,7 +74,11 @@ class BrokerTransport:
         self.scheme = scheme
         self.settings = settings
         self._local = threading.local()
-        self._queues: dict[str, Queue] = {}
+        self._queues: dict[tuple[str, QueueKind], Queue] = {}
+        #: AMQP: each queue's kind as last declared (`queue_type="auto"` ones are found out; see queues.py).
+        self._kinds: dict[str, QueueKind] = {}
+        #: The RabbitMQ version `check_queue` found ("" until then): quorum queues order by priority from 4.0.
+        self._server_version = ""
         self._lock = threading.Lock()
         self._all_producers: list[kombu.Connection] = []
         #: Called before this process looks at or consumes a queue (`queue_size`, `purge`, `open_consumer`):
@@ -151,12 +167,11 @@ class BrokerTransport:
     # -- queues --------------------------------------------------------------------------------------------
 
     def queue(self, name: str) -> Queue:
-        """The durable queue `name` on the default exchange (with priorities where the broker has them)."""
-        found = self._queues.get(name)
+        """The durable queue `name` on the default exchange, with the arguments of its kind (queues.py)."""
+        kind = self.queue_kind(name)
+        found = self._queues.get((name, kind))
         if found is None:
-            arguments = (
-                {"x-max-priority": MAX_PRIORITY} if self.scheme in ("amqp", "amqps", "pyamqp") else None
-            )
+            arguments = declared_arguments(kind, name, self.settings) if self._is_amqp() else None
             found = Queue(
                 name,
                 DEFAULT_EXCHANGE,
@@ -164,27 +179,60 @@ class BrokerTransport:
                 durable=True,
                 auto_delete=False,
                 queue_arguments=arguments,
+                no_declare=self._is_amqp() and arguments is None,  # an adopted queue is used as it is
             )
-            self._queues[name] = found
+            self._queues[(name, kind)] = found
         return found
 
+    def queue_kind(self, name: str) -> QueueKind:
+        """`classic`, `quorum`, or `adopted` (an existing quorum queue of `queue_type="auto"`, once found)."""
+        configured = self.settings.queue_type_for(name)
+        return self._kinds.get(name, CLASSIC) if configured == AUTO_QUEUE_TYPE else configured
+
     def declare_queue(self, name: str, channel: Any) -> Any:
-        """Declare queue `name` on `channel` and return it bound to the channel.
+        """Declare queue `name` on `channel` (a quorum queue's `.dlq` first) and return it bound to the channel.
 
         Raises:
             QueueMismatch: the queue exists with other arguments (RabbitMQ PRECONDITION_FAILED). The broker
                 has closed the channel then: the caller drops its connection, as after any failure.
         """
-        bound = self.queue(name)(channel)
+        kind = self.queue_kind(name)
         try:
+            if self._is_amqp() and self.settings.queue_type_for(name) == AUTO_QUEUE_TYPE:
+                kind = self._kinds[name] = probe(channel, name, self.settings)
+            elif self._is_amqp() and kind == QUORUM and not name.endswith(DEAD_LETTER_SUFFIX):
+                # Where the broker's delivery limit sends a message: a queue must be there, or it is dropped.
+                self.declare_queue(name + DEAD_LETTER_SUFFIX, channel)
+            bound = self.queue(name)(channel)
             bound.declare()
         except Exception as exc:
-            if self._is_amqp() and getattr(exc, "reply_code", None) == PRECONDITION_FAILED:
-                raise QueueMismatch(
-                    _queue_mismatch_line(name, str(getattr(exc, "reply_text", "") or exc), self.url_masked)
-                ) from None
+            if self._is_amqp() and refused(exc):
+                ours = declared_arguments(kind, name, self.settings)
+                refusal = Refusal.learn(channel, name, ours, reply_of(exc))
+                fits = fitting_type(channel, name, kind, refusal, self.settings)
+                line = mismatch_line(name, kind, refusal, self.url_masked, self.settings, fits)
+                raise QueueMismatch(line) from None
             raise
         return bound
+
+    def check_priority(self, queue: str, priority: int) -> None:
+        """Refuse a priority that `queue` would ignore: a quorum queue on RabbitMQ before 4.0 is first in,
+        first out. Declares the queue first (`check_queue`) to know its kind and the broker's version.
+
+        Raises:
+            ConfigurationError: `priority` is not 0 and the queue is a quorum queue on RabbitMQ < 4.0.
+            QueueMismatch: see `declare_queue`.
+        """
+        if not priority or not self._is_amqp() or self.settings.queue_type_for(queue) == CLASSIC:
+            return
+        self.check_queue(queue)
+        if self.queue_kind(queue) != CLASSIC and not quorum_priorities(self._server_version):
+            raise ConfigurationError(
+                f"priority={priority} for queue {queue!r}, a quorum queue on RabbitMQ "
+                f"{self._server_version or '(version unknown)'}: quorum queues before RabbitMQ 4.0 deliver "
+                "first in, first out and ignore priorities; send it without priority, or to a classic queue "
+                "(queue_types={...: 'classic'})"
+            )
 
     def broker_priority(self, priority: int) -> int:
         """decortask priority (0..9, higher sooner) as this broker reads it (Redis: lower is sooner)."""
@@ -445,6 +493,9 @@ class BrokerTransport:
         try:
             self.connect(conn, 0)
             self.declare_queue(name, conn.default_channel)
+            if self._is_amqp():
+                version = conn.connection.server_properties.get("version", "")
+                self._server_version = version.decode() if isinstance(version, bytes) else str(version)
         except QueueMismatch:
             raise
         except Exception:  # unreachable: the background publisher reports it
@@ -481,44 +532,6 @@ class BrokerTransport:
             with contextlib.suppress(Exception):
                 conn.release()
         self._local = threading.local()
-
-
-#: The AMQP reply code of a declaration that does not match the existing queue.
-PRECONDITION_FAILED = 406
-# RabbitMQ's reply text: inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': received none but
-# current is the value 'quorum' of type 'longstr'
-_INEQUIVALENT = re.compile(
-    r"inequivalent arg '(?P<arg>[^']*)' for queue '[^']*' in vhost '(?P<vhost>[^']*)': "
-    r"received (?P<ours>.*?) but current is (?P<theirs>.*?)\s*$"
-)
-_TYPED_VALUE = re.compile(r"^the value (?P<value>'.*') of type '[^']*'$")
-
-
-def _with_argument(arg: str, text: str) -> str:
-    """RabbitMQ's "the value 'quorum' of type 'longstr'" as "with x-queue-type='quorum'", "none" as "without"."""
-    if text == "none":
-        return f"without {arg}"
-    typed = _TYPED_VALUE.match(text)
-    return f"with {arg}={typed.group('value') if typed else text}"
-
-
-def _queue_mismatch_line(name: str, reply: str, url: str) -> str:
-    """One line: which argument differs between decortask's declaration and the queue, and the two ways out."""
-    found = _INEQUIVALENT.search(reply)
-    vhost = found.group("vhost") if found else "/"
-    if found:
-        arg = found.group("arg")
-        what = (
-            f"queue {name!r} on {url} already exists {_with_argument(arg, found.group('theirs'))}, "
-            f"but decortask declares it {_with_argument(arg, found.group('ours'))}"
-        )
-    else:
-        what = f"the broker at {url} refused decortask's declaration of queue {name!r} ({reply})"
-    return (
-        f"{what}; decortask needs a classic durable queue with x-max-priority=9: delete the queue "
-        f"(rabbitmqctl -p {vhost} delete_queue {name}, once its messages are drained) so decortask declares "
-        f"it, or use another queue name"
-    )
 
 
 def _is_connection_error(exc: BaseException) -> bool:

@@ -26,10 +26,12 @@ pytestmark = pytest.mark.broker
 
 REPO = Path(__file__).resolve().parent.parent
 
-# What a user (or another tool) may have declared: a quorum queue, and a classic queue without priorities.
+# What a user (or another tool) may have declared: a quorum queue where the settings say classic (with the
+# default queue_type="auto" it is used as it is: tests/test_quorum_queues.py), and a classic queue without
+# priorities. Each: (its arguments, the argument that differs, the broker's value, decortask's queue_type).
 PREDECLARED = {
-    "quorum": ({"x-queue-type": "quorum"}, "x-queue-type", "quorum"),
-    "classic-without-priority": ({}, "x-max-priority", "9"),
+    "quorum": ({"x-queue-type": "quorum"}, "x-queue-type", "quorum", "classic"),
+    "classic-without-priority": ({}, "x-max-priority", "9", "auto"),
 }
 
 
@@ -52,10 +54,12 @@ def _delete_queues(url: str, *names: str) -> None:
 
 @pytest.fixture(params=sorted(PREDECLARED))
 def foreign_queue(
-    request: pytest.FixtureRequest, amqp_url: str, unique: str
+    request: pytest.FixtureRequest, amqp_url: str, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[str, str, str]]:
-    """(queue name, the argument that differs, the value the broker holds) for a queue declared elsewhere."""
-    arguments, differs, value = PREDECLARED[request.param]
+    """(queue name, the argument that differs, the value the broker holds) for a queue declared elsewhere;
+    DECORTASK_QUEUE_TYPE says how this test's app and worker declare it."""
+    arguments, differs, value, queue_type = PREDECLARED[request.param]
+    monkeypatch.setenv("DECORTASK_QUEUE_TYPE", queue_type)
     name = f"b19-{request.param}-{unique}"
     _declare_foreign_queue(amqp_url, name, arguments)
     try:
