@@ -6,24 +6,31 @@ is immutable (`add.si(2, 2)`). A signature is JSON (`to_dict` / `Signature.from_
 travel inside the message (`workflow`, DESIGN §5) and its record, and a worker finds the task by its
 registered name in its own registry, never by importing a name that came from a message.
 
+Workflows nest: a chain's step, a group's member, a chord's header member or callback may each be a
+signature, a chain, a group or a chord. `apply_async` turns the workflow into JSON nodes and starts it
+(`canvas_launch.launch`); the workers go on from there (`workflow.py`). Every task's id is derived from the
+workflow's id and its place (`derived_id`), so the workers create each of them once.
+
 The handle of a chain or a chord is the handle of the task that ends it (the chain's last step, the chord's
-callback), a `WorkflowHandle`, which waits for that task to be created and then for its outcome. Those
-tasks' ids are derived from the workflow's id (`derived_id`), so the workers create each of them once.
+callback), a `WorkflowHandle` (`canvas_handles.py`), which waits for that task to be created and then for
+its outcome; a group's, or a chain's that ends in a group, is a `GroupHandle` of its members' handles.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from . import canvas_launch
 from .call_options import CallOptions
-from .errors import ConfigurationError, TaskNotFound, WaitTimeout
-from .handle import TaskHandle, TaskResult, _value_of
+from .canvas_handles import GroupHandle, WorkflowHandle, handle_for
+from .canvas_launch import NO_VALUE, Node, derived_id
+from .errors import ConfigurationError
+from .handle import TaskHandle
 from .producer import NO_LINEAGE, Lineage, send_task
-from .states import TaskStatus
+from .store.base import TaskRecord
 
 if TYPE_CHECKING:
     from .app import Decortask
@@ -152,9 +159,13 @@ class Signature(Generic[R]):
             app.eager_runner(handle)
         return handle
 
-    def __or__(self, other: Signature[Any] | Chain[Any]) -> Chain[Any]:
+    def __or__(self, other: Part) -> Chain[Any]:
         """`a.s() | b.s()`: the chain of both."""
         return chain(self, other)
+
+    def node(self, app: Decortask) -> Node:
+        """This signature as a workflow node (`canvas_launch`), its queue resolved in `app`."""
+        return self.routed(app).to_dict()
 
 
 def signature(
@@ -170,51 +181,77 @@ def signature(
     return Signature(name, tuple(args), dict(kwargs or {}), options, immutable)
 
 
-#: The namespace of derived ids: a workflow's continuations are uuid5(its id + their place) in it.
-_ID_NAMESPACE = uuid.UUID("5d1f3c52-8f4e-4a7e-9c0b-3a1d2e6f7b90")
-#: Most seconds between two reads while a workflow's final task is not created yet.
-_POLL_MAX = 0.2
-
-
-def derived_id(workflow_id: str, place: str) -> str:
-    """The id of the task at `place` (`step:2`, `member:0`, `callback`) of workflow `workflow_id`."""
-    return uuid.uuid5(_ID_NAMESPACE, f"{workflow_id}:{place}").hex
-
-
 def _current(app: Decortask | None) -> Decortask:
     from .app import current_app
 
     return app or current_app()
 
 
+class _ClientSender:
+    """How `apply_async` starts a workflow (`canvas_launch.Sender`): each first task is sent at once, as
+    `.delay()` would (its id is new: nothing to check first)."""
+
+    def __init__(self, app: Decortask) -> None:
+        self.app = app
+
+    def send(self, leaf: Node, value: Any, lineage: Lineage) -> None:
+        sig = Signature.from_dict(leaf)
+        (sig if value is NO_VALUE else sig.with_parent_result(value)).send(self.app, lineage)
+
+    def fail(self, leaf: Node, why: str, cause: TaskRecord | None, lineage: Lineage) -> None:
+        raise ConfigurationError(why)  # nothing fails before a task has run
+
+    def join(self, join_id: str, member: int) -> int:
+        from .store.workflow_state import WorkflowStore
+
+        store = self.app.store
+        if not isinstance(store, WorkflowStore):
+            raise ConfigurationError(f"the store {type(store).__name__} keeps no workflow joins")
+        return store.join_member(join_id, member)
+
+    def records(self, task_ids: list[str]) -> list[TaskRecord | None]:
+        return [self.app.store.get(task_id) for task_id in task_ids]
+
+
+def _start(app: Decortask | None, part: Part) -> Any:
+    """Send the first tasks of workflow `part` (a new id) and return its handle (`handle_for`)."""
+    app = _current(app)
+    node = part.node(app)
+    root = uuid.uuid4().hex
+    canvas_launch.launch(_ClientSender(app), node, root, None, root)
+    return handle_for(app, node, root, root)
+
+
 # -- building ------------------------------------------------------------------------------------------------
 
 
 class Chain(Generic[R]):
-    """Steps run one after another, each result put before the next step's arguments (unless `.si()`)."""
+    """Steps run one after another, each result put before the next step's arguments (unless `.si()`);
+    a step may be a signature, a group (the next step gets the list of its results) or a chord."""
 
-    def __init__(self, steps: Sequence[Signature[Any]]) -> None:
+    def __init__(self, steps: Sequence[Part]) -> None:
         self.steps = tuple(steps)
 
     def __repr__(self) -> str:
-        return " | ".join(step.name for step in self.steps) or "chain()"
+        return (
+            " | ".join(repr(step) if not isinstance(step, Signature) else step.name for step in self.steps)
+            or "chain()"
+        )
 
-    def __or__(self, other: Signature[Any] | Chain[Any]) -> Chain[Any]:
+    def __or__(self, other: Part) -> Chain[Any]:
         return chain(self, other)
 
-    def apply_async(self, *, app: Decortask | None = None) -> WorkflowHandle[R]:
-        """Enqueue the first step; the handle waits for the last one (and raises naming a failed step)."""
-        app = _current(app)
+    def node(self, app: Decortask) -> Node:
+        """This chain as a workflow node, its signatures' queues resolved in `app`."""
         if not self.steps:
             raise ConfigurationError("chain() has no steps; give it at least one signature")
-        steps = [step.routed(app) for step in self.steps]
-        workflow_id = uuid.uuid4().hex
-        size = len(steps)
-        step_ids = [derived_id(workflow_id, f"step:{index}") for index in range(size)]
-        steps[0].send(
-            app, Lineage(step_ids[0], None, workflow_id, chain_spec(workflow_id, 0, size, steps[1:]))
-        )
-        return WorkflowHandle(app, step_ids[-1], steps[-1].name, workflow_id, step_ids[:-1])
+        return {"chain": [step.node(app) for step in self.steps]}
+
+    def apply_async(self, *, app: Decortask | None = None) -> WorkflowHandle[R]:
+        """Enqueue the first step; the handle waits for the last one (and raises naming a failed step).
+        A chain that ends in a group returns a `GroupHandle` of the group's members."""
+        handle: WorkflowHandle[R] = _start(app, self)
+        return handle
 
     def delay(self) -> WorkflowHandle[R]:
         """`apply_async()`."""
@@ -222,20 +259,28 @@ class Chain(Generic[R]):
 
 
 class Group:
-    """Signatures run in parallel; the handle's `get()` returns their results in order."""
+    """Parts run in parallel; the handle's `get()` returns their results in order."""
 
-    def __init__(self, members: Iterable[Signature[Any]]) -> None:
+    def __init__(self, members: Iterable[Part]) -> None:
         self.members = tuple(members)
 
     def __repr__(self) -> str:
-        return f"group({', '.join(member.name for member in self.members)})"
+        return f"group({', '.join(m.name if isinstance(m, Signature) else repr(m) for m in self.members)})"
+
+    def __or__(self, other: Part) -> Chord[Any] | Chain[Any]:
+        """`group(...) | cb.s()` is `chord(group(...), cb.s())`, as in Celery (the same for a chain)."""
+        if isinstance(other, Signature | Chain):
+            return Chord(self, other)
+        return chain(self, other)
+
+    def node(self, app: Decortask) -> Node:
+        """This group as a workflow node."""
+        return {"group": [member.node(app) for member in self.members]}
 
     def apply_async(self, *, app: Decortask | None = None) -> GroupHandle:
         """Enqueue every member (an empty group enqueues nothing, and its `get()` is `[]`)."""
-        app = _current(app)
-        group_id = uuid.uuid4().hex
-        handles = [member.send(app, Lineage(root_id=group_id)) for member in self.members]
-        return GroupHandle(group_id, handles)
+        handle: GroupHandle = _start(app, self)
+        return handle
 
     def delay(self) -> GroupHandle:
         """`apply_async()`."""
@@ -243,83 +288,88 @@ class Group:
 
 
 class Chord(Generic[R]):
-    """A group whose results, once every member ended, are the first argument of `callback`.
+    """A group whose results, once every member ended, are the first argument of `callback` (a signature
+    or a chain).
 
     A member that ends FAILED, CANCELLED or INTERRUPTED fails the chord (its callback's record, naming the
     member) and the callback never runs; with `pass_failures`, the callback runs anyway and gets, in that
     member's place, `{"status", "error_type", "error_message", "task_id"}`.
     """
 
-    def __init__(self, header: Group, callback: Signature[R], pass_failures: bool = False) -> None:
+    def __init__(self, header: Group, callback: Signature[R] | Chain[R], pass_failures: bool = False) -> None:
         self.header = header
         self.callback = callback
         self.pass_failures = pass_failures
 
     def __repr__(self) -> str:
-        return f"chord({self.header!r}, {self.callback.name})"
+        return f"chord({self.header!r}, {self.callback!r})"
+
+    def __or__(self, other: Part) -> Chain[Any]:
+        return chain(self, other)
+
+    def node(self, app: Decortask) -> Node:
+        """This chord as a workflow node."""
+        header = [member.node(app) for member in self.header.members]
+        chord = {"header": header, "callback": self.callback.node(app), "pass_failures": self.pass_failures}
+        return {"chord": chord}
 
     def apply_async(self, *, app: Decortask | None = None) -> WorkflowHandle[R]:
         """Enqueue the members; the handle waits for the callback."""
-        app = _current(app)
-        routed = self.callback.routed(app)
-        chord_id = uuid.uuid4().hex
-        callback_id = derived_id(chord_id, "callback")
-        members = self.header.members
-        if not members:  # nothing to wait for: the callback gets an empty list now
-            routed.with_parent_result([]).send(app, Lineage(callback_id, None, chord_id))
-        callback = routed.to_dict()
-        member_ids = [derived_id(chord_id, f"member:{index}") for index in range(len(members))]
-        for index, member in enumerate(members):
-            spec = {
-                "chord": {
-                    "id": chord_id,
-                    "member": index,
-                    "size": len(members),
-                    "callback": callback,
-                    "pass_failures": self.pass_failures,
-                }
-            }
-            member.send(app, Lineage(member_ids[index], None, chord_id, spec))
-        return WorkflowHandle(app, callback_id, self.callback.name, chord_id, member_ids)
+        handle: WorkflowHandle[R] = _start(app, self)
+        return handle
 
     def delay(self) -> WorkflowHandle[R]:
         """`apply_async()`."""
         return self.apply_async()
 
 
-def chain(*steps: Signature[Any] | Chain[Any]) -> Chain[Any]:
-    """`chain(a.s(), b.s(), c.s())`, the same as `a.s() | b.s() | c.s()`; nested chains are flattened."""
-    flat: list[Signature[Any]] = []
+#: What a workflow is made of: a signature, a chain, a group or a chord.
+Part = Signature[Any] | Chain[Any] | Group | Chord[Any]
+_PARTS = (Signature, Chain, Group, Chord)
+
+
+def chain(*steps: Part) -> Chain[Any]:
+    """`chain(a.s(), b.s(), c.s())`, the same as `a.s() | b.s() | c.s()`; nested chains are flattened.
+    A step may be a group or a chord: `chain(a.s(), group(b.s(), c.s()), d.s())` gives `d` the list."""
+    flat: list[Part] = []
     for step in steps:
         if isinstance(step, Chain):
             flat.extend(step.steps)
-        elif isinstance(step, Signature):
+        elif isinstance(step, _PARTS):
             flat.append(step)
         else:
-            raise ConfigurationError(f"chain() takes signatures (task.s(...)) and chains, got {step!r}")
+            raise ConfigurationError(
+                f"chain() takes signatures (task.s(...)), chains, groups and chords, got {step!r}"
+            )
     return Chain(flat)
 
 
-def group(*members: Signature[Any] | Iterable[Signature[Any]]) -> Group:
-    """`group(a.s(1), a.s(2))` or `group(a.s(i) for i in range(10))`."""
-    flat: list[Signature[Any]] = []
+def group(*members: Part | Iterable[Part]) -> Group:
+    """`group(a.s(1), a.s(2))` or `group(a.s(i) for i in range(10))`; a member may be a chain, a group or
+    a chord."""
+    flat: list[Any] = []
     for member in members:
-        if isinstance(member, Signature):
+        if isinstance(member, _PARTS):
             flat.append(member)
         else:
             flat.extend(member)
     for member in flat:
-        if not isinstance(member, Signature):
-            raise ConfigurationError(f"group() takes signatures (task.s(...)), got {member!r}")
+        if not isinstance(member, _PARTS):
+            raise ConfigurationError(
+                f"group() takes signatures (task.s(...)), chains, groups and chords, got {member!r}"
+            )
     return Group(flat)
 
 
 def chord(
-    header: Group | Iterable[Signature[Any]], callback: Signature[R], *, pass_failures: bool = False
+    header: Group | Iterable[Part], callback: Signature[R] | Chain[R], *, pass_failures: bool = False
 ) -> Chord[R]:
-    """`chord(group(...), callback.s())`: the callback gets the list of the members' results in order."""
-    if not isinstance(callback, Signature):
-        raise ConfigurationError(f"chord()'s callback must be a signature (task.s(...)), got {callback!r}")
+    """`chord(group(...), callback.s())`: the callback (a signature or a chain) gets the list of the
+    members' results in order."""
+    if not isinstance(callback, Signature | Chain):
+        raise ConfigurationError(
+            f"chord()'s callback must be a signature (task.s(...)) or a chain, got {callback!r}"
+        )
     return Chord(header if isinstance(header, Group) else group(header), callback, pass_failures)
 
 
@@ -332,123 +382,3 @@ def signatures(
         if not isinstance(sig, Signature):
             raise ConfigurationError(f"{keyword}= takes signatures (task.s(...)), got {sig!r}")
     return sigs
-
-
-def chain_spec(
-    workflow_id: str, step: int, size: int, rest: Sequence[Signature[Any]]
-) -> dict[str, Any] | None:
-    if not rest:
-        return None  # the last step: nothing follows it
-    return {"chain": {"id": workflow_id, "step": step, "size": size, "rest": [s.to_dict() for s in rest]}}
-
-
-# -- handles -------------------------------------------------------------------------------------------------
-
-
-class WorkflowHandle(TaskHandle[R]):
-    """The handle of a chain or a chord: the task that ends it, which the workflow creates later.
-
-    `wait()`/`get()` wait for that task to be created, then for its outcome; a failed step or member
-    surfaces as that task's `TaskFailed`, naming the step or member. `cancel()` cancels the workflow's
-    tasks that exist and have not ended (a chain's current step, a chord's members), which fails it.
-    """
-
-    def __init__(
-        self, app: Decortask, task_id: str, name: str, workflow_id: str, parts: Sequence[str] = ()
-    ) -> None:
-        super().__init__(app, task_id, name)
-        self.workflow_id = workflow_id
-        #: Ids of the tasks `cancel()` looks at, besides the final one: a chain's steps, a chord's members.
-        self.parts = tuple(parts)
-
-    def cancel(self) -> bool:
-        """Cancel every task of the workflow that exists and has not ended; True if any was cancelled.
-
-        A cancelled step or member ends CANCELLED, and the workflow fails naming it (a chain's later steps
-        and a chord's callback never run). A chain step about to be created as this runs is not seen.
-        """
-        from .control import request_cancel
-
-        store = self.app.store
-        cancelled = False
-        for task_id in (*self.parts, self.id):
-            record = store.get(task_id)
-            if record is not None and not record.status.terminal:
-                cancelled = request_cancel(self.app, task_id) or cancelled
-        return cancelled
-
-    def __repr__(self) -> str:
-        return f"<WorkflowHandle {self.workflow_id}: {self.name} {self.id}>"
-
-    def done(self) -> bool:
-        record = self.app.store.get(self.id)
-        return record is not None and record.status.terminal
-
-    @property
-    def status(self) -> TaskStatus:
-        """The final task's status; PENDING while the workflow has not created it yet."""
-        record = self.app.store.get(self.id)
-        return TaskStatus.PENDING if record is None else record.status
-
-    def _not_found(self) -> TaskNotFound:
-        return TaskNotFound(
-            f"workflow {self.workflow_id}: its final task {self.name} ({self.id}) is not created yet (its "
-            "earlier tasks still run; wait() or get() wait for it), or its record expired"
-        )
-
-    def wait(self, timeout: float | None = None) -> TaskResult:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = 0.01
-        while self.app.store.get(self.id) is None:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise WaitTimeout(
-                    f"workflow {self.workflow_id}: its final task {self.name} ({self.id}) was not created "
-                    f"within {timeout} s; its earlier tasks still run, or no worker consumes their queue"
-                )
-            time.sleep(pause if left is None else min(pause, left))
-            pause = min(pause * 1.5, _POLL_MAX)
-        return super().wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
-
-    async def await_result(self, timeout: float | None = None) -> TaskResult:
-        import asyncio
-
-        return await asyncio.to_thread(self.wait, timeout)
-
-
-class GroupHandle:
-    """The members' handles of a group, in order."""
-
-    def __init__(self, group_id: str, handles: Sequence[TaskHandle[Any]]) -> None:
-        self.id = group_id
-        self.handles = list(handles)
-
-    def __repr__(self) -> str:
-        return f"<GroupHandle {self.id}: {len(self.handles)} tasks>"
-
-    def __len__(self) -> int:
-        return len(self.handles)
-
-    def __iter__(self) -> Iterator[TaskHandle[Any]]:
-        return iter(self.handles)
-
-    def __getitem__(self, index: int) -> TaskHandle[Any]:
-        return self.handles[index]
-
-    def wait(self, timeout: float | None = None) -> list[TaskResult]:
-        """Every member's terminal snapshot, in order; `WaitTimeout` if they have not all ended in time."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        return [
-            h.wait(None if deadline is None else max(0.0, deadline - time.monotonic())) for h in self.handles
-        ]
-
-    def get(self, timeout: float | None = None) -> list[Any]:
-        """Every member's result, in order; raises the first failed member's `TaskFailed`/`TaskCancelled`."""
-        return [_value_of(result) for result in self.wait(timeout)]
-
-    def done(self) -> bool:
-        return all(handle.done() for handle in self.handles)
-
-    def cancel(self) -> int:
-        """Cancel every member that has not ended (pending ones never run); how many were cancelled."""
-        return sum(1 for handle in self.handles if handle.cancel())

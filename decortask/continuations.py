@@ -78,12 +78,14 @@ def once(app: Decortask, task_id: str, create: Callable[[], object], write: Writ
     return not exists(app, task_id, write) and bool(write(attempt))
 
 
-def create(app: Decortask, sig: Signature[Any], lineage: Lineage, write: Write) -> None:
+def create(app: Decortask, sig: Signature[Any], lineage: Lineage, write: Write) -> bool:
     """Create and publish `sig` under its derived id unless it exists; a call that cannot be made (its
-    task unknown here, arguments that do not fit) is written FAILED in its place instead."""
+    task unknown here, arguments that do not fit) is written FAILED in its place instead, and then True is
+    returned (the caller fails what follows it)."""
     assert lineage.task_id is not None
     try:
         once(app, lineage.task_id, lambda: sig.send(app, lineage), write)
+        return False
     except (
         UnknownTaskError,
         TypeError,
@@ -96,6 +98,7 @@ def create(app: Decortask, sig: Signature[Any], lineage: Lineage, write: Write) 
         write_unrun(
             app, lineage.task_id, sig, why, parent, lineage.root_id or "", write, workflow=lineage.workflow
         )
+        return True
 
 
 def write_unrun(

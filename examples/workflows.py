@@ -1,4 +1,4 @@
-"""Workflows: a chain, a group and a chord, run by a worker until the queue is empty.
+"""Workflows: a chain, a group, a chord and nested ones, run by a worker until the queue is empty.
 
 Run from the repository root: `python -m examples.workflows`. With nothing configured, the broker and the
 store are one SQLite file (`decortask.db`), so no server is needed.
@@ -41,9 +41,11 @@ def main() -> int:
     stops = chain(add.s(1, -5), check_positive.s(), add.si(100, 100)).apply_async()
     squares = group(multiply.s(n, n) for n in range(1, 6)).apply_async()
     summed = chord([multiply.s(n, n) for n in range(1, 6)], total.s()).apply_async()
-    print(
-        "enqueued a chain, a failing chain, a group and a chord; starting a worker until the queue is empty"
-    )
+    # Nesting: a group inside a chain gets the previous result and gives the next step the list.
+    fanned = (add.s(1, 1) | group(multiply.s(10), multiply.s(100)) | total.s()).apply_async()
+    # Chains as a chord's header members, and a chain as its callback.
+    nested = chord([add.s(n, n) | multiply.s(10) for n in range(1, 4)], total.s() | add.s(1)).apply_async()
+    print("enqueued chains, a group, chords and nested ones; starting a worker until the queue is empty")
     worker = [
         sys.executable,
         "-m",
@@ -63,6 +65,8 @@ def main() -> int:
         print(f"failing chain: {exc.error_message}")
     print(f"group: {squares.get(timeout=10)}")
     print(f"chord: {summed.get(timeout=10)}")
+    print(f"group in a chain: {fanned.get(timeout=10)}")  # 2 -> [20, 200] -> 220
+    print(f"chains in a chord: {nested.get(timeout=10)}")  # [20, 40, 60] -> 120 -> 121
     return 0
 
 

@@ -18,12 +18,14 @@ def test_quickstart_runs_on_the_embedded_default(tmp_path: Path) -> None:
     assert (tmp_path / "decortask.db").exists()  # the default: one SQLite file in the working directory
 
 
-def test_the_workflows_example_runs_a_chain_a_group_and_a_chord(tmp_path: Path) -> None:
+def test_the_workflows_example_runs_a_chain_a_group_a_chord_and_nested_ones(tmp_path: Path) -> None:
     out = run_example("examples.workflows", tmp_path)
     assert "chain: 51" in out
     assert "failing chain: chain " in out and "step 2 of 3, examples.workflows.check_positive" in out
     assert "group: [1, 4, 9, 16, 25]" in out
     assert "chord: 55" in out
+    assert "group in a chain: 220" in out
+    assert "chains in a chord: 121" in out
 
 
 def test_the_graphs_example_runs_a_finally_node_after_a_failure(tmp_path: Path) -> None:
