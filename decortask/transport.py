@@ -247,6 +247,7 @@ class BrokerTransport:
         if state is None:
             conn = self.connection()
             self.connect(conn, retries)
+            self._note_version(conn)
             producer = kombu.Producer(conn.default_channel, exchange=DEFAULT_EXCHANGE)
             if self._is_amqp():
                 confirm_tracker(producer.channel)  # before any publish: it numbers them from the first
@@ -265,6 +266,12 @@ class BrokerTransport:
             with self._lock:
                 if state[0] in self._all_producers:
                     self._all_producers.remove(state[0])
+
+    def _note_version(self, conn: kombu.Connection) -> None:
+        """Keep the RabbitMQ version a connection reports (`check_priority` asks it of quorum queues)."""
+        if self._is_amqp():
+            version = conn.connection.server_properties.get("version", "")
+            self._server_version = version.decode() if isinstance(version, bytes) else str(version)
 
     def _is_amqp(self) -> bool:
         return self.scheme in ("amqp", "amqps", "pyamqp")
@@ -492,10 +499,8 @@ class BrokerTransport:
         conn = self.connection()
         try:
             self.connect(conn, 0)
+            self._note_version(conn)
             self.declare_queue(name, conn.default_channel)
-            if self._is_amqp():
-                version = conn.connection.server_properties.get("version", "")
-                self._server_version = version.decode() if isinstance(version, bytes) else str(version)
         except QueueMismatch:
             raise
         except Exception:  # unreachable: the background publisher reports it
