@@ -420,3 +420,75 @@ def test_schedules_view_lists_schedules_and_pauses_one(
     finally:
         dashboard.stop()
         _login(browser, system.dashboard.url)
+
+
+def test_a_graph_nodes_page_draws_the_graph_coloured_by_state(system: Scene, browser: Any) -> None:
+    """The task page of a graph node shows the graph: a box per node in the colour of its state (done,
+    failed, skipped, running, not created yet), arrows between them, the key, and the members' table."""
+    from decortask import Graph, GraphStatus
+
+    g = Graph()
+    g.add("a", bt.add.s(1, 2))
+    g.add("b", bt.add.s(3, 4))
+    g.add("total", bt.add.s(), requires=["a", "b"])  # add(a=3, b=7)
+    g.add("broken", bt.always_fails.si(), requires=["a"])
+    g.add("skipped", bt.add.si(1, 1), requires=["broken"])
+    g.add("slow", bt.cooperative.si(60), requires=["total"])
+    g.add("after_slow", bt.add.si(2, 2), requires=["slow"], optional=["skipped"])
+    g.add_finally("report", bt.add.si(0, 0))
+    handle = g.apply_async(app=system.app)
+    expected = {
+        "a": "SUCCESS",
+        "b": "SUCCESS",
+        "total": "SUCCESS",
+        "broken": "FAILED",
+        "skipped": "CANCELLED",
+        "slow": "RUNNING",
+        "after_slow": "WAITING",
+        "report": "WAITING",
+    }
+    states = {name: (s.value if s else "WAITING") for name, s in handle.states().items()}
+    poll_until(
+        lambda: {name: (s.value if s else "WAITING") for name, s in handle.states().items()} == expected,
+        30,
+        f"the graph to reach the pictured states (now {states})",
+    )
+    try:
+        _viewport(browser, 1280, 800)
+        browser.get(system.dashboard.url + f"/tasks/{handle.node_ids['total']}#workflow")
+        drawn = _until(
+            browser,
+            lambda: _js(
+                browser,
+                "const n = document.querySelectorAll('svg.workflow-graph .wf-node');"
+                "return n.length ? Object.fromEntries([...n].map((e) => [e.dataset.node, e.dataset.status])) : null",
+            ),
+            "the graph picture",
+        )
+        _shot(browser, "workflow-graph-1280")
+        assert drawn == expected
+        fills = _js(
+            browser,
+            "return Object.fromEntries([...document.querySelectorAll('.wf-node')].map("
+            "(e) => [e.dataset.node, getComputedStyle(e.querySelector('rect')).fill]))",
+        )
+        assert fills["a"] == fills["total"] != fills["broken"] != fills["skipped"] != fills["slow"]
+        assert (
+            len(_js(browser, "return document.querySelectorAll('svg.workflow-graph .wf-edge')"))
+            == 2 + 1 + 1 + 1 + 2 + 1
+        )
+        box = _js(
+            browser, "return document.querySelector('svg.workflow-graph').getBoundingClientRect().toJSON()"
+        )
+        assert box["width"] > 600 and box["height"] > 100  # drawn at its size, not squeezed
+        # The list's detail panel of a member links to that picture.
+        _open(browser, system.dashboard.url + f"/?task={handle.node_ids['broken']}")
+        link = _until(
+            browser,
+            lambda: _js(browser, "const a = document.querySelector('#detail-fields a'); return a && a.href"),
+            "the detail's workflow link",
+        )
+        assert link.endswith(f"/tasks/{handle.node_ids['broken']}#workflow")
+    finally:
+        handle.cancel()
+        assert handle.wait(timeout=30) is GraphStatus.FAILED  # broken failed; the rest cancelled or done

@@ -41,6 +41,7 @@ from . import queries
 from .activity import Activity
 from .auth import CSRF_HEADER, SESSION_COOKIE, Caller, Guard, new_session_id
 from .events import stream
+from .workflow_view import workflow_view
 
 if TYPE_CHECKING:
     from ..app import Decortask
@@ -266,6 +267,21 @@ async def task_detail(request: Request, caller: Caller) -> Response:
         return error(404, f"no task {task_id} in the store (records are deleted history_ttl after they end)")
     registry = state_of(request).app.registry
     return json_response(queries.task_detail(record, include_args=include_args, registry=registry))
+
+
+async def task_workflow(request: Request, caller: Caller) -> Response:
+    """The workflow the task belongs to (`workflow_view.py`): `{"workflow": {...}}`, or null for none."""
+    task_id = request.path_params["task_id"]
+    app = state_of(request).app
+    try:
+        record = await in_thread(app.store.get, task_id)
+        if record is None:
+            return error(
+                404, f"no task {task_id} in the store (records are deleted history_ttl after they end)"
+            )
+        return json_response({"workflow": await in_thread(workflow_view, app, record)})
+    except StoreError as exc:
+        return outage(exc)
 
 
 async def counts(request: Request, caller: Caller) -> Response:

@@ -20,6 +20,8 @@ from . import api, page, queries
 from .assets import SCRIPT, STYLES
 from .auth import CSRF_FIELD, SESSION_COOKIE, Caller, Guard, check_exposure
 from .chart_script import CHART_SCRIPT, CHART_STYLES
+from .workflow_html import WORKFLOW_STYLES
+from .workflow_view import workflow_view
 
 if TYPE_CHECKING:
     from ..app import Decortask
@@ -92,6 +94,7 @@ def create_dashboard(
         Route("/api/overview", api.guarded(api.overview)),
         Route("/api/tasks", api.guarded(api.list_tasks)),
         Route("/api/tasks/{task_id}", api.guarded(api.task_detail)),
+        Route("/api/tasks/{task_id}/workflow", api.guarded(api.task_workflow)),
         Route("/api/tasks/{task_id}/retry", api.guarded(api.retry, post=True), methods=["POST"]),
         Route("/api/tasks/{task_id}/cancel", api.guarded(api.cancel, post=True), methods=["POST"]),
         Route("/api/counts", api.guarded(api.counts)),
@@ -200,7 +203,8 @@ async def task_page(request: Request) -> Response:
         return PlainTextResponse(mask_text(f"the store is unreachable: {exc}"), status_code=503)
     if record is None:
         return PlainTextResponse(f"no task {task_id} in the store", status_code=404)
-    return HTMLResponse(page.task_page(queries.task_detail(record)))
+    view = await api.in_thread(workflow_view, api.state_of(request).app, record)
+    return HTMLResponse(page.task_page(queries.task_detail(record), view))
 
 
 async def login_form(request: Request) -> Response:
@@ -265,4 +269,4 @@ async def script(request: Request) -> Response:
 
 
 async def styles(request: Request) -> Response:
-    return Response(STYLES + CHART_STYLES, media_type="text/css")
+    return Response(STYLES + CHART_STYLES + WORKFLOW_STYLES, media_type="text/css")

@@ -251,6 +251,11 @@ SCRIPT = r"""
       if (value === null || value === undefined || value === "") continue;
       fields.append(el("dt", label), el("dd", value));
     }
+    if (task.root_id) {  // a workflow's member: its picture is on the task's page (workflow_html.py)
+      const link = el("a", "picture of the workflow " + task.root_id.slice(0, 12));
+      link.href = "/tasks/" + encodeURIComponent(task.id) + "#workflow";
+      fields.append(el("dt", "Workflow"), el("dd", "")); fields.lastChild.append(link);
+    }
     const bar = $("detail-progress");
     bar.hidden = task.progress === null;
     if (task.progress !== null) bar.value = task.progress;

@@ -11,6 +11,8 @@ from datetime import datetime, timezone
 from html import escape
 from typing import Any
 
+from .workflow_html import workflow_section
+
 _HEAD = """<!doctype html>
 <html lang="en">
 <head>
@@ -182,8 +184,9 @@ def login(csrf_token: str, problem: str | None = None) -> str:
     )
 
 
-def task_page(detail: dict[str, Any]) -> str:
-    """One task as plain HTML, without script: a link that works anywhere, every value escaped."""
+def task_page(detail: dict[str, Any], workflow: dict[str, Any] | None = None) -> str:
+    """One task as plain HTML, without script: a link that works anywhere, every value escaped; with the
+    picture of its `workflow` (`workflow_view.py`) when it is in one."""
     fields = (
         ("Status", _status_text(detail)),
         ("Task", detail["name"]),
@@ -224,6 +227,7 @@ def task_page(detail: dict[str, Any]) -> str:
 <dl>{rows}</dl>
 {error}
 <h2>Result</h2><pre>{escape(_json(detail["result"]))}</pre>
+{workflow_section(workflow) if workflow else ""}
 <h2>Logs</h2><ol class="logs">{logs}</ol>
 </body>
 </html>
