@@ -13,7 +13,7 @@ import pytest
 import workflow_tasks as wt
 from test_dashboard import BEARER, TOKEN, TestClient
 
-from decortask import Decortask, Graph, chain, chord
+from decortask import Decortask, Graph, chain, chord, group
 from decortask.app import reset_default_app
 from decortask.dashboard import create_dashboard
 from decortask.testing import run_pending
@@ -101,7 +101,7 @@ def test_the_workflow_api_gives_the_nodes_layers_and_edges(app: Decortask, clien
     assert client.get(f"/api/tasks/{lone.id}/workflow").status_code == 401
 
 
-def test_a_chain_steps_and_a_chord_members_pages_list_their_workflow(
+def test_a_chain_steps_a_chord_and_a_group_members_pages_list_their_workflow(
     app: Decortask, client: TestClient
 ) -> None:
     steps = chain(wt.add.s(1, 1), wt.fail.s(), wt.add.s(5)).apply_async(app=app)
@@ -118,6 +118,13 @@ def test_a_chain_steps_and_a_chord_members_pages_list_their_workflow(
         "callback": "SUCCESS",
     }
     assert page.count('class="wf-edge wf-required"') == 3
+    members = group(wt.add.s(1, 1), wt.fail.s(0), wt.add.s(2, 2)).apply_async(app=app)
+    view = client.get(f"/api/tasks/{members[2].id}/workflow", headers=BEARER).json()["workflow"]
+    assert (view["kind"], view["id"], view["status"]) == ("group", members.id, "RUNNING")
+    run_pending(app)
+    page = client.get(f"/tasks/{members[0].id}", headers=BEARER).text
+    assert _boxes(page) == {"member 1": "SUCCESS", "member 2": "FAILED", "member 3": "SUCCESS"}
+    assert 'id="workflow-status">FAILED<' in page and "wf-edge" not in page
 
 
 def test_names_in_the_picture_are_text_not_markup(app: Decortask, client: TestClient) -> None:

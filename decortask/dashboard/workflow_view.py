@@ -27,24 +27,38 @@ MAX_MEMBERS = 200
 def workflow_view(app: Decortask, record: TaskRecord) -> dict[str, Any] | None:
     """The view of `record`'s workflow, or None for a task in none the dashboard can draw.
 
-    `{"kind": "graph" | "chain" | "chord", "id", "status", "nodes": [{"name", "task", "id", "status",
-    "reason", "finally", "layer", "row"}], "edges": [{"from", "to", "kind", "implied"}], "more": int}`; `layer` is
-    a node's column (after all it waits for) and `row` its place in it; an `implied` edge (a finally node's
-    dependency that another of its dependencies comes after) is not drawn.
+    `{"kind": "graph" | "chain" | "chord" | "group", "id", "status", "nodes": [{"name", "task", "id",
+    "status", "reason", "finally", "layer", "row"}], "edges": [{"from", "to", "kind", "implied"}], "more":
+    int}`; `layer` is a node's column (after all it waits for) and `row` its place in it; an `implied` edge
+    (a finally node's dependency that another of its dependencies comes after) is not drawn. A chain, chord
+    or group is the workflow's outermost one (the one `root_id` names), drawn one level deep.
     """
     spec = record.workflow if isinstance(record.workflow, dict) else {}
     try:
         if isinstance(spec.get("graph"), dict):
             return _graph(app, spec["graph"])
-        root = record.root_id or record.id
-        for kind, first in (("chain", "step:0"), ("chord", "member:0")):
-            head = record if record.id == derived_id(root, first) else app.store.get(derived_id(root, first))
-            frame = head.workflow.get(kind) if head is not None and isinstance(head.workflow, dict) else None
-            if isinstance(frame, dict) and str(frame.get("id")) == root:
-                return _members(app, kind, root, int(frame["size"]))
+        if record.root_id is None:
+            return None
+        root = record.root_id
+        step = _frame(app, record, derived_id(root, "step:0"), "chain", root)
+        if step is not None:
+            return _members(app, "chain", root, int(step["size"]))
+        member = _frame(app, record, derived_id(root, "member:0"), "chord", root)
+        if member is not None:
+            kind = "group" if member.get("callback") is None else "chord"
+            return _members(app, kind, root, int(member["size"]))
+        if derived_id(root, "member:0") == record.id or app.store.get(derived_id(root, "member:0")):
+            return _members(app, "group", root, None)  # a group's members carry no frame: count them
     except (ConfigurationError, KeyError, TypeError, ValueError):
         return None  # a malformed workflow field: nothing to draw
     return None
+
+
+def _frame(app: Decortask, record: TaskRecord, task_id: str, kind: str, root: str) -> dict[str, Any] | None:
+    """The `kind` frame of task `task_id` if it belongs to the workflow `root` itself (not a nested one)."""
+    head = record if record.id == task_id else app.store.get(task_id)
+    frame = head.workflow.get(kind) if head is not None and isinstance(head.workflow, dict) else None
+    return frame if isinstance(frame, dict) and str(frame.get("id")) == root else None
 
 
 def _graph(app: Decortask, data: dict[str, Any]) -> dict[str, Any]:
@@ -97,24 +111,28 @@ def _edge_kind(finally_: bool, required: bool) -> str:
     return "required" if required else "optional"
 
 
-def _members(app: Decortask, kind: str, root: str, size: int) -> dict[str, Any]:
-    """A chain's steps one after another, or a chord's members side by side, then its callback."""
-    shown = min(size, MAX_MEMBERS)
-    places = [f"step:{i}" for i in range(shown)] if kind == "chain" else [f"member:{i}" for i in range(shown)]
-    names = (
-        [f"step {i + 1}" for i in range(shown)]
-        if kind == "chain"
-        else [f"member {i + 1}" for i in range(shown)]
-    )
-    final = derived_id(root, f"step:{size - 1}") if kind == "chain" else derived_id(root, "callback")
-    ids = [derived_id(root, place) for place in places]
+def _members(app: Decortask, kind: str, root: str, size: int | None) -> dict[str, Any]:
+    """A chain's steps one after another, or a chord's or group's members side by side (then a chord's
+    callback). A group of unknown `size` is read member by member until one is missing."""
+    step = "step" if kind == "chain" else "member"
+    ids: list[str] = []
+    records: list[TaskRecord | None] = []
+    while len(ids) < min(size if size is not None else MAX_MEMBERS + 1, MAX_MEMBERS):
+        task_id = derived_id(root, f"{step}:{len(ids)}")
+        got = app.store.get(task_id)
+        if got is None and size is None:
+            break
+        ids.append(task_id)
+        records.append(got)
+    total = size if size is not None else len(ids)
+    names = [f"{step} {i + 1}" for i in range(len(ids))]
     if kind == "chord":
         names.append("callback")
-        ids.append(final)
-    records = [app.store.get(task_id) for task_id in ids]
+        ids.append(derived_id(root, "callback"))
+        records.append(app.store.get(ids[-1]))
     nodes = []
     for index, (name, task_id, got) in enumerate(zip(names, ids, records, strict=True)):
-        callback = kind == "chord" and name == "callback"
+        callback = name == "callback"
         nodes.append(
             {
                 "name": name,
@@ -130,8 +148,12 @@ def _members(app: Decortask, kind: str, root: str, size: int) -> dict[str, Any]:
     if kind == "chain":
         pairs = [(names[i], names[i + 1]) for i in range(len(names) - 1)]
     else:
-        pairs = [(name, "callback") for name in names[:-1]]
+        pairs = [(name, "callback") for name in names if kind == "chord" and name != "callback"]
     edges = [{"from": a, "to": b, "kind": "required", "implied": False} for a, b in pairs]
-    last = app.store.get(final)
-    status = last.status.value if last is not None and last.status.terminal else "RUNNING"
-    return {"kind": kind, "id": root, "status": status, "nodes": nodes, "edges": edges, "more": size - shown}
+    if kind == "group":
+        status = graph_status(r.status if r else None for r in records).value
+    else:
+        final = app.store.get(derived_id(root, f"step:{total - 1}") if kind == "chain" else ids[-1])
+        status = final.status.value if final is not None and final.status.terminal else "RUNNING"
+    more = total - (len(names) - (kind == "chord"))
+    return {"kind": kind, "id": root, "status": status, "nodes": nodes, "edges": edges, "more": more}
