@@ -3,7 +3,8 @@
 Delayed work is never held unacked in a worker's memory: it waits in the store's schedule, and every
 worker runs this loop. Claims are atomic with a lease, so two workers never publish one entry at once;
 a worker that dies mid-publish lets its lease lapse and another one publishes the entry (the receipt
-rules turn a rare double publish into a skipped duplicate).
+rules turn a rare double publish into a skipped duplicate). What it published gets an outbox entry, so the
+relay republishes a message the broker then loses, as it does for `.delay()`'s.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from .outbox import uses_background_publisher
 from .states import TaskStatus
+from .store.base import ScheduleEntry
+from .store.outbox_state import OutboxEntry, OutboxStore
 
 if TYPE_CHECKING:
     from .app import Decortask
@@ -40,6 +44,7 @@ class Scheduler:
                 return published
             items = []
             done_ids = []
+            published_entries = []
             for entry in entries:
                 record = store.get(entry.task_id)
                 if record is not None and record.status.terminal:
@@ -48,9 +53,11 @@ class Scheduler:
                     done_ids.append(entry.id)
                     continue
                 items.append((entry.body.encode(), entry.queue, entry.priority, None))
+                published_entries.append(entry)
                 done_ids.append(entry.id)
             if items:
                 self.app.transport.publish_many(items)
+                self._watch(published_entries)
             for entry in entries:
                 store.transition(
                     entry.task_id,
@@ -62,3 +69,16 @@ class Scheduler:
             published += len(items)
             if len(entries) < BATCH:
                 return published
+
+    def _watch(self, entries: list[ScheduleEntry]) -> None:
+        """Outbox entries for the messages just published, before their records leave the schedule.
+
+        On a broker with a relay (RabbitMQ, Redis) it republishes a message the broker lost, as for
+        `.delay()`'s (F-13). A crash before this line leaves the schedule entry, published again once
+        its claim lapses; a crash after it, an entry the relay checks and drops once the task moved on.
+        """
+        store = self.app.store
+        if not uses_background_publisher(self.app) or not isinstance(store, OutboxStore):
+            return  # the embedded brokers run no relay
+        now = time.time()
+        store.outbox_add([OutboxEntry(e.task_id, e.queue, e.priority, True, e.body, now) for e in entries])

@@ -124,6 +124,30 @@ def test_a_record_and_its_outbox_entry_are_written_together_and_read_by_age(stor
     store.close()
 
 
+def test_an_entry_added_for_a_published_retry_waits_until_that_attempt_starts(store_url: str) -> None:
+    """`outbox_add` (the scheduler's): published at its `since`, replacing the task's older entry, and
+    waiting while the record is PENDING one attempt before the message's."""
+    store = open_store(store_url)
+    assert isinstance(store, OutboxStore)
+    now = time.time()
+    record = _record(now)
+    first = OutboxEntry(record.id, "q", 0, True, f'{{"id":"{record.id}","attempt":1}}', now)
+    store.create_outboxed([record], [first])
+    store.transition(record.id, TaskStatus.RUNNING, expect=[TaskStatus.PENDING], attempt=1)
+    store.transition(record.id, TaskStatus.PENDING, expect=[TaskStatus.RUNNING])  # attempt 1 ended; 2 is next
+    retry = OutboxEntry(record.id, "q", 2, True, f'{{"id":"{record.id}","attempt":2}}', now + 5)
+    store.outbox_add([retry])
+
+    assert store.outbox_due(now + 10, now + 4, 10) == []  # published at now + 5: not due before
+    [item] = store.outbox_due(now + 10, now + 5, 10)
+    assert (item.entry, item.published, item.waiting) == (retry, True, True)
+    store.transition(record.id, TaskStatus.RUNNING, expect=[TaskStatus.PENDING], attempt=2)
+    [item] = store.outbox_due(now + 10, now + 5, 10)
+    assert not item.waiting  # attempt 2 started: the relay drops the entry
+    store.outbox_remove([record.id])
+    store.close()
+
+
 def test_a_call_whose_idempotency_key_is_held_writes_no_entry(store_url: str) -> None:
     store = open_store(store_url)
     assert isinstance(store, OutboxStore)

@@ -20,6 +20,7 @@ from outbox_helpers import OwnRedis
 from decortask import Decortask, TaskStatus
 from decortask.app import reset_default_app
 from decortask.relay import LEASE, Relay
+from decortask.scheduler import Scheduler
 from decortask.store import TaskQuery
 from decortask.store.outbox_state import OutboxStore
 from decortask.testing import run_pending
@@ -152,3 +153,41 @@ def test_no_relay_runs_on_an_embedded_broker(tmp_path: Path) -> None:
         assert hasattr(store, "lease_owner") and store.lease_owner(LEASE, time.time()) is None
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("kind", ["countdown", "retry"])
+def test_f13_a_message_the_scheduler_published_is_republished_once_the_broker_lost_it(
+    own_redis: OwnRedis, tmp_path: Path, effects: Path, kind: str
+) -> None:
+    """Delayed work (a countdown, a retry's next attempt) is published by a worker's scheduler, not by
+    `.delay()`: the relay watches those messages too, so a broker that loses one does not leave its task
+    PENDING for ever."""
+    queue = f"f13-scheduled-{uuid.uuid4().hex[:8]}"
+    app = Decortask(own_redis.url, f"sqlite:///{tmp_path}/store.db", default_queue=queue)
+    try:
+        if kind == "countdown":
+            handle = bt.sleep_not_opted_in.apply_async(args=(0,), countdown=1)
+            runs, attempts = ["started", "finished"], 1
+        else:
+            handle = bt.fails_first_counted.delay()  # attempt 1 fails; attempt 2 waits 3 s in the schedule
+            assert app.flush_published(10)
+            assert run_pending(app) == 1 and handle.status is TaskStatus.RETRYING
+            runs, attempts = ["started", "started"], 2
+        record = app.store.get(handle.id)
+        assert record is not None and record.scheduled_for is not None
+        # The real clock past the due time: the message's eta too, so a worker runs it when it arrives.
+        time.sleep(max(0.0, record.scheduled_for - time.time()) + 0.05)
+        later = time.time()
+        assert Scheduler(app, "scheduler-test").tick(later) == 1  # published: the record is PENDING
+        assert handle.status is TaskStatus.PENDING and app.transport.queue_size(queue) == 1
+        own_redis.restart()  # nothing saved: the message is gone, the record still PENDING
+        assert app.transport.queue_size(queue) == 0
+
+        done = Relay(app, "relay-test").tick(later + app.settings.republish_after + 1)
+        assert done is not None and done.republished == 1
+        assert run_pending(app) == 1
+        assert handle.status is TaskStatus.SUCCESS and handle.result().attempts == attempts
+        assert _runs(effects, handle.id) == runs  # once more, and only once
+    finally:
+        app.close()
+        reset_default_app()

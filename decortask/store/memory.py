@@ -265,6 +265,11 @@ class MemoryStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore, Mem
             for task_id in task_ids:
                 self._outbox.pop(task_id, None)
 
+    def outbox_add(self, entries: Sequence[OutboxEntry]) -> None:
+        with self._lock:
+            for entry in entries:
+                self._outbox[entry.task_id] = (entry, True)
+
     def close(self) -> None:
         return None
 

@@ -8,8 +8,11 @@ settings:
 - unpublished for `relay_after`: the publisher has not marked it published (the producer died, the
   broker was down), so the relay publishes it;
 - published `republish_after` ago (`mark_published` moves `since`): the relay checks that the task was
-  consumed (its record left PENDING or counts a delivery) and drops the entry, or republishes the message
-  a broker lost (once per `republish_after`, since publishing moves `since` again).
+  consumed (its record left PENDING or started the message's attempt) and drops the entry, or
+  republishes the message a broker lost (once per `republish_after`, since publishing moves `since` again).
+
+The scheduler adds an entry, as published, for each delayed message it publishes (`outbox_add`): the
+relay watches those the same way.
 
 So the table holds the tasks of about the last `republish_after` seconds, plus those still waiting.
 Every backend (memory, SQLite, Redis) implements `OutboxStore`; tests/test_outbox.py checks each of them.
@@ -17,6 +20,7 @@ Every backend (memory, SQLite, Redis) implements `OutboxStore`; tests/test_outbo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -63,8 +67,13 @@ class OutboxItem:
 
     @property
     def waiting(self) -> bool:
-        """Whether the task still waits for its first run: PENDING, never started, never delivered."""
-        return self.status is TaskStatus.PENDING and self.attempt == 0 and self.deliveries == 0
+        """Whether the task still waits for the entry's message: PENDING, and the attempt before the
+        message's is the last one it started (so the message was never consumed).
+
+        A first attempt's record is at attempt 0; a retry's or a requeued attempt's (published by the
+        scheduler) at the attempt that failed or was interrupted, whose deliveries it may still count.
+        """
+        return self.status is TaskStatus.PENDING and self.attempt == message_attempt(self.entry.body) - 1
 
 
 @runtime_checkable
@@ -93,6 +102,23 @@ class OutboxStore(Protocol):
     def outbox_remove(self, task_ids: Sequence[str]) -> None:
         """Drop these entries (their tasks were consumed, or their records are gone)."""
         ...
+
+    def outbox_add(self, entries: Sequence[OutboxEntry]) -> None:
+        """Write entries for messages already published at their `since`, replacing a task's older entry.
+
+        The scheduler's: a countdown's or a retry's message, so the relay republishes it if a broker
+        loses it, as it does for `.delay()`'s.
+        """
+        ...
+
+
+def message_attempt(body: str) -> int:
+    """The `attempt` of an encoded message (1 when it cannot be read: the envelope's default)."""
+    try:
+        attempt = json.loads(body).get("attempt", 1)
+    except (ValueError, AttributeError):
+        return 1
+    return attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 1
 
 
 def item_of(entry: OutboxEntry, published: bool, record: TaskRecord | None) -> OutboxItem:

@@ -369,6 +369,18 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore, P
             sql = f"DELETE FROM {self.s}.decortask_outbox WHERE id = ANY(%s)"
             self._run(lambda conn: conn.execute(sql, (list(task_ids),)), atomic=False)
 
+    def outbox_add(self, entries: Sequence[OutboxEntry]) -> None:
+        if not entries:
+            return
+        sql = (
+            f"INSERT INTO {self.s}.decortask_outbox (id, queue, priority, persistent, body, since, published) "
+            "VALUES (%s, %s, %s, %s, %s, %s, true) ON CONFLICT (id) DO UPDATE SET queue = EXCLUDED.queue, "
+            "priority = EXCLUDED.priority, persistent = EXCLUDED.persistent, body = EXCLUDED.body, "
+            "since = EXCLUDED.since, published = true"
+        )
+        rows = [(e.task_id, e.queue, e.priority, e.persistent, e.body, e.since) for e in entries]
+        self._run(lambda conn: conn.cursor().executemany(sql, rows))
+
     # -- workflow joins (workflow_state.py) -----------------------------------------------------------------
 
     def join_member(self, join_id: str, member: int) -> int:

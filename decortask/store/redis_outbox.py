@@ -119,6 +119,17 @@ class RedisOutbox:
             items.append(item_of(entry, published, TaskRecord.from_json(raw) if raw is not None else None))
         return items
 
+    def add(self, entries: Sequence[OutboxEntry]) -> None:
+        """Write entries of messages already published (`OutboxStore.outbox_add`), replacing older ones."""
+        if entries:
+            with self._errors():
+                pipe = self._client.pipeline(transaction=True)
+                for entry in entries:
+                    pipe.zrem(self._new, entry.task_id)
+                    pipe.zadd(self._sent, {entry.task_id: entry.since})
+                    pipe.hset(self._body, entry.task_id, _entry_json(entry))
+                pipe.execute()
+
     def remove(self, task_ids: Sequence[str]) -> None:
         if task_ids:
             with self._errors():
@@ -142,6 +153,9 @@ class RedisOutboxMethods(OutboxStore):
 
     def outbox_remove(self, task_ids: Sequence[str]) -> None:
         self._outbox.remove(task_ids)
+
+    def outbox_add(self, entries: Sequence[OutboxEntry]) -> None:
+        self._outbox.add(entries)
 
 
 def _entry_json(entry: OutboxEntry) -> str:

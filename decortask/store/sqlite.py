@@ -348,6 +348,10 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore, SQLiteLimits):
         if task_ids:
             self._run(lambda conn: sqlite_outbox.remove(conn, task_ids))
 
+    def outbox_add(self, entries: Sequence[OutboxEntry]) -> None:
+        if entries:
+            self._run(lambda conn: sqlite_outbox.add(conn, entries))
+
     # -- connections ---------------------------------------------------------------------------------------
 
     def close(self) -> None:

@@ -46,6 +46,15 @@ def create(
     return stored
 
 
+def add(conn: sqlite3.Connection, entries: Sequence[OutboxEntry]) -> None:
+    """Write entries of messages already published (`OutboxStore.outbox_add`), replacing older ones."""
+    conn.executemany(
+        "INSERT OR REPLACE INTO decortask_outbox (id, queue, priority, persistent, body, since, published) "
+        "VALUES (?, ?, ?, ?, ?, ?, 1)",
+        [(e.task_id, e.queue, e.priority, int(e.persistent), e.body, e.since) for e in entries],
+    )
+
+
 def mark_published(conn: sqlite3.Connection, task_ids: Sequence[str], now: float) -> None:
     for chunk in sqlite_rows.chunks(task_ids):
         marks = ", ".join("?" * len(chunk))
