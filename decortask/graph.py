@@ -133,10 +133,13 @@ class Graph:
             try:
                 task.bind_arguments(tuple(node.sig.args), given)
             except TypeError as exc:
-                takes = "its dependencies' results by name, " if node.deps and not node.sig.immutable else ""
+                plus = (
+                    " plus its dependencies' results as keyword arguments named after them (.si() passes none)"
+                    if node.deps and not node.sig.immutable
+                    else ""
+                )
                 raise GraphError(
-                    f"graph node {node.name!r}: {exc}; a node's task takes its signature's arguments, "
-                    f"{takes}as keyword arguments (use .si() for a task that takes none of them)"
+                    f"graph node {node.name!r}: {exc}; its task is called with its signature's arguments{plus}"
                 ) from None
         return nodes
 
@@ -258,8 +261,7 @@ class GraphHandle:
             if node.finally_:
                 continue
             task_id = self.node_ids[node.name]
-            record = self.app.store.get(task_id)
-            if record is None:
+            if self.app.store.get(task_id) is None:
                 why = f"graph {self.id}: node {node.name} skipped: the graph was cancelled before it started"
                 workflow = self.spec.workflow(node.name)
                 write_unrun(
@@ -274,11 +276,13 @@ class GraphHandle:
                     status=TaskStatus.CANCELLED,
                     reason=Reason.SKIPPED,
                 )
-                record = self.app.store.get(task_id)
-                if record is not None and record.reason == Reason.SKIPPED:
+                written = self.app.store.get(task_id)
+                if written is not None and written.error_message == why:  # not created by a worker meanwhile
                     cancelled += 1
-                    node_ended(self.app, record, workflow["graph"], write)
-            elif not record.status.terminal:
+                    node_ended(self.app, written, workflow["graph"], write)  # no message will report it
+                    continue
+            record = self.app.store.get(task_id)  # waiting or running (or just created by a worker): stop it
+            if record is not None and not record.status.terminal:
                 with contextlib.suppress(TaskNotFound):  # its record expired as we looked
                     cancelled += bool(request_cancel(self.app, task_id))
         return cancelled

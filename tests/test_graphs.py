@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import graph_tasks as gt
 import pytest
@@ -38,7 +39,7 @@ from decortask.graph_spec import GraphSpec, join_id, node_id, ordered
 from decortask.store import TaskStore, open_store
 from decortask.store.base import TaskRecord
 from decortask.store.workflow_state import WorkflowStore
-from decortask.testing import isolated_app, run_pending
+from decortask.testing import eager, isolated_app, run_pending
 from decortask.workflow import continue_workflow
 
 
@@ -201,6 +202,44 @@ def test_cancel_skips_the_nodes_not_started_and_the_finally_node_still_runs(app:
     assert handle.cancel() == 0
 
 
+def test_cancel_stops_a_node_a_worker_creates_while_cancel_looks_at_it(
+    app: Decortask, tmp_path: Path
+) -> None:
+    """cancel() finds a node not created yet, and a worker creates it before cancel writes it skipped: the
+    store refuses cancel's record, and cancel cancels the node as it is now (waiting), so it never runs."""
+    import decortask.graph as graph_module
+    import decortask.workflow as workflow_module
+
+    effects = tmp_path / "effects.jsonl"
+    real_unrun, real_continue = graph_module.write_unrun, workflow_module.continue_workflow
+    source_ended: list[tuple[Any, ...]] = []
+
+    def a_worker_gets_there_first(*args: Any, **kwargs: Any) -> None:
+        if source_ended:  # the worker reports source's end as cancel looks at double: double is created
+            real_continue(*source_ended.pop())
+        real_unrun(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DECORTASK_TEST_EFFECTS", str(effects))
+        handle = _pipeline().apply_async()
+        patch.setattr(workflow_module, "continue_workflow", lambda *args: source_ended.append(args))
+        run_pending(app)  # source runs; its worker has not reported its end yet
+        patch.setattr(workflow_module, "continue_workflow", real_continue)
+        patch.setattr(graph_module, "write_unrun", a_worker_gets_there_first)
+        handle.cancel()
+        patch.setattr(graph_module, "write_unrun", real_unrun)
+        run_pending(app)
+        assert handle.wait(timeout=5) is GraphStatus.CANCELLED
+    assert handle.states()["double"] is TaskStatus.CANCELLED
+    assert sorted(row["event"] for row in read_effects(str(effects))) == ["number", "report"]
+
+
+def test_eager_mode_runs_a_whole_graph_before_apply_async_returns() -> None:
+    with isolated_app() as app, eager(app):
+        handle = _pipeline().apply_async()
+        assert handle.done() and handle.get(timeout=0)["total"] == 15
+
+
 def test_wait_times_out_naming_the_nodes_still_waited_for(app: Decortask) -> None:
     handle = _pipeline().apply_async()
     with pytest.raises(WaitTimeout, match="still waiting for source, double, total, report"):
@@ -310,6 +349,28 @@ def test_a_graph_with_a_finally_node_that_runs_after_a_failure_on_real_workers(r
     }
     assert handle["report"].get(timeout=1) == {"source": 5, "double": 10, "broken": None, "total": None}
     assert _runs(rig, "report").count(handle.node_ids["report"]) == 1
+
+
+@pytest.mark.broker
+def test_cancel_on_real_workers_stops_the_running_node_skips_the_rest_and_runs_the_finally_node(
+    rig: Rig,
+) -> None:
+    g = Graph()
+    g.add("first", gt.waits.si(60))
+    g.add("second", gt.total.s(), requires=["first"])
+    g.add_finally("report", gt.report.s())
+    with rig.worker("w1") as worker:
+        handle = g.apply_async(app=rig.app)
+        poll_until(lambda: _runs(rig, "waits"), 30, "the first node to start")
+        assert handle.cancel() == 2  # first asked to stop, second written skipped
+        assert handle.wait(timeout=30) is GraphStatus.CANCELLED, worker.log_tail()
+    assert handle.states() == {
+        "first": TaskStatus.CANCELLED,
+        "second": TaskStatus.CANCELLED,
+        "report": TaskStatus.SUCCESS,
+    }
+    assert handle["report"].get(timeout=1) == {"first": None, "second": None}
+    assert _runs(rig, "total") == []
 
 
 def _sigkill_a_worker_once_started(rig: Rig, event: str, started: int) -> None:
