@@ -191,6 +191,23 @@ class GraphHandle:
         #: Each node's task id, by name.
         self.node_ids = spec.node_ids()
 
+    @classmethod
+    def of_task(cls, app: Decortask, task_id: str) -> GraphHandle:
+        """The handle of the graph task `task_id` is a node of (any node: each record carries its graph).
+
+        Raises:
+            TaskNotFound: no such task in the store.
+            GraphError: the task is not a graph's node.
+        """
+        record = app.store.get(task_id)
+        if record is None:
+            raise TaskNotFound(f"no task {task_id} in the store {app.store_url_masked}")
+        data = record.workflow.get("graph") if isinstance(record.workflow, dict) else None
+        if not isinstance(data, dict):
+            raise GraphError(f"task {task_id} ({record.name}) is not a node of a graph")
+        spec, _ = GraphSpec.from_workflow(data)
+        return cls(app, spec)
+
     def __repr__(self) -> str:
         return f"<GraphHandle {self.id}: {len(self.node_ids)} nodes>"
 

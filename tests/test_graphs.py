@@ -11,6 +11,7 @@ broker, and workers SIGKILLed or stopped past their grace while nodes run.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import time
 from collections.abc import Iterator
@@ -29,13 +30,16 @@ from decortask import (
     Graph,
     GraphError,
     GraphFailed,
+    GraphHandle,
     GraphStatus,
+    TaskNotFound,
     TaskStatus,
     UnknownTaskError,
     WaitTimeout,
     signature,
 )
 from decortask.graph_spec import GraphSpec, join_id, node_id, ordered
+from decortask.records import message_from_record
 from decortask.store import TaskStore, open_store
 from decortask.store.base import TaskRecord
 from decortask.store.workflow_state import WorkflowStore
@@ -300,6 +304,59 @@ def test_the_expiry_purge_deletes_a_graph_nodes_join_with_the_nodes_record(purgi
     assert store.purge_expired(now) == 1
     assert store.join_member(join, 0) == 1  # its rows went with the record
     assert store.join_member(join_id("g1", "report"), 1) == 2  # another node's join is untouched
+
+
+def test_a_graph_handle_is_found_again_from_any_of_its_nodes(app: Decortask) -> None:
+    handle = _pipeline().apply_async()
+    run_pending(app)
+    again = GraphHandle.of_task(app, handle.node_ids["total"])
+    assert again.id == handle.id and again.node_ids == handle.node_ids
+    assert again.get(timeout=1)["total"] == 15
+    lone = gt.number.delay(1)
+    with pytest.raises(GraphError, match="is not a node of a graph"):
+        GraphHandle.of_task(app, lone.id)
+    with pytest.raises(TaskNotFound):
+        GraphHandle.of_task(app, "no-such-task")
+
+
+def test_a_worker_killed_before_reporting_a_nodes_end_is_repaired_by_the_redelivery(
+    app: Decortask, tmp_path: Path
+) -> None:
+    """A node's end is reported after its outcome is written and before its message is acked. A worker
+    killed between the two leaves the message unacked: its redelivery finds the record terminal (a
+    duplicate, not run again) and makes the reports the dead worker did not."""
+    import decortask.workflow as workflow_module
+
+    effects = tmp_path / "effects.jsonl"
+    real = workflow_module.continue_workflow
+    killed: list[str] = []
+
+    def dies_after_the_outcome_of_double(
+        app_: Decortask, task_id: str, spec: dict[str, Any], write: Any
+    ) -> None:
+        if spec.get("graph", {}).get("node") == "double" and not killed:
+            killed.append(task_id)  # the worker died here: no report, no ack
+            return
+        real(app_, task_id, spec, write)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DECORTASK_TEST_EFFECTS", str(effects))
+        patch.setattr(workflow_module, "continue_workflow", dies_after_the_outcome_of_double)
+        handle = _pipeline().apply_async()
+        run_pending(app)
+        assert handle.states()["total"] is None and handle.status() is GraphStatus.RUNNING
+        record = app.store.get(killed[0])
+        assert record is not None and record.status is TaskStatus.SUCCESS
+        message = dataclasses.replace(message_from_record(record), attempt=record.attempt)
+        app.transport.publish(message.encode(), app.settings.default_queue)  # the broker redelivers it
+        run_pending(app)
+    assert handle.get(timeout=5)["report"] == {"source": 5, "double": 10, "total": 15}
+    assert sorted(row["event"] for row in read_effects(str(effects))) == [
+        "double",
+        "number",
+        "report",
+        "total",
+    ]
 
 
 def test_every_node_carries_the_whole_graph_as_json(app: Decortask) -> None:
