@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .security import mask_text
-from .store.outbox_state import OutboxStore
+from .store.outbox_state import OutboxEntry, OutboxStore
 
 if TYPE_CHECKING:
     from .app import Decortask
@@ -71,6 +71,18 @@ def uses_background_publisher(app: Decortask) -> bool:
     """Whether `.delay()` on `app` goes through the outbox: a network broker and a store that keeps one."""
     scheme = app.settings.broker_url.split("://", 1)[0].lower()
     return scheme in BACKGROUND_SCHEMES and isinstance(app.store, OutboxStore)
+
+
+def watch_published(app: Decortask, entries: Sequence[OutboxEntry]) -> None:
+    """Outbox entries, as published, for messages sent without `.delay()`'s outbox (the scheduler's
+    delayed work, periodic runs): the relay then republishes one a broker lost (F-13), as for `.delay()`'s.
+
+    Written right after the publish; the callers' own state covers a crash before it (a schedule entry
+    published again once its claim lapses, a periodic slot not yet advanced). Nothing where no relay runs.
+    """
+    store = app.store
+    if entries and uses_background_publisher(app) and isinstance(store, OutboxStore):
+        store.outbox_add(entries)
 
 
 class Publisher:

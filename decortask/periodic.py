@@ -28,11 +28,13 @@ from typing import TYPE_CHECKING
 from .errors import StoreError
 from .message import Message
 from .middleware import finish_enqueue, prepare_enqueue
+from .outbox import watch_published
 from .periodic_config import PeriodicEntry, declared_entries
 from .records import message_from_record, record_from_message
 from .schedules import next_slot, slot_time, slots_between
 from .states import TaskStatus
 from .store.base import TaskRecord
+from .store.outbox_state import OutboxEntry
 from .store.periodic_state import PeriodicStateStore, ScheduleState, periodic_state
 
 if TYPE_CHECKING:
@@ -299,4 +301,8 @@ class PeriodicScheduler:
     def _publish(self, message: Message, queue: str, task: Task[..., object]) -> None:
         body = message.encode(self.app.settings.max_payload_bytes)
         self.app.transport.publish(body, queue, priority=message.priority, persistent=task.options.persist)
+        entry = OutboxEntry(
+            message.id, queue, message.priority, task.options.persist, body.decode(), time.time()
+        )
+        watch_published(self.app, [entry])  # a run the broker then loses is republished by the relay
         finish_enqueue(self.app, message)

@@ -13,10 +13,9 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from .outbox import uses_background_publisher
+from .outbox import watch_published
 from .states import TaskStatus
-from .store.base import ScheduleEntry
-from .store.outbox_state import OutboxEntry, OutboxStore
+from .store.outbox_state import OutboxEntry
 
 if TYPE_CHECKING:
     from .app import Decortask
@@ -37,9 +36,10 @@ class Scheduler:
     def tick(self, now: float | None = None) -> int:
         """Publish every entry due by `now`; returns how many were published."""
         store = self.app.store
+        now = time.time() if now is None else now
         published = 0
         while True:
-            entries = store.claim_due(now if now is not None else time.time(), BATCH, self.owner, CLAIM_LEASE)
+            entries = store.claim_due(now, BATCH, self.owner, CLAIM_LEASE)
             if not entries:
                 return published
             items = []
@@ -57,7 +57,13 @@ class Scheduler:
                 done_ids.append(entry.id)
             if items:
                 self.app.transport.publish_many(items)
-                self._watch(published_entries)
+                watch_published(
+                    self.app,
+                    [
+                        OutboxEntry(e.task_id, e.queue, e.priority, True, e.body, now)
+                        for e in published_entries
+                    ],
+                )
             for entry in entries:
                 store.transition(
                     entry.task_id,
@@ -69,16 +75,3 @@ class Scheduler:
             published += len(items)
             if len(entries) < BATCH:
                 return published
-
-    def _watch(self, entries: list[ScheduleEntry]) -> None:
-        """Outbox entries for the messages just published, before their records leave the schedule.
-
-        On a broker with a relay (RabbitMQ, Redis) it republishes a message the broker lost, as for
-        `.delay()`'s (F-13). A crash before this line leaves the schedule entry, published again once
-        its claim lapses; a crash after it, an entry the relay checks and drops once the task moved on.
-        """
-        store = self.app.store
-        if not uses_background_publisher(self.app) or not isinstance(store, OutboxStore):
-            return  # the embedded brokers run no relay
-        now = time.time()
-        store.outbox_add([OutboxEntry(e.task_id, e.queue, e.priority, True, e.body, now) for e in entries])

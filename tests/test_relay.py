@@ -19,6 +19,7 @@ from outbox_helpers import OwnRedis
 
 from decortask import Decortask, TaskStatus
 from decortask.app import reset_default_app
+from decortask.periodic import PeriodicScheduler
 from decortask.relay import LEASE, Relay
 from decortask.scheduler import Scheduler
 from decortask.store import TaskQuery
@@ -188,6 +189,29 @@ def test_f13_a_message_the_scheduler_published_is_republished_once_the_broker_lo
         assert run_pending(app) == 1
         assert handle.status is TaskStatus.SUCCESS and handle.result().attempts == attempts
         assert _runs(effects, handle.id) == runs  # once more, and only once
+    finally:
+        app.close()
+        reset_default_app()
+
+
+def test_f13_a_periodic_run_the_broker_lost_is_republished(own_redis: OwnRedis, tmp_path: Path) -> None:
+    queue = f"f13-periodic-{uuid.uuid4().hex[:8]}"
+    schedules = {"f13-every-minute": {"task": "bt.add", "every": 60, "args": [20, 22]}}
+    app = Decortask(own_redis.url, f"sqlite:///{tmp_path}/store.db", default_queue=queue, schedules=schedules)
+    try:
+        leader = PeriodicScheduler(app, "leader")
+        start = time.time()
+        assert leader.tick(start) == 0  # first seen: the next slot is the first one run
+        assert leader.tick(start + 61) == 1
+        [record] = app.store.list_tasks(TaskQuery())
+        assert record.status is TaskStatus.PENDING and app.transport.queue_size(queue) == 1
+        own_redis.restart()  # nothing saved: the run's message is gone
+        assert app.transport.queue_size(queue) == 0
+
+        done = Relay(app, "relay-test").tick(time.time() + app.settings.republish_after + 1)
+        assert done is not None and done.republished == 1
+        assert run_pending(app) == 1
+        assert app.handle(record.id).get(timeout=1) == 42
     finally:
         app.close()
         reset_default_app()
