@@ -21,7 +21,7 @@ from decortask import Decortask, TaskStatus
 from decortask.app import reset_default_app
 from decortask.periodic import PeriodicScheduler
 from decortask.relay import LEASE, Relay
-from decortask.scheduler import Scheduler
+from decortask.scheduler import BATCH, CLAIM_LEASE, Scheduler
 from decortask.store import TaskQuery
 from decortask.store.outbox_state import OutboxStore
 from decortask.testing import run_pending
@@ -213,5 +213,33 @@ def test_f13_a_periodic_run_the_broker_lost_is_republished(own_redis: OwnRedis, 
         assert run_pending(app) == 1
         assert app.handle(record.id).get(timeout=1) == 42
     finally:
+        app.close()
+        reset_default_app()
+
+
+def test_a_scheduler_killed_between_claim_and_publish_leaves_the_entry_to_the_next_after_its_claim(
+    tmp_path: Path, effects: Path
+) -> None:
+    """The other half of the scheduler's F-13 gap: a scheduler that claimed a due entry and died before
+    publishing it delays the task by the claim's lease, and loses nothing."""
+    require_redis()
+    queue = f"claimed-{uuid.uuid4().hex[:8]}"
+    app = Decortask(REDIS_URL, f"sqlite:///{tmp_path}/store.db", default_queue=queue)
+    try:
+        handle = bt.sleep_not_opted_in.apply_async(args=(0,), countdown=1)
+        record = app.store.get(handle.id)
+        assert record is not None and record.scheduled_for is not None
+        time.sleep(max(0.0, record.scheduled_for - time.time()) + 0.05)  # due, on the real clock too
+        now = time.time()
+        # The dead scheduler's whole life: it claimed the entry, then was SIGKILLed.
+        assert len(app.store.claim_due(now, BATCH, "dead-scheduler", CLAIM_LEASE)) == 1
+        survivor = Scheduler(app, "survivor")
+        assert survivor.tick(now + CLAIM_LEASE - 1) == 0  # still claimed: nobody publishes a copy
+        assert handle.status is TaskStatus.SCHEDULED
+        assert survivor.tick(now + CLAIM_LEASE + 1) == 1  # the claim lapsed: published once
+        assert run_pending(app) == 1
+        assert handle.status is TaskStatus.SUCCESS and _runs(effects, handle.id) == ["started", "finished"]
+    finally:
+        app.transport.delete_queue(queue)
         app.close()
         reset_default_app()
