@@ -46,6 +46,10 @@ class Settings:
         publish_retries: how many times a failed publish is retried before `BrokerUnavailable`.
         lease_timeout: a worker whose heartbeat is older than this is dead; its RUNNING tasks count as
             interrupted (DESIGN §2 receipt rules).
+        liveness_probe: whether workers hold their identity on a broker connection (an exclusive queue on
+            RabbitMQ, a client name on Redis, a file lock beside the embedded broker's database), so that a
+            killed worker is known dead within about a second instead of `lease_timeout`; heartbeats stay
+            the fallback either way. `DECORTASK_LIVENESS_PROBE=0` turns it off. docs/reliability.md.
         sqlite_lease: seconds a delivered-but-unacked message on the embedded broker stays invisible
             without its worker renewing the lease (a killed worker's messages come back after it).
             Must be longer than `lease_timeout`, so a message comes back only once its owner counts as dead.
@@ -113,6 +117,7 @@ class Settings:
     publish_retries: int = 3
     lease_timeout: float = 20.0
     sqlite_lease: float = 40.0
+    liveness_probe: bool = True
     scheduler_interval: float = 0.2
     shutdown_grace: float = 30.0
     cancel_grace: float = 10.0

@@ -182,13 +182,11 @@ def child_main(conn: Connection) -> None:
     app = Decortask(set_default=True, middleware=declared, **config["settings"])
     owner = f"{config['worker_id']}/{os.getpid()}"
 
-    def owner_alive(other: str) -> bool:
-        if other == owner:
-            return True
-        seen = app.store.last_heartbeat(other)
-        return seen is not None and time.time() - seen < app.settings.lease_timeout
+    from .liveness import Liveness
 
-    executor = Executor(app, owner, owner_alive=owner_alive)
+    # The same decision as the parent's: the broker's probe first, heartbeats second.
+    liveness = Liveness(app, lambda other: other == owner, app.transport.liveness_probe())
+    executor = Executor(app, owner, owner_alive=liveness.alive)
     if app.settings.capture_output:  # the child runs the tasks, so it captures their output
         capture.enable_for(owner, app.store)
     child = _Child(conn, app, executor)

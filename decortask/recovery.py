@@ -171,17 +171,22 @@ def interrupt(app: Decortask, record: TaskRecord, message: Message | None, reaso
 def reap(
     app: Decortask, owner_alive: Callable[[str], bool], orphaned: Callable[[TaskRecord], bool] | None = None
 ) -> int:
-    """Interrupt RUNNING records whose owner stopped heartbeating; returns how many were settled.
+    """Interrupt RUNNING records whose owner is dead (`owner_alive`, asked once per owner); returns how many
+    were settled.
 
     Any worker may run this at any time: every change is a compare-and-set on (RUNNING, attempt), so two
     reapers, or a reaper and a redelivery, never both act on one attempt.
     """
     settled = 0
     running = app.store.list_tasks(TaskQuery(statuses=frozenset({TaskStatus.RUNNING}), limit=REAP_BATCH))
+    alive: dict[str, bool] = {}
     for record in running:
         lost_here = orphaned is not None and orphaned(record)
-        if record.owner is not None and not lost_here and owner_alive(record.owner):
-            continue
+        if record.owner is not None and not lost_here:
+            if record.owner not in alive:
+                alive[record.owner] = owner_alive(record.owner)
+            if alive[record.owner]:
+                continue
         if settle_interrupted(app, record, None, Reason.WORKER_LOST).status is not None:
             settled += 1
     return settled

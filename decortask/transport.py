@@ -24,6 +24,7 @@ from kombu import Exchange, Queue
 
 from .config import AUTO_QUEUE_TYPE, Settings, sqlite_path
 from .errors import BrokerUnavailable, ConfigurationError, QueueMismatch
+from .liveness import LivenessProbe
 from .message import CONTENT_ENCODING, CONTENT_TYPE
 from .security import mask_text, mask_url
 from .transports.broadcast import BROADCAST_SCHEMES, CONTROL_EXCHANGE, CONTROL_TTL_MS, encode_cancel
@@ -529,6 +530,25 @@ class BrokerTransport:
         """Delete a queue and its messages (tests and `decortask purge --delete`)."""
         with self._admin_channel() as channel, contextlib.suppress(Exception):  # already gone
             self.queue(name)(channel).delete()
+
+    def liveness_probe(self) -> LivenessProbe | None:
+        """The probe that sees a worker's death from its connection to this broker (docs/reliability.md),
+        or None: memory://, or turned off by the `liveness_probe` setting (heartbeats only)."""
+        if not self.settings.liveness_probe:
+            return None
+        if self.scheme == "sqlite":
+            from .transports.sqlite_owners import FileProbe
+
+            return FileProbe(self._sqlite_path)
+        if self.scheme in ("redis", "rediss"):
+            from .transports.redis_liveness import RedisProbe
+
+            return RedisProbe(self.url, self.settings.lease_timeout)
+        if self._is_amqp():
+            from .transports.amqp_liveness import AmqpProbe
+
+            return AmqpProbe(self)
+        return None
 
     def close(self) -> None:
         with self._lock:

@@ -30,6 +30,7 @@ from .delivery import process_delivery
 from .errors import BrokerUnavailable
 from .executor import Executor
 from .handoff import OutcomeInbox
+from .liveness import Holder, Liveness
 from .middleware import call_hooks
 from .outcomes import Outcome, Settle
 from .periodic import PeriodicScheduler
@@ -52,6 +53,9 @@ OutcomeObserver = Callable[["Delivery", Outcome, "float | None", "float | None"]
 #: Longest wait for an outcome while every prefetched message is running or waiting for a pool slot; the
 #: loop then polls the broker anyway (control messages, reconnects) and supervises.
 FULL_WINDOW_WAIT = 0.005
+#: How often a worker with a liveness probe looks for RUNNING records of dead workers (without one: every
+#: `lease_timeout / 2`, the heartbeat being all it can go by).
+REAP_INTERVAL = 1.0
 #: How often a worker deletes records past their TTL (any worker may; the store makes it idempotent).
 PURGE_INTERVAL = 60.0
 
@@ -105,6 +109,9 @@ class Worker:
         self.pool_kind = pool
         self.burst = burst
         self.id = worker_id or new_worker_id()
+        # Who is alive: the probe of the broker connection first, heartbeats second (liveness.py).
+        self.liveness = Liveness(app, self._is_own, app.transport.liveness_probe())
+        self._holder = Holder(self.liveness.probe, self.id)
         self.executor = Executor(app, self.id, owner_alive=self.owner_alive)
         if app.settings.capture_output:  # tasks' print() and logging, stored with them (capture.py)
             capture.enable_for(self.id, app.store)
@@ -130,11 +137,11 @@ class Worker:
         self._previous_handlers: dict[int, Any] = {}
 
     def owner_alive(self, owner: str) -> bool:
-        """Whether the worker `owner` has sent a heartbeat within `lease_timeout`."""
-        if owner == self.id:
-            return True
-        seen = self.app.store.last_heartbeat(owner)
-        return seen is not None and time.time() - seen < self.app.settings.lease_timeout
+        """Whether the worker `owner` is alive (`Liveness.alive`: not known dead, and heartbeating)."""
+        return self.liveness.alive(owner)
+
+    def _is_own(self, owner: str) -> bool:
+        return owner == self.id or owner in self.pool.owners()
 
     def _heartbeat_loop(self, done: threading.Event) -> None:
         # Its own thread, so a busy consumer loop or a slow store call never makes a live worker look dead.
@@ -241,6 +248,7 @@ class Worker:
     def run(self) -> int:
         """Consume until stopped, then shut down as DESIGN §2 says; returns the process exit code."""
         self.app.store.heartbeat(self.id, time.time())
+        self._holder.start()  # before the first claim: a record owned by an id never held reads UNKNOWN
         beating = threading.Event()
         threading.Thread(
             target=self._heartbeat_loop, args=(beating,), name="decortask-heartbeat", daemon=True
@@ -265,6 +273,7 @@ class Worker:
                 raise
         except BaseException:
             beating.set()
+            self._holder.stop(clean=True)
             raise
         logger.info(
             "worker %s ready: broker %s, store %s, queues %s, %d %s, %d tasks registered",
@@ -293,6 +302,7 @@ class Worker:
             beating.set()
             if clean:
                 self._say_stopped(owners)
+            self._holder.stop(clean)
             self.executor.event_loop.close()
             self._restore_signal_handlers()
             capture.disable_for(self.id)
@@ -327,7 +337,8 @@ class Worker:
                 next_tick = now + settings.scheduler_interval
             if now >= next_reap:
                 self._reap()
-                next_reap = now + max(1.0, settings.lease_timeout / 2)
+                lease_paced = max(1.0, settings.lease_timeout / 2)
+                next_reap = now + (REAP_INTERVAL if self.liveness.probe else lease_paced)
             self._supervise()
             if self._in_flight + len(self._backlog) >= prefetch:
                 # The broker sends nothing more until a message is acked, so wait for an outcome instead:

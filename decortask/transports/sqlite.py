@@ -40,6 +40,7 @@ from kombu.utils import json as kombu_json
 
 from .. import sqlitelocks
 from ..sqlitewatch import CommitWatch
+from .sqlite_owners import ConsumerLock, sweep
 
 # kombu ships py.typed but leaves most functions unannotated; typing its bases and helpers as Any keeps strict
 # mypy quiet about every super() call without an ignore on each.
@@ -88,6 +89,7 @@ _ACK = "DELETE FROM decortask_messages WHERE id = ? AND owner = ?"
 _RELEASE = "UPDATE decortask_messages SET leased_until = 0, owner = NULL WHERE id = ? AND owner = ?"
 _RENEW_MANY = "UPDATE decortask_messages SET leased_until = ? WHERE owner = ? AND id IN "
 _RELEASE_MANY = "UPDATE decortask_messages SET leased_until = 0, owner = NULL WHERE owner = ? AND id IN "
+_RELEASE_OWNER = "UPDATE decortask_messages SET leased_until = 0, owner = NULL WHERE owner = ?"
 _SIZE = "SELECT count(*) FROM decortask_messages WHERE queue = ? AND leased_until <= ?"
 _PURGE = "DELETE FROM decortask_messages WHERE queue = ? AND leased_until <= ?"
 _HAS_QUEUE = (
@@ -186,6 +188,8 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = connect(self.path, self.busy_timeout, self.synchronous)
         self._renew_at = time.monotonic() + self.lease_seconds / 3
+        # A lock file held while this channel may hold leases: a dead channel's leases end at once.
+        self._alive = ConsumerLock(self.path, self._owner)
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -214,6 +218,7 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
             if take:
                 rows = self._conn().execute(_TAKE, (queue, now)).fetchall()
             else:
+                self._alive.hold()
                 lease = (now + self.lease_seconds, self._owner, queue, now)
                 rows = self._conn().execute(_LEASE, lease).fetchall()
             if not rows:
@@ -237,6 +242,7 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
         limit = self._lease_room()
         if limit <= 0:
             raise Empty()  # the window is full of rows buffered for other queues
+        self._alive.hold()
         now = time.time()
         with self._lock:
             db = self._conn()
@@ -344,10 +350,23 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
                         "could not give back %d messages at once (%s); their leases run out", len(ids), exc
                     )
 
+    def release_dead_consumers(self) -> None:
+        """Make the messages leased by consumers whose process died visible again (`sqlite_owners`)."""
+
+        def release(owner: str) -> None:
+            with self._lock:
+                count = self._conn().execute(_RELEASE_OWNER, (owner,)).rowcount
+            if count:
+                logger.warning("gave back %d messages leased by a consumer that died", count)
+
+        sweep(self._alive, release)
+
     def drain_events(self, timeout: float | None = None, callback: Any = None) -> Any:
         # The transport calls this on every poll, even when prefetch is full, so renewal keeps running.
         if time.monotonic() >= self._renew_at:
             self.renew_leases()
+        if self._consumers and self._alive.sweep_due():
+            self.release_dead_consumers()
         if self._acked and not (self._consumers and self.qos.can_consume() and not self._has_buffered()):
             self._flush_acks()  # this poll leases nothing, so the deletes cannot ride along with a lease
         return super().drain_events(timeout=timeout, callback=callback)
@@ -443,6 +462,7 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
             if self._db is not None:
                 self._db.close()
                 self._db = None
+            self._alive.release()
 
 
 class SQLiteTransport(_VirtualTransport):  # type: ignore[misc]
