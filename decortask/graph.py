@@ -147,7 +147,7 @@ class Graph:
         """Validate the graph and enqueue its nodes that wait for nothing; the rest follow as nodes end."""
         app = _current(app)
         nodes = self.validate(app)
-        spec = GraphSpec(uuid.uuid4().hex, tuple(_routed(node, app) for node in nodes))
+        spec = GraphSpec(uuid.uuid4().hex, tuple(_routed(node, app) for node in nodes), nodes[0].name)
         for node in spec.nodes:
             if not node.deps:
                 lineage = Lineage(node_id(spec.id, node.name), None, spec.id, spec.workflow(node.name))
@@ -205,8 +205,7 @@ class GraphHandle:
         data = record.workflow.get("graph") if isinstance(record.workflow, dict) else None
         if not isinstance(data, dict):
             raise GraphError(f"task {task_id} ({record.name}) is not a node of a graph")
-        spec, _ = GraphSpec.from_workflow(data)
-        return cls(app, spec)
+        return cls(app, GraphSpec.whole(data, app.store.get))
 
     def __repr__(self) -> str:
         return f"<GraphHandle {self.id}: {len(self.node_ids)} nodes>"

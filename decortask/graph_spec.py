@@ -1,15 +1,16 @@
 """A graph's shape (`decortask.Graph`): its named nodes, their dependencies, and the JSON that carries it.
 
-Every node's message and record hold the whole graph (`{"graph": {"id", "node", "nodes"}}` in their
-`workflow` field, DESIGN §5), so whatever worker ends a node can find the nodes that wait for it; nothing
-about a graph lives in a worker's memory. A node's task id is derived from the graph's id and the node's
-name (`node_id`), so each node is created once, and each node that waits for others has one join in the
-store (`join_id`, the chords' atomic counter, `store/workflow_state.py`).
+Every node's message and record hold the part of the graph that follows it (`{"graph": {"id", "node",
+"anchor", "nodes"}}` in their `workflow` field, DESIGN §5; the anchor's, the whole graph), so whatever worker
+ends a node can find the nodes that wait for it; nothing about a graph lives in a worker's memory. A node's
+task id is derived from the graph's id and the node's name (`node_id`), so each node is created once, and
+each node that waits for others has one join in the store (`join_id`, the chords' atomic counter,
+`store/workflow_state.py`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,10 +83,18 @@ def _names(value: Any) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class GraphSpec:
-    """A validated graph: its id and its nodes in an order where each comes after its dependencies."""
+    """A graph, or the part of it one node's message carries: its id, its nodes in an order where each
+    comes after its dependencies, and its anchor (the first node, which carries the whole graph).
+
+    A node's message and record carry only the nodes it leads to (itself and every node after it), which
+    is all that deciding what follows it needs; the anchor's carry every node, so the whole graph (for a
+    handle, the dashboard) is read from the anchor's record (`GraphSpec.whole`). This keeps a graph of n
+    nodes from costing n copies of itself (a fan-in of 300 nodes would carry 300 x 300 nodes).
+    """
 
     id: str
     nodes: tuple[GraphNode, ...]
+    anchor: str = ""
 
     def node(self, name: str) -> GraphNode:
         for node in self.nodes:
@@ -97,24 +106,69 @@ class GraphSpec:
         """The nodes that wait for node `name`."""
         return [node for node in self.nodes if name in node.deps]
 
+    def downstream(self, name: str) -> list[GraphNode]:
+        """Node `name` and every node after it, in this spec's order."""
+        reached = {name}
+        for node in self.nodes:  # dependencies come first: one pass reaches everything after `name`
+            if any(dep in reached for dep in node.deps):
+                reached.add(node.name)
+        return [node for node in self.nodes if node.name in reached]
+
     def node_ids(self) -> dict[str, str]:
         """Each node's task id, by name."""
         return {node.name: node_id(self.id, node.name) for node in self.nodes}
 
     def workflow(self, name: str) -> dict[str, Any]:
-        """The `workflow` field of node `name`'s message and record."""
-        return {"graph": {"id": self.id, "node": name, "nodes": [node.to_dict() for node in self.nodes]}}
+        """The `workflow` field of node `name`'s message and record: the nodes it leads to (every node,
+        for the anchor)."""
+        anchor = self.anchor or self.nodes[0].name
+        nodes = self.nodes if name == anchor else self.downstream(name)
+        return {
+            "graph": {
+                "id": self.id,
+                "node": name,
+                "anchor": anchor,
+                "nodes": [node.to_dict() for node in nodes],
+            }
+        }
 
     @classmethod
     def from_workflow(cls, data: Any) -> tuple[GraphSpec, str]:
-        """The graph and the node's name of a `workflow["graph"]` that `workflow` wrote."""
+        """The graph (or its part) and the node's name of a `workflow["graph"]` that `workflow` wrote."""
         if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
             raise GraphError(f"a graph's workflow field is malformed: {data!r:.200}")
-        nodes = [GraphNode.from_dict(node) for node in data["nodes"]]
-        spec = cls(str(data["id"]), ordered(nodes))
-        name = str(data.get("node"))
+        nodes = tuple(GraphNode.from_dict(node) for node in data["nodes"])
+        name, anchor = str(data.get("node")), str(data.get("anchor") or "")
+        spec = cls(str(data["id"]), nodes, anchor)
+        if not anchor or name == anchor:  # the whole graph (before anchors, every node carried it): check it
+            checked = ordered(nodes)
+            spec = cls(spec.id, checked, anchor or (checked[0].name if checked else ""))
         spec.node(name)
         return spec, name
+
+    @classmethod
+    def whole(cls, data: Any, record_of: Callable[[str], Any]) -> GraphSpec:
+        """The whole graph a node's `workflow["graph"]` belongs to, read from its anchor's record (through
+        `record_of(task_id)`) unless `data` is the whole graph; the part `data` holds if that record is gone."""
+        spec, name = cls.from_workflow(data)
+        if name == spec.anchor:
+            return spec
+        anchor = record_of(node_id(spec.id, spec.anchor))
+        found = (
+            anchor.workflow.get("graph") if anchor is not None and isinstance(anchor.workflow, dict) else None
+        )
+        if isinstance(found, dict) and found.get("node") == spec.anchor and found.get("id") == spec.id:
+            return cls.from_workflow(found)[0]
+        return spec  # the anchor's record is gone (expired): the part this node knows
+        anchor = record_of(node_id(spec.id, spec.anchor))
+        found = (
+            anchor.workflow.get("graph") if anchor is not None and isinstance(anchor.workflow, dict) else None
+        )
+        if isinstance(found, dict):
+            whole, _ = cls.from_workflow(found)
+            if whole.complete:
+                return whole
+        return spec
 
 
 def node_id(graph_id: str, name: str) -> str:

@@ -359,15 +359,51 @@ def test_a_worker_killed_before_reporting_a_nodes_end_is_repaired_by_the_redeliv
     ]
 
 
-def test_every_node_carries_the_whole_graph_as_json(app: Decortask) -> None:
-    handle = _pipeline().apply_async()
-    record = handle["source"].record()
-    assert record.workflow is not None
-    spec, name = GraphSpec.from_workflow(record.workflow["graph"])
-    assert name == "source" and spec.id == handle.id
-    assert [node.name for node in spec.nodes] == ["source", "double", "total", "report"]
-    assert spec.node("report").requires == ("source", "double", "total") and spec.node("report").finally_
+def test_each_node_carries_the_nodes_after_it_and_the_anchor_the_whole_graph(app: Decortask) -> None:
+    """A node's message and record hold the part of the graph it leads to, so a graph of n nodes does not
+    cost n copies of itself; the first node (the anchor) holds all of it, for handles and the dashboard."""
+    g = Graph()
+    g.add("a", gt.number.s(1)).add("b", gt.number.s(2)).add("c", gt.number.s(3))
+    g.add("total", gt.total.s(), requires=["a", "b", "c"])
+    g.add("lone", gt.number.s(4))  # a second, unconnected part
+    g.add_finally("report", gt.report.s(), after=["total"])
+    handle = g.apply_async()
+    run_pending(app)
+    carried = {}
+    for name in handle:
+        workflow = handle[name].record().workflow
+        assert workflow is not None
+        carried[name] = [node["name"] for node in workflow["graph"]["nodes"]]
+    assert carried == {
+        "a": ["a", "b", "c", "total", "lone", "report"],
+        "b": ["b", "total", "report"],
+        "c": ["c", "total", "report"],
+        "total": ["total", "report"],
+        "lone": ["lone"],
+        "report": ["report"],
+    }
+    lone = handle["lone"].record().workflow
+    assert lone is not None
+    whole = GraphSpec.whole(lone["graph"], app.store.get)
+    assert whole.id == handle.id and [node.name for node in whole.nodes] == carried["a"]
+    assert GraphHandle.of_task(app, handle.node_ids["lone"]).node_ids == handle.node_ids
+    spec, name = GraphSpec.from_workflow(lone["graph"])
+    assert (name, spec.anchor, [node.name for node in spec.nodes]) == ("lone", "a", ["lone"])
     assert node_id(handle.id, "total") == handle.node_ids["total"]
+
+
+def test_a_wide_graph_costs_each_node_only_what_follows_it(app: Decortask) -> None:
+    """300 nodes into one: each carries three nodes, not 302, and the graph completes with one total."""
+    g = Graph()
+    for i in range(300):
+        g.add(f"n{i}", gt.number.s(i))
+    g.add("total", gt.total.s(), requires=[f"n{i}" for i in range(300)])
+    g.add_finally("report", gt.cleanup.si())
+    handle = g.apply_async()
+    run_pending(app)
+    assert handle.get(timeout=5)["total"] == sum(range(300))
+    workflow = handle["n7"].record().workflow
+    assert workflow is not None and len(workflow["graph"]["nodes"]) == 3
 
 
 # -- real workers on every broker ---------------------------------------------------------------------------

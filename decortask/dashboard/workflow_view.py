@@ -1,6 +1,7 @@
 """The workflow a task belongs to, as the dashboard shows it: its members, their states, and its edges.
 
-Read from the store only: a graph node's record carries its whole graph (`graph_spec.py`); a chain step's
+Read from the store only: a graph node's record carries the nodes after it, its anchor's the whole graph
+(`graph_spec.py`); a chain step's
 or chord member's record names its workflow's id and size, and the other members' ids are derived from it
 (`canvas.derived_id`). A member not created yet shows as WAITING.
 """
@@ -62,7 +63,7 @@ def _frame(app: Decortask, record: TaskRecord, task_id: str, kind: str, root: st
 
 
 def _graph(app: Decortask, data: dict[str, Any]) -> dict[str, Any]:
-    spec, _ = GraphSpec.from_workflow(data)
+    spec = GraphSpec.whole(data, app.store.get)
     ids = spec.node_ids()
     records = {name: app.store.get(task_id) for name, task_id in ids.items()}
     layers: dict[str, int] = {}
