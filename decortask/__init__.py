@@ -41,6 +41,7 @@ from .errors import (
 from .events import Event, EventSubscriber
 from .graph import Graph, GraphHandle, GraphStatus
 from .handle import TaskHandle, TaskResult
+from .late_results import ChildResult
 from .middleware import ExecutionOutcome, Middleware
 from .producer import Call
 from .registry import registry
@@ -64,6 +65,7 @@ __all__ = [
     "task_log",
     # workflows (docs/workflows.md)
     "Chain",
+    "ChildResult",
     "Chord",
     "Graph",
     "GraphHandle",

@@ -6,15 +6,20 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import DecortaskError
 from .logbuffer import TaskLogBuffer
 from .security import mask_fields, mask_text
 from .store.base import LogLine
+
+if TYPE_CHECKING:
+    from .canvas import Signature
+    from .handle import TaskHandle
+    from .late_results import ChildResult
 
 logger = logging.getLogger("decortask.task")
 
@@ -50,6 +55,8 @@ class TaskContext:
     _output_sink: Callable[[Any], None] | None = field(default=None, repr=False)
     #: This attempt's captured print()/logging output (`capture.TaskOutput`), made on its first line.
     _capture: Any = field(default=None, repr=False, compare=False)
+    #: The children this attempt spawned (`late_results.Children`), made by its first `spawn()`.
+    _children: Any = field(default=None, repr=False, compare=False)
 
     def should_stop(self) -> bool:
         """True once the task should wind down: cancellation, time limit or worker shutdown."""
@@ -95,6 +102,26 @@ class TaskContext:
                 self._output_sink(json.loads(text))  # a plain JSON copy, as every store would give back
             except Exception as exc:  # advisory, like progress: never fail the task over it
                 logger.warning("could not store the output of task %s: %s", self.task_id, mask_text(str(exc)))
+
+    def spawn(self, sig: Signature[Any], *, on_late: Signature[Any] | None = None) -> TaskHandle[Any]:
+        """Start `sig` (e.g. `add.s(1, 2)`) as a child of this task, in the background; its handle.
+
+        While this task runs, `results()` yields the child's result once it ends. If it ends after this
+        task did (or this task never took it), `on_late` is sent with the child's `ChildResult.to_dict()`
+        first, once (docs/workflows.md, "Late results"). An attempt run again that spawns again gets the
+        same children back (the n-th spawn has the same id), not new ones.
+        """
+        from .late_results import spawn
+
+        return spawn(self, sig, on_late)
+
+    def results(self, timeout: float | None = None) -> Iterator[ChildResult]:
+        """Yield each child's `ChildResult` once, as it ends (hot merge), until every child spawned by this
+        attempt has been yielded, `timeout` seconds passed, or the task should stop. A child not yielded
+        then is a late result: it goes to its `on_late` follow-up once this task ended."""
+        from .late_results import results
+
+        return results(self, timeout)
 
     def log(self, message: str, **extra: Any) -> None:
         """Same as `task_log()` for this task."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from . import late_results
 from .errors import MessageError
 from .message import decode
 
@@ -40,7 +41,8 @@ def process_delivery(app: Decortask, executor: Executor, delivery: Delivery) -> 
         # Its dead letter is logged once when published; the traceback only at DEBUG.
         logger.debug("decoding a message on %s failed unexpectedly", delivery.queue, exc_info=True)
         return executor.refuse(None, "decode_error", f"unexpected {type(exc).__name__}")
-    outcome = executor.execute(message, delivery.queue)
+    with late_results.attempt(app, message.id, executor.write):  # closes its mailbox if it spawned
+        outcome = executor.execute(message, delivery.queue)
     if message.workflow:  # a workflow's task: what follows it is created before its message is acked
         from .workflow import continue_workflow
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from . import capture, recovery
+from . import capture, late_results, recovery
 from .deadletters import log_dead_letter
 from .delivery import process_delivery
 from .errors import BrokerUnavailable
@@ -489,6 +489,7 @@ class Worker:
     def _reap(self) -> None:
         try:
             settled = recovery.reap(self.app, self.owner_alive, self.executor.is_orphan)
+            late_results.sweep(self.app)  # mailboxes of spawning tasks whose worker died after the outcome
         except Exception as exc:
             logger.warning("reaper pass failed (%s); will retry", mask_text(str(exc)))
             return

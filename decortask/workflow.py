@@ -57,6 +57,10 @@ def continue_workflow(app: Decortask, task_id: str, spec: dict[str, Any], write:
         if isinstance(spec.get("graph"), dict):
             node_ended(app, record, spec["graph"], write)
         _follow_links(app, record, spec, write)
+        if isinstance(spec.get("spawn"), dict):  # a spawned child: to its parent, or late (late_results.py)
+            from .late_results import child_ended
+
+            child_ended(app, record, spec["spawn"], write)
     except (ConfigurationError, KeyError, TypeError, ValueError, IndexError) as exc:
         # A malformed workflow field (a forged or foreign message): nothing can be derived from it.
         logger.error(

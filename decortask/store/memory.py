@@ -23,13 +23,14 @@ from .base import (
     ordered,
 )
 from .memory_limits import MemoryLimits
+from .memory_spawn import MemorySpawn
 from .outbox_state import OutboxEntry, OutboxItem, OutboxStore, item_of
 from .outcome_waiters import OutcomeNotices
 from .periodic_state import PeriodicStateStore, ScheduleState
 from .workflow_state import WorkflowStore, join_ids
 
 
-class MemoryStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore, MemoryLimits):
+class MemoryStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore, MemoryLimits, MemorySpawn):
     """A dict behind one lock. Records are deep-copied in and out so callers never share state."""
 
     def __init__(self, url: str = "memory://") -> None:

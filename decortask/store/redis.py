@@ -54,6 +54,7 @@ from .redis_limits import RedisLimits
 from .redis_liveness import RedisLiveness
 from .redis_outbox import RedisOutbox, RedisOutboxMethods
 from .redis_queries import RedisQueries, record_with_logs
+from .redis_spawn import RedisSpawn
 from .redis_workflow import RedisWorkflowJoins
 
 T = TypeVar("T")
@@ -72,6 +73,7 @@ class RedisStore(
     RedisOutboxMethods,
     RedisWorkflowJoins,
     RedisLimits,
+    RedisSpawn,
 ):
     """A `TaskStore` in Redis, safe across threads, processes and hosts."""
 

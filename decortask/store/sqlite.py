@@ -30,6 +30,7 @@ from . import (
     sqlite_periodic,
     sqlite_queries,
     sqlite_rows,
+    sqlite_spawn,
     sqlite_steps,
     sqlite_workflow,
 )
@@ -50,7 +51,7 @@ LOCK_RETRIES = 3
 LOCK_BACKOFF = 0.05
 
 
-class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore, SQLiteLimits):
+class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore, SQLiteLimits, sqlite_spawn.SQLiteSpawn):
     """A `TaskStore` in one SQLite file, shared by every thread and process on the host."""
 
     def __init__(self, url: str, *, read_only: bool = False, events: int = 0) -> None:
@@ -88,6 +89,7 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore, SQLiteLimits):
         self._run(sqlite_periodic.create_schema)
         self._run(sqlite_outbox.create_schema)
         self._run(sqlite_workflow.create_schema)
+        self._run(sqlite_spawn.create_schema)
         self._run(sqlite_events.create_schema)
         self._run(sqlite_limits.create_schema)
         if events > 0:

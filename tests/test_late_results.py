@@ -1,0 +1,279 @@
+"""Late results (issue 13): children a task spawns, merged while it runs or delivered after it ended.
+
+The rules: `ctx.spawn(sig, on_late=followup.s())` starts a child carrying the parent's id; while the parent
+runs, `ctx.results()` yields each child's result once (hot merge); a result the parent did not take before
+it ended (or, if it did not succeed, any result) goes to the `on_late` follow-up exactly once (wake-up
+merge), never dropped, even when a worker is SIGKILLed between the child's outcome and the follow-up.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import late_tasks as lt
+import pytest
+from behaviour_tasks import read_effects
+from conftest import BROKERS, REDIS_URL, delete_redis_namespace, require_redis
+from workers import Rig, poll_until, short_lease_rig
+
+from decortask import ChildResult, Decortask, DecortaskError, TaskContext, TaskHandle, TaskStatus
+from decortask import late_results as late_results_module
+from decortask.canvas import derived_id
+from decortask.store import open_store
+from decortask.store.base import TaskQuery
+from decortask.store.spawn_state import SpawnStore
+from decortask.testing import eager, isolated_app, run_pending
+
+# -- the mailbox in every store ------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def mailbox_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SpawnStore]:
+    token = uuid.uuid4().hex[:10]
+    if request.param == "memory":
+        url = "memory://"
+    elif request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/store.db"
+    else:
+        require_redis()
+        url = f"{REDIS_URL}?namespace=dt-spawn-{token}"
+        request.addfinalizer(lambda: delete_redis_namespace(REDIS_URL, f"dt-spawn-{token}"))
+    store = open_store(url)
+    assert isinstance(store, SpawnStore)
+    yield store
+    store.close()  # type: ignore[attr-defined]
+
+
+def test_a_mailbox_holds_children_in_order_once_and_makes_the_untaken_late_at_its_close(
+    mailbox_store: SpawnStore,
+) -> None:
+    store = mailbox_store
+    store.spawn_open("p")
+    assert store.spawn_unsettled(10) == ["p"]
+    assert store.spawn_post("p", "c1") and store.spawn_post("p", "c2")
+    assert store.spawn_post("p", "c1")  # a redelivered child changes nothing
+    assert store.spawn_take("p", 0, 1) == ["c1"]
+    assert store.spawn_take("p", 1, 5) == ["c2"] and store.spawn_take("p", 2, 5) == []
+    assert store.spawn_post("p", "c3")
+    assert store.spawn_close("p", keep_taken=True) == ["c3"]  # not taken: late
+    assert store.spawn_close("p", keep_taken=False) == ["c3"]  # idempotent: the first close decided
+    assert not store.spawn_post("p", "c4")  # closed: late, its own worker delivers it
+    assert not store.spawn_post("p", "c4")  # ... until it says it did
+    assert store.spawn_unsettled(10) == ["p"]
+    store.spawn_delivered("p", "c3")
+    store.spawn_delivered("p", "c4")
+    assert store.spawn_post("p", "c4") and store.spawn_post("p", "c1")
+    assert store.spawn_close("p", keep_taken=True) == []
+    assert store.spawn_unsettled(10) == []
+
+
+def test_a_parent_that_did_not_succeed_makes_every_child_late(mailbox_store: SpawnStore) -> None:
+    mailbox_store.spawn_open("p")
+    assert mailbox_store.spawn_post("p", "c1") and mailbox_store.spawn_take("p", 0, 5) == ["c1"]
+    assert mailbox_store.spawn_close("p", keep_taken=False) == ["c1"]
+
+
+def test_a_child_of_a_mailbox_gone_is_late() -> None:
+    store = open_store("memory://")
+    assert isinstance(store, SpawnStore)
+    assert not store.spawn_post("never-opened", "c")
+
+
+def test_a_child_racing_the_close_is_made_late_by_exactly_one_side(mailbox_store: SpawnStore) -> None:
+    """Children end while the parent's mailbox closes: each is either made late by the close or by its
+    own post to the closed mailbox, never both and never neither."""
+    store = mailbox_store
+    store.spawn_open("racing")
+    children = [f"c{i}" for i in range(40)]
+    posted: dict[str, bool] = {}
+    closed: list[list[str]] = []
+    gate = threading.Barrier(len(children) + 1)
+
+    def post(child: str) -> None:
+        gate.wait()
+        posted[child] = store.spawn_post("racing", child)
+
+    def close() -> None:
+        gate.wait()
+        closed.append(store.spawn_close("racing", keep_taken=True))
+
+    threads = [threading.Thread(target=post, args=(c,)) for c in children]
+    threads.append(threading.Thread(target=close))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    by_close = set(closed[0])
+    by_post = {child for child, held in posted.items() if not held}
+    assert by_close | by_post == set(children) and not by_close & by_post
+    assert sorted(store.spawn_close("racing", keep_taken=True)) == sorted(children)  # none delivered yet
+
+
+# -- in one process ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app() -> Iterator[Decortask]:
+    with isolated_app() as test_app:
+        yield test_app
+
+
+def _followup(parent: TaskHandle[Any], index: int) -> str:
+    return derived_id(derived_id(parent.id, f"spawn:{index}"), "late")
+
+
+def test_eager_mode_merges_every_childs_result_while_the_parent_runs(app: Decortask) -> None:
+    with eager():
+        handle = lt.hot_sum.delay(4)
+    assert handle.get(timeout=0) == 0 + 2 + 4 + 6
+    child = app.store.get(derived_id(handle.id, "spawn:0"))
+    assert child is not None and (child.parent_id, child.root_id) == (handle.id, handle.id)
+    assert app.store.get(_followup(handle, 0)) is None  # merged hot: no follow-up
+
+
+def test_results_that_arrive_after_the_parent_ended_go_to_its_follow_up_once_each(app: Decortask) -> None:
+    handle = lt.spawn_late.delay([5, 7])
+    run_pending(app)  # the parent, its children (which end after it) and the follow-ups
+    assert handle.get(timeout=0) == "spawned"
+    for index, value in enumerate([5, 7]):
+        followup = TaskHandle(app, _followup(handle, index), "lt.on_late")
+        late = ChildResult.from_dict(followup.get(timeout=0))
+        assert (late.parent_id, late.status, late.result, late.ok) == (
+            handle.id,
+            TaskStatus.SUCCESS,
+            value,
+            True,
+        )
+        assert late.task_id == derived_id(handle.id, f"spawn:{index}")
+        assert followup.record().parent_id == handle.id
+
+
+def test_a_failed_late_child_is_delivered_with_its_error(app: Decortask) -> None:
+    handle = lt.spawn_failing.delay()
+    run_pending(app)
+    late = ChildResult.from_dict(TaskHandle(app, _followup(handle, 0), "lt.on_late").get(timeout=0))
+    assert late.status is TaskStatus.FAILED and not late.ok
+    assert (late.error_type, late.error_message) == (
+        "builtins.ValueError",
+        "the child failed after its parent ended",
+    )
+
+
+def test_a_parent_that_fails_after_merging_hands_the_merged_results_to_its_follow_up(app: Decortask) -> None:
+    with eager():
+        handle = lt.spawn_then_fail.delay()
+    assert handle.status is TaskStatus.FAILED
+    late = ChildResult.from_dict(TaskHandle(app, _followup(handle, 0), "lt.on_late").get(timeout=5))
+    assert late.result == 5
+
+
+def test_an_attempt_run_again_finds_its_children_instead_of_spawning_them_twice(app: Decortask) -> None:
+    handle = lt.spawn_late.delay([1])
+    run_pending(app, max_tasks=1)  # the parent only
+    record = app.store.get(handle.id)
+    assert record is not None
+    ctx = TaskContext(task_id=handle.id, name="lt.spawn_late", attempt=2)
+    with late_results_module.attempt(app, handle.id, lambda step: step()):
+        again = ctx.spawn(lt.after_parent.s(handle.id, 1), on_late=lt.on_late.s("late"))
+    assert again.id == derived_id(handle.id, "spawn:0")
+    run_pending(app)
+    assert len([r for r in app.store.list_tasks(TaskQuery()) if r.name == "lt.after_parent"]) == 1
+
+
+def test_spawn_outside_a_worker_says_where_it_works() -> None:
+    ctx = TaskContext(task_id="direct", name="lt.spawn_late")
+    with pytest.raises(DecortaskError, match=r"no worker runs .* run_pending\(\) or eager\(\)"):
+        ctx.spawn(lt.add.s(1, 2))
+
+
+@pytest.mark.parametrize("died", ["before_the_close", "between_the_close_and_the_delivery"])
+def test_the_sweep_delivers_what_a_parents_worker_left_undelivered_when_it_died(
+    app: Decortask, died: str
+) -> None:
+    """The parent's worker closes its mailbox and delivers the late results right after the outcome. Killed
+    before the close, it leaves the mailbox open (a child that ends then is held there); killed after it,
+    the mailbox is closed but not settled. Any worker's reaper loop sweeps it: the follow-up runs."""
+    assert isinstance(app.store, SpawnStore)
+    store = app.store
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(late_results_module, "close_if_ended", lambda *args: False)  # died before closing
+        handle = lt.spawn_late.delay([3])
+        run_pending(app)  # the parent, then its child, held in the open mailbox
+    if died == "between_the_close_and_the_delivery":
+        store.spawn_close(handle.id, keep_taken=True)
+    assert store.spawn_unsettled(10) == [handle.id]
+    assert app.store.get(_followup(handle, 0)) is None  # held in the mailbox, not lost
+    assert late_results_module.sweep(app) == 1
+    run_pending(app)
+    assert TaskHandle(app, _followup(handle, 0), "lt.on_late").get(timeout=0)["result"] == 3
+    assert store.spawn_unsettled(10) == [] and late_results_module.sweep(app) == 0
+
+
+# -- real workers on every broker ----------------------------------------------------------------------------
+
+
+@pytest.fixture(params=BROKERS)
+def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
+    with short_lease_rig(request.param, tmp_path, "late", ("-A", "tests.late_tasks")) as test_rig:
+        yield test_rig
+
+
+def _followups(rig: Rig, label: str) -> list[str]:
+    """`child:status:result` of every recorded follow-up run with this label."""
+    rows = read_effects(str(rig.effects))
+    prefix = f"on_late:{label}:"
+    return sorted(str(row["event"])[len(prefix) :] for row in rows if str(row["event"]).startswith(prefix))
+
+
+@pytest.mark.broker
+def test_hot_merge_and_wake_up_merge_on_real_workers(rig: Rig) -> None:
+    with rig.worker("w1", concurrency=4) as worker:  # two parents wait while their children run
+        hot = lt.hot_sum.apply_async((5,), app=rig.app)
+        late = lt.spawn_late.apply_async(([10, 20, 30],), app=rig.app)
+        mixed = lt.hot_then_late.apply_async(app=rig.app)
+        assert hot.get(timeout=60) == sum(2 * i for i in range(5)), worker.log_tail()
+        assert late.get(timeout=60) == "spawned"
+        assert mixed.get(timeout=60) == 21  # the child that ended while it ran
+        followups = [_followup(late, i) for i in range(3)] + [_followup(mixed, 1)]
+        for followup in followups:
+            poll_until(lambda followup=followup: rig.app.store.get(followup), 60, "the follow-up to be sent")
+            TaskHandle(rig.app, followup, "lt.on_late").get(timeout=60)
+    children = [derived_id(late.id, f"spawn:{i}") for i in range(3)]
+    assert _followups(rig, "late") == sorted(
+        f"{c}:SUCCESS:{v}" for c, v in zip(children, [10, 20, 30], strict=True)
+    )
+    assert _followups(rig, "mixed") == [f"{derived_id(mixed.id, 'spawn:1')}:SUCCESS:99"]  # not the hot one
+    assert _followups(rig, "hot_sum") == []
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("point", ["before_followup", "after_followup"])
+def test_f_late_sigkill_between_a_childs_outcome_and_its_follow_up_delivers_it_exactly_once(
+    rig: Rig, point: str
+) -> None:
+    """The worker delivering a late result is SIGKILLed (really: the test's task module makes it kill
+    itself there) before creating the follow-up, or after creating it but before acking. The message's
+    redelivery to another worker delivers it: one follow-up run, with the child's result."""
+    marker = rig.tmp / "killed"
+    kill = {"LATE_TEST_KILL_AT": point, "LATE_TEST_KILL_MARKER": str(marker)}
+    first = rig.worker("w1", env=kill).start()
+    parent = lt.spawn_late.apply_async(([42],), app=rig.app)
+    try:
+        poll_until(marker.exists, 60, "a worker to reach the late delivery")
+        assert first.wait(30) == -signal.SIGKILL
+    finally:
+        first.kill()
+    followup = TaskHandle(rig.app, _followup(parent, 0), "lt.on_late")
+    with rig.worker("w2") as second:
+        poll_until(lambda: rig.app.store.get(followup.id), 60, "the redelivery to send the follow-up")
+        assert followup.get(timeout=60)["result"] == 42, second.log_tail()
+        child = TaskHandle(rig.app, derived_id(parent.id, "spawn:0"), "lt.after_parent")
+        assert child.get(timeout=5) == 42
+    assert _followups(rig, "late") == [f"{child.id}:SUCCESS:42"]  # exactly once
+    assert followup.record().attempt == 1
