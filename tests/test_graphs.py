@@ -20,6 +20,7 @@ from typing import Any
 
 import graph_tasks as gt
 import pytest
+import workflow_tasks as wt
 from behaviour_tasks import read_effects
 from conftest import BROKERS
 from store_helpers import fresh_store_url
@@ -175,6 +176,23 @@ def test_an_optional_dependency_that_fails_does_not_skip_its_dependent_which_get
     assert handle.wait(timeout=5) is GraphStatus.FAILED  # a node failed: the graph says so
     assert handle["total"].get(timeout=1) == 5
     assert handle["total"].record().kwargs == {"source": 5, "extra": None}
+
+
+def test_a_node_that_retries_reports_its_end_once_its_last_attempt_ends(
+    app: Decortask, tmp_path: Path
+) -> None:
+    effects = tmp_path / "effects.jsonl"
+    g = Graph()
+    g.add("source", wt.flaky.s(7))  # fails its first attempt, then returns 7
+    g.add("double", gt.double.s(), requires=["source"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DECORTASK_TEST_EFFECTS", str(effects))
+        handle = g.apply_async()
+        run_pending(app)
+        assert handle.states() == {"source": TaskStatus.RETRYING, "double": None}
+        run_pending(app, now=time.time() + 5)  # the retry is due
+        assert handle.get(timeout=5) == {"source": 7, "double": 14}
+    assert sorted(row["event"] for row in read_effects(str(effects))) == ["double", "flaky", "flaky"]
 
 
 def test_a_finally_node_given_si_takes_no_results_and_may_follow_only_some_nodes(app: Decortask) -> None:
