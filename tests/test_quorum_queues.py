@@ -103,8 +103,13 @@ def test_a_quorum_queue_is_declared_with_a_delivery_limit_and_its_dead_letter_qu
 
 
 def test_a_worker_on_a_quorum_queue_runs_retries_and_dead_letters(quorum: Rig) -> None:
-    added, flaky, killer = bt.add.delay(2, 3), bt.flaky.delay(), bt.kills_its_worker.delay()
-    for round_ in range(4):  # kills_its_worker takes its worker down with it: three deliveries, then FAILED
+    added, flaky = bt.add.delay(2, 3), bt.flaky.delay()  # flaky fails twice, then succeeds (retries)
+    with quorum.worker("w0") as worker:
+        assert _final(flaky).status is TaskStatus.SUCCESS, worker.log_tail()
+    assert (added.get(timeout=1), flaky.get(timeout=1)) == (5, 3)
+
+    killer = bt.kills_its_worker.delay()  # takes its worker down: three deliveries, then FAILED
+    for round_ in range(1, 5):
         worker = quorum.worker(f"w{round_}").start()
         try:
             poll_until(
@@ -112,13 +117,10 @@ def test_a_worker_on_a_quorum_queue_runs_retries_and_dead_letters(quorum: Rig) -
                 30,
                 "a delivery of kills_its_worker",
             )
-            if killer.done():
-                assert _final(flaky).status is TaskStatus.SUCCESS, worker.log_tail()
         finally:
             worker.stop()
         if killer.done():
             break
-    assert (added.get(timeout=1), flaky.get(timeout=1)) == (5, 3)
     result = killer.result()
     assert (result.status, result.reason) == (TaskStatus.FAILED, "max_deliveries")
     assert quorum.effects_of(killer) == [(1, "started"), (2, "started"), (3, "started")]
