@@ -41,6 +41,12 @@ def test_the_graphs_example_runs_a_finally_node_after_a_failure(tmp_path: Path) 
     )
 
 
+def test_the_late_results_example_merges_hot_and_wakes_the_follow_up(tmp_path: Path) -> None:
+    out = run_example("examples.late_results", tmp_path)
+    assert "cheapest: south at 9" in out
+    assert "late result: restock: SUCCESS -> south restocked" in out
+
+
 def run_example(module: str, cwd: Path) -> str:
     """Run `python -m module` in `cwd` with no DECORTASK_ settings; its output, once it exited with 0."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DECORTASK_")}
