@@ -481,6 +481,12 @@ def test_a_graph_nodes_page_draws_the_graph_coloured_by_state(system: Scene, bro
             browser, "return document.querySelector('svg.workflow-graph').getBoundingClientRect().toJSON()"
         )
         assert box["width"] > 600 and box["height"] > 100  # drawn at its size, not squeezed
+        _viewport(browser, 900, 800)  # narrower than the picture: it scrolls in its box, the page does not
+        assert _js(browser, "return document.documentElement.scrollWidth <= window.innerWidth")
+        picture = "const p = document.querySelector('.wf-picture'); return p.scrollWidth > p.clientWidth"
+        assert _until(browser, lambda: _js(browser, picture), "the picture to scroll in its box")
+        _shot(browser, "workflow-graph-900")
+        _viewport(browser, 1280, 800)
         # The list's detail panel of a member links to that picture.
         _open(browser, system.dashboard.url + f"/?task={handle.node_ids['broken']}")
         link = _until(
