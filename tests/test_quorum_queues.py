@@ -198,6 +198,8 @@ def test_an_existing_quorum_queue_is_used_as_it_is_with_queue_type_auto(tmp_path
             assert _final(handle).status is TaskStatus.SUCCESS, worker.log_tail()
         assert handle.get(timeout=1) == 42
         assert _refusal(queue, {"x-queue-type": "quorum"}) == ""  # still the queue it was, untouched
+        with pytest.raises(ConfigurationError):  # found to be a quorum queue: it would ignore a priority
+            bt.add.apply_async(args=(1, 2), priority=9)
     finally:
         rig_app.close()
         reset_default_app()
