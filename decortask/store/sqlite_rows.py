@@ -22,11 +22,18 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS decortask_tasks (id TEXT PRIMARY KEY, name TEXT NOT NULL,"
     " queue TEXT NOT NULL, status TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL,"
     " record TEXT NOT NULL)",
-    # The listings' index (sqlite_queries.py): newest first, with every column a filter or a text search
-    # reads, so they never read a record. It replaces the created_at-only index of older files.
-    "CREATE INDEX IF NOT EXISTS decortask_tasks_list ON decortask_tasks (created_at, status, name, queue, id)",
+    # The listings' index (sqlite_queries.py): newest first, with the columns a name, queue or text filter
+    # reads, so those never read a record. Not the status: an index holding it is rewritten by every claim
+    # and outcome, and with the status in this index as well a draining worker wrote 44 KB of WAL per task
+    # instead of 30 KB. Replaces the created_at-only and the (created_at, status, name, queue, id) indexes
+    # of older files.
+    "CREATE INDEX IF NOT EXISTS decortask_tasks_listing ON decortask_tasks (created_at, id, name, queue)",
+    "DROP INDEX IF EXISTS decortask_tasks_list",
     "DROP INDEX IF EXISTS decortask_tasks_created",
-    "CREATE INDEX IF NOT EXISTS decortask_tasks_status ON decortask_tasks (status, created_at)",
+    # Listings and counts by status, newest first: the one index holding the status. Replaces the
+    # (status, created_at) index of older files.
+    "CREATE INDEX IF NOT EXISTS decortask_tasks_by_status ON decortask_tasks (status, created_at, id)",
+    "DROP INDEX IF EXISTS decortask_tasks_status",
     # No index on name or queue: each index costs every enqueue about 7 µs (a fifth of a batched one).
     # Listings filtered by them walk the created_at index newest first and stop at their page size; a
     # name or queue that matches rarely in a very large store costs a scan. Files from before drop them.
