@@ -102,6 +102,7 @@ class Liveness:
     def verdicts(self, owners: Iterable[str]) -> dict[str, Verdict]:
         """The probe's verdicts for the workers holding `owners`, by worker id (reused for VERDICT_TTL)."""
         ids = {identity_of(owner) for owner in owners if not self.is_self(owner)}
+        ids = {worker_id for worker_id in ids if not self.is_self(worker_id)}  # a child of this worker
         if self.probe is None or not ids:
             return {}
         now = time.monotonic()

@@ -78,9 +78,11 @@ def _all(handles: list[TaskHandle[str]], test: Callable[[Any], bool]) -> bool:
     return all(test(handle.record()) for handle in handles)
 
 
-def _kill_while_running(rig: Rig, handles: list[TaskHandle[str]]) -> tuple[WorkerProcess, float]:
+def _kill_while_running(
+    rig: Rig, handles: list[TaskHandle[str]], *victim_args: str
+) -> tuple[WorkerProcess, float]:
     """Run `handles` on a victim worker, start an idle survivor, SIGKILL the victim: (survivor, kill time)."""
-    victim = rig.worker("victim").start()
+    victim = rig.worker("victim", *victim_args).start()
     try:
         poll_until(lambda: _all(handles, lambda r: r.status is TaskStatus.RUNNING), 30, "all tasks to run")
     except AssertionError as exc:
@@ -98,9 +100,9 @@ def _report(what: str, rig: Rig, seconds: float) -> None:
     print(f"\n[kill matrix] {rig.kind} broker, {store} store: {what} {seconds:.2f} s after the SIGKILL")
 
 
-def test_f05_sigkill_12_opted_in_tasks_recover_within_seconds(rig: Rig) -> None:
-    handles = [bt.sleep_opted_in.delay(SLEEP) for _ in range(TASKS)]
-    survivor, killed_at = _kill_while_running(rig, handles)
+def _assert_opted_in_recover(rig: Rig, count: int, *victim_args: str) -> None:
+    handles = [bt.sleep_opted_in.delay(SLEEP) for _ in range(count)]
+    survivor, killed_at = _kill_while_running(rig, handles, *victim_args)
     with survivor:
 
         def recovered(record: Any) -> bool:
@@ -109,14 +111,25 @@ def test_f05_sigkill_12_opted_in_tasks_recover_within_seconds(rig: Rig) -> None:
             )
 
         try:
-            poll_until(lambda: _all(handles, recovered), RECOVERY_DEADLINE, "all 12 to run again", 0.02)
+            poll_until(lambda: _all(handles, recovered), RECOVERY_DEADLINE, f"all {count} to run again", 0.02)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{survivor.log_tail()}") from None
-        _report(f"{TASKS} opted-in tasks running again", rig, time.monotonic() - killed_at)
+        _report(f"{count} opted-in tasks running again", rig, time.monotonic() - killed_at)
         poll_until(lambda: _all(handles, lambda r: r.status is TaskStatus.SUCCESS), 60, "all to succeed")
     for handle in handles:
         assert handle.result().attempts == 2
         assert rig.effects_of(handle) == [(1, "started"), (2, "started"), (2, "finished")]
+
+
+def test_f05_sigkill_12_opted_in_tasks_recover_within_seconds(rig: Rig) -> None:
+    _assert_opted_in_recover(rig, TASKS)
+
+
+@pytest.mark.parametrize("rig", ["redis"], indirect=True)
+def test_f05_sigkill_of_a_process_pool_worker_recovers_within_seconds(rig: Rig) -> None:
+    """The children own the attempts (`<worker id>/<pid>`) and die with their worker's identity."""
+    rig.concurrency = 4
+    _assert_opted_in_recover(rig, 4, "--pool", "processes")
 
 
 def test_f06_sigkill_12_tasks_not_opted_in_end_interrupted_within_seconds(rig: Rig) -> None:
