@@ -37,8 +37,20 @@ try:
     from sentry_sdk.tracing import NoOpSpan, Transaction, TransactionSource
     from sentry_sdk.utils import event_from_exception
 except ImportError as exc:  # pragma: no cover - depends on the environment
+    from importlib.metadata import PackageNotFoundError, version
+
     from decortask.errors import ConfigurationError
 
+    try:
+        installed = version("sentry-sdk")
+    except PackageNotFoundError:
+        installed = ""
+    if installed and not installed.startswith("2."):
+        # sentry-sdk 3 removed transactions (start_transaction, Transaction) that this integration uses.
+        raise ConfigurationError(
+            f"decortask.contrib.sentry supports sentry-sdk 2.x, and sentry-sdk {installed} is installed: "
+            "pip install 'sentry-sdk>=2,<3' (or reinstall 'decortask[sentry]', which pins it)"
+        ) from exc
     raise ConfigurationError(
         "decortask.contrib.sentry needs sentry-sdk: pip install 'decortask[sentry]'"
     ) from exc
