@@ -332,7 +332,7 @@ def _spawn_store(app: Decortask) -> SpawnStore:
     store = app.store
     if not isinstance(store, SpawnStore):
         raise ConfigurationError(
-            f"the store {type(store).__name__} keeps no late results; ctx.spawn() needs a SQLite, Redis or "
-            "memory store"
+            f"the store {type(store).__name__} keeps no late results; ctx.spawn() needs a SQLite, Redis, "
+            "PostgreSQL or memory store"
         )
     return store

@@ -18,7 +18,14 @@ from typing import Any
 import late_tasks as lt
 import pytest
 from behaviour_tasks import read_effects
-from conftest import BROKERS, REDIS_URL, delete_redis_namespace, require_redis
+from conftest import (
+    BROKERS,
+    REDIS_URL,
+    delete_redis_namespace,
+    drop_postgres_schema,
+    postgres_store_url,
+    require_redis,
+)
 from workers import Rig, poll_until, short_lease_rig
 
 from decortask import ChildResult, Decortask, DecortaskError, TaskContext, TaskHandle, TaskStatus
@@ -32,17 +39,20 @@ from decortask.testing import eager, isolated_app, run_pending
 # -- the mailbox in every store ------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
 def mailbox_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SpawnStore]:
     token = uuid.uuid4().hex[:10]
     if request.param == "memory":
         url = "memory://"
     elif request.param == "sqlite":
         url = f"sqlite:///{tmp_path}/store.db"
-    else:
+    elif request.param == "redis":
         require_redis()
         url = f"{REDIS_URL}?namespace=dt-spawn-{token}"
         request.addfinalizer(lambda: delete_redis_namespace(REDIS_URL, f"dt-spawn-{token}"))
+    else:
+        url = postgres_store_url(token)
+        request.addfinalizer(lambda: drop_postgres_schema(token))
     store = open_store(url)
     assert isinstance(store, SpawnStore)
     yield store

@@ -91,12 +91,12 @@ def test_a_store_at_an_older_version_is_migrated_forward_and_keeps_its_records(t
     store = open_store(postgres_store_url(token))
     store.create(_record("kept"))
     store.close()
-    # As decortask left it at version 1: the workflow joins of version 2, the event feed of version 3 and
-    # the flow-control tables of version 4 did not exist yet.
+    # As decortask left it at version 1: the workflow joins of version 2, the event feed of version 3, the
+    # flow-control tables of version 4 and the late results' mailboxes of version 5 did not exist yet.
     _sql(
         token,
         "DROP TABLE {s}.decortask_joins, {s}.decortask_events, {s}.decortask_event_counter,"
-        " {s}.decortask_rates, {s}.decortask_slots",
+        " {s}.decortask_rates, {s}.decortask_slots, {s}.decortask_spawn_boxes, {s}.decortask_spawn_children",
     )
     _sql(
         token,
@@ -109,6 +109,8 @@ def test_a_store_at_an_older_version_is_migrated_forward_and_keeps_its_records(t
         assert store.get("kept") is not None
         assert store.join_member("j", 0) == 1  # type: ignore[attr-defined]
         assert store.acquire_slot("b", "t", "w", 1, 0.0)  # type: ignore[attr-defined]
+        store.spawn_open("p")  # type: ignore[attr-defined]
+        assert store.spawn_post("p", "c")  # type: ignore[attr-defined]
     finally:
         store.close()
 

@@ -17,10 +17,10 @@ import re
 from typing import Any
 
 from ..errors import ConfigurationError, StoreError
-from . import postgres_events, postgres_limits
+from . import postgres_events, postgres_limits, postgres_spawn
 
 #: The version of the tables this decortask writes; a store at a newer one is refused.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -72,6 +72,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     3: postgres_events.MIGRATION,
     # Flow control (issue 17): rate logs and concurrency slots (`postgres_limits.py`).
     4: postgres_limits.MIGRATION,
+    # Late results (issue 13): the mailboxes of tasks that spawned children (`postgres_spawn.py`).
+    5: postgres_spawn.MIGRATION,
 }
 
 
