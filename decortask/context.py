@@ -6,7 +6,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -122,6 +122,12 @@ class TaskContext:
         from .late_results import results
 
         return results(self, timeout)
+
+    def aresults(self, timeout: float | None = None) -> AsyncIterator[ChildResult]:
+        """`results()` for an `async def` task: `async for child in ctx.aresults(timeout=...)`."""
+        from .late_results import aresults
+
+        return aresults(self, timeout)
 
     def log(self, message: str, **extra: Any) -> None:
         """Same as `task_log()` for this task."""

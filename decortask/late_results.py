@@ -21,11 +21,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -131,6 +132,17 @@ class Children:
     def outstanding(self) -> int:
         """Children this attempt spawned whose result it has not received yet."""
         return len(set(self.spawned) - self.seen)
+
+    def take_one(self) -> tuple[bool, ChildResult | None]:
+        """Take the next child from the mailbox: (whether one was there, its result, None if its record
+        is gone)."""
+        got = _spawn_store(self.app).spawn_take(self.parent_id, self.position, 1)
+        if not got:
+            return False, None
+        self.position += 1
+        self.seen.add(got[0])
+        record = self.app.store.get(got[0])
+        return True, None if record is None else ChildResult.of(record, self.parent_id)
 
 
 # -- the worker side: one attempt, and what closes its mailbox ----------------------------------------------
@@ -274,24 +286,56 @@ def results(ctx: TaskContext, timeout: float | None) -> Iterator[ChildResult]:
     children = ctx._children
     if not isinstance(children, Children):
         return
-    store = _spawn_store(children.app)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    pause = 0.01
+    wait = _Pauses(timeout)
     while children.outstanding() and not ctx.should_stop():
-        got = store.spawn_take(children.parent_id, children.position, 1)
-        if got:
-            children.position += 1
-            children.seen.add(got[0])
-            record = children.app.store.get(got[0])
-            if record is not None:
-                pause = 0.01
-                yield ChildResult.of(record, children.parent_id)
+        took, result = children.take_one()
+        if took:
+            wait.reset()
+            if result is not None:
+                yield result
             continue
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
+        pause = wait.next()
+        if pause is None:
             return
-        ctx._stop.wait(pause if left is None else min(pause, left))  # a cancel or shutdown wakes it
-        pause = min(pause * 1.5, _POLL_MAX)
+        ctx._stop.wait(pause)  # a cancel or shutdown wakes it
+
+
+async def aresults(ctx: TaskContext, timeout: float | None) -> AsyncIterator[ChildResult]:
+    """`ctx.aresults`: `results` for an `async def` task (the store is read in a thread)."""
+    children = ctx._children
+    if not isinstance(children, Children):
+        return
+    wait = _Pauses(timeout)
+    while children.outstanding() and not ctx.should_stop():
+        took, result = await asyncio.to_thread(children.take_one)
+        if took:
+            wait.reset()
+            if result is not None:
+                yield result
+            continue
+        pause = wait.next()
+        if pause is None:
+            return
+        await asyncio.sleep(pause)
+
+
+class _Pauses:
+    """How long to wait before reading the mailbox again: growing to `_POLL_MAX`, None past the timeout."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.pause = 0.01
+
+    def reset(self) -> None:
+        self.pause = 0.01
+
+    def next(self) -> float | None:
+        left = None if self.deadline is None else self.deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return None
+        pause = self.pause if left is None else min(self.pause, left)
+        self.pause = min(self.pause * 1.5, _POLL_MAX)
+        return pause
 
 
 def _routed(app: Decortask, sig: Signature[Any], parent_queue: str) -> Signature[Any]:

@@ -68,6 +68,17 @@ def hot_sum(ctx: TaskContext, n: int) -> int:
     return sum(got)
 
 
+@task(name="lt.ahot_sum")
+async def ahot_sum(ctx: TaskContext, n: int) -> int:
+    """hot_sum as an `async def` task: `ctx.aresults()`."""
+    for i in range(n):
+        ctx.spawn(add.s(i, 10), on_late=on_late.s("ahot_sum"))
+    got = [child.result async for child in ctx.aresults(timeout=60)]
+    if len(got) != n:
+        raise AssertionError(f"merged {len(got)} of {n} children")
+    return sum(got)
+
+
 @task(name="lt.spawn_late")
 def spawn_late(ctx: TaskContext, values: list[int]) -> str:
     """Spawns children that end after it: every result goes to `on_late`."""
@@ -97,6 +108,25 @@ def spawn_then_fail(ctx: TaskContext) -> None:
 def spawn_failing(ctx: TaskContext) -> str:
     ctx.spawn(fail_after_parent.s(ctx.task_id), on_late=on_late.s("failing"))
     return "spawned"
+
+
+@task(name="lt.slow_child", requeue_on_interrupt=True)
+def slow_child(ctx: TaskContext, value: int, seconds: float) -> int:
+    record_effect(ctx, "slow_child")
+    time.sleep(seconds)
+    return value
+
+
+@task(name="lt.gather", requeue_on_interrupt=True)
+def gather(ctx: TaskContext, n: int, seconds: float) -> int:
+    """Spawns n children and merges them; run again after its worker died, it finds the same children."""
+    for i in range(n):
+        ctx.spawn(slow_child.s(i, seconds), on_late=on_late.s("gather"))
+    record_effect(ctx, "gather")
+    got = [child.result for child in ctx.results(timeout=120)]
+    if len(got) != n:
+        raise AssertionError(f"merged {len(got)} of {n} children")
+    return sum(got)
 
 
 def _killing(point: str) -> Any:

@@ -146,6 +146,12 @@ def test_eager_mode_merges_every_childs_result_while_the_parent_runs(app: Decort
     assert app.store.get(_followup(handle, 0)) is None  # merged hot: no follow-up
 
 
+def test_an_async_task_merges_its_children_with_aresults(app: Decortask) -> None:
+    with eager():
+        handle = lt.ahot_sum.delay(2)
+    assert handle.get(timeout=0) == 21
+
+
 def test_results_that_arrive_after_the_parent_ended_go_to_its_follow_up_once_each(app: Decortask) -> None:
     handle = lt.spawn_late.delay([5, 7])
     run_pending(app)  # the parent, its children (which end after it) and the follow-ups
@@ -243,11 +249,13 @@ def _followups(rig: Rig, label: str) -> list[str]:
 
 @pytest.mark.broker
 def test_hot_merge_and_wake_up_merge_on_real_workers(rig: Rig) -> None:
-    with rig.worker("w1", concurrency=4) as worker:  # two parents wait while their children run
+    with rig.worker("w1", concurrency=6) as worker:  # three parents wait while their children run
         hot = lt.hot_sum.apply_async((5,), app=rig.app)
+        ahot = lt.ahot_sum.apply_async((3,), app=rig.app)
         late = lt.spawn_late.apply_async(([10, 20, 30],), app=rig.app)
         mixed = lt.hot_then_late.apply_async(app=rig.app)
         assert hot.get(timeout=60) == sum(2 * i for i in range(5)), worker.log_tail()
+        assert ahot.get(timeout=60) == 33  # (0 + 10) + (1 + 10) + (2 + 10), merged with ctx.aresults()
         assert late.get(timeout=60) == "spawned"
         assert mixed.get(timeout=60) == 21  # the child that ended while it ran
         followups = [_followup(late, i) for i in range(3)] + [_followup(mixed, 1)]
@@ -287,3 +295,23 @@ def test_f_late_sigkill_between_a_childs_outcome_and_its_follow_up_delivers_it_e
         assert child.get(timeout=5) == 42
     assert _followups(rig, "late") == [f"{child.id}:SUCCESS:42"]  # exactly once
     assert followup.record().attempt == 1
+
+
+@pytest.mark.broker
+def test_f_late_sigkill_while_the_parent_waits_its_next_attempt_merges_the_same_children(rig: Rig) -> None:
+    """The parent (opted in to requeue_on_interrupt) is SIGKILLed while it waits for its children; its
+    next attempt spawns again, gets the same children back (none is started twice) and merges every one."""
+    n = 4
+    first = rig.worker("w1", concurrency=4).start()
+    parent = lt.gather.apply_async((n, 0.5), app=rig.app)
+    try:
+        poll_until(lambda: rig.effects_of(parent), 60, "the parent to spawn its children")
+    finally:
+        first.signal(signal.SIGKILL)
+        first.wait(10)
+    with rig.worker("w2", concurrency=4) as second:
+        assert parent.get(timeout=90) == sum(range(n)), second.log_tail()
+    assert [attempt for attempt, _ in rig.effects_of(parent)][-1] >= 2  # it ran again
+    children = {str(row["id"]) for row in read_effects(str(rig.effects)) if row["event"] == "slow_child"}
+    assert children == {derived_id(parent.id, f"spawn:{i}") for i in range(n)}  # the same ones, once each
+    assert _followups(rig, "gather") == []  # all merged by the attempt that succeeded
