@@ -53,6 +53,8 @@ SWEEP_BATCH = 200
 _apps: dict[str, Decortask] = {}
 _spawned: set[str] = set()
 _lock = threading.Lock()
+#: Where the next sweep starts in the list of unsettled mailboxes.
+_sweep_from = 0
 
 
 @dataclass(frozen=True)
@@ -233,16 +235,22 @@ def sweep(app: Decortask) -> int:
     store = app.store
     if not isinstance(store, SpawnStore):
         return 0
+    global _sweep_from
     closed = 0
-    for parent_id in store.spawn_unsettled(SWEEP_BATCH):
+    with _lock:
+        start = _sweep_from
+    parents = store.spawn_unsettled(SWEEP_BATCH, start)
+    for parent_id in parents:
         with _lock:
             if parent_id in _apps:
                 continue  # running in this process: its attempt closes it
         if close_if_ended(app, parent_id, lambda step: step()):
             logger.warning(
-                "closed the children's mailbox of task %s, which ended without closing it", parent_id
+                "delivered the late results of task %s left behind by a worker that died", parent_id
             )
             closed += 1
+    with _lock:  # many parents still running: the next sweep looks at the ones after them
+        _sweep_from = 0 if len(parents) < SWEEP_BATCH else start + len(parents) - closed
     return closed
 
 

@@ -231,6 +231,22 @@ def test_the_sweep_delivers_what_a_parents_worker_left_undelivered_when_it_died(
     assert store.spawn_unsettled(10) == [] and late_results_module.sweep(app) == 0
 
 
+def test_the_sweep_moves_past_parents_that_still_run(app: Decortask) -> None:
+    """Mailboxes of running parents stay unsettled; a sweep that found only those looks further next time,
+    so a crowd of running parents never hides one that ended."""
+    store = app.store
+    assert isinstance(store, SpawnStore)
+    ended = lt.add.delay(3, 4)
+    run_pending(app)
+    waiting = lt.add.delay(1, 2)  # never run: PENDING
+    store.spawn_open(waiting.id)  # listed first
+    store.spawn_open(ended.id)  # its worker died before closing it
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(late_results_module, "SWEEP_BATCH", 1)
+        swept = [late_results_module.sweep(app) for _ in range(2)]
+    assert swept == [0, 1] and store.spawn_unsettled(10) == [waiting.id]
+
+
 # -- real workers on every broker ----------------------------------------------------------------------------
 
 

@@ -63,6 +63,7 @@ class MemorySpawn:
             if box is not None and child_id in box.late:
                 box.late.remove(child_id)
 
-    def spawn_unsettled(self, limit: int) -> list[str]:
+    def spawn_unsettled(self, limit: int, offset: int = 0) -> list[str]:
         with self._lock:
-            return [p for p, box in self._boxes().items() if not box.closed or box.late][:limit]
+            found = [p for p, box in self._boxes().items() if not box.closed or box.late]
+            return found[offset : offset + limit]

@@ -51,5 +51,5 @@ class PostgresSpawn:
     def spawn_delivered(self, parent_id: str, child_id: str) -> None:
         self._run(lambda conn: self._boxes(conn).delivered(parent_id, child_id))
 
-    def spawn_unsettled(self, limit: int) -> list[str]:
-        return self._run(lambda conn: self._boxes(conn).unsettled(limit), atomic=False)
+    def spawn_unsettled(self, limit: int, offset: int = 0) -> list[str]:
+        return self._run(lambda conn: self._boxes(conn).unsettled(limit, offset), atomic=False)

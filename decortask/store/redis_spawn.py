@@ -121,6 +121,7 @@ class RedisSpawn:
     def spawn_delivered(self, parent_id: str, child_id: str) -> None:
         self._spawn("delivered", _DELIVERED, parent_id, child_id)
 
-    def spawn_unsettled(self, limit: int) -> list[str]:
+    def spawn_unsettled(self, limit: int, offset: int = 0) -> list[str]:
+        key = f"{self.namespace}:spawn:unsettled"
         with self._errors():
-            return [str(p) for p in self._client.zrange(f"{self.namespace}:spawn:unsettled", 0, limit - 1)]
+            return [str(p) for p in self._client.zrange(key, offset, offset + limit - 1)]

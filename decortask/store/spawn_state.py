@@ -53,7 +53,7 @@ class SpawnStore(Protocol):
         """Mark the late child delivered (its follow-up sent): the sweep no longer looks at it."""
         ...
 
-    def spawn_unsettled(self, limit: int) -> list[str]:
+    def spawn_unsettled(self, limit: int, offset: int = 0) -> list[str]:
         """Ids of parents whose mailbox is open or holds late children not yet delivered (for the sweep of
-        parents and children whose worker died before delivering)."""
+        parents and children whose worker died before delivering), in a stable order, from `offset` on."""
         ...

@@ -121,9 +121,15 @@ class Mailboxes:
             _DELIVERED, parent_id, child_id, _PENDING,
         )  # fmt: skip
 
-    def unsettled(self, limit: int) -> list[str]:
+    def holds(self, parent_id: str, start: int) -> bool:
+        """Whether the mailbox holds a child at `start` or after (a read: nothing is taken)."""
+        sql = "SELECT 1 FROM {c} WHERE parent_id = ? AND position >= ? LIMIT 1"
+        return self._run(sql, parent_id, start).fetchone() is not None
+
+    def unsettled(self, limit: int, offset: int) -> list[str]:
         rows = self._run(
-            "SELECT parent_id FROM {b} WHERE closed = 0 UNION SELECT parent_id FROM {c} WHERE late = 1 LIMIT ?",
-            limit,
-        ).fetchall()
+            "SELECT parent_id FROM {b} WHERE closed = 0 UNION SELECT parent_id FROM {c} WHERE late = 1"
+            " ORDER BY parent_id LIMIT ? OFFSET ?",
+            limit, offset,
+        ).fetchall()  # fmt: skip
         return [str(row[0]) for row in rows]

@@ -37,6 +37,9 @@ class SQLiteSpawn:
         return self._run(lambda conn: _boxes(conn).post(parent_id, child_id))
 
     def spawn_take(self, parent_id: str, start: int, limit: int) -> list[str]:
+        # A waiting parent reads often and mostly finds nothing: only then take the file's write lock.
+        if not self._run(lambda conn: _boxes(conn).holds(parent_id, start), write=False):
+            return []
         return self._run(lambda conn: _boxes(conn).take(parent_id, start, limit))
 
     def spawn_close(self, parent_id: str, keep_taken: bool) -> list[str]:
@@ -45,5 +48,5 @@ class SQLiteSpawn:
     def spawn_delivered(self, parent_id: str, child_id: str) -> None:
         self._run(lambda conn: _boxes(conn).delivered(parent_id, child_id))
 
-    def spawn_unsettled(self, limit: int) -> list[str]:
-        return self._run(lambda conn: _boxes(conn).unsettled(limit), write=False)
+    def spawn_unsettled(self, limit: int, offset: int = 0) -> list[str]:
+        return self._run(lambda conn: _boxes(conn).unsettled(limit, offset), write=False)
