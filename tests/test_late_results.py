@@ -287,6 +287,21 @@ def test_hot_merge_and_wake_up_merge_on_real_workers(rig: Rig) -> None:
 
 
 @pytest.mark.broker
+def test_hot_and_wake_up_merge_in_a_process_pool(tmp_path: Path) -> None:
+    """A parent in a process-pool child spawns and merges through the same store as a thread would."""
+    with (
+        short_lease_rig("sqlite", tmp_path, "late", ("-A", "tests.late_tasks")) as pool_rig,
+        pool_rig.worker("w1", "--pool", "processes", concurrency=3) as worker,
+    ):
+        hot = lt.hot_sum.apply_async((3,), app=pool_rig.app)
+        late = lt.spawn_late.apply_async(([8],), app=pool_rig.app)
+        assert hot.get(timeout=60) == 0 + 2 + 4, worker.log_tail()
+        followup = TaskHandle(pool_rig.app, _followup(late, 0), "lt.on_late")
+        poll_until(lambda: pool_rig.app.store.get(followup.id), 60, "the follow-up to be sent")
+        assert followup.get(timeout=60)["result"] == 8
+
+
+@pytest.mark.broker
 @pytest.mark.parametrize("point", ["before_followup", "after_followup"])
 def test_f_late_sigkill_between_a_childs_outcome_and_its_follow_up_delivers_it_exactly_once(
     rig: Rig, point: str
