@@ -3,7 +3,8 @@
 Children that must end after their parent wait for the parent's record to be terminal (never for a time).
 Every `on_late` follow-up run is recorded as an effect naming the child and its result. With
 `LATE_TEST_KILL_AT` set (`before_followup` / `after_followup`), the first process to deliver a late result
-SIGKILLs itself there: before creating the follow-up, or after creating it and before acking the child.
+SIGKILLs itself there: before creating the follow-up, or after creating it and before acking the child;
+with `before_close`, the first process to close a parent's mailbox SIGKILLs itself just before.
 """
 
 from __future__ import annotations
@@ -129,22 +130,23 @@ def gather(ctx: TaskContext, n: int, seconds: float) -> int:
     return sum(got)
 
 
-def _killing(point: str) -> Any:
-    real = late_results_module.deliver_late
+def _killing(point: str, real: Any) -> Any:
     marker = os.environ["LATE_TEST_KILL_MARKER"]
 
-    def deliver_late(*args: Any, **kwargs: Any) -> None:
+    def killing(*args: Any, **kwargs: Any) -> Any:
         try:
             os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:  # killed once already: from now on, deliver
-            real(*args, **kwargs)
-            return
+        except FileExistsError:  # killed once already: from now on, do it
+            return real(*args, **kwargs)
         if point == "after_followup":
             real(*args, **kwargs)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    return deliver_late
+    return killing
 
 
-if os.environ.get("LATE_TEST_KILL_AT"):
-    late_results_module.deliver_late = _killing(os.environ["LATE_TEST_KILL_AT"])
+_KILL_AT = os.environ.get("LATE_TEST_KILL_AT")
+if _KILL_AT == "before_close":  # the parent's worker, between the parent's outcome and closing its mailbox
+    late_results_module.close_if_ended = _killing(_KILL_AT, late_results_module.close_if_ended)
+elif _KILL_AT:  # the worker delivering a late result, before or after creating the follow-up
+    late_results_module.deliver_late = _killing(_KILL_AT, late_results_module.deliver_late)

@@ -329,6 +329,31 @@ def test_f_late_sigkill_between_a_childs_outcome_and_its_follow_up_delivers_it_e
 
 
 @pytest.mark.broker
+def test_f_late_sigkill_between_the_parents_outcome_and_its_close_the_sweep_delivers_once(rig: Rig) -> None:
+    """The parent's worker dies after writing the parent's outcome, before closing its mailbox: the child
+    that ends then is held in the open mailbox, and another worker's sweep closes it and delivers it."""
+    marker = rig.tmp / "killed"
+    first = rig.worker("w1", env={"LATE_TEST_KILL_AT": "before_close", "LATE_TEST_KILL_MARKER": str(marker)})
+    first.start()
+    parent = lt.spawn_late.apply_async(([6],), app=rig.app)
+    try:
+        poll_until(marker.exists, 60, "the parent's worker to reach the close")
+        assert first.wait(30) == -signal.SIGKILL
+    finally:
+        first.kill()
+    assert parent.get(timeout=5) == "spawned"
+    followup = TaskHandle(rig.app, _followup(parent, 0), "lt.on_late")
+    child = derived_id(parent.id, "spawn:0")
+    with rig.worker("w2") as second:
+        poll_until(lambda: rig.app.store.get(followup.id), 60, "the sweep to send the follow-up")
+        # SUCCESS, or INTERRUPTED if the child had started on the killed worker: delivered either way.
+        assert followup.get(timeout=60)["task_id"] == child, second.log_tail()
+        assert "left behind by a worker that died" in second.log_tail(200)
+    (delivered,) = _followups(rig, "late")  # exactly once
+    assert delivered.startswith(f"{child}:")
+
+
+@pytest.mark.broker
 def test_f_late_sigkill_while_the_parent_waits_its_next_attempt_merges_the_same_children(rig: Rig) -> None:
     """The parent (opted in to requeue_on_interrupt) is SIGKILLed while it waits for its children; its
     next attempt spawns again, gets the same children back (none is started twice) and merges every one."""
