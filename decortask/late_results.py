@@ -34,6 +34,7 @@ from .canvas import Signature, derived_id
 from .continuations import Write, create
 from .errors import ConfigurationError, DecortaskError, StoreError
 from .producer import Lineage
+from .security import mask_text
 from .states import TaskStatus
 from .store.base import TaskRecord
 from .store.spawn_state import SpawnStore
@@ -171,10 +172,11 @@ def attempt(app: Decortask, task_id: str, write: Write) -> Iterator[None]:
     if spawned:
         try:
             close_if_ended(app, task_id, write)
-        except StoreError as exc:  # the sweep closes it later: its results wait in the store meanwhile
+        except Exception as exc:  # never fail the delivery: the sweep closes it later, nothing is lost
             logger.warning(
-                "task %s: could not close its children's mailbox (%s); the sweep will", task_id, exc
-            )
+                "task %s: could not close its children's mailbox (%s); the sweep will",
+                task_id, mask_text(str(exc)),
+            )  # fmt: skip
 
 
 def close_if_ended(app: Decortask, parent_id: str, write: Write) -> bool:
