@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .aioloop import EventLoopThread
 from .attempts import RunningTask, leave_user_code
+from .clock import now as clock_now
 from .context import TaskContext, activate, deactivate
 from .errors import StoreError, TimeLimitExceeded
 from .logbuffer import TaskLogBuffer
@@ -64,7 +65,7 @@ class Executor:
         worker_id: str,
         owner_alive: Callable[[str], bool] | None = None,
         store_retry_seconds: float = 10.0,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = clock_now,
     ) -> None:
         self.clock = clock
         self.app = app
@@ -103,7 +104,7 @@ class Executor:
             record.owner == self.worker_id
             and record.id not in self.running
             and record.id not in self.settling
-            and time.time() - (record.started_at or 0.0) > self.app.settings.lease_timeout
+            and clock_now() - (record.started_at or 0.0) > self.app.settings.lease_timeout
         )
 
     def request_stop_all(self) -> None:
@@ -137,7 +138,7 @@ class Executor:
             return None
         limit = task.options.max_deliveries or self.app.settings.max_deliveries
         writer = self.writer
-        started_at = time.time()
+        started_at = clock_now()
         return self._claim(
             lambda: writer.claim(
                 message.id,
@@ -237,7 +238,7 @@ class Executor:
         Returns the claimed (RUNNING) record, or the outcome of a delivery that may not run: expired,
         unregistered, out of deliveries (each written to the store), or claimed elsewhere first.
         """
-        now = time.time()
+        now = clock_now()
         if message.expires is not None and message.expires <= self.clock():
             self._finish(
                 record.id, record.attempt, TaskStatus.CANCELLED, expect=record.status, reason=Reason.EXPIRED
@@ -387,7 +388,7 @@ class Executor:
             return self._fail_outright(record, verdict.reason, "ArgumentEncodingError", exc, how, ran=True)
         if verdict.exception is not None:
             return self._failed(record, run.message, verdict, persist=task.options.persist, runtime=runtime)
-        succeeded = succeeded_fields(self.app.settings, time.time(), task.options.persist, verdict.result)
+        succeeded = succeeded_fields(self.app.settings, clock_now(), task.options.persist, verdict.result)
         if self._finish(record.id, attempt, TaskStatus.SUCCESS, **succeeded):
             # Name, id and time only: never the arguments or the result.
             logger.info(
@@ -423,17 +424,17 @@ class Executor:
         attempt = record.attempt
         delay = verdict.retry_delay if verdict.will_retry else None
         if runtime is None:
-            runtime = max(0.0, time.time() - (record.started_at or time.time()))
+            runtime = max(0.0, clock_now() - (record.started_at or clock_now()))
         error: dict[str, Any] = {
             "error_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
             "error_message": mask_text(str(exc)),
             "traceback": mask_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__))),
         }
         self.unwritten_logs.setdefault(record.id, []).append(  # after the attempt's own lines
-            failed_attempt_line(attempt, error["error_type"], error["error_message"], delay, time.time())
+            failed_attempt_line(attempt, error["error_type"], error["error_message"], delay, clock_now())
         )
         if delay is not None:
-            now = time.time()
+            now = clock_now()
             nxt = dataclasses.replace(message, attempt=attempt + 1, eta=now + delay)
             entry = schedule_entry(nxt, record.queue, now + delay)
             writer, lines = self.writer, self.unwritten_logs.pop(record.id, ())
@@ -464,7 +465,7 @@ class Executor:
                 )
                 return Outcome(Settle.ACK, TaskStatus.RETRYING, ran=True)
             return Outcome(Settle.ACK, None, Reason.LOST_CLAIM, ran=True)
-        ended = ended_fields(self.app.settings, time.time(), persist)
+        ended = ended_fields(self.app.settings, clock_now(), persist)
         reason = verdict.reason
         if self._finish(record.id, attempt, TaskStatus.FAILED, reason=reason, **ended, **error):
             logger.warning(
@@ -555,7 +556,7 @@ class Executor:
     ) -> bool:
         """Write the terminal `status` of attempt `attempt`; False if the record changed meanwhile."""
         # Callers that know the task pass its own `persist` (ended_fields); otherwise it is kept as history.
-        changes = {**ended_fields(self.app.settings, time.time()), **changes}
+        changes = {**ended_fields(self.app.settings, clock_now()), **changes}
         writer, lines = self.writer, self.unwritten_logs.pop(task_id, ())
         done = self.write(
             lambda: writer.settle(task_id, status, expect, attempt, lines, **changes),

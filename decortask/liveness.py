@@ -10,7 +10,8 @@ A probe only ever says DEAD when it saw the identity once held and now released:
 one (an older decortask, another broker), a probe that cannot reach its server, or a server that has just
 restarted all answer UNKNOWN. ALIVE never overrides a stale heartbeat: a host cut off from the network may
 keep its broker connection looking open for minutes, and it is declared dead by the lease as before.
-So `Liveness.alive` is: never if the probe says DEAD, else a heartbeat younger than `lease_timeout`.
+So `Liveness.alive` is: never if the probe says DEAD, else a heartbeat younger than `lease_timeout`, as
+`clock.HeartbeatWatch` judges it (the stamp still changing, whatever the two hosts' clocks say).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
 
+from .clock import HeartbeatWatch
 from .security import mask_text
 
 if TYPE_CHECKING:
@@ -89,6 +91,8 @@ class Liveness:
         self.probe = probe
         self._verdicts: dict[str, tuple[float, Verdict]] = {}
         self._lock = threading.Lock()
+        #: Other workers' heartbeat stamps as this process reads them (judged without comparing clocks).
+        self.heartbeats = HeartbeatWatch(app.settings.lease_timeout)
 
     def alive(self, owner: str) -> bool:
         """Whether the worker `owner` is alive: not known dead by the probe, and heartbeating."""
@@ -96,8 +100,7 @@ class Liveness:
             return True
         if self.verdicts([owner]).get(identity_of(owner)) is Verdict.DEAD:
             return False
-        seen = self.app.store.last_heartbeat(owner)
-        return seen is not None and time.time() - seen < self.app.settings.lease_timeout
+        return self.heartbeats.alive(owner, self.app.store.last_heartbeat(owner))
 
     def verdicts(self, owners: Iterable[str]) -> dict[str, Verdict]:
         """The probe's verdicts for the workers holding `owners`, by worker id (reused for VERDICT_TTL)."""

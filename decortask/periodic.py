@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 import uuid
 from typing import TYPE_CHECKING
 
+from . import clock
 from .errors import StoreError
 from .message import Message
 from .middleware import finish_enqueue, prepare_enqueue
@@ -122,7 +122,7 @@ class PeriodicScheduler:
         """Renew leases when due, then publish every due slot of the schedules led; returns how many."""
         if not self.enabled or not self.entries:
             return 0
-        now = time.time() if now is None else now
+        now = clock.now() if now is None else now
         store = periodic_state(self.app.store)
         if now >= self._next_renew:
             self._renew(store, now)
@@ -302,7 +302,7 @@ class PeriodicScheduler:
         body = message.encode(self.app.settings.max_payload_bytes)
         self.app.transport.publish(body, queue, priority=message.priority, persistent=task.options.persist)
         entry = OutboxEntry(
-            message.id, queue, message.priority, task.options.persist, body.decode(), time.time()
+            message.id, queue, message.priority, task.options.persist, body.decode(), clock.now()
         )
         watch_published(self.app, [entry])  # a run the broker then loses is republished by the relay
         finish_enqueue(self.app, message)

@@ -34,7 +34,7 @@ from multiprocessing.connection import wait as wait_ready
 from multiprocessing.context import SpawnProcess
 from typing import TYPE_CHECKING, Any
 
-from . import recovery
+from . import clock, recovery
 from .errors import ConfigurationError
 from .logsetup import child_options
 from .message import Message, decode
@@ -331,7 +331,7 @@ class ProcessPool:
         if op == "ready":
             try:
                 # Before its first claim: a claim by an owner with no heartbeat would look dead to others.
-                self.app.store.heartbeat(slot.owner, time.time())
+                self.app.store.heartbeat(slot.owner, clock.now())
             except Exception as exc:
                 logger.warning("heartbeat write for %s failed (%s)", slot.owner, mask_text(str(exc)))
             slot.ready = True

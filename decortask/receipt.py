@@ -12,11 +12,10 @@ worker died (settled by `recovery.settle_interrupted`, as every interrupted atte
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from . import recovery
+from . import clock, recovery
 from .errors import StoreError
 from .message import Message
 from .outcomes import Outcome, Reason, Settle
@@ -133,7 +132,7 @@ class ReceiptRules:
                 return Outcome(Settle.ACK, None, Reason.LOST_CLAIM)
         else:
             runner.write(lambda: store.add_schedule(entry))
-        logger.info("task %s has an eta %.1f s ahead: scheduled", record.id, entry.due_at - time.time())
+        logger.info("task %s has an eta %.1f s ahead: scheduled", record.id, entry.due_at - clock.now())
         return Outcome(Settle.ACK, TaskStatus.SCHEDULED, Reason.DEFERRED)
 
     def _create_or_get(self, message: Message, queue: str) -> TaskRecord:
@@ -191,17 +190,18 @@ class ReceiptRules:
         Acking it outright would lose the task if the owner died a moment ago (RabbitMQ redelivers at
         once, before the heartbeat goes stale), so the message waits in the store's schedule until the
         owner's lease would have lapsed; by then the task has ended (skipped), or its owner is dead (the
-        rules for an interrupted task apply), or it is still alive (checked again).
+        rules for an interrupted task apply), or it is still alive (checked again). The wait is counted
+        from this worker's clock, not from the owner's heartbeat stamp: the owner's clock may be off by more
+        than a lease (`clock.HeartbeatWatch`), and the stamp would then put the recheck in the past.
         """
         owner = record.owner or ""
-        seen = self.app.store.last_heartbeat(owner) if owner != self.runner.worker_id else None
-        due = (seen if seen is not None else time.time()) + self.app.settings.lease_timeout + 1.0
+        due = clock.now() + self.app.settings.lease_timeout + 1.0
         entry = schedule_entry(message, record.queue, due, slot="recheck")
         self.runner.write(lambda: self.app.store.add_schedule(entry))
         logger.info(
             "task %s is running on %s: this delivery is parked for %.1f s, then checked again",
             record.id,
             owner,
-            due - time.time(),
+            due - clock.now(),
         )
         return Outcome(Settle.ACK, record.status, Reason.RUNNING_ELSEWHERE)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from . import clock
 from .config import Settings
 from .message import Message
 from .states import TaskStatus
@@ -21,7 +21,7 @@ def label(record: TaskRecord) -> str:
 
 def record_from_message(message: Message, queue: str) -> TaskRecord:
     """A PENDING record for a message whose record is missing (a foreign producer's, or one that expired)."""
-    now = time.time()
+    now = clock.now()
     return TaskRecord(
         id=message.id,
         name=message.task,

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import clock
 from .message import Message
 from .middleware import notify_interrupt
 from .outcomes import Reason
@@ -118,7 +118,7 @@ def settle_interrupted(
     if current is None:
         current = app.store.get(record.id) or record
     verdict = decide_interrupted(app.registry.find(record.name), current, reason)
-    now = time.time()
+    now = clock.now()
     entry: ScheduleEntry | None = None
     nxt: Message | None = None
     if verdict.status is TaskStatus.PENDING:

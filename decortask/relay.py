@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from . import clock
 from .outbox import uses_background_publisher
 from .security import mask_text
 from .store.outbox_state import OutboxItem, OutboxStore
@@ -83,7 +83,7 @@ class Relay:
         if stores is None:
             return None
         outbox, leases = stores
-        now = time.time() if now is None else now
+        now = clock.now() if now is None else now
         settings = self.app.settings
         if not leases.acquire_lease(LEASE, self.owner, max(3 * settings.relay_interval, 10.0), now):
             return None

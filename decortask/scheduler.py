@@ -10,9 +10,9 @@ relay republishes a message the broker then loses, as it does for `.delay()`'s.
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
+from . import clock
 from .outbox import watch_published
 from .states import TaskStatus
 from .store.outbox_state import OutboxEntry
@@ -36,7 +36,7 @@ class Scheduler:
     def tick(self, now: float | None = None) -> int:
         """Publish every entry due by `now`; returns how many were published."""
         store = self.app.store
-        now = time.time() if now is None else now
+        now = clock.now() if now is None else now
         published = 0
         while True:
             entries = store.claim_due(now, BATCH, self.owner, CLAIM_LEASE)

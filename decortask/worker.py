@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from . import capture, late_results, recovery
+from . import capture, clock, late_results, recovery
 from .deadletters import log_dead_letter
 from .delivery import process_delivery
 from .errors import BrokerUnavailable
@@ -151,7 +151,7 @@ class Worker:
             owners = [self.id, *self.pool.owners()]
             try:
                 for owner in owners:
-                    self.app.store.heartbeat(owner, time.time())
+                    self.app.store.heartbeat(owner, clock.now())
             except Exception as exc:
                 logger.warning("heartbeat write failed (%s)", mask_text(str(exc)))
             done.wait(interval)
@@ -247,7 +247,7 @@ class Worker:
 
     def run(self) -> int:
         """Consume until stopped, then shut down as DESIGN §2 says; returns the process exit code."""
-        self.app.store.heartbeat(self.id, time.time())
+        self.app.store.heartbeat(self.id, clock.now())
         self._holder.start()  # before the first claim: a record owned by an id never held reads UNKNOWN
         beating = threading.Event()
         threading.Thread(
@@ -313,7 +313,7 @@ class Worker:
         # So the dashboard shows a clean stop, not a lost worker, once the heartbeats age out.
         try:
             for owner in owners:
-                self.app.store.worker_stopped(owner, time.time())
+                self.app.store.worker_stopped(owner, clock.now())
         except Exception as exc:
             logger.warning("could not record the clean stop (%s)", mask_text(str(exc)))
 
@@ -518,7 +518,7 @@ class Worker:
 
     def _purge_expired(self) -> None:
         try:
-            gone = self.app.store.purge_expired(time.time())
+            gone = self.app.store.purge_expired(clock.now())
         except Exception as exc:
             logger.warning("purging expired records failed (%s); will retry", mask_text(str(exc)))
             return

@@ -23,6 +23,7 @@ from decortask.states import TaskStatus
 from decortask.store import LogLine, ScheduleEntry, TaskQuery, TaskRecord, TaskStore, open_store
 from decortask.store.base import claim_step
 from decortask.store.periodic_state import PeriodicStateStore, ScheduleState
+from decortask.store.writer import StoreWriter
 
 S = TaskStatus
 T0 = 1_700_000_000.0
@@ -213,6 +214,43 @@ def test_transition_is_a_compare_and_set_on_status_and_attempt(store: TaskStore)
     assert store.transition("missing", S.RUNNING) is None
     # expect may be any iterable, even a one-shot generator.
     assert store.transition("t", S.RUNNING, expect=(s for s in [S.PENDING])) is not None
+
+
+def test_a_returning_owners_outcome_never_overwrites_the_attempt_that_took_over(store: TaskStore) -> None:
+    """F-27's fencing: a worker cut off mid-attempt comes back and writes its outcome (through the executor's
+    `StoreWriter.settle`) after the task was settled elsewhere; the compare-and-set on (status, attempt) refuses
+    it whether the new owner is still running, has finished, or the task ended INTERRUPTED."""
+    writer = StoreWriter(store)
+    store.create(make("t"))
+    store.create(make("u"))
+    for task_id in ("t", "u"):  # attempt 1 claimed by worker a, which is then cut off
+        assert writer.claim(task_id, 1, 5, owner="a", started_at=T0 + 1) is not None
+    # The reaper settles a's attempts: "t" opted in (next attempt queued), "u" not.
+    requeue = ScheduleEntry.for_attempt("t", 2, queue="default", due_at=T0 + 6, body='{"id":"t"}')
+    assert store.transition(
+        "t", S.PENDING, expect={S.RUNNING}, expect_attempt=1, schedule=requeue, owner=None
+    )
+    lost = {"reason": "worker_lost", "finished_at": T0 + 6}
+    assert store.transition("u", S.INTERRUPTED, expect={S.RUNNING}, expect_attempt=1, **lost) is not None
+    assert writer.claim("t", 2, 5, owner="b", started_at=T0 + 7) is not None
+    stale = {"result": "from a", "finished_at": T0 + 8}
+
+    assert not writer.settle("t", S.SUCCESS, S.RUNNING, 1, **stale)  # b still runs attempt 2
+    assert writer.settle("t", S.SUCCESS, S.RUNNING, 2, result="from b", finished_at=T0 + 9)
+    assert not writer.settle("t", S.SUCCESS, S.RUNNING, 1, **stale)  # b has finished
+    assert not writer.settle("t", S.FAILED, S.RUNNING, 1, error_message="from a")
+    assert not writer.transition("t", S.RETRYING, expect={S.RUNNING}, expect_attempt=1, scheduled_for=T0 + 9)
+    assert not writer.settle("u", S.SUCCESS, S.RUNNING, 1, **stale)
+
+    t, u = must_get(store, "t"), must_get(store, "u")
+    assert (t.status, t.attempt, t.owner, t.result, t.finished_at) == (S.SUCCESS, 2, "b", "from b", T0 + 9)
+    assert (u.status, u.attempt, u.reason, u.result, u.finished_at) == (
+        S.INTERRUPTED,
+        1,
+        "worker_lost",
+        None,
+        T0 + 6,
+    )
 
 
 def test_illegal_transition_raises_and_leaves_the_record_alone(store: TaskStore) -> None:
