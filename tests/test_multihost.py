@@ -219,22 +219,23 @@ def _check_invariants(
 
 
 def _wait_taken_over(cluster: Cluster, victim_tasks: list[str]) -> dict[str, float]:
-    """When each of the failed host's tasks was seen settled by the others: its attempt 2 claimed (opted in)
-    or INTERRUPTED (not opted in), by the machine's clock."""
+    """When each of the failed host's attempts was seen settled by the others (its next attempt queued, or
+    INTERRUPTED), by the machine's clock; its re-run may then wait its turn behind the queued tasks."""
     settled_at: dict[str, float] = {}
 
     def all_settled() -> bool:
         for task_id in victim_tasks:
             record = cluster.app.store.get(task_id)
+            # Not RUNNING attempt 1 any more: requeued (PENDING, or already claimed as attempt 2) or INTERRUPTED.
             if (
                 task_id not in settled_at
                 and record is not None
-                and (record.attempt == 2 or record.status is TaskStatus.INTERRUPTED)
+                and (record.status is not TaskStatus.RUNNING or record.attempt >= 2)
             ):
                 settled_at[task_id] = time.time()
         return len(settled_at) == len(victim_tasks)
 
-    poll_until(all_settled, 60, "the failed host's tasks taken over by the others", interval=0.1)
+    poll_until(all_settled, 60, "the failed host's attempts settled by the others", interval=0.1)
     return settled_at
 
 
