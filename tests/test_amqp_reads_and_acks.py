@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from amqp.exceptions import UnexpectedFrame
 from conftest import AMQP_URL, require_amqp
 from transport_helpers import receive
 
@@ -126,6 +127,55 @@ def test_a_read_that_times_out_mid_frame_keeps_its_bytes_for_the_next_read() -> 
         with transport.having_timeout(5):
             assert transport.read_frame() == (1, 7, payload)
             assert transport.read_frame() == (1, 7, payload)
+    finally:
+        ours.close()
+        broker.close()
+
+
+def test_frames_already_buffered_are_read_without_touching_the_socket(
+    transport: BrokerTransport, queue: str
+) -> None:
+    _publish(transport, queue, 20)
+    session = transport.open_consumer([queue], prefetch=20)
+    raw = session._conn._connection._transport  # type: ignore[union-attr]  # the py-amqp socket transport
+    timeouts = 0
+    having_timeout = raw.having_timeout
+
+    def counted(timeout: float | None) -> object:  # py-amqp sets the socket's timeout for each read here
+        nonlocal timeouts
+        timeouts += 1
+        return having_timeout(timeout)
+
+    raw.having_timeout = counted
+    try:
+        got = receive(session, 20)
+        assert [d.body for d in got] == [str(n).encode() for n in range(20)]
+        # 20 deliveries are 60 frames; only the reads that find the buffer short go to the socket (at most
+        # one per delivery, should the broker's bytes come in that many pieces), not one per frame.
+        assert timeouts <= 30, f"{timeouts} socket reads for 60 frames"
+        for delivery in got:
+            session.ack(delivery)
+    finally:
+        session.close()
+    assert transport.queue_size(queue) == 0
+
+
+def test_a_malformed_buffered_frame_is_refused_as_py_amqp_refuses_it() -> None:
+    ours, broker = socket.socketpair()
+    transport = BufferedTCPTransport.__new__(BufferedTCPTransport)
+    transport.sock = ours
+    transport.raise_on_initial_eintr = True
+    transport._setup_transport()
+    payload = b"y" * 10
+    good = struct.pack(">BHI", 1, 3, len(payload)) + payload + b"\xce"
+    try:
+        broker.sendall(good + good[:-1] + b"\x00")  # the second frame's end octet is wrong
+        with transport.having_timeout(5):
+            transport._read_buffer = transport._read(len(good) * 2)
+        assert transport.buffered_frame() == (1, 3, payload)
+        assert transport.buffered_frame() is None  # left to read_frame, which raises
+        with pytest.raises(UnexpectedFrame), transport.having_timeout(5):
+            transport.read_frame()
     finally:
         ours.close()
         broker.close()

@@ -309,6 +309,27 @@ RELIED: list[Relied] = [
         "amqp.transport.TCPTransport._read", "(self, n, initial=, _errnos=)", "reads in chunks", by=AMQP
     ),
     _uses("amqp.transport.TCPTransport._quick_recv", "the socket's recv", by=AMQP),
+    _override(
+        "amqp.Connection.blocking_read", "(self, timeout=)", "serves whole buffered frames itself", by=AMQP
+    ),
+    _kombu_calls(
+        "amqp.Connection.blocking_read",
+        "self.on_inbound_frame(frame)",
+        "the override hands a buffered frame on as py-amqp hands a read one",
+        AMQP,
+    ),
+    _kombu_calls(
+        "amqp.transport._AbstractTransport.read_frame",
+        "unpack('>BHI', frame_header)",
+        "buffered_frame reads the header as read_frame does",
+        AMQP,
+    ),
+    _kombu_calls(
+        "amqp.transport._AbstractTransport.read_frame",
+        "if frame_end == 206:",
+        "buffered_frame checks the end octet as read_frame does, and leaves a bad one to it",
+        AMQP,
+    ),
     _uses("kombu.Connection._connection", "input_waiting() finds the py-amqp connection", by=AMQP),
     _uses("amqp.Connection._transport", "input_waiting() finds the socket's transport", by=AMQP),
     _uses("amqp.transport.TCPTransport._read_buffer", "bytes read but not yet framed", by=AMQP),

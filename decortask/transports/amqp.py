@@ -7,12 +7,18 @@ worker the consumer thread spent a quarter of its time there. Here `_read` takes
 holds (up to `READ_CHUNK`) and serves the next frames from that buffer. What a frame is and how a read
 that times out part-way keeps its bytes (`read_frame` puts them back in `_read_buffer`) is py-amqp's,
 unchanged; tests/test_kombu_contract.py checks the method this replaces.
+
+One recv brings a whole prefetch window of deliveries, so most frames are in the buffer already: for those
+`BufferedConnection.blocking_read` cuts the frame out of the buffer itself (`buffered_frame`), skipping
+py-amqp's per-frame socket-timeout context (two `settimeout` calls and a generator) and its three reads.
+A frame only partly buffered, or a malformed one, takes py-amqp's own path, which reads or raises as before.
 """
 
 from __future__ import annotations
 
 import errno
 import select
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +28,9 @@ from kombu.transport import pyamqp
 #: Most bytes one `recv` takes. The broker sends at most the prefetch window of deliveries ahead, so the
 #: buffer stays a few kilobytes and slicing it costs nothing that matters.
 READ_CHUNK = 65536
+#: An AMQP frame: type (octet), channel (short), payload size (long), payload, then this end octet.
+_FRAME_HEADER = struct.Struct(">BHI")
+_FRAME_END = 0xCE
 
 
 class BufferedTCPTransport(TCPTransport):  # type: ignore[misc]  # py-amqp is untyped
@@ -54,6 +63,19 @@ class BufferedTCPTransport(TCPTransport):  # type: ignore[misc]  # py-amqp is un
         result, self._read_buffer = rbuf[:n], rbuf[n:]
         return result
 
+    def buffered_frame(self) -> tuple[int, int, bytes] | None:
+        """The next frame as `read_frame` returns it, if the buffer holds all of it; else None, and the
+        buffer is untouched (`read_frame` then reads the rest, or raises on a malformed frame)."""
+        rbuf = self._read_buffer
+        if len(rbuf) < 8:
+            return None
+        frame_type, channel, size = _FRAME_HEADER.unpack_from(rbuf)
+        end = 7 + size
+        if len(rbuf) <= end or rbuf[end] != _FRAME_END:
+            return None
+        self._read_buffer = rbuf[end + 1 :]
+        return frame_type, channel, rbuf[7:end]
+
     def input_waiting(self) -> bool:
         """Whether a read would find bytes now (buffered, or on the socket), without reading.
 
@@ -72,6 +94,15 @@ def input_waiting(conn: Any) -> Callable[[], bool] | None:
 
 class BufferedConnection(pyamqp.Connection):  # type: ignore[misc]
     """kombu's py-amqp connection on a `BufferedTCPTransport` (TLS connections keep py-amqp's own)."""
+
+    def blocking_read(self, timeout: float | None = None) -> Any:
+        """py-amqp's `blocking_read`, without touching the socket when the next frame is buffered whole."""
+        transport = self._transport
+        if isinstance(transport, BufferedTCPTransport):
+            frame = transport.buffered_frame()
+            if frame is not None:
+                return self.on_inbound_frame(frame)
+        return super().blocking_read(timeout)
 
     def Transport(  # py-amqp's name and signature
         self,
