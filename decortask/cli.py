@@ -15,16 +15,18 @@ from typing import Any
 import click
 
 from .app import Decortask, current_app
+from .cli_options import BROKER_URL, STORE_URL
 from .config import sqlite_path
 from .errors import DecortaskError
 from .events_cli import install_events
 from .logsetup import LOG_FORMATS, configure_logging, set_worker_id
 from .periodic_cli import install_schedules
 from .pools import POOL_KINDS
-from .security import mask_text, masked_args, scrub
+from .security import mask_text
 from .states import TaskStatus
-from .store.base import TaskQuery, TaskRecord, TaskStore
+from .store.base import TaskQuery, TaskStore
 from .store_cli import install_store
+from .workflow_cli import install_show_and_cancel
 
 
 def load_app(target: str | None) -> Decortask:
@@ -219,10 +221,6 @@ def _child_target(target: str) -> str:
     return target if factory else module_name
 
 
-_BROKER_URL = click.option("--broker-url", default=None, help="Overrides the app's broker (as for `worker`).")
-_STORE_URL = click.option(
-    "--store-url", default=None, help="The store to read (else the -A app's, else DECORTASK_STORE_URL)."
-)
 #: How to point a command at the right store, for the error that says it found none.
 _POINT_AT_A_STORE = (
     "point the command at your app's store: -A naming the module that configures your app (as for the "
@@ -237,8 +235,8 @@ _POINT_AT_A_STORE = (
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--offset", default=0, type=click.IntRange(0))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@_BROKER_URL
-@_STORE_URL
+@BROKER_URL
+@STORE_URL
 def list_tasks(
     app_target: str | None,
     statuses: tuple[str, ...],
@@ -321,65 +319,6 @@ def _describe_store(app: Decortask) -> str:
     if url.lower().startswith("sqlite://") and not url.lower().startswith("sqlite:////"):
         return f"{app.store_url_masked} ({sqlite_path(url).resolve()})"  # relative: say relative to what
     return app.store_url_masked
-
-
-@main.command()
-@click.argument("task_id")
-@click.option("-A", "--app", "app_target", help="Module defining your tasks.")
-def cancel(task_id: str, app_target: str | None) -> None:
-    """Cancel a task: a waiting one never starts, a running one is asked to stop (then stopped by force)."""
-    from .control import request_cancel
-
-    app = load_app(app_target)
-    try:
-        cancelled = request_cancel(app, task_id)
-        record = app.store.get(task_id)
-    except DecortaskError as exc:
-        raise click.ClickException(mask_text(str(exc))) from None
-    if not cancelled:
-        status = record.status.value if record is not None else "gone"
-        raise click.ClickException(f"task {task_id} has already ended ({status}); nothing to cancel")
-    if record is not None and record.status.terminal:
-        click.echo(f"task {task_id}: {record.status.value}")
-    else:
-        click.echo(f"task {task_id}: cancellation requested; it stops at its next should_stop() check")
-
-
-@main.command()
-@click.argument("task_id")
-@click.option("-A", "--app", "app_target", help="Module defining your tasks.")
-@click.option(
-    "--args",
-    "include_args",
-    is_flag=True,
-    help="Include the arguments, masked like the dashboard's: secret-looking names (password=, api_key=), "
-    "and positional ones by parameter name when -A names the module defining the task.",
-)
-@_BROKER_URL
-@_STORE_URL
-def show(
-    task_id: str, app_target: str | None, include_args: bool, broker_url: str | None, store_url: str | None
-) -> None:
-    """Show one task's record, logs included, as JSON; arguments only with --args (reads; never creates)."""
-    with _reading(app_target, broker_url, store_url) as (app, store):
-        try:
-            record = store.get(task_id)
-        except DecortaskError as exc:
-            raise click.ClickException(mask_text(str(exc))) from None
-        if record is None:
-            raise click.ClickException(f"no task {task_id} in the store {app.store_url_masked}")
-        click.echo(json.dumps(_detail(record, app, include_args), indent=2, default=str))
-
-
-def _detail(record: TaskRecord, app: Decortask, include_args: bool) -> dict[str, Any]:
-    """The record as `show` prints it: scrubbed like the dashboard's page, arguments only when asked."""
-    fields = {key: value for key, value in record.to_dict().items() if key not in ("args", "kwargs")}
-    detail: dict[str, Any] = scrub(fields)
-    detail["args_included"] = include_args
-    if include_args:
-        detail["args"] = masked_args(record, app.registry)
-        detail["kwargs"] = scrub(record.kwargs)
-    return detail
 
 
 def _summary(data: dict[str, Any]) -> dict[str, Any]:
@@ -588,5 +527,6 @@ install_schedules(
     main, reading=_reading, loading=lambda target, store_url: _override(load_app(target), None, store_url)
 )
 install_events(main, reading=_reading)  # decortask events: events_cli.py
+install_show_and_cancel(main, reading=_reading, loading=load_app)  # a task or a workflow: workflow_cli.py
 # decortask store vacuum: store_cli.py
 install_store(main, loading=lambda target, store_url: _override(load_app(target), None, store_url))

@@ -90,14 +90,17 @@ def test_a_store_written_by_a_newer_decortask_is_refused_naming_both_versions(to
 def test_a_store_at_an_older_version_is_migrated_forward_and_keeps_its_records(token: str) -> None:
     store = open_store(postgres_store_url(token))
     store.create(_record("kept"))
+    store.create(_record("step", root_id="wf-1"))
     store.close()
     # As decortask left it at version 1: the workflow joins of version 2, the event feed of version 3, the
-    # flow-control tables of version 4 and the late results' mailboxes of version 5 did not exist yet.
+    # flow-control tables of version 4, the late results' mailboxes of version 5 and the root_id column of
+    # version 6 did not exist yet.
     _sql(
         token,
         "DROP TABLE {s}.decortask_joins, {s}.decortask_events, {s}.decortask_event_counter,"
         " {s}.decortask_rates, {s}.decortask_slots, {s}.decortask_spawn_boxes, {s}.decortask_spawn_children",
     )
+    _sql(token, "ALTER TABLE {s}.decortask_tasks DROP COLUMN root_id")
     _sql(
         token,
         "DROP FUNCTION {s}.decortask_task_event, {s}.decortask_log_event, {s}.decortask_append_event CASCADE",
@@ -111,6 +114,7 @@ def test_a_store_at_an_older_version_is_migrated_forward_and_keeps_its_records(t
         assert store.acquire_slot("b", "t", "w", 1, 0.0)  # type: ignore[attr-defined]
         store.spawn_open("p")  # type: ignore[attr-defined]
         assert store.spawn_post("p", "c")  # type: ignore[attr-defined]
+        assert [r.id for r in store.list_tasks(TaskQuery(root_id="wf-1"))] == ["step"]  # filled in
     finally:
         store.close()
 

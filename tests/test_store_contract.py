@@ -467,6 +467,34 @@ def test_list_tasks_filters_by_status_name_queue_and_time(store: TaskStore) -> N
     assert store.count_tasks(TaskQuery(statuses=frozenset({S.PENDING}), limit=2)) == 7
 
 
+def test_list_tasks_filters_by_workflow_root_and_a_deleted_task_leaves_the_listing(store: TaskStore) -> None:
+    """`TaskQuery(root_id=...)` lists one workflow's tasks (what `decortask show` and `cancel` read)."""
+    _seed(store)
+    store.create_many(
+        [
+            make("w0", root_id="wf-1", created_at=T0 + 20),
+            make("w1", root_id="wf-1", created_at=T0 + 21, name="job.a"),
+            make("w2", root_id="wf-2", created_at=T0 + 22),
+            make("w3", root_id="wf-1", created_at=T0 + 23),
+        ]
+    )
+    store.transition("w1", S.RUNNING)
+    cases: list[tuple[TaskQuery, list[str]]] = [
+        (TaskQuery(root_id="wf-1"), ["w3", "w1", "w0"]),
+        (TaskQuery(root_id="wf-1", order="created"), ["w0", "w1", "w3"]),
+        (TaskQuery(root_id="wf-1", statuses=frozenset({S.PENDING})), ["w3", "w0"]),
+        (TaskQuery(root_id="wf-1", name="job.a"), ["w1"]),
+        (TaskQuery(root_id="wf-1", limit=1, offset=1), ["w1"]),
+        (TaskQuery(root_id="wf-2"), ["w2"]),
+        (TaskQuery(root_id="nothing"), []),
+    ]
+    for query, expected in cases:
+        assert _ids(store.list_tasks(query)) == expected, query
+    assert store.count_tasks(TaskQuery(root_id="wf-1")) == 3
+    store.delete("w0")
+    assert _ids(store.list_tasks(TaskQuery(root_id="wf-1"))) == ["w3", "w1"]
+
+
 # -- schedule ------------------------------------------------------------------------------------------------
 
 

@@ -227,6 +227,8 @@ class TaskQuery:
     offset: int = 0
     #: Case-insensitive substring of the task id or name.
     text: str | None = None
+    #: Only the tasks of this workflow (their `root_id`), e.g. `decortask show` of a workflow.
+    root_id: str | None = None
     #: One of TASK_ORDERS: a key, "-" in front for descending; ties newest first (records created in
     #: one batch share a time: among them the order is the backend's).
     order: str = "-created"
@@ -521,6 +523,8 @@ def matches(record: TaskRecord, query: TaskQuery) -> bool:
     if query.created_after is not None and record.created_at < query.created_after:
         return False
     if query.created_before is not None and record.created_at >= query.created_before:
+        return False
+    if query.root_id is not None and record.root_id != query.root_id:
         return False
     if query.text:
         needle = query.text.casefold()

@@ -150,10 +150,10 @@ class Rows:
         try:
             conn.cursor().executemany(
                 f"INSERT INTO {self.s}.decortask_tasks (id, name, queue, status, created_at, expires_at, "
-                "record, payload, result, output) VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s::json, "
-                "%s::json, %s::json)",
+                "root_id, record, payload, result, output) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, "
+                "%s::json, %s::json, %s::json)",
                 [
-                    (r.id, r.name, r.queue, r.status.value, r.created_at, r.expires_at, *encode(r))
+                    (r.id, r.name, r.queue, r.status.value, r.created_at, r.expires_at, r.root_id, *encode(r))
                     for r in inserted
                 ],
             )

@@ -20,7 +20,7 @@ from ..errors import ConfigurationError, StoreError
 from . import postgres_events, postgres_limits, postgres_spawn
 
 #: The version of the tables this decortask writes; a store at a newer one is refused.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -74,6 +74,14 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     4: postgres_limits.MIGRATION,
     # Late results (issue 13): the mailboxes of tasks that spawned children (`postgres_spawn.py`).
     5: postgres_spawn.MIGRATION,
+    # A workflow's tasks (issue 13, `TaskQuery.root_id`): a column that never changes, so a transition
+    # stays a HOT update, indexed only for the tasks of a workflow.
+    6: (
+        'ALTER TABLE {s}.decortask_tasks ADD COLUMN root_id text COLLATE "C"',
+        "UPDATE {s}.decortask_tasks SET root_id = record->>'root_id' WHERE record->>'root_id' IS NOT NULL",
+        "CREATE INDEX decortask_tasks_root ON {s}.decortask_tasks (root_id, created_at, seq)"
+        " WHERE root_id IS NOT NULL",
+    ),
 }
 
 

@@ -431,6 +431,8 @@ class RedisStore(
                 pipe.zrem(self._status(record.status), record.id)
                 pipe.zrem(self._name_index(record.name), record.id)
                 pipe.zrem(self._queue_index(record.queue), record.id)
+                if record.root_id is not None:
+                    pipe.zrem(self._root_index(record.root_id), record.id)
                 pipe.zrem(self._expires, record.id)
                 key = record.idempotency_key
                 # A key another task has since taken over points at that task and stays.

@@ -1,7 +1,8 @@
 """The task listings of `RedisStore` (`list_tasks`, `count_tasks`): indexes, filters, order and paging.
 
 Every record is in sorted sets scored by its creation time: `ns:index:created` (all), one per status
-(`ns:index:status:S`), one per task name (`ns:index:name:N`) and one per queue (`ns:index:queue:Q`); the
+(`ns:index:status:S`), one per task name (`ns:index:name:N`), one per queue (`ns:index:queue:Q`) and one
+per workflow (`ns:index:root:R`, the tasks whose `root_id` is R; only tasks of a workflow have one); the
 sets `ns:index:names` and `ns:index:queues` list the names and queues seen. CREATE (redis_scripts.py)
 writes them in the record's own atomic step; a store made before the name and queue indexes existed is
 indexed once, on its first listing that needs them (`ensure_indexed`).
@@ -103,6 +104,9 @@ class RedisQueries:
     def _queue_index(self, queue: str) -> str:
         return f"{self.namespace}:index:queue:{queue}"
 
+    def _root_index(self, root_id: str) -> str:
+        return f"{self.namespace}:index:root:{root_id}"
+
     @property
     def _names(self) -> str:
         return f"{self.namespace}:index:names"
@@ -182,6 +186,7 @@ class RedisQueries:
             "queue": query.queue is not None,
             "statuses": query.statuses is not None,
             "text": bool(query.text),
+            "root_id": query.root_id is not None,
         }
         key = query.order.lstrip("-")
         descending = query.order.startswith("-")
@@ -201,6 +206,8 @@ class RedisQueries:
     def _created_plan(self, query: TaskQuery, filters: dict[str, bool], *, ascending: bool) -> _Plan:
         """By creation time: the one index that holds only matches, or the narrowest one to filter."""
         others = {name for name, on in filters.items() if on}
+        if query.root_id is not None:  # a workflow's tasks: the narrowest index there is
+            return _Plan([self._root_index(query.root_id)], ascending=ascending, exact=others == {"root_id"})
         if query.text:
             return _Plan([self._text_matches(query.text)], ascending=ascending, exact=others == {"text"})
         if query.name is not None:

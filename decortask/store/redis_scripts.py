@@ -171,6 +171,11 @@ for n, record in ipairs(records) do
     redis.call('ZADD', index .. 'queue:' .. queue, ARGV[at + 4], id)
     redis.call('SADD', index .. 'names', name)
     redis.call('SADD', index .. 'queues', queue)
+    -- A workflow's task is indexed by its root (`TaskQuery.root_id`); decoding only records that have one.
+    if string.find(ARGV[at + 3], '"root_id":"', 1, true) then
+      local root = cjson.decode(ARGV[at + 3])['root_id']
+      if type(root) == 'string' then redis.call('ZADD', index .. 'root:' .. root, ARGV[at + 4], id) end
+    end
     if ARGV[at + 5] ~= '' then redis.call('ZADD', KEYS[2], ARGV[at + 5], id) end
     for l = at + 7, at + 6 + count do redis.call('RPUSH', ARGV[2] .. id, ARGV[l]) end
     if EVENTS then

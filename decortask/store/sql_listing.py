@@ -62,7 +62,7 @@ def where(
         clause, values = one_of(status_column, sorted(s.value for s in query.statuses), dialect)
         clauses.append(clause)
         params.extend(values)
-    for column, value in (("name", query.name), ("queue", query.queue)):
+    for column, value in (("name", query.name), ("queue", query.queue), ("root_id", query.root_id)):
         if value is not None:
             clauses.append(f"{column} = {mark}")
             params.append(value)

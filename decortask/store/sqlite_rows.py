@@ -21,7 +21,7 @@ CHUNK = 500
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS decortask_tasks (id TEXT PRIMARY KEY, name TEXT NOT NULL,"
     " queue TEXT NOT NULL, status TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL,"
-    " record TEXT NOT NULL)",
+    " record TEXT NOT NULL, root_id TEXT)",
     # The listings' index (sqlite_queries.py): newest first, with the columns a name, queue or text filter
     # reads, so those never read a record. Not the status: an index holding it is rewritten by every claim
     # and outcome, and with the status in this index as well a draining worker wrote 44 KB of WAL per task
@@ -57,10 +57,25 @@ SCHEMA = (
 )
 
 
+#: A workflow's tasks (`TaskQuery.root_id`), newest first; only tasks of a workflow have an entry.
+ROOT_INDEX = (
+    "CREATE INDEX IF NOT EXISTS decortask_tasks_root ON decortask_tasks (root_id, created_at, id)"
+    " WHERE root_id IS NOT NULL"
+)
+
+
 def create_schema(conn: sqlite3.Connection) -> None:
     """Create the tables and indexes a store needs (those that exist are kept)."""
     for statement in SCHEMA:
         conn.execute(statement)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(decortask_tasks)")}
+    if "root_id" not in columns:  # a file from before workflows listed their tasks: add and fill it once
+        conn.execute("ALTER TABLE decortask_tasks ADD COLUMN root_id TEXT")
+        conn.execute(
+            "UPDATE decortask_tasks SET root_id = json_extract(record, '$.root_id') "
+            "WHERE json_extract(record, '$.root_id') IS NOT NULL"
+        )
+    conn.execute(ROOT_INDEX)
 
 
 def require_schema(conn: sqlite3.Connection, path: Path) -> None:
@@ -154,8 +169,8 @@ def insert(conn: sqlite3.Connection, record: TaskRecord) -> TaskRecord:
         )
     try:
         conn.execute(
-            "INSERT INTO decortask_tasks (id, name, queue, status, created_at, expires_at, record) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO decortask_tasks (id, name, queue, status, created_at, expires_at, record, root_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 record.id,
                 record.name,
@@ -164,6 +179,7 @@ def insert(conn: sqlite3.Connection, record: TaskRecord) -> TaskRecord:
                 record.created_at,
                 record.expires_at,
                 blob(record),
+                record.root_id,
             ),
         )
     except sqlite3.IntegrityError as exc:  # the primary key: one statement fewer than looking first
