@@ -36,7 +36,7 @@ def file_name(kind: str, name: str) -> str:
 
 def hold(path: Path, name: str) -> int:
     """Create `path` locked by this process; returns the descriptor, which holds the lock until closed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(exist_ok=True)  # never the database's own directory: that is the user's to make
     temp = path.with_name(f".{uuid.uuid4().hex}.tmp")
     fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:

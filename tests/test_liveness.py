@@ -78,21 +78,29 @@ def _all(handles: list[TaskHandle[str]], test: Callable[[Any], bool]) -> bool:
     return all(test(handle.record()) for handle in handles)
 
 
+@contextmanager
 def _kill_while_running(
     rig: Rig, handles: list[TaskHandle[str]], *victim_args: str
-) -> tuple[WorkerProcess, float]:
-    """Run `handles` on a victim worker, start an idle survivor, SIGKILL the victim: (survivor, kill time)."""
+) -> Iterator[tuple[WorkerProcess, float]]:
+    """Run `handles` on a victim worker, start an idle survivor, SIGKILL the victim: (survivor, kill time).
+    Both workers are gone when the block ends, whatever happened in it."""
     victim = rig.worker("victim", *victim_args).start()
+    survivor = rig.worker("survivor")
     try:
-        poll_until(lambda: _all(handles, lambda r: r.status is TaskStatus.RUNNING), 30, "all tasks to run")
-    except AssertionError as exc:
+        try:
+            poll_until(
+                lambda: _all(handles, lambda r: r.status is TaskStatus.RUNNING), 30, "all tasks to run"
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{victim.log_tail()}") from None
+        survivor.start()
+        _worker_id(survivor)  # started and consuming: the measurement below is recovery, not start-up
+        assert _all(handles, lambda r: r.status is TaskStatus.RUNNING and r.attempt == 1), "ended before"
         victim.kill()
-        raise AssertionError(f"{exc}\n{victim.log_tail()}") from None
-    survivor = rig.worker("survivor").start()
-    _worker_id(survivor)  # started and consuming: the measurement below is recovery, not start-up
-    assert _all(handles, lambda r: r.status is TaskStatus.RUNNING and r.attempt == 1), "ended before the kill"
-    victim.kill()
-    return survivor, time.monotonic()
+        yield survivor, time.monotonic()
+    finally:
+        victim.kill()
+        survivor.stop()
 
 
 def _report(what: str, rig: Rig, seconds: float) -> None:
@@ -102,8 +110,7 @@ def _report(what: str, rig: Rig, seconds: float) -> None:
 
 def _assert_opted_in_recover(rig: Rig, count: int, *victim_args: str) -> None:
     handles = [bt.sleep_opted_in.delay(SLEEP) for _ in range(count)]
-    survivor, killed_at = _kill_while_running(rig, handles, *victim_args)
-    with survivor:
+    with _kill_while_running(rig, handles, *victim_args) as (survivor, killed_at):
 
         def recovered(record: Any) -> bool:
             return record.status is TaskStatus.SUCCESS or (
@@ -134,8 +141,7 @@ def test_f05_sigkill_of_a_process_pool_worker_recovers_within_seconds(rig: Rig) 
 
 def test_f06_sigkill_12_tasks_not_opted_in_end_interrupted_within_seconds(rig: Rig) -> None:
     handles = [bt.sleep_not_opted_in.delay(SLEEP) for _ in range(TASKS)]
-    survivor, killed_at = _kill_while_running(rig, handles)
-    with survivor:
+    with _kill_while_running(rig, handles) as (survivor, killed_at):
         try:
             poll_until(
                 lambda: _all(handles, lambda r: r.status is TaskStatus.INTERRUPTED),
@@ -156,29 +162,29 @@ def test_a_live_worker_whose_heartbeat_lags_is_not_declared_dead(rig: Rig) -> No
     """SIGSTOP freezes a worker (its heartbeat thread too) for longer than any heartbeat-age rule of a
     second or two would allow; its connection stays open, so the probe says ALIVE and nobody takes over."""
     handle = bt.sleep_opted_in.delay(SLEEP)
-    slow = rig.worker("slow").start()
-    slow_id = _worker_id(slow)
-    poll_until(lambda: handle.status is TaskStatus.RUNNING, 30, "the task to run")
-    with rig.worker("other") as other:
-        _worker_id(other)
-        slow.signal(signal.SIGSTOP)
-        assert handle.status is TaskStatus.RUNNING, "ended before it was stopped"
-        try:
-            beat = rig.app.store.last_heartbeat(slow_id)
-            probe = rig.app.transport.liveness_probe()
-            assert probe is not None
+    with rig.worker("slow") as slow:
+        slow_id = _worker_id(slow)
+        poll_until(lambda: handle.status is TaskStatus.RUNNING, 30, "the task to run")
+        assert handle.record().owner == slow_id
+        with rig.worker("other") as other:
+            _worker_id(other)
+            slow.signal(signal.SIGSTOP)
             try:
-                time.sleep(4.0)  # the other worker's reaper looks about every second meanwhile
-                assert probe.look([slow_id]) == {slow_id: Verdict.ALIVE}
+                assert handle.status is TaskStatus.RUNNING, "ended before it was stopped"
+                beat = rig.app.store.last_heartbeat(slow_id)
+                probe = rig.app.transport.liveness_probe()
+                assert probe is not None
+                try:
+                    time.sleep(4.0)  # the other worker's reaper looks about every second meanwhile
+                    assert probe.look([slow_id]) == {slow_id: Verdict.ALIVE}
+                finally:
+                    probe.close()
+                assert rig.app.store.last_heartbeat(slow_id) == beat  # it really was silent
+                assert handle.status is TaskStatus.RUNNING
             finally:
-                probe.close()
-            assert rig.app.store.last_heartbeat(slow_id) == beat  # it really was silent
-            assert handle.status is TaskStatus.RUNNING
-        finally:
-            slow.signal(signal.SIGCONT)
-        result = poll_until(lambda: handle.done() and handle.result(), 30, "the task to finish")
-        slow.stop()
-        assert (result.status, result.attempts) == (TaskStatus.SUCCESS, 1), other.log_tail()
+                slow.signal(signal.SIGCONT)
+            result = poll_until(lambda: handle.done() and handle.result(), 30, "the task to finish")
+            assert (result.status, result.attempts) == (TaskStatus.SUCCESS, 1), other.log_tail()
     assert rig.effects_of(handle) == [(1, "started"), (1, "finished")]
 
 
@@ -265,5 +271,33 @@ def test_f05_the_embedded_broker_gives_back_a_killed_consumers_messages_at_once(
             holder.kill()
             holder.wait(10)
         session.close()
+        app.close()
+        reset_default_app()
+
+
+def test_a_redis_holder_whose_connection_was_reset_holds_again_at_its_next_keep(tmp_path: Path) -> None:
+    import redis
+
+    broker_url, _ = broker_urls("redis", tmp_path, uuid.uuid4().hex[:10])
+    app = Decortask(broker_url, "memory://")
+    holder, looker = app.transport.liveness_probe(), app.transport.liveness_probe()
+    assert holder is not None and looker is not None
+    admin = redis.Redis.from_url(broker_url)
+    worker_id = f"holder-{uuid.uuid4().hex[:8]}"
+    try:
+        holder.hold(worker_id)
+        assert looker.look([worker_id]) == {worker_id: Verdict.ALIVE}
+        # A network reset of its connection (not of the process): redis-py reconnects at the next command.
+        connection_id = admin.get(f"decortask:liveness:held:{worker_id}")
+        assert admin.client_kill_filter(_id=connection_id) == 1
+        holder.keep()
+        assert looker.look([worker_id]) == {worker_id: Verdict.ALIVE}
+        assert admin.get(f"decortask:liveness:held:{worker_id}") != connection_id  # the new connection's
+        holder.release(worker_id)
+        assert looker.look([worker_id]) == {worker_id: Verdict.UNKNOWN}
+    finally:
+        holder.close()
+        looker.close()
+        admin.close()
         app.close()
         reset_default_app()

@@ -2,8 +2,11 @@
 
 A worker keeps one connection open named `decortask-worker-<id>` (`CLIENT SETNAME`, sent again by
 redis-py on every reconnect); Redis drops it from `CLIENT LIST` the moment the socket closes, which a
-SIGKILL does at once. A key `decortask:liveness:held:<id>` says the id was held at all: a name missing
-without that key is an id never held (an older decortask), so UNKNOWN, never DEAD. Right after a Redis
+SIGKILL does at once. A key `decortask:liveness:held:<id>` holds that connection's client id and says the
+id was held at all: a name missing without that key is an id never held (an older decortask), so
+UNKNOWN, never DEAD. A look costs `CLIENT LIST ID` of the few client ids asked about; the full client list
+(every connection of the server) is read only to confirm a suspected death by name, so a connection that
+reconnected a moment ago (a new client id not yet in its key) is not mistaken for a dead one. Right after a Redis
 restart every connection is new and the names come back only as workers reconnect, so while the server
 has been up for less than `lease_timeout` the probe answers UNKNOWN for everyone.
 """
@@ -43,6 +46,7 @@ class RedisProbe:
         self.url = url
         self.lease_timeout = lease_timeout
         self._held: dict[str, redis.Redis] = {}
+        self._ids: dict[str, int] = {}  # the client id each held connection had when last marked
         self._looker: redis.Redis | None = None
         self._lock = threading.Lock()
 
@@ -57,19 +61,28 @@ class RedisProbe:
 
     def hold(self, worker_id: str) -> None:
         client = self._client(client_name(worker_id))
-        client.ping()  # connects, and names the connection, before the marker says it is held
-        client.set(HELD_KEY + worker_id, "1", ex=HEARTBEAT_TTL)
+        # Connects, and names the connection, before the marker says it is held.
+        self._mark(worker_id, client, client.client_id())
         with self._lock:
             old = self._held.pop(worker_id, None)
             self._held[worker_id] = client
         if old is not None:
             old.close()
 
+    def _mark(self, worker_id: str, client: redis.Redis, connection_id: int) -> None:
+        client.set(HELD_KEY + worker_id, str(connection_id), ex=HEARTBEAT_TTL)
+        self._ids[worker_id] = connection_id
+
     def keep(self) -> None:
         with self._lock:
-            held = list(self._held.values())
-        for client in held:
-            client.ping()  # reconnects (and renames) if the connection dropped
+            held = list(self._held.items())
+        for worker_id, client in held:
+            try:
+                connection_id = client.client_id()
+            except redis.ConnectionError:  # it had dropped: the next command reconnects (and renames)
+                connection_id = client.client_id()
+            if connection_id != self._ids.get(worker_id):
+                self._mark(worker_id, client, connection_id)
 
     def release(self, worker_id: str) -> None:
         with self._lock:
@@ -87,20 +100,24 @@ class RedisProbe:
         try:
             pipe = looker.pipeline(transaction=False)
             pipe.info("server")
-            pipe.client_list(_type="normal")
             pipe.mget([HELD_KEY + worker_id for worker_id in ids])
-            info, clients, held = pipe.execute()
+            info, held = pipe.execute()
+            if float(info.get("uptime_in_seconds", 0)) < self.lease_timeout:
+                return {}
+            marked = {
+                w: m.decode() if isinstance(m, bytes) else m for w, m in zip(ids, held, strict=True) if m
+            }
+            connection_ids = [m for m in marked.values() if m.isdigit()]
+            listed = looker.client_list(client_id=connection_ids) if connection_ids else []
+            verdicts = {worker_id: Verdict.UNKNOWN for worker_id in ids if worker_id not in marked}
+            live = {client.get("name") for client in listed}
+            suspects = [w for w in marked if client_name(w) not in live]
+            if suspects:
+                live |= {client.get("name") for client in looker.client_list(_type="normal")}
         except redis.RedisError:
             return {}
-        if float(info.get("uptime_in_seconds", 0)) < self.lease_timeout:
-            return {}
-        names = {client.get("name") for client in clients}
-        verdicts = {}
-        for worker_id, marker in zip(ids, held, strict=True):
-            if client_name(worker_id) in names:
-                verdicts[worker_id] = Verdict.ALIVE
-            else:
-                verdicts[worker_id] = Verdict.DEAD if marker is not None else Verdict.UNKNOWN
+        for worker_id in marked:
+            verdicts[worker_id] = Verdict.ALIVE if client_name(worker_id) in live else Verdict.DEAD
         return verdicts
 
     def close(self) -> None:
