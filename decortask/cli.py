@@ -17,7 +17,7 @@ import click
 from .app import Decortask, current_app
 from .cli_options import BROKER_URL, STORE_URL
 from .config import sqlite_path
-from .errors import DecortaskError
+from .errors import DecortaskError, missing_extra
 from .events_cli import install_events
 from .logsetup import LOG_FORMATS, configure_logging, set_worker_id
 from .periodic_cli import install_schedules
@@ -192,9 +192,7 @@ def worker(
             try:
                 from .contrib.prometheus import serve_worker_metrics
             except ImportError as exc:
-                raise click.ClickException(
-                    f"--metrics-port needs: pip install 'decortask[metrics]' ({exc})"
-                ) from None
+                raise click.ClickException(str(missing_extra("--metrics-port", "metrics", exc))) from None
             runner.observers.append(serve_worker_metrics(app, runner.queues, metrics_port, metrics_host))
         runner.install_signal_handlers()
         code = runner.run()
@@ -298,8 +296,10 @@ def _open_for_reading(app: Decortask) -> TaskStore:
             + _POINT_AT_A_STORE
         )
     if scheme in ("postgresql", "postgres"):
-        from .store.postgres import PostgresStore
-
+        try:
+            from .store.postgres import PostgresStore
+        except ImportError as exc:
+            raise missing_extra("the PostgreSQL store (postgresql://)", "postgres", exc) from None
         return PostgresStore(url, create=False)  # refuses a schema without a store, creating nothing
     if scheme != "sqlite":
         return app.store  # a server store: reading it creates nothing
@@ -495,9 +495,7 @@ def dashboard(
         from .dashboard.auth import check_exposure
         from .dashboard.serve import serve
     except ImportError as exc:
-        raise click.ClickException(
-            f"the dashboard needs the 'dashboard' extra ({exc.name or exc}): pip install 'decortask[dashboard]'"
-        ) from None
+        raise click.ClickException(str(missing_extra("the dashboard", "dashboard", exc))) from None
     _configure_logging(loglevel)
     try:
         check_exposure(host, token or None)

@@ -149,3 +149,14 @@ class Retry(DecortaskError):
     def __init__(self, delay: float | None = None, message: str = "retry requested") -> None:
         super().__init__(message)
         self.delay = delay
+
+
+def missing_extra(what: str, extra: str, exc: ImportError) -> ConfigurationError:
+    """The error for a feature whose optional dependencies (the extra `extra`) are not installed.
+
+    Built in one place so every such message names the missing module and the install line.
+    """
+    return ConfigurationError(
+        f"{what} needs the '{extra}' extra, which is not installed (no module named "
+        f"{exc.name or str(exc)!r}): pip install 'decortask[{extra}]'"
+    )

@@ -23,7 +23,7 @@ import kombu
 from kombu import Exchange, Queue
 
 from .config import AUTO_QUEUE_TYPE, Settings, sqlite_path
-from .errors import BrokerUnavailable, ConfigurationError, QueueMismatch
+from .errors import BrokerUnavailable, ConfigurationError, QueueMismatch, missing_extra
 from .liveness import LivenessProbe
 from .message import CONTENT_ENCODING, CONTENT_TYPE
 from .security import mask_text, mask_url
@@ -112,8 +112,10 @@ class BrokerTransport:
         if self.scheme in ("amqp", "amqps", "pyamqp"):
             options["confirm_publish"] = True
         if self.scheme in ("redis", "rediss"):
-            from .transports.redis import redis_connection
-
+            try:
+                from .transports.redis import redis_connection
+            except ImportError as exc:  # kombu's Redis transport and redis-py come with the extra only
+                raise missing_extra("the Redis broker (redis://)", "redis", exc) from None
             options["visibility_timeout"] = self.settings.redis_visibility_timeout
             return redis_connection(self.url, transport_options=options, connect_timeout=5)
         if self.scheme in ("amqp", "pyamqp"):  # amqps: kombu reads TLS from the scheme; py-amqp's own reads

@@ -13,7 +13,7 @@ def open_store(url: str, *, events: int = 0) -> TaskStore:
 
     `events` > 0: its writes also append to the event feed, which keeps about that many (docs/events.md).
     """
-    from ..errors import ConfigurationError
+    from ..errors import ConfigurationError, missing_extra
     from ..security import mask_url
 
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
@@ -26,17 +26,16 @@ def open_store(url: str, *, events: int = 0) -> TaskStore:
 
         return SQLiteStore(url, events=events)
     if scheme in ("redis", "rediss"):
-        from .redis import RedisStore
-
+        try:
+            from .redis import RedisStore
+        except ImportError as exc:
+            raise missing_extra("the Redis store (redis://)", "redis", exc) from None
         return RedisStore(url, events=events)
     if scheme in ("postgresql", "postgres"):
         try:
             from .postgres import PostgresStore
         except ImportError as exc:
-            raise ConfigurationError(
-                f"the PostgreSQL store needs psycopg 3 and psycopg-pool ({exc}): "
-                "pip install 'decortask[postgres]'"
-            ) from None
+            raise missing_extra("the PostgreSQL store (postgresql://)", "postgres", exc) from None
         return PostgresStore(url, events=events)
     raise ConfigurationError(
         f"unknown store URL {mask_url(url)!r}: use sqlite:///path.db, redis://host:6379/0, "
