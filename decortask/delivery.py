@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from . import late_results
 from .errors import MessageError
 from .message import decode
+from .throttle import execute_within_limits
 
 if TYPE_CHECKING:
     from .app import Decortask
@@ -42,7 +43,7 @@ def process_delivery(app: Decortask, executor: Executor, delivery: Delivery) -> 
         logger.debug("decoding a message on %s failed unexpectedly", delivery.queue, exc_info=True)
         return executor.refuse(None, "decode_error", f"unexpected {type(exc).__name__}")
     with late_results.attempt(app, message.id, executor.write):  # closes its mailbox if it spawned
-        outcome = executor.execute(message, delivery.queue)
+        outcome = execute_within_limits(app, executor, message, delivery.queue)  # a task's limits: limits.py
     if message.workflow:  # a workflow's task: what follows it is created before its message is acked
         from .workflow import continue_workflow
 

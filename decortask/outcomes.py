@@ -67,6 +67,10 @@ class Reason(str, Enum):
     DEFERRED = "deferred"
     #: A live worker runs the task: parked, checked again after its lease.
     RUNNING_ELSEWHERE = "running_elsewhere"
+    #: Over its rate limit: parked in the store's schedule until its reserved start (issue 17).
+    RATE_LIMITED = "rate_limited"
+    #: Every slot of its concurrency limit is held: parked in the store's schedule, tried again soon.
+    CONCURRENCY_LIMITED = "concurrency_limited"
     #: The record is in a state no delivery expects.
     UNEXPECTED_STATE = "unexpected_state"
     #: A process-pool child wrote its attempt's outcome, then died before reporting it.

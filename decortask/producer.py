@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
 from .call_options import NO_OPTIONS, CallOptions
+from .limits import call_tags
 from .message import Message
 from .middleware import finish_enqueue, prepare_enqueue
 from .outbox import Outgoing
@@ -174,7 +175,7 @@ class _Common:
             expires=self.expires_at,
             created_at=self.now,
             idempotency_key=idempotency_key,
-            tags=dict(options.tags or {}),
+            tags=call_tags(task.options.limits, args, kwargs, options.tags),
             priority=self.priority,
             parent_id=lineage.parent_id,
             root_id=lineage.root_id,

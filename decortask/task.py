@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Protocol
 
 from .context import TaskContext
 from .errors import TaskDefinitionError
+from .limits import OPTION_NAMES as LIMIT_OPTIONS
+from .limits import Limits, parse_limits
 from .registry import registry
 from .retry import RetryPolicy
 from .schedules import Schedule
@@ -49,9 +51,11 @@ class TaskOptions:
     expires: float | None = None
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
     schedule: Schedule | None = None
+    limits: Limits | None = None  # rate and concurrency limits: limits.py
 
 
 _OPTION_NAMES = [
+    *LIMIT_OPTIONS,
     "retries",
     "delay",
     "backoff",
@@ -152,6 +156,7 @@ def build_options(fn: Callable[..., Any], raw: Mapping[str, Any]) -> TaskOptions
         expires=_number("expires", raw.get("expires"), minimum=0.0, allow_none=True, strict=True),
         retry_policy=policy,
         schedule=schedule,
+        limits=parse_limits(raw),
     )
 
 

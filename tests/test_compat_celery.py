@@ -311,19 +311,20 @@ def test_bind_true_needs_a_self_parameter_and_async_def_is_refused() -> None:
         shared_task(coroutine)
 
 
-def test_rate_limit_warns_once_that_it_is_not_enforced_yet(monkeypatch: pytest.MonkeyPatch) -> None:
-    import decortask.compat.celery as compat
+def test_rate_limit_becomes_the_cluster_wide_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Celery's rate strings are decortask's; a bare number is per second; 0 is no limit (as in Celery)."""
+    from decortask.limits import Rate
 
-    monkeypatch.setattr(compat, "_rate_limit_warned", False)
-    with pytest.warns(UserWarning, match=r"rate_limit='10/s' is not enforced yet.*issue 17"):
-        shared_task(rate_limit="10/s")(lambda: None)
-    with pytest.warns() as later:
-        shared_task(rate_limit="5/m")(lambda: None)
-        shared_task(rate_limit="1/s")(lambda: None)
-        import warnings
+    def rates(**options: object) -> object:
+        native = shared_task(**options)(lambda: None).native
+        return native.options.limits.rates if native.options.limits else None
 
-        warnings.warn("the only warning", UserWarning, stacklevel=1)
-    assert [str(w.message) for w in later] == ["the only warning"]
+    assert rates(name="ct.rate.s", rate_limit="10/s") == (Rate(10, 1.0, "10/s"),)
+    assert rates(name="ct.rate.m", rate_limit="100/m") == (Rate(100, 60.0, "100/m"),)
+    assert rates(name="ct.rate.n", rate_limit=3) == (Rate(3, 1.0, "3/s"),)
+    assert rates(name="ct.rate.0", rate_limit=0) is None
+    with pytest.raises(TaskDefinitionError, match=r"rate_limit=0.5 is invalid"):
+        shared_task(name="ct.rate.f", rate_limit=0.5)(lambda: None)
 
 
 @pytest.mark.parametrize(

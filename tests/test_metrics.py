@@ -102,6 +102,9 @@ def test_each_settled_outcome_counts_once_by_final_state_with_no_task_id_in_any_
             stranger, Outcome(Settle.DEAD_LETTER, TaskStatus.FAILED, Reason.UNREGISTERED_TASK), None, None
         )
         metrics.settled(unreadable, Outcome(Settle.DEAD_LETTER, None, Reason.DECODE_ERROR), None, None)
+        # A call over its task's limits waits in the schedule: counted as throttled, never as an outcome.
+        for reason in (Reason.RATE_LIMITED, Reason.RATE_LIMITED, Reason.CONCURRENCY_LIMITED):
+            metrics.settled(ok, Outcome(Settle.ACK, TaskStatus.SCHEDULED, reason), None, None)
         text = metrics.exposition().decode()
     finally:
         app.close()
@@ -130,6 +133,11 @@ def test_each_settled_outcome_counts_once_by_final_state_with_no_task_id_in_any_
     assert value(found, "decortask_task_wait_seconds_sum", task="metrics.flaky", queue="q") == pytest.approx(
         0.5
     )
+    for reason, count in (("rate_limited", 2), ("concurrency_limited", 1)):
+        assert (
+            value(found, "decortask_task_throttled_total", task="metrics.ok", queue="q", reason=reason)
+            == count
+        )
     assert value(found, "decortask_queue_messages", queue="q") == 0
     assert task_id not in text and "no.such.task" not in text
     assert "decortask_workers_alive" in text

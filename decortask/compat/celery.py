@@ -13,7 +13,6 @@ from __future__ import annotations
 import inspect
 import random
 import sys
-import warnings
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -87,7 +86,6 @@ REFUSED_CALL_OPTIONS = {
 }
 
 _RETRY_KWARGS = frozenset({"countdown", "max_retries"})
-_rate_limit_warned = False
 
 
 class UnsupportedCeleryFeature(DecortaskError, NotImplementedError):
@@ -159,22 +157,25 @@ def _checked_options(fn: Callable[..., Any], options: Mapping[str, Any]) -> dict
             f"{where}: retry_kwargs={retry_kwargs!r} is invalid: expected a dict with countdown and/or "
             "max_retries"
         )
-    merged = {**CELERY_DEFAULTS, **options}
-    if options.get("rate_limit") is not None:
-        _warn_rate_limit(where, options["rate_limit"])
-    return merged
+    return {**CELERY_DEFAULTS, **options, "rate_limit": _rate_limit(where, options.get("rate_limit"))}
 
 
-def _warn_rate_limit(where: str, rate_limit: Any) -> None:
-    global _rate_limit_warned
-    if _rate_limit_warned:
-        return
-    _rate_limit_warned = True
-    warnings.warn(
-        f"{where}: rate_limit={rate_limit!r} is not enforced yet: decortask's cluster-wide rate limits are "
-        "being built (issue 17); until then the task runs unthrottled (this warning is shown once)",
-        UserWarning,
-        stacklevel=5,  # the module defining the task
+def _rate_limit(where: str, value: Any) -> str | None:
+    """Celery's `rate_limit` as decortask's: "10/s", "10/m", "10/h" as they are, a number as per second.
+
+    decortask's limit holds across every worker (Celery's is per worker process); docs/limits.md.
+    """
+    if value is None or value == 0 or value == "0":
+        return None  # Celery: no limit
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value}/s"
+    if isinstance(value, str) and value.strip().isdigit():
+        return f"{value.strip()}/s"
+    if isinstance(value, str):
+        return value
+    raise TaskDefinitionError(
+        f"{where}: rate_limit={value!r} is invalid: expected tasks per second as a whole number, or a "
+        "string like '10/s', '100/m' or '1000/h'"
     )
 
 
@@ -253,6 +254,7 @@ class Task:
             "timeout": min(limits) if limits else None,
             # acks_late's purpose in Celery: a task whose worker died runs again instead of being lost.
             "requeue_on_interrupt": self.acks_late,
+            "rate_limit": checked.get("rate_limit"),  # enforced across the cluster (docs/limits.md)
             "retries": UNBOUNDED_RETRIES,
             "dont_retry_on": (BaseException,),
         }

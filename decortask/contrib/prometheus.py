@@ -63,8 +63,12 @@ _NO_CHANGE = frozenset(
         Reason.RUNNING_ELSEWHERE,
         Reason.DEFERRED,
         Reason.LOST_CLAIM,
+        Reason.RATE_LIMITED,
+        Reason.CONCURRENCY_LIMITED,
     }
 )
+#: A delivery parked by a task's limits (throttle.py): counted in decortask_task_throttled.
+_THROTTLED = frozenset({Reason.RATE_LIMITED, Reason.CONCURRENCY_LIMITED})
 _INTERRUPTIONS = frozenset({Reason.SHUTDOWN, Reason.WORKER_LOST})
 
 
@@ -112,6 +116,12 @@ class WorkerMetrics:
             (*labels, "reason"),
             registry=self.registry,
         )
+        self.throttled = Counter(
+            "decortask_task_throttled",
+            "Deliveries parked in the schedule by a task's rate or concurrency limit, by limit.",
+            (*labels, "reason"),
+            registry=self.registry,
+        )
         self.runtime = Histogram(
             "decortask_task_runtime_seconds",
             "Time an attempt held a pool slot: decode, claim, the task function, the outcome's store write.",
@@ -151,6 +161,8 @@ class WorkerMetrics:
             due = _number(envelope.get("eta")) or _number(envelope.get("created_at"))
             if due:
                 self.wait.labels(task, queue).observe(max(0.0, started_at - due))
+        if outcome.reason in _THROTTLED:
+            self.throttled.labels(task, queue, str(outcome.reason)).inc()
         status = outcome.status
         if status is None or outcome.reason in _NO_CHANGE:
             return

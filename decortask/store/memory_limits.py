@@ -9,32 +9,33 @@ from .limit_state import Lease, LimitStore, RateBucket, reserve
 
 
 class _Logs:
-    """`limit_state.RateLog` over dicts: bucket -> member -> score."""
+    """`limit_state.RateLog` over dicts: bucket -> member -> (score, started)."""
 
     def __init__(self) -> None:
-        self.scores: dict[str, dict[str, float]] = {}
+        self.entries: dict[str, dict[str, tuple[float, bool]]] = {}
 
     def trim(self, bucket: str, upto: float) -> None:
-        log = self.scores.get(bucket, {})
-        for member in [m for m, score in log.items() if score <= upto]:
+        log = self.entries.get(bucket, {})
+        for member in [m for m, (score, _) in log.items() if score <= upto]:
             del log[member]
 
-    def score(self, bucket: str, member: str) -> float | None:
-        return self.scores.get(bucket, {}).get(member)
+    def entry(self, bucket: str, member: str) -> tuple[float, bool] | None:
+        return self.entries.get(bucket, {}).get(member)
 
-    def nth_latest(self, bucket: str, n: int) -> float | None:
-        ranked = sorted(self.scores.get(bucket, {}).values(), reverse=True)
+    def nth_latest(self, bucket: str, n: int, *, starts_only: bool = False) -> float | None:
+        log = self.entries.get(bucket, {}).values()
+        ranked = sorted((score for score, started in log if started or not starts_only), reverse=True)
         return ranked[n - 1] if len(ranked) >= n else None
 
-    def count_in(self, bucket: str, low: float, high: float, member: str) -> int:
-        log = self.scores.get(bucket, {})
-        return sum(1 for m, score in log.items() if m != member and low < score <= high)
+    def count_starts(self, bucket: str, after: float) -> int:
+        log = self.entries.get(bucket, {}).values()
+        return sum(1 for score, started in log if started and score > after)
 
-    def put(self, bucket: str, member: str, score: float) -> None:
-        self.scores.setdefault(bucket, {})[member] = score
+    def put(self, bucket: str, member: str, score: float, started: bool) -> None:
+        self.entries.setdefault(bucket, {})[member] = (score, started)
 
     def remove(self, bucket: str, member: str) -> None:
-        self.scores.get(bucket, {}).pop(member, None)
+        self.entries.get(bucket, {}).pop(member, None)
 
 
 class MemoryLimits(LimitStore):
@@ -52,18 +53,22 @@ class MemoryLimits(LimitStore):
                     tables = self._limits = (threading.Lock(), _Logs(), {})
         return tables
 
-    def reserve_rate(self, member: str, buckets: Sequence[RateBucket], now: float) -> float:
+    def reserve_rate(
+        self, member: str, buckets: Sequence[RateBucket], now: float, early: float = 0.0
+    ) -> float:
         lock, logs, _ = self._limit_tables()
         with lock:
-            return reserve(logs, member, buckets, now)
+            return reserve(logs, member, buckets, now, early)
 
     def acquire_slot(self, bucket: str, holder: str, owner: str, limit: int, now: float) -> bool:
         lock, _, slots = self._limit_tables()
         with lock:
             held = slots.setdefault(bucket, {})
-            if holder not in held and len(held) >= limit:
+            if holder in held:
+                return held[holder].owner == owner
+            if len(held) >= limit:
                 return False
-            held[holder] = Lease(holder, owner, held[holder].since if holder in held else now)
+            held[holder] = Lease(holder, owner, now)
             return True
 
     def release_slot(self, bucket: str, holder: str, owner: str | None = None) -> None:

@@ -34,12 +34,14 @@ class PostgresLimits(LimitStore):
 
         def _run(self, body: Callable[[Any], T], *, atomic: bool = True) -> T: ...
 
-    def reserve_rate(self, member: str, buckets: Sequence[RateBucket], now: float) -> float:
+    def reserve_rate(
+        self, member: str, buckets: Sequence[RateBucket], now: float, early: float = 0.0
+    ) -> float:
         table = f"{self.s}.decortask_rates"
 
         def body(conn: Any) -> float:
             _lock(conn, self.s, (b.name for b in buckets))
-            return sql_limits.reserve_rate(conn, table, "%s", member, buckets, now)
+            return sql_limits.reserve_rate(conn, table, "%s", member, buckets, now, early)
 
         return self._run(body)
 

@@ -1,7 +1,7 @@
 """The Redis store's rate logs and concurrency slots (`limit_state.py`), each call one Lua script.
 
-A rate bucket is a sorted set `{ns}:rate:{bucket}` (member: an attempt, score: its start or reservation);
-RESERVE is `limit_state.reserve` step for step, and tests/test_limits_store.py runs the same cases on it
+A rate bucket is a sorted set `{ns}:rate:{bucket}` (member: an attempt, score: its start or reservation)
+and one of its starts only, `{ns}:rate:{bucket}:starts`; RESERVE is `limit_state.reserve` step for step, and tests/test_limits_store.py runs the same cases on it
 as on the Python one. A slot bucket is a hash `{ns}:slots:{bucket}` (holder -> the lease as JSON).
 Both kinds of key expire on their own once idle (rates: after their longest window; slots: a day).
 """
@@ -15,65 +15,83 @@ from typing import TYPE_CHECKING, Any
 from .limit_state import Lease, LimitStore, RateBucket
 from .sql_limits import lease_from_json, lease_json
 
-#: KEYS: the buckets' sorted sets. ARGV: member, now, then count and window of each bucket.
+#: KEYS: per bucket, the sorted set of all its entries then that of its starts. ARGV: member, now, early,
+#: then count, window and spacing (`RateBucket.apart`) of each bucket. Returns {1 if started now, score}.
 RESERVE = """
 local member = ARGV[1]
 local now = tonumber(ARGV[2])
-local n = #KEYS
-local counts, windows = {}, {}
+local early = tonumber(ARGV[3])
+local n = #KEYS / 2
+local counts, windows, aparts = {}, {}, {}
+local function f(x) return string.format('%.6f', x) end
 for i = 1, n do
-  counts[i] = tonumber(ARGV[1 + 2 * i])
-  windows[i] = tonumber(ARGV[2 + 2 * i])
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', string.format('%.6f', now - windows[i]))
+  counts[i] = tonumber(ARGV[1 + 3 * i])
+  windows[i] = tonumber(ARGV[2 + 3 * i])
+  aparts[i] = tonumber(ARGV[3 + 3 * i])
+  redis.call('ZREMRANGEBYSCORE', KEYS[2 * i - 1], '-inf', f(now - aparts[i]))
+  redis.call('ZREMRANGEBYSCORE', KEYS[2 * i], '-inf', f(now - aparts[i]))
 end
-local function put(score)
+local function keep(key, ttl)  -- only ever lengthen a key's life: it holds reservations further ahead
+  if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+end
+local function put(score, started)
   for i = 1, n do
-    redis.call('ZADD', KEYS[i], string.format('%.6f', score), member)
-    redis.call('PEXPIRE', KEYS[i], math.ceil((score - now + windows[i]) * 1000) + 1000)
+    local ttl = math.ceil((score - now + aparts[i]) * 1000) + 1000
+    redis.call('ZADD', KEYS[2 * i - 1], f(score), member)
+    keep(KEYS[2 * i - 1], ttl)
+    if started then
+      redis.call('ZADD', KEYS[2 * i], f(score), member)
+      keep(KEYS[2 * i], ttl)
+    end
   end
-  return string.format('%.6f', score)
+  return {started and 1 or 0, f(score)}
 end
-local held, due = true, nil
+local function nth(key, rank)
+  local found = redis.call('ZREVRANGE', key, rank - 1, rank - 1, 'WITHSCORES')
+  if #found > 0 then return tonumber(found[2]) end
+  return nil
+end
+local reserved, due = n > 0, nil
 for i = 1, n do
-  local score = redis.call('ZSCORE', KEYS[i], member)
-  if not score then held = false
+  local score = redis.call('ZSCORE', KEYS[2 * i - 1], member)
+  if not score or redis.call('ZSCORE', KEYS[2 * i], member) then reserved = false
   elseif due == nil or tonumber(score) > due then due = tonumber(score) end
 end
-if held and n > 0 then
-  if due > now then return string.format('%.6f', due) end
+if reserved then
+  if due > now + early then return {0, f(due)} end
   local room = true
   for i = 1, n do
-    local low = now - windows[i]
-    local c = redis.call('ZCOUNT', KEYS[i], '(' .. string.format('%.6f', low), string.format('%.6f', now))
-    local own = tonumber(redis.call('ZSCORE', KEYS[i], member))
-    if own > low and own <= now then c = c - 1 end
-    if c >= counts[i] then room = false end
+    if redis.call('ZCOUNT', KEYS[2 * i], '(' .. f(now - windows[i]), '+inf') >= counts[i] then room = false end
   end
-  if room then return put(now) end
+  if room then return put(now, true) end
+  local start = now
+  for i = 1, n do
+    local oldest = nth(KEYS[2 * i], counts[i])
+    if oldest and oldest + windows[i] > start then start = oldest + windows[i] end
+  end
+  return put(start, false)
 end
 local start = now
 for i = 1, n do
-  redis.call('ZREM', KEYS[i], member)
-  local latest = redis.call('ZREVRANGE', KEYS[i], 0, 0, 'WITHSCORES')
-  if #latest > 0 and tonumber(latest[2]) > start then start = tonumber(latest[2]) end
-  local nth = redis.call('ZREVRANGE', KEYS[i], counts[i] - 1, counts[i] - 1, 'WITHSCORES')
-  if #nth > 0 and tonumber(nth[2]) + windows[i] > start then start = tonumber(nth[2]) + windows[i] end
+  redis.call('ZREM', KEYS[2 * i - 1], member)
+  redis.call('ZREM', KEYS[2 * i], member)
+  local latest = nth(KEYS[2 * i - 1], 1)
+  if latest and latest > start then start = latest end
+  local oldest = nth(KEYS[2 * i - 1], counts[i])
+  if oldest and oldest + aparts[i] > start then start = oldest + aparts[i] end
 end
-return put(start)
+return put(start, start <= now)
 """
 
 #: KEYS: the slot hash. ARGV: holder, the lease JSON, limit, the key's ttl (seconds).
 ACQUIRE = """
-local mine = redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1
-if not mine and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
-if mine then
-  local old = cjson.decode(redis.call('HGET', KEYS[1], ARGV[1]))
-  local new = cjson.decode(ARGV[2])
-  new['since'] = old['since']
-  redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(new))
-else
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if held then
+  if cjson.decode(held)['owner'] == cjson.decode(ARGV[2])['owner'] then return 1 end
+  return 0
 end
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
 return 1
 """
@@ -105,13 +123,22 @@ class RedisLimits(LimitStore):
             scripts[name] = self._client.register_script(source)
         return scripts[name]
 
-    def reserve_rate(self, member: str, buckets: Sequence[RateBucket], now: float) -> float:
-        keys = [f"{self.namespace}:rate:{bucket.name}" for bucket in buckets]
-        args: list[Any] = [member, repr(now)]
+    def reserve_rate(
+        self, member: str, buckets: Sequence[RateBucket], now: float, early: float = 0.0
+    ) -> float:
+        keys = []
         for bucket in buckets:
-            args.extend([bucket.count, repr(bucket.window)])
+            keys.extend(
+                [f"{self.namespace}:rate:{bucket.name}", f"{self.namespace}:rate:{bucket.name}:starts"]
+            )
+        args: list[Any] = [member, repr(now), repr(early)]
+        for bucket in buckets:
+            args.extend([bucket.count, repr(bucket.window), repr(bucket.apart)])
         with self._errors():
-            return float(self._limit_script("reserve", RESERVE)(keys=keys, args=args))
+            started, score = self._limit_script("reserve", RESERVE)(keys=keys, args=args)
+        # A start is `now` itself: the script's text of it is rounded to the microsecond, and could read as
+        # a moment later.
+        return now if int(started) else float(score)
 
     def acquire_slot(self, bucket: str, holder: str, owner: str, limit: int, now: float) -> bool:
         args = [holder, lease_json(holder, owner, now), limit, SLOTS_TTL]

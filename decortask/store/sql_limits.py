@@ -17,8 +17,9 @@ from .limit_state import Lease, RateBucket, reserve
 #: The tables, by a `{rates}`/`{slots}` template (SQLite creates them IF NOT EXISTS; PostgreSQL migrates).
 SCHEMA = (
     "CREATE TABLE {if_not}{rates} (bucket TEXT NOT NULL, member TEXT NOT NULL, score {real} NOT NULL,"
-    " PRIMARY KEY (bucket, member))",
+    " started INTEGER NOT NULL, PRIMARY KEY (bucket, member))",
     "CREATE INDEX {if_not}{rates_index} ON {rates} (bucket, score)",
+    "CREATE INDEX {if_not}{starts_index} ON {rates} (bucket, started, score)",
     "CREATE TABLE {if_not}{slots} (bucket TEXT NOT NULL, holder TEXT NOT NULL, lease TEXT NOT NULL,"
     " since {real} NOT NULL, PRIMARY KEY (bucket, holder))",
 )
@@ -28,6 +29,7 @@ def schema(rates: str, slots: str, real: str, if_not: str = "", rates_index: str
     """The CREATE statements for these table names and the dialect's float type."""
     names = {"rates": rates, "slots": slots, "real": real, "if_not": if_not}
     names["rates_index"] = rates_index or "decortask_rate_scores"
+    names["starts_index"] = names["rates_index"].replace("scores", "starts")
     return tuple(statement.format(**names) for statement in SCHEMA)
 
 
@@ -47,27 +49,27 @@ class SqlRateLog:
             (bucket, upto),
         )
 
-    def score(self, bucket: str, member: str) -> float | None:
-        value = self._one(f"SELECT score FROM {self.table} WHERE bucket = ? AND member = ?", bucket, member)
-        return None if value is None else float(value)
+    def entry(self, bucket: str, member: str) -> tuple[float, bool] | None:
+        sql = f"SELECT score, started FROM {self.table} WHERE bucket = ? AND member = ?"
+        row = self.conn.execute(sql.replace("?", self.mark), (bucket, member)).fetchone()
+        return None if row is None else (float(row[0]), bool(row[1]))
 
-    def nth_latest(self, bucket: str, n: int) -> float | None:
-        sql = f"SELECT score FROM {self.table} WHERE bucket = ? ORDER BY score DESC LIMIT 1 OFFSET ?"
+    def nth_latest(self, bucket: str, n: int, *, starts_only: bool = False) -> float | None:
+        only = " AND started = 1" if starts_only else ""
+        sql = f"SELECT score FROM {self.table} WHERE bucket = ?{only} ORDER BY score DESC LIMIT 1 OFFSET ?"
         value = self._one(sql, bucket, n - 1)
         return None if value is None else float(value)
 
-    def count_in(self, bucket: str, low: float, high: float, member: str) -> int:
-        sql = (
-            f"SELECT COUNT(*) FROM {self.table} WHERE bucket = ? AND score > ? AND score <= ? AND member <> ?"
-        )
-        return int(self._one(sql, bucket, low, high, member) or 0)
+    def count_starts(self, bucket: str, after: float) -> int:
+        sql = f"SELECT COUNT(*) FROM {self.table} WHERE bucket = ? AND started = 1 AND score > ?"
+        return int(self._one(sql, bucket, after) or 0)
 
-    def put(self, bucket: str, member: str, score: float) -> None:
+    def put(self, bucket: str, member: str, score: float, started: bool) -> None:
         sql = (
-            f"INSERT INTO {self.table} (bucket, member, score) VALUES (?, ?, ?) "
-            "ON CONFLICT (bucket, member) DO UPDATE SET score = excluded.score"
+            f"INSERT INTO {self.table} (bucket, member, score, started) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (bucket, member) DO UPDATE SET score = excluded.score, started = excluded.started"
         )
-        self.conn.execute(sql.replace("?", self.mark), (bucket, member, score))
+        self.conn.execute(sql.replace("?", self.mark), (bucket, member, score, int(started)))
 
     def remove(self, bucket: str, member: str) -> None:
         sql = f"DELETE FROM {self.table} WHERE bucket = ? AND member = ?"
@@ -75,20 +77,18 @@ class SqlRateLog:
 
 
 def reserve_rate(
-    conn: Any, table: str, mark: str, member: str, buckets: Sequence[RateBucket], now: float
+    conn: Any, table: str, mark: str, member: str, buckets: Sequence[RateBucket], now: float, early: float
 ) -> float:
-    return reserve(SqlRateLog(conn, table, mark), member, buckets, now)
+    return reserve(SqlRateLog(conn, table, mark), member, buckets, now, early)
 
 
 def acquire_slot(
     conn: Any, table: str, mark: str, bucket: str, holder: str, owner: str, limit: int, now: float
 ) -> bool:
     q = SqlRateLog(conn, table, mark)._one
-    since = q(f"SELECT since FROM {table} WHERE bucket = ? AND holder = ?", bucket, holder)
-    if since is not None:  # a redelivery of the holder: the slot is its own, now on `owner`
-        sql = f"UPDATE {table} SET lease = ? WHERE bucket = ? AND holder = ?"
-        conn.execute(sql.replace("?", mark), (lease_json(holder, owner, float(since)), bucket, holder))
-        return True
+    lease = q(f"SELECT lease FROM {table} WHERE bucket = ? AND holder = ?", bucket, holder)
+    if lease is not None:
+        return lease_from_json(lease).owner == owner
     if int(q(f"SELECT COUNT(*) FROM {table} WHERE bucket = ?", bucket) or 0) >= limit:
         return False
     sql = f"INSERT INTO {table} (bucket, holder, lease, since) VALUES (?, ?, ?, ?)"

@@ -26,8 +26,10 @@ class SQLiteLimits(LimitStore):
 
         def _run(self, body: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T: ...
 
-    def reserve_rate(self, member: str, buckets: Sequence[RateBucket], now: float) -> float:
-        return self._run(lambda conn: sql_limits.reserve_rate(conn, RATES, "?", member, buckets, now))
+    def reserve_rate(
+        self, member: str, buckets: Sequence[RateBucket], now: float, early: float = 0.0
+    ) -> float:
+        return self._run(lambda conn: sql_limits.reserve_rate(conn, RATES, "?", member, buckets, now, early))
 
     def acquire_slot(self, bucket: str, holder: str, owner: str, limit: int, now: float) -> bool:
         return self._run(
