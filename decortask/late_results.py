@@ -49,13 +49,16 @@ logger = logging.getLogger("decortask.worker")
 _POLL_MAX = 0.2
 #: Open mailboxes one sweep looks at.
 SWEEP_BATCH = 200
+#: Seconds between two sweeps of one worker (a recovery path: the reaper loop runs every second).
+SWEEP_INTERVAL = 5.0
 
 #: The app of each attempt running in this process (by task id), and the tasks that spawned during it.
 _apps: dict[str, Decortask] = {}
 _spawned: set[str] = set()
 _lock = threading.Lock()
-#: Where the next sweep starts in the list of unsettled mailboxes.
+#: Where the next sweep starts in the list of unsettled mailboxes, and when this process may sweep next.
 _sweep_from = 0
+_next_sweep = 0.0
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,17 @@ def deliver_late(app: Decortask, child: TaskRecord, spec: dict[str, Any], write:
     sig = Signature.from_dict(spec["on_late"]).with_parent_result(late)
     lineage = Lineage(derived_id(child.id, "late"), parent_id, child.root_id or parent_id)
     create(app, sig, lineage, write)
+
+
+def maybe_sweep(app: Decortask) -> int:
+    """`sweep`, at most every `SWEEP_INTERVAL` seconds in this process: what the worker's reaper loop calls."""
+    global _next_sweep
+    now = time.monotonic()
+    with _lock:
+        if now < _next_sweep:
+            return 0
+        _next_sweep = now + SWEEP_INTERVAL
+    return sweep(app)
 
 
 def sweep(app: Decortask) -> int:
