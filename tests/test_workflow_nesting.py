@@ -21,7 +21,9 @@ from conftest import BROKERS
 from workers import Rig, poll_until, short_lease_rig
 
 from decortask import Chord, Decortask, GroupHandle, TaskFailed, TaskStatus, chain, chord, group
+from decortask import workflow as workflow_module
 from decortask.canvas import derived_id
+from decortask.store import TaskQuery
 from decortask.testing import isolated_app, run_pending
 
 
@@ -118,6 +120,26 @@ def test_every_task_of_a_nested_workflow_has_the_workflows_root_and_a_derived_id
     records = [app.store.get(task_id) for task_id in ids]
     assert [r.status if r else None for r in records] == [TaskStatus.SUCCESS] * 5
     assert {r.root_id for r in records if r} == {root}
+
+
+def test_every_continuation_of_a_nested_workflow_seen_again_creates_nothing_twice(
+    app: Decortask, effects: Path
+) -> None:
+    """A redelivered message of any task of a nested workflow (a worker killed before its ack) settles its
+    frames again: every task it would create exists under its derived id, so nothing is created or run
+    twice, and the callback runs once."""
+    header = [chain(wt.add.si(i, 1), wt.mul.s(10)) for i in range(3)]
+    handle = (wt.add.si(0, 0) | chord(header, wt.tsum.s()) | group(wt.mul.s(2), wt.add.s(1))).apply_async()
+    run_pending(app)
+    assert handle.get(timeout=5) == [120, 61]
+    tasks = app.store.list_tasks(TaskQuery(root_id=handle.id, limit=100))
+    assert len(tasks) == 10
+    for record in tasks:  # every delivery seen again, as a redelivery would make the worker do
+        if record.workflow:
+            workflow_module.continue_workflow(app, record.id, record.workflow, lambda step: step())
+    run_pending(app)
+    assert app.store.count_tasks(TaskQuery(root_id=handle.id)) == 10
+    assert len(_events(effects, "tsum")) == 1
 
 
 # -- failures name every level -------------------------------------------------------------------------------
