@@ -3,7 +3,8 @@ chord, which the workers create later; a `GroupHandle` holds a group's members' 
 
 `handle_for` builds the handle of any node from where its result is (`canvas_launch.shape`): a chain's last
 step, a chord's callback, a group's members (a list, nested as its groups are). Cancelling one cancels every
-task of its workflow that exists and has not ended, nested ones included (`cancel_tasks`).
+task of its workflow that exists and has not ended, nested ones included (`cancel_workflow`, which
+`decortask cancel` calls too): the tasks are read by their `root_id` (`workflow_records`).
 """
 
 from __future__ import annotations
@@ -16,13 +17,24 @@ from .canvas_launch import Node, names_and_ids, resolve, shape
 from .errors import TaskNotFound, WaitTimeout
 from .handle import TaskHandle, TaskResult
 from .states import TaskStatus
+from .store.base import TaskQuery, TaskRecord, TaskStore
 
 if TYPE_CHECKING:
     from .app import Decortask
 
-__all__ = ["GroupHandle", "WorkflowHandle", "cancel_tasks", "handle_for"]
+__all__ = [
+    "GroupHandle",
+    "WorkflowHandle",
+    "cancel_tasks",
+    "cancel_workflow",
+    "handle_for",
+    "workflow_records",
+]
 
 R = TypeVar("R")
+#: Most tasks of one workflow `decortask show` reads, a page of the store's listing at a time.
+SHOW_LIMIT = 2000
+_PAGE = 500
 #: Most seconds between two reads while a workflow's final task is not created yet.
 _POLL_MAX = 0.2
 
@@ -39,6 +51,31 @@ def cancel_tasks(app: Decortask, task_ids: Sequence[str]) -> int:
     return cancelled
 
 
+def workflow_records(store: TaskStore, root_id: str, limit: int = SHOW_LIMIT) -> list[TaskRecord]:
+    """The tasks of workflow `root_id`, oldest first, at most `limit`; the task of id `root_id` first when
+    there is one (a task whose links made it the root of their workflow)."""
+    root = store.get(root_id)
+    found: list[TaskRecord] = [] if root is None else [root]
+    listed = 0
+    while len(found) < limit:
+        want = min(_PAGE, limit - len(found))
+        page = store.list_tasks(TaskQuery(root_id=root_id, order="created", limit=want, offset=listed))
+        listed += len(page)
+        found.extend(record for record in page if record.id != root_id)
+        if len(page) < want:
+            break
+    return found
+
+
+def cancel_workflow(app: Decortask, root_id: str) -> tuple[int, int]:
+    """Cancel every task of workflow `root_id` that has not ended; (how many were cancelled, how many tasks
+    it has). Its steps and callbacks not created yet never are: the workflow fails naming what was
+    cancelled."""
+    records = workflow_records(app.store, root_id, limit=10**9)
+    pending = [record.id for record in records if not record.status.terminal]
+    return cancel_tasks(app, pending), len(records)
+
+
 class WorkflowHandle(TaskHandle[R]):
     """The handle of a chain or a chord: the task that ends it, which the workflow creates later.
 
@@ -52,7 +89,7 @@ class WorkflowHandle(TaskHandle[R]):
     ) -> None:
         super().__init__(app, task_id, name)
         self.workflow_id = workflow_id
-        #: Ids of the tasks `cancel()` looks at, besides the final one: every task of the workflow.
+        #: Ids of every task the workflow may create (its steps, members and callbacks), in order.
         self.parts = tuple(parts)
 
     def cancel(self) -> bool:
@@ -61,7 +98,7 @@ class WorkflowHandle(TaskHandle[R]):
         A cancelled step or member ends CANCELLED, and the workflow fails naming it (a chain's later steps
         and a chord's callback never run). A chain step about to be created as this runs is not seen.
         """
-        return cancel_tasks(self.app, list(dict.fromkeys((*self.parts, self.id)))) > 0
+        return cancel_workflow(self.app, self.workflow_id)[0] > 0
 
     def __repr__(self) -> str:
         return f"<WorkflowHandle {self.workflow_id}: {self.name} {self.id}>"
@@ -116,7 +153,7 @@ class GroupHandle:
         self.id = group_id
         self.handles = list(handles)
         self.app = app
-        #: Every task id of the group's workflow, for `cancel()` (nested members' tasks included).
+        #: Ids of every task the group's workflow may create (nested members' included), in order.
         self.parts = tuple(parts)
 
     def __repr__(self) -> str:
@@ -150,7 +187,7 @@ class GroupHandle:
         run); how many were cancelled."""
         if self.app is None:
             return sum(1 for handle in self.handles if isinstance(handle, TaskHandle) and handle.cancel())
-        return cancel_tasks(self.app, self.parts)
+        return cancel_workflow(self.app, self.id)[0]
 
 
 #: A group's member's handle.

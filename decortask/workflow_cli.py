@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from .canvas_handles import SHOW_LIMIT, cancel_workflow, workflow_records
 from .cli_options import BROKER_URL, STORE_URL
 from .errors import DecortaskError
 from .security import mask_text, masked_args, scrub
 from .store.base import TaskQuery, TaskRecord, TaskStore
-from .workflow_tree import SHOW_LIMIT, cancel_workflow, render, workflow_records
+from .workflow_tree import render
 
 if TYPE_CHECKING:
     from .app import Decortask

@@ -1,5 +1,5 @@
-"""A workflow as its records tell it: its tasks, read by their `root_id`, laid out in its structure with each
-one's state (`decortask show`), and cancelled together (`decortask cancel`, `cancel_workflow`).
+"""A workflow as its records tell it: its tasks (`canvas_handles.workflow_records`, by their `root_id`) laid
+out in its structure with each one's state (`decortask show`).
 
 Nothing but the store is read: every task of a workflow carries the workflow's id as its `root_id`, and in
 its `workflow` field the frames that say where it sits (`canvas_launch.py`: step `s` of `n` of chain `c`,
@@ -12,49 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .canvas_handles import cancel_tasks
 from .canvas_launch import derived_id
 from .states import TaskStatus
-from .store.base import TaskQuery, TaskRecord, TaskStore
+from .store.base import TaskRecord
 
-if TYPE_CHECKING:
-    from .app import Decortask
-
-#: Most tasks of one workflow `decortask show` reads (a page of the store's listing each).
-SHOW_LIMIT = 2000
-_PAGE = 500
 #: Characters of an error message a line keeps.
 _ERROR_WIDTH = 90
-
-
-def workflow_records(store: TaskStore, root_id: str, limit: int = SHOW_LIMIT) -> list[TaskRecord]:
-    """The tasks of workflow `root_id`, oldest first, at most `limit`; the task of id `root_id` first when
-    there is one (a task whose links made it the root of their workflow)."""
-    found: list[TaskRecord] = []
-    root = store.get(root_id)
-    if root is not None:
-        found.append(root)
-    while len(found) < limit:
-        page = store.list_tasks(
-            TaskQuery(
-                root_id=root_id, order="created", limit=min(_PAGE, limit - len(found)), offset=len(found)
-            )
-        )
-        found.extend(record for record in page if record.id != root_id)
-        if len(page) < _PAGE:
-            break
-    return found
-
-
-def cancel_workflow(app: Decortask, root_id: str) -> tuple[int, int]:
-    """Cancel every task of workflow `root_id` that has not ended; (how many were cancelled, how many tasks
-    it has). Its steps and callbacks not created yet never are: the workflow fails naming what was
-    cancelled."""
-    records = workflow_records(app.store, root_id, limit=10**9)
-    pending = [record.id for record in records if not record.status.terminal]
-    return cancel_tasks(app, pending), len(records)
 
 
 @dataclass
