@@ -108,6 +108,19 @@ def test_show_of_a_plain_task_is_its_record_only_and_of_an_unknown_id_an_error(a
     assert "no task nope in the store" in missing.output and "no workflow of that id" in missing.output
 
 
+def test_show_of_a_linked_task_shows_the_task_that_linked_it_and_every_link(app: Decortask) -> None:
+    handle = wt.add.apply_async((1, 1), link=[wt.mul.s(10), wt.mul.s(100)])
+    run_pending(app)
+    links = [derived_id(handle.id, f"link:{index}") for index in range(2)]
+    lines = decortask("show", links[1]).stdout.splitlines()
+    assert lines[:4] == [
+        f"workflow {handle.id}: SUCCESS; 3 tasks: 3 SUCCESS",
+        f"  root task  wf.add  {handle.id}  SUCCESS",
+        f"  linked  wf.mul  {links[0]}  SUCCESS",
+        f"  linked  wf.mul  {links[1]}  SUCCESS",
+    ]
+
+
 def test_cancel_of_a_workflow_cancels_its_pending_tasks_at_every_level_and_says_how_many(
     app: Decortask,
 ) -> None:
