@@ -45,6 +45,11 @@ def single(n: int) -> int:
     return n
 
 
+@task(name="tl.per_account", concurrency_limit=1, concurrency_key=lambda account, n: account)
+def per_account(account: str, n: int) -> int:
+    return n
+
+
 @task(name="tl.free")
 def free(n: int) -> int:
     return n
@@ -151,6 +156,16 @@ def test_a_slot_held_by_a_dead_worker_is_taken_over(app: Decortask) -> None:
     run_pending(app)
     assert handle.get(timeout=5) == 2
     assert store.slot_holders("tl.single|") == []
+
+
+def test_each_key_has_its_own_concurrency_places(app: Decortask) -> None:
+    store = limit_store(app)
+    app.store.heartbeat("elsewhere", time.time())
+    assert store.acquire_slot("tl.per_account|acme", "running-elsewhere", "elsewhere", 1, time.time())
+    acme, globex = per_account.delay("acme", 1), per_account.delay("globex", 2)
+    run_pending(app)
+    assert acme.status is TaskStatus.SCHEDULED  # acme's one place is taken
+    assert globex.get(timeout=5) == 2  # globex's is free
 
 
 def test_the_slot_is_released_whatever_the_outcome(app: Decortask) -> None:

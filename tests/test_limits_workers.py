@@ -83,6 +83,10 @@ def test_rate_limit_5_per_second_holds_across_two_workers_and_other_tasks_keep_f
     finally:
         stop(workers)
     paced_starts = starts(rig, "lt.paced")
+    print(  # the numbers behind the verdict, shown with -s
+        f"[{rig.kind}] most starts in a 1 s window {most_in_a_window(paced_starts)}, 100 calls in "
+        f"{ended - sent:.1f} s, unlimited {alongside:.1f}/s alongside vs {alone:.1f}/s alone"
+    )
     assert len(paced_starts) == 100  # each ran once: waiting used no attempt
     assert most_in_a_window(paced_starts) <= 5
     took = ended - sent
@@ -117,6 +121,9 @@ def test_concurrency_limit_2_holds_across_workers_and_a_killed_holder_frees_its_
     intervals = [(float(str(n["ts"])), ends.get(n["id"], killed_at)) for n in notes if n["event"] == "start"]
     assert max_overlap(intervals) <= 2, intervals
     first_short = min(float(str(n["ts"])) for n in notes if n["event"] == "start" and int(str(n["n"])) >= 10)
+    print(
+        f"[{rig.kind}] at most {max_overlap(intervals)} running; place taken {first_short - killed_at:.2f} s after the kill"
+    )
     recovery = LEASE_TIMEOUT + 3.0  # the lease, a heartbeat's age, the parked call's next try, the scheduler
     assert first_short < killed_at + recovery, (
         f"the killed holder's place was taken {first_short - killed_at:.1f} s after the kill (<= {recovery} s)"
