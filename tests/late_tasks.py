@@ -105,6 +105,20 @@ def spawn_then_fail(ctx: TaskContext) -> None:
     raise RuntimeError("the parent failed after merging")
 
 
+@task(name="lt.flaky_child", retries=1, delay=60)
+def flaky_child(ctx: TaskContext, value: int) -> int:
+    """Fails its first attempt: only its last attempt's outcome reaches the parent."""
+    if ctx.attempt == 1:
+        raise ConnectionError("first attempt fails")
+    return value * ctx.attempt
+
+
+@task(name="lt.spawn_flaky")
+def spawn_flaky(ctx: TaskContext) -> str:
+    ctx.spawn(flaky_child.s(21), on_late=on_late.s("flaky"))
+    return "spawned"
+
+
 @task(name="lt.spawn_failing")
 def spawn_failing(ctx: TaskContext) -> str:
     ctx.spawn(fail_after_parent.s(ctx.task_id), on_late=on_late.s("failing"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,6 +179,16 @@ def test_a_failed_late_child_is_delivered_with_its_error(app: Decortask) -> None
         "builtins.ValueError",
         "the child failed after its parent ended",
     )
+
+
+def test_a_child_that_retries_is_delivered_once_with_its_last_attempts_outcome(app: Decortask) -> None:
+    handle = lt.spawn_flaky.delay()
+    run_pending(app)  # the parent, then the child's first attempt: RETRYING, not a result yet
+    child = TaskHandle(app, derived_id(handle.id, "spawn:0"), "lt.flaky_child")
+    assert child.status is TaskStatus.RETRYING and app.store.get(_followup(handle, 0)) is None
+    run_pending(app, now=time.time() + 120)  # its second attempt, then the follow-up
+    late = ChildResult.from_dict(TaskHandle(app, _followup(handle, 0), "lt.on_late").get(timeout=0))
+    assert (late.status, late.result) == (TaskStatus.SUCCESS, 42)
 
 
 def test_a_parent_that_fails_after_merging_hands_the_merged_results_to_its_follow_up(app: Decortask) -> None:
