@@ -179,3 +179,39 @@ def test_a_malformed_buffered_frame_is_refused_as_py_amqp_refuses_it() -> None:
     finally:
         ours.close()
         broker.close()
+
+
+def test_buffered_deliveries_reach_the_consumer_whole_without_py_amqps_frame_handler(
+    transport: BrokerTransport, queue: str
+) -> None:
+    bodies = [b"", b"\xff not utf-8 \xfe", "caf\u00e9".encode(), *[str(n).encode() for n in range(17)]]
+    for body in bodies:
+        transport.publish_many([(body, queue, 0, {"x-n": len(body)})])
+    session = transport.open_consumer([queue], prefetch=len(bodies))
+    raw = session._conn._connection  # type: ignore[union-attr]  # the py-amqp connection
+    frames = 0
+    on_frame = raw.on_inbound_frame
+
+    def counted(frame: tuple[int, int, bytes]) -> object:
+        nonlocal frames
+        frames += 1
+        return on_frame(frame)
+
+    raw.on_inbound_frame = counted
+    try:
+        got = receive(session, len(bodies))
+        assert [d.body for d in got] == bodies  # bytes as sent, empty and non-UTF-8 ones too
+        assert all(isinstance(d.body, bytes) for d in got)
+        assert [d.headers["x-n"] for d in got] == [len(b) for b in bodies]
+        assert {d.queue for d in got} == {queue} and not any(d.redelivered for d in got)
+        # 20 deliveries are 60 frames; a delivery buffered whole goes to its channel in one step (the
+        # empty body, a delivery without a body frame, and any split by the network take py-amqp's path).
+        assert frames <= 30, f"{frames} frames went through py-amqp's frame handler"
+        session.requeue(got[3])
+        (again,) = receive(session, 1)
+        assert again.body == bodies[3] and again.redelivered
+        for delivery in [*got[:3], *got[4:], again]:
+            session.ack(delivery)
+    finally:
+        session.close()
+    assert transport.queue_size(queue) == 0

@@ -324,6 +324,47 @@ RELIED: list[Relied] = [
         "buffered_frame reads the header as read_frame does",
         AMQP,
     ),
+    _call(
+        "amqp.Channel._on_basic_deliver",
+        "(self, consumer_tag, delivery_tag, redelivered, exchange, routing_key, msg)",
+        "a delivery buffered whole goes to it directly",
+        by=AMQP,
+    ),
+    _kombu_calls(
+        "amqp.Channel",
+        "spec.method(spec.Basic.Deliver, 'sLbss', content=True)",
+        "the direct path parses basic.deliver's arguments with the same signature",
+        AMQP,
+    ),
+    _kombu_calls(
+        "amqp.Channel",
+        "spec.Basic.Deliver: self._on_basic_deliver",
+        "the direct path hands the delivery to the listener py-amqp registers",
+        AMQP,
+    ),
+    _kombu_calls(
+        "amqp.abstract_channel.AbstractChannel.dispatch_method",
+        "one_shot = self._pending.pop(method_sig)",
+        "a waiter for a delivery (`_pending`) sends it py-amqp's way",
+        AMQP,
+    ),
+    _kombu_calls(
+        "amqp.abstract_channel.AbstractChannel.dispatch_method",
+        "if self.is_closing and method_sig not in",
+        "a closing channel sends it py-amqp's way",
+        AMQP,
+    ),
+    _kombu_calls(
+        "amqp.method_framing.frame_handler",
+        "connection.bytes_recv += 1",
+        "the direct path counts its three frames as the handler does (heartbeats read the count)",
+        AMQP,
+    ),
+    _call(
+        "amqp.serialization.GenericContent.inbound_header", "(self, buf, offset=)", "decodes properties", AMQP
+    ),
+    _call("amqp.serialization.GenericContent.inbound_body", "(self, buf)", "sets the body", AMQP),
+    _call("amqp.serialization.loads", "(format, buf, offset)", "basic.deliver's arguments", AMQP),
     _kombu_calls(
         "amqp.transport._AbstractTransport.read_frame",
         "if frame_end == 206:",

@@ -11,7 +11,11 @@ unchanged; tests/test_kombu_contract.py checks the method this replaces.
 One recv brings a whole prefetch window of deliveries, so most frames are in the buffer already: for those
 `BufferedConnection.blocking_read` cuts the frame out of the buffer itself (`buffered_frame`), skipping
 py-amqp's per-frame socket-timeout context (two `settimeout` calls and a generator) and its three reads.
-A frame only partly buffered, or a malformed one, takes py-amqp's own path, which reads or raises as before.
+A delivery whose three frames (basic.deliver, content header, one body frame) are all buffered goes
+straight to the channel's `_on_basic_deliver`, as py-amqp's frame handler and `dispatch_method` would hand
+it, without their per-frame bookkeeping, and with the body left as bytes (py-amqp decodes it to `str`,
+and the consumer encodes it back). Anything else (a partial or malformed frame, another method, a body in
+several frames, a closing channel, a waiter for the delivery) takes py-amqp's own path, unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from amqp.basic_message import Message
+from amqp.serialization import loads
 from amqp.transport import TCPTransport
 from kombu.transport import pyamqp
 
@@ -30,7 +36,15 @@ from kombu.transport import pyamqp
 READ_CHUNK = 65536
 #: An AMQP frame: type (octet), channel (short), payload size (long), payload, then this end octet.
 _FRAME_HEADER = struct.Struct(">BHI")
+_METHOD_ID = struct.Struct(">HH")
+#: A content header's body size: after its class id (short) and weight (short).
+_BODY_SIZE = struct.Struct(">Q")
 _FRAME_END = 0xCE
+#: basic.deliver's (class, method) and its arguments: consumer tag, delivery tag, redelivered, exchange,
+#: routing key (py-amqp's `spec.method(spec.Basic.Deliver, 'sLbss', content=True)`).
+_BASIC_DELIVER = (60, 60)
+_DELIVER_ARGS = "sLbss"
+_METHOD, _HEADER, _BODY = 1, 2, 3
 
 
 class BufferedTCPTransport(TCPTransport):  # type: ignore[misc]  # py-amqp is untyped
@@ -76,6 +90,46 @@ class BufferedTCPTransport(TCPTransport):  # type: ignore[misc]  # py-amqp is un
         self._read_buffer = rbuf[end + 1 :]
         return frame_type, channel, rbuf[7:end]
 
+    def buffered_delivery(self) -> tuple[int, bytes, bytes, bytes] | None:
+        """The next delivery (channel, method payload, header payload, body) if the buffer holds all of it
+        as three frames (basic.deliver, content header, one body frame), without taking it; else None."""
+        rbuf = self._read_buffer
+        size = len(rbuf)
+        if size < 8 + 12 + 8 + 8:  # three frames: headers, end octets, and the header frame's fixed fields
+            return None
+        kind, channel, method_size = _FRAME_HEADER.unpack_from(rbuf)
+        if kind != _METHOD or method_size < 4 or _METHOD_ID.unpack_from(rbuf, 7) != _BASIC_DELIVER:
+            return None
+        at = 7 + method_size
+        if size <= at + 8 or rbuf[at] != _FRAME_END:
+            return None
+        kind, header_channel, header_size = _FRAME_HEADER.unpack_from(rbuf, at + 1)
+        method_end, at = at, at + 8
+        if kind != _HEADER or header_channel != channel or header_size < 14 or size <= at + header_size + 8:
+            return None
+        header_end = at + header_size
+        if rbuf[header_end] != _FRAME_END:
+            return None
+        (body_size,) = _BODY_SIZE.unpack_from(rbuf, at + 4)
+        kind, body_channel, frame_size = _FRAME_HEADER.unpack_from(rbuf, header_end + 1)
+        body_at = header_end + 8
+        body_end = body_at + frame_size
+        if (
+            kind != _BODY
+            or body_channel != channel
+            or frame_size != body_size
+            or not body_size
+            or size <= body_end
+            or rbuf[body_end] != _FRAME_END
+        ):
+            return None
+        return channel, rbuf[7:method_end], rbuf[at:header_end], rbuf[body_at:body_end]
+
+    def take(self, delivery: tuple[int, bytes, bytes, bytes]) -> None:
+        """Drop the delivery `buffered_delivery` returned from the buffer (its three frames)."""
+        _channel, method, header, body = delivery
+        self._read_buffer = self._read_buffer[len(method) + len(header) + len(body) + 24 :]
+
     def input_waiting(self) -> bool:
         """Whether a read would find bytes now (buffered, or on the socket), without reading.
 
@@ -99,10 +153,34 @@ class BufferedConnection(pyamqp.Connection):  # type: ignore[misc]
         """py-amqp's `blocking_read`, without touching the socket when the next frame is buffered whole."""
         transport = self._transport
         if isinstance(transport, BufferedTCPTransport):
+            delivery = transport.buffered_delivery()
+            if delivery is not None and self._deliver(transport, delivery):
+                return True
             frame = transport.buffered_frame()
             if frame is not None:
                 return self.on_inbound_frame(frame)
         return super().blocking_read(timeout)
+
+    def _deliver(self, transport: BufferedTCPTransport, delivery: tuple[int, bytes, bytes, bytes]) -> bool:
+        """Hand a whole buffered delivery to its channel as py-amqp would; False (buffer untouched) when
+        py-amqp's own path must take it: an unknown or closing channel, or someone waiting for a delivery."""
+        channel_id, method, header, body = delivery
+        channel = (self.channels or {}).get(channel_id)
+        if (
+            channel is None
+            or getattr(channel, "is_closing", True)
+            or _BASIC_DELIVER in channel._pending
+            or channel._callbacks.get(_BASIC_DELIVER) != channel._on_basic_deliver
+        ):
+            return False
+        transport.take(delivery)
+        self.bytes_recv += 3  # py-amqp's frame handler counts frames here (the heartbeat check reads it)
+        message = Message()
+        message.inbound_header(header)
+        message.inbound_body(body)
+        args, _ = loads(_DELIVER_ARGS, method, 4)
+        channel._on_basic_deliver(*args, message)
+        return True
 
     def Transport(  # py-amqp's name and signature
         self,
