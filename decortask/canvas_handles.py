@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .app import Decortask
 
 __all__ = [
+    "CreatedLaterHandle",
     "GroupHandle",
     "WorkflowHandle",
     "cancel_tasks",
@@ -76,32 +77,21 @@ def cancel_workflow(app: Decortask, root_id: str) -> tuple[int, int]:
     return cancel_tasks(app, pending), len(records)
 
 
-class WorkflowHandle(TaskHandle[R]):
-    """The handle of a chain or a chord: the task that ends it, which the workflow creates later.
-
-    `wait()`/`get()` wait for that task to be created, then for its outcome; a failed step or member
-    surfaces as that task's `TaskFailed`, naming the step or member. `cancel()` cancels the workflow's
-    tasks that exist and have not ended (a chain's current step, a chord's members), which fails it.
-    """
+class CreatedLaterHandle(TaskHandle[R]):
+    """The handle of a task its workflow creates later (a chain's last step, a chord's callback, a graph's
+    node): `status` is PENDING until it exists, and `wait()`/`get()` wait for it to be created, then for
+    its outcome. `cancel()` is the task's own, once it exists."""
 
     def __init__(
-        self, app: Decortask, task_id: str, name: str, workflow_id: str, parts: Sequence[str] = ()
+        self, app: Decortask, task_id: str, name: str, workflow_id: str, *, role: str = "its final task"
     ) -> None:
         super().__init__(app, task_id, name)
         self.workflow_id = workflow_id
-        #: Ids of every task the workflow may create (its steps, members and callbacks), in order.
-        self.parts = tuple(parts)
-
-    def cancel(self) -> bool:
-        """Cancel every task of the workflow that exists and has not ended; True if any was cancelled.
-
-        A cancelled step or member ends CANCELLED, and the workflow fails naming it (a chain's later steps
-        and a chord's callback never run). A chain step about to be created as this runs is not seen.
-        """
-        return cancel_workflow(self.app, self.workflow_id)[0] > 0
+        #: What the task is to its workflow, for messages ("its final task", "node 'summary'").
+        self.role = role
 
     def __repr__(self) -> str:
-        return f"<WorkflowHandle {self.workflow_id}: {self.name} {self.id}>"
+        return f"<{type(self).__name__} {self.workflow_id}: {self.name} {self.id}>"
 
     def done(self) -> bool:
         record = self.app.store.get(self.id)
@@ -109,13 +99,13 @@ class WorkflowHandle(TaskHandle[R]):
 
     @property
     def status(self) -> TaskStatus:
-        """The final task's status; PENDING while the workflow has not created it yet."""
+        """The task's status; PENDING while the workflow has not created it yet."""
         record = self.app.store.get(self.id)
         return TaskStatus.PENDING if record is None else record.status
 
     def _not_found(self) -> TaskNotFound:
         return TaskNotFound(
-            f"workflow {self.workflow_id}: its final task {self.name} ({self.id}) is not created yet (its "
+            f"workflow {self.workflow_id}: {self.role} {self.name} ({self.id}) is not created yet (its "
             "earlier tasks still run; wait() or get() wait for it), or its record expired"
         )
 
@@ -126,7 +116,7 @@ class WorkflowHandle(TaskHandle[R]):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise WaitTimeout(
-                    f"workflow {self.workflow_id}: its final task {self.name} ({self.id}) was not created "
+                    f"workflow {self.workflow_id}: {self.role} {self.name} ({self.id}) was not created "
                     f"within {timeout} s; its earlier tasks still run, or no worker consumes their queue"
                 )
             time.sleep(pause if left is None else min(pause, left))
@@ -137,6 +127,30 @@ class WorkflowHandle(TaskHandle[R]):
         import asyncio
 
         return await asyncio.to_thread(self.wait, timeout)
+
+
+class WorkflowHandle(CreatedLaterHandle[R]):
+    """The handle of a chain or a chord: the task that ends it, which the workflow creates later.
+
+    `wait()`/`get()` wait for that task to be created, then for its outcome; a failed step or member
+    surfaces as that task's `TaskFailed`, naming the step or member. `cancel()` cancels the workflow's
+    tasks that exist and have not ended (a chain's current step, a chord's members), which fails it.
+    """
+
+    def __init__(
+        self, app: Decortask, task_id: str, name: str, workflow_id: str, parts: Sequence[str] = ()
+    ) -> None:
+        super().__init__(app, task_id, name, workflow_id)
+        #: Ids of every task the workflow may create (its steps, members and callbacks), in order.
+        self.parts = tuple(parts)
+
+    def cancel(self) -> bool:
+        """Cancel every task of the workflow that exists and has not ended; True if any was cancelled.
+
+        A cancelled step or member ends CANCELLED, and the workflow fails naming it (a chain's later steps
+        and a chord's callback never run). A chain step about to be created as this runs is not seen.
+        """
+        return cancel_workflow(self.app, self.workflow_id)[0] > 0
 
 
 class GroupHandle:

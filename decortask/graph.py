@@ -22,6 +22,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from .canvas import Signature
+from .canvas_handles import CreatedLaterHandle
 from .continuations import write_unrun
 from .errors import GraphError, GraphFailed, TaskNotFound, WaitTimeout
 from .graph_run import node_ended
@@ -211,8 +212,11 @@ class GraphHandle:
         return f"<GraphHandle {self.id}: {len(self.node_ids)} nodes>"
 
     def __getitem__(self, name: str) -> TaskHandle[Any]:
-        """Node `name`'s handle (its record exists once its dependencies have ended)."""
-        return TaskHandle(self.app, self.node_ids[name], self.spec.node(name).sig.name)
+        """Node `name`'s handle. Its record exists once its dependencies have ended: until then `status`
+        is PENDING, and `wait()`/`get()` wait for it to be created, then for its outcome."""
+        return CreatedLaterHandle(
+            self.app, self.node_ids[name], self.spec.node(name).sig.name, self.id, role=f"node {name!r}"
+        )
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.node_ids)

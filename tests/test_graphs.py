@@ -133,6 +133,20 @@ def test_each_node_gets_its_dependencies_results_by_name_and_the_graph_succeeds(
     assert total.kwargs == {"double": 10, "source": 5} and total.root_id == handle.id
 
 
+def test_a_nodes_handle_waits_for_the_node_to_be_created_instead_of_saying_it_does_not_exist(
+    app: Decortask,
+) -> None:
+    """docs/workflows.md calls `handle["summary"].get(timeout=10)` right after apply_async(), while the node
+    is not created yet (its dependencies still run): get() waits for it, as a chain's handle does."""
+    handle = _pipeline().apply_async()
+    total = handle["total"]
+    assert total.status is TaskStatus.PENDING
+    with pytest.raises(WaitTimeout, match="node 'total'"):
+        total.get(timeout=0.05)
+    run_pending(app)
+    assert total.get(timeout=5) == 15
+
+
 def test_a_failed_node_skips_what_requires_it_and_the_finally_node_still_runs(app: Decortask) -> None:
     g = Graph()
     g.add("source", gt.number.s(5))
