@@ -489,7 +489,9 @@ class Worker:
     def _reap(self) -> None:
         try:
             settled = recovery.reap(self.app, self.owner_alive, self.executor.is_orphan)
-            late_results.maybe_sweep(self.app)  # mailboxes of spawning tasks whose worker died after the outcome
+            late_results.maybe_sweep(
+                self.app
+            )  # mailboxes of spawning tasks whose worker died after the outcome
         except Exception as exc:
             logger.warning("reaper pass failed (%s); will retry", mask_text(str(exc)))
             return
