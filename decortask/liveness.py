@@ -91,6 +91,7 @@ class Liveness:
         self.probe = probe
         self._verdicts: dict[str, tuple[float, Verdict]] = {}
         self._lock = threading.Lock()
+        self._probing = threading.Lock()
         #: Other workers' heartbeat stamps as this process reads them (judged without comparing clocks).
         self.heartbeats = HeartbeatWatch(app.settings.lease_timeout)
 
@@ -108,28 +109,33 @@ class Liveness:
         ids = {worker_id for worker_id in ids if not self.is_self(worker_id)}  # a child of this worker
         if self.probe is None or not ids:
             return {}
-        now = time.monotonic()
-        with self._lock:
-            known = {i: v for i, (at, v) in self._verdicts.items() if i in ids and now - at < VERDICT_TTL}
-        missing = ids - known.keys()
-        if missing:
-            try:
-                fresh = self.probe.look(sorted(missing))
-            except Exception as exc:  # a probe that cannot answer knows nothing; heartbeats still decide
-                logger.warning("liveness probe failed (%s); using heartbeats", mask_text(str(exc)))
-                fresh = {}
-            with self._lock:
-                for worker_id in missing:
-                    verdict = fresh.get(worker_id, Verdict.UNKNOWN)
-                    self._verdicts[worker_id] = (now, verdict)
-                    known[worker_id] = verdict
-                if len(self._verdicts) > 10_000:
-                    self._verdicts = {i: e for i, e in self._verdicts.items() if now - e[0] < VERDICT_TTL}
+        known = self._cached(ids)
+        if ids - known.keys():
+            # One look at a time: a burst of redeliveries for one dead worker asks the probe once.
+            with self._probing:
+                known = self._cached(ids)
+                if ids - known.keys():
+                    known.update(self._look(self.probe, ids - known.keys()))
         return known
 
-    def any_dead(self, owners: Iterable[str]) -> bool:
-        """Whether the probe knows any of `owners` dead (the reaper settles their records at once)."""
-        return Verdict.DEAD in self.verdicts(owners).values()
+    def _cached(self, ids: set[str]) -> dict[str, Verdict]:
+        now = time.monotonic()
+        with self._lock:
+            return {i: v for i, (at, v) in self._verdicts.items() if i in ids and now - at < VERDICT_TTL}
+
+    def _look(self, probe: LivenessProbe, missing: set[str]) -> dict[str, Verdict]:
+        now = time.monotonic()
+        try:
+            fresh = probe.look(sorted(missing))
+        except Exception as exc:  # a probe that cannot answer knows nothing; heartbeats still decide
+            logger.warning("liveness probe failed (%s); using heartbeats", mask_text(str(exc)))
+            fresh = {}
+        found = {worker_id: fresh.get(worker_id, Verdict.UNKNOWN) for worker_id in missing}
+        with self._lock:
+            self._verdicts.update((worker_id, (now, verdict)) for worker_id, verdict in found.items())
+            if len(self._verdicts) > 10_000:
+                self._verdicts = {i: e for i, e in self._verdicts.items() if now - e[0] < VERDICT_TTL}
+        return found
 
 
 class Holder:

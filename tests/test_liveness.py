@@ -12,9 +12,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from workers import Rig, WorkerProcess, poll_until
 
 from decortask import Decortask, TaskHandle, TaskStatus
 from decortask.app import reset_default_app
-from decortask.liveness import Verdict
+from decortask.liveness import Liveness, Verdict
 
 pytestmark = pytest.mark.broker
 
@@ -301,3 +302,44 @@ def test_a_redis_holder_whose_connection_was_reset_holds_again_at_its_next_keep(
         admin.close()
         app.close()
         reset_default_app()
+
+
+class _CountingProbe:
+    """A probe that says every id is dead, slowly, and counts how often it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[list[str]] = []
+
+    def hold(self, worker_id: str) -> None: ...
+
+    def keep(self) -> None: ...
+
+    def release(self, worker_id: str) -> None: ...
+
+    def close(self) -> None: ...
+
+    def look(self, worker_ids: Iterable[str]) -> dict[str, Verdict]:
+        ids = list(worker_ids)
+        self.asked.append(ids)
+        time.sleep(0.1)
+        return {worker_id: Verdict.DEAD for worker_id in ids}
+
+
+def test_a_burst_of_questions_about_one_dead_worker_asks_the_probe_once() -> None:
+    """12 pool threads receive redeliveries of one dead worker's tasks at once (records owned by its
+    process-pool children too): one look, for the worker's id, answers all of them."""
+    app = Decortask("memory://", "memory://")
+    probe = _CountingProbe()
+    liveness = Liveness(app, lambda owner: owner == "me", probe)
+    answers: list[bool] = []
+    owners = ["dead-worker", "dead-worker/4242"] * 6
+    threads = [threading.Thread(target=lambda o=o: answers.append(liveness.alive(o))) for o in owners]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert answers == [False] * 12
+    assert probe.asked == [["dead-worker"]]
+    assert liveness.alive("me") is True and probe.asked == [["dead-worker"]]  # its own id is never asked
+    app.close()
+    reset_default_app()
