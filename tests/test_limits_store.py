@@ -197,3 +197,30 @@ def test_concurrent_acquires_grant_exactly_the_limit(store: LimitStore) -> None:
         thread.join()
     assert len(granted) == 3
     assert sorted(lease.holder for lease in store.slot_holders("s")) == sorted(granted)
+
+
+def test_a_sqlite_file_whose_rate_log_predates_starts_opens_and_counts_its_entries_as_starts(
+    tmp_path: Path,
+) -> None:
+    """A decortask.db written by the store primitives before `started` existed (cf89520) stopped every
+    later decortask at open with `no such column: started`."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE decortask_rates (bucket TEXT NOT NULL, member TEXT NOT NULL, score REAL NOT NULL,"
+            " PRIMARY KEY (bucket, member))"
+        )
+        conn.execute("CREATE INDEX decortask_rate_scores ON decortask_rates (bucket, score)")
+        conn.executemany(
+            "INSERT INTO decortask_rates VALUES (?, ?, ?)",
+            [(FIVE_PER_SECOND.name, f"old{i}", T0) for i in range(5)],
+        )
+    conn.close()
+    store = open_store(f"sqlite:///{path}")
+    assert isinstance(store, LimitStore)
+    try:
+        assert store.reserve_rate("new", [FIVE_PER_SECOND], T0 + 0.5) == T0 + 1  # the window is full
+    finally:
+        store.close()

@@ -15,6 +15,11 @@ SLOTS = "decortask_slots"
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
+    columns = {row[1] for row in conn.execute(f"PRAGMA table_info({RATES})")}
+    if columns and "started" not in columns:
+        # A file from before the rate log told starts from reservations (cf89520..8bb0b3b): its entries
+        # count as starts, so the limit never lets more in after the upgrade than it would have.
+        conn.execute(f"ALTER TABLE {RATES} ADD COLUMN started INTEGER NOT NULL DEFAULT 1")
     for statement in sql_limits.schema(RATES, SLOTS, "REAL", if_not="IF NOT EXISTS "):
         conn.execute(statement)
 
