@@ -298,7 +298,7 @@ class Executor:
             return self._fail_outright(
                 record, Reason.BAD_ARGUMENTS, "TypeError", exc, "without running: TypeError"
             )
-        log = TaskLogBuffer(store, record.id, self.app.settings.log_flush_interval)
+        log = TaskLogBuffer(store, record.id, self.app.settings.log_flush_interval, attempt)
         ctx = TaskContext(
             task_id=record.id,
             name=task.name,

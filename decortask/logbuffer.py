@@ -62,15 +62,28 @@ def write_lines(store: TaskStore, task_id: str, lines: Sequence[LogLine]) -> Non
 class TaskLogBuffer:
     """The log lines of one attempt not written yet; made by the executor for every attempt it runs."""
 
-    __slots__ = ("_closed", "_lines", "_lock", "_since", "_writing", "interval", "store", "task_id")
+    __slots__ = (
+        "_closed",
+        "_lines",
+        "_lock",
+        "_since",
+        "_writing",
+        "attempt",
+        "interval",
+        "store",
+        "task_id",
+    )
 
-    def __init__(self, store: TaskStore, task_id: str, interval: float) -> None:
+    def __init__(self, store: TaskStore, task_id: str, interval: float, attempt: int | None = None) -> None:
         """
         Args:
             interval: the `log_flush_interval` setting: most seconds a line waits before it is written.
+            attempt: the attempt whose progress and output this writes: once it was settled elsewhere (its
+                worker was cut off meanwhile), they no longer change the record.
         """
         self.store = store
         self.task_id = task_id
+        self.attempt = attempt
         self.interval = interval
         self._lines: list[LogLine] = []
         self._since = 0.0  # monotonic time of the oldest line waiting
@@ -108,12 +121,16 @@ class TaskLogBuffer:
     def set_progress(self, progress: float, message: str | None) -> None:
         """Write the task's progress (`ctx.set_progress`), the lines waiting appended in the same write."""
         self._write_with(
-            lambda lines: self.store.set_progress(self.task_id, progress, message, log_lines=lines)
+            lambda lines: self.store.set_progress(
+                self.task_id, progress, message, log_lines=lines, attempt=self.attempt
+            )
         )
 
     def set_output(self, output: Any) -> None:
         """Write the task's partial output (`ctx.set_output`), the lines waiting appended in the same write."""
-        self._write_with(lambda lines: self.store.set_output(self.task_id, output, log_lines=lines))
+        self._write_with(
+            lambda lines: self.store.set_output(self.task_id, output, log_lines=lines, attempt=self.attempt)
+        )
 
     def _write_with(self, write: Callable[[list[LogLine]], None]) -> None:
         with self._writing:

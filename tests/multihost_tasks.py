@@ -46,8 +46,10 @@ def read_runs(path: str) -> list[dict[str, Any]]:
 def _work(ctx: TaskContext, seconds: float) -> dict[str, Any]:
     record_run(ctx, "start")
     time.sleep(seconds)  # not cooperative: a partitioned host's run goes on to its end, then tries to write
+    mine = {"host": os.environ.get("DECORTASK_TEST_HOST", "?"), "attempt": ctx.attempt}
+    ctx.set_output(mine)  # on a cut-off host: waits for the link, then must not change a settled record
     record_run(ctx, "end")
-    return {"host": os.environ.get("DECORTASK_TEST_HOST", "?"), "attempt": ctx.attempt}
+    return mine
 
 
 @task(name="mh.work", requeue_on_interrupt=True)

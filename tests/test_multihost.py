@@ -204,17 +204,18 @@ def _check_invariants(
         if handle.id not in victim_tasks:
             # Not on the failed host: one run, one SUCCESS, whatever the others' clocks said.
             assert len(started) == 1, f"{handle.id} ran {len(started)} times: {started}"
-            assert record.status is TaskStatus.SUCCESS, record
+            assert record.status is TaskStatus.SUCCESS and record.output == record.result, record
             continue
         assert started[0]["host"] == victim
         if cluster.kinds[handle.id] == mt.work.name:  # opted in: run again elsewhere, only after the fault
             assert [r["attempt"] for r in started] == [1, 2], started
             assert started[1]["host"] != victim and started[1]["ts"] > fault_at, started
             assert record.status is TaskStatus.SUCCESS and record.attempt == 2, record
-            assert record.result == {"host": started[1]["host"], "attempt": 2}, record.result
+            assert record.result == record.output == {"host": started[1]["host"], "attempt": 2}, record
         else:  # not opted in: never run again
             assert len(started) == 1, started
             assert record.status is TaskStatus.INTERRUPTED and record.reason == "worker_lost", record
+            assert record.output is None, record  # its host's late set_output() changed nothing
     return records
 
 
@@ -280,7 +281,7 @@ def test_f27_cut_one_of_three_hosts_links_recovered_and_not_overwritten(cluster:
     for task_id, before in outcomes.items():
         after = records[task_id]
         assert before is not None and after is not None
-        fields = ("status", "attempt", "result", "owner", "reason", "finished_at", "error_message")
+        fields = ("status", "attempt", "result", "output", "owner", "reason", "finished_at", "error_message")
         assert [getattr(after, f) for f in fields] == [getattr(before, f) for f in fields], (
             f"the returning host overwrote {task_id}"
         )

@@ -253,6 +253,28 @@ def test_a_returning_owners_outcome_never_overwrites_the_attempt_that_took_over(
     )
 
 
+def test_a_stale_attempts_progress_and_output_change_nothing_but_its_log(store: TaskStore) -> None:
+    """F-27's fencing for what a running attempt publishes: the attempt that was settled elsewhere (worker a,
+    cut off) keeps writing progress and output when its link returns; only its log lines are kept."""
+    store.create(make("t", status=S.RUNNING, attempt=2, owner="b"))
+    store.set_progress("t", 0.9, "from b", attempt=2)
+    store.set_output("t", {"by": "b"}, attempt=2)
+
+    store.set_progress(
+        "t", 0.1, "from a", log_lines=[LogLine(ts=T0, message="a's line", attempt=1)], attempt=1
+    )
+    store.set_output("t", {"by": "a"}, attempt=1)
+
+    t = must_get(store, "t")
+    assert (t.progress, t.progress_message, t.output) == (0.9, "from b", {"by": "b"})
+    assert [line.message for line in t.logs] == ["a's line"]
+    assert store.transition("t", S.SUCCESS, expect={S.RUNNING}, expect_attempt=2, result=1) is not None
+    store.set_output("t", {"by": "b, too late"}, attempt=2)  # a thread that outlived b's attempt
+    store.set_progress("t", 0.5, attempt=2)
+    t = must_get(store, "t")
+    assert (t.progress, t.progress_message, t.output) == (0.9, "from b", {"by": "b"})
+
+
 def test_illegal_transition_raises_and_leaves_the_record_alone(store: TaskStore) -> None:
     done = store.create(make("t", status=S.SUCCESS, result=5))
     with pytest.raises(IllegalTransition):

@@ -385,15 +385,25 @@ class TaskStore(Transitions, Protocol):
         ...
 
     def set_progress(
-        self, task_id: str, progress: float, message: str | None = None, *, log_lines: Sequence[LogLine] = ()
+        self,
+        task_id: str,
+        progress: float,
+        message: str | None = None,
+        *,
+        log_lines: Sequence[LogLine] = (),
+        attempt: int | None = None,
     ) -> None:
         """Record progress (0.0..1.0) and an optional message; `log_lines` are appended in the same atomic
-        step, before it (the running attempt's lines waiting in the worker)."""
+        step, before it (the running attempt's lines waiting in the worker). With `attempt`, the progress is
+        set only while the record is RUNNING at that attempt: an attempt settled elsewhere (its worker was
+        cut off) appends its lines and changes nothing else."""
         ...
 
-    def set_output(self, task_id: str, output: Any, *, log_lines: Sequence[LogLine] = ()) -> None:
+    def set_output(
+        self, task_id: str, output: Any, *, log_lines: Sequence[LogLine] = (), attempt: int | None = None
+    ) -> None:
         """Replace the task's published partial output (`ctx.set_output`); nothing for an unknown task.
-        `log_lines` are appended in the same atomic step, as with `set_progress`."""
+        `log_lines` are appended in the same atomic step, and `attempt` guards it, as with `set_progress`."""
         ...
 
     def list_tasks(self, query: TaskQuery) -> list[TaskRecord]:
@@ -510,6 +520,11 @@ def apply_transition(record: TaskRecord, step: TransitionStep, now: float) -> Ta
         )
     check_transition(record.id, record.status, step.status)
     return dataclasses.replace(record, status=step.status, updated_at=now, **changes)
+
+
+def running_at(record: TaskRecord, attempt: int | None) -> bool:
+    """Whether a write of `attempt` (None: of any) may set a running task's fields (`set_progress`)."""
+    return attempt is None or (record.status is TaskStatus.RUNNING and record.attempt == attempt)
 
 
 def matches(record: TaskRecord, query: TaskQuery) -> bool:

@@ -21,6 +21,7 @@ from .base import (
     apply_transition,
     matches,
     ordered,
+    running_at,
 )
 from .memory_limits import MemoryLimits
 from .memory_spawn import MemorySpawn
@@ -124,22 +125,32 @@ class MemoryStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore, Mem
             if record is not None:
                 record.logs.extend(copy.deepcopy(list(lines)))
 
-    def set_output(self, task_id: str, output: Any, *, log_lines: Sequence[LogLine] = ()) -> None:
-        with self._lock:
-            record = self._records.get(task_id)
-            if record is not None:
-                record.logs.extend(copy.deepcopy(list(log_lines)))
-                record.output = copy.deepcopy(output)  # the caller's object
-
-    def set_progress(
-        self, task_id: str, progress: float, message: str | None = None, *, log_lines: Sequence[LogLine] = ()
+    def set_output(
+        self, task_id: str, output: Any, *, log_lines: Sequence[LogLine] = (), attempt: int | None = None
     ) -> None:
         with self._lock:
             record = self._records.get(task_id)
             if record is not None:
                 record.logs.extend(copy.deepcopy(list(log_lines)))
-                record.progress = progress
-                record.progress_message = message
+                if running_at(record, attempt):
+                    record.output = copy.deepcopy(output)  # the caller's object
+
+    def set_progress(
+        self,
+        task_id: str,
+        progress: float,
+        message: str | None = None,
+        *,
+        log_lines: Sequence[LogLine] = (),
+        attempt: int | None = None,
+    ) -> None:
+        with self._lock:
+            record = self._records.get(task_id)
+            if record is not None:
+                record.logs.extend(copy.deepcopy(list(log_lines)))
+                if running_at(record, attempt):
+                    record.progress = progress
+                    record.progress_message = message
 
     def list_tasks(self, query: TaskQuery) -> list[TaskRecord]:
         with self._lock:

@@ -134,14 +134,22 @@ class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore, P
         if lines:
             self._run(lambda conn: self._rows.append_lines(conn, task_id, lines), atomic=False)
 
-    def set_output(self, task_id: str, output: Any, *, log_lines: Sequence[LogLine] = ()) -> None:
-        self._run(lambda conn: self._rows.set_fields(conn, task_id, {"output": output}, log_lines))
+    def set_output(
+        self, task_id: str, output: Any, *, log_lines: Sequence[LogLine] = (), attempt: int | None = None
+    ) -> None:
+        self._run(lambda conn: self._rows.set_fields(conn, task_id, {"output": output}, log_lines, attempt))
 
     def set_progress(
-        self, task_id: str, progress: float, message: str | None = None, *, log_lines: Sequence[LogLine] = ()
+        self,
+        task_id: str,
+        progress: float,
+        message: str | None = None,
+        *,
+        log_lines: Sequence[LogLine] = (),
+        attempt: int | None = None,
     ) -> None:
         fields = {"progress": progress, "progress_message": message}
-        self._run(lambda conn: self._rows.set_fields(conn, task_id, fields, log_lines))
+        self._run(lambda conn: self._rows.set_fields(conn, task_id, fields, log_lines, attempt))
 
     def list_tasks(self, query: TaskQuery) -> list[TaskRecord]:
         sql, params = postgres_queries.page(self.s, COLUMNS, query)

@@ -278,18 +278,30 @@ class Rows:
             conn.execute("SELECT pg_notify(%s, %s)", (self.channel, step.task_id))
         return updated
 
-    def set_fields(self, conn: Any, task_id: str, scalars: dict[str, Any], lines: Sequence[LogLine]) -> None:
-        """Merge `scalars` (and `output`, if among them) into an existing record, after its `lines`."""
+    def set_fields(
+        self,
+        conn: Any,
+        task_id: str,
+        scalars: dict[str, Any],
+        lines: Sequence[LogLine],
+        attempt: int | None = None,
+    ) -> None:
+        """Merge `scalars` (and `output`, if among them) into an existing record, after its `lines`; with
+        `attempt`, only while the record is RUNNING at that attempt (`TaskStore.set_progress`)."""
         self.append_lines(conn, task_id, lines)
+        where, params = "id = %s", list[Any]([task_id])
+        if attempt is not None:
+            where += " AND status = 'RUNNING' AND (record->>'attempt')::bigint = %s"
+            params.append(attempt)
         if "output" in scalars:
             conn.execute(
-                f"UPDATE {self.s}.decortask_tasks SET output = %s::json WHERE id = %s",
-                (_dumps(scalars["output"]), task_id),
+                f"UPDATE {self.s}.decortask_tasks SET output = %s::json WHERE {where}",
+                (_dumps(scalars["output"]), *params),
             )
             return
         conn.execute(
-            f"UPDATE {self.s}.decortask_tasks SET record = record || %s::jsonb WHERE id = %s",
-            (_dumps(_scalars(scalars)), task_id),
+            f"UPDATE {self.s}.decortask_tasks SET record = record || %s::jsonb WHERE {where}",
+            (_dumps(_scalars(scalars)), *params),
         )
 
     def put_schedule(self, conn: Any, entry: Any) -> None:

@@ -269,23 +269,28 @@ return replies
 """
 )
 
-# KEYS: task, logs. ARGV: the number of log lines, those lines (JSON), then field name / JSON text pairs.
-# On an existing record: appends the lines to its log, then sets the fields (progress, output; not status).
+# KEYS: task, logs. ARGV: the attempt ('' for any), the number of log lines, those lines (JSON), then field
+# name / JSON text pairs. On an existing record: appends the lines to its log, then sets the fields (progress,
+# output; not status) if the record is RUNNING at that attempt.
 SET_FIELDS = (
     _HELPERS
     + r"""
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 local names, values = split_record(raw)
-local lines = tonumber(ARGV[1])
+local lines = tonumber(ARGV[2])
 if lines > 0 then
-  redis.call('RPUSH', KEYS[2], unpack(ARGV, 2, lines + 1))
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, 3, lines + 2))
   if EVENTS then
-    for i = 2, lines + 1 do emit_event('log', values, ARGV[i]) end
+    for i = 3, lines + 2 do emit_event('log', values, ARGV[i]) end
   end
 end
+-- ARGV[1]: the attempt the fields belong to ('' for any); a stale attempt's fields are not set.
+if ARGV[1] ~= '' and (values['status'] ~= '"RUNNING"' or tonumber(values['attempt']) ~= tonumber(ARGV[1])) then
+  return 0
+end
 local before = EVENTS and (values['progress'] or '') .. ',' .. (values['progress_message'] or '')
-redis.call('SET', KEYS[1], splice(names, values, ARGV, lines + 2, #ARGV))
+redis.call('SET', KEYS[1], splice(names, values, ARGV, lines + 3, #ARGV))
 if EVENTS and before ~= (values['progress'] or '') .. ',' .. (values['progress_message'] or '') then
   emit_event('progress', values)
 end

@@ -34,7 +34,7 @@ from . import (
     sqlite_steps,
     sqlite_workflow,
 )
-from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, TaskStore, TransitionStep
+from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, TaskStore, TransitionStep, running_at
 from .outbox_state import OutboxEntry, OutboxItem, OutboxStore
 from .periodic_state import PeriodicStateStore, ScheduleState
 from .sql_listing import queue_filter
@@ -148,11 +148,15 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore, SQLiteLimits, sqli
                 )
             )
 
-    def set_output(self, task_id: str, output: Any, *, log_lines: Sequence[LogLine] = ()) -> None:
+    def set_output(
+        self, task_id: str, output: Any, *, log_lines: Sequence[LogLine] = (), attempt: int | None = None
+    ) -> None:
         def body(conn: sqlite3.Connection) -> None:
             record = sqlite_rows.load(conn, task_id, logs=False)
             if record is not None:
                 sqlite_steps.append_lines(conn, task_id, log_lines)
+                if not running_at(record, attempt):
+                    return
                 record.output = output
                 conn.execute(
                     "UPDATE decortask_tasks SET record = ? WHERE id = ?", (sqlite_rows.blob(record), task_id)
@@ -161,12 +165,20 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore, SQLiteLimits, sqli
         self._run(body)
 
     def set_progress(
-        self, task_id: str, progress: float, message: str | None = None, *, log_lines: Sequence[LogLine] = ()
+        self,
+        task_id: str,
+        progress: float,
+        message: str | None = None,
+        *,
+        log_lines: Sequence[LogLine] = (),
+        attempt: int | None = None,
     ) -> None:
         def body(conn: sqlite3.Connection) -> None:
             record = sqlite_rows.load(conn, task_id, logs=False)
             if record is not None:
                 sqlite_steps.append_lines(conn, task_id, log_lines)
+                if not running_at(record, attempt):
+                    return
                 record.progress = progress
                 record.progress_message = message
                 conn.execute(
