@@ -91,6 +91,13 @@ def events(
                 states=[s.upper() for s in states] or None,
                 kinds=kinds or None,
             )
+            if subscriber.feed.bounds()[1] == 0:  # else a first user waits on a silent terminal, unsure why
+                click.echo(
+                    "decortask: no events were ever written to this store: events are off by default; turn "
+                    "them on where tasks are sent and run (DECORTASK_EVENTS=1, decortask worker --events). "
+                    "Waiting for some.",
+                    err=True,
+                )
             for event in subscriber.events(timeout):
                 click.echo(json.dumps(event.to_dict()) if as_json else f"{event.cursor} {event.line()}")
         except DecortaskError as exc:

@@ -322,6 +322,26 @@ def test_decortask_events_refuses_a_bad_since(events_app: Decortask) -> None:
     assert shown.returncode != 0 and "since must be 'now', 'oldest' or a cursor" in shown.stderr
 
 
+def test_decortask_events_on_a_store_that_never_had_events_says_they_are_off_by_default(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'quiet.db'}"
+    quiet = Decortask(url, url, set_default=False)  # events off, the default
+    bt.add.apply_async(args=(1, 2), app=quiet)
+    run_pending(quiet)
+    quiet.close()
+    shown = _decortask("events", "--store-url", url, "--timeout", "0.5")
+    assert shown.returncode == 0 and shown.stdout == "", shown.stderr
+    assert "no events were ever written to this store: events are off by default" in shown.stderr
+    assert "DECORTASK_EVENTS=1, decortask worker --events" in shown.stderr
+
+
+def test_decortask_events_says_nothing_of_the_setting_once_events_were_written(events_app: Decortask) -> None:
+    bt.add.apply_async(args=(1, 2), app=events_app)
+    shown = _decortask("events", "--store-url", events_app.settings.store_url, "--timeout", "0.5")
+    assert shown.returncode == 0 and "off by default" not in shown.stderr, shown.stderr
+
+
 def _line(text: str) -> Any:
     from decortask.store.base import LogLine
 
