@@ -14,7 +14,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import ConfigurationError, StoreError
+from ..errors import ConfigurationError, StoreError, missing_extra
 from ..security import mask_text
 from . import api, page, queries
 from .assets import SCRIPT, STYLES
@@ -162,10 +162,7 @@ def metrics_endpoint(
             try:
                 from ..contrib.prometheus import StoreMetrics
             except ImportError as exc:
-                return PlainTextResponse(
-                    f"/metrics needs the 'metrics' extra ({exc.name or exc}): pip install 'decortask[metrics]'",
-                    status_code=501,
-                )
+                return PlainTextResponse(str(missing_extra("/metrics", "metrics", exc)), status_code=501)
             built.append(StoreMetrics(app, queues))
         from ..contrib.prometheus import CONTENT_TYPE_LATEST
 
