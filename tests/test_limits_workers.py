@@ -140,7 +140,6 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
     return most
 
 
-@pytest.mark.parametrize("rig", ["redis"], indirect=True)
 def test_each_key_gets_its_own_rate(rig: Rig) -> None:
     workers = two_workers(rig)
     try:
