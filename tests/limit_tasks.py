@@ -67,3 +67,11 @@ def free(ctx: TaskContext, n: int, seconds: float) -> int:
     time.sleep(seconds)
     note(ctx, "end", n=n)
     return n
+
+
+@task(name="lt.solo_per_tenant", concurrency_limit=1, concurrency_key=lambda tenant, n, seconds: tenant)
+def solo_per_tenant(ctx: TaskContext, tenant: str, n: int, seconds: float) -> int:
+    note(ctx, "start", key=tenant, n=n)
+    time.sleep(seconds)
+    note(ctx, "end", key=tenant, n=n)
+    return n

@@ -150,3 +150,26 @@ def test_each_key_gets_its_own_rate(rig: Rig) -> None:
     for tenant in ("acme", "globex"):
         assert most_in_a_window(starts(rig, "lt.tenant", tenant)) <= 2
     assert most_in_a_window(starts(rig, "lt.tenant")) >= 4  # two keys: two limits, not one shared
+
+
+def test_each_key_gets_its_own_concurrency_limit(rig: Rig) -> None:
+    workers = two_workers(rig)
+    try:
+        handles = [
+            lt.solo_per_tenant.delay(tenant, n, 0.3) for n in range(5) for tenant in ("acme", "globex")
+        ]
+        finish(handles, 60, rig)
+    finally:
+        stop(workers)
+    notes = lt.read_notes(str(rig.effects), "lt.solo_per_tenant")
+    ends = {n["id"]: float(str(n["ts"])) for n in notes if n["event"] == "end"}
+
+    def intervals(key: str | None) -> list[tuple[float, float]]:
+        starts = [n for n in notes if n["event"] == "start" and (key is None or n["key"] == key)]
+        return [(float(str(n["ts"])), ends[n["id"]]) for n in starts]
+
+    for tenant in ("acme", "globex"):
+        assert max_overlap(intervals(tenant)) == 1, intervals(tenant)
+    both = max_overlap(intervals(None))
+    print(f"[{rig.kind}] one at a time per key; {both} at once across the two keys")
+    assert both == 2  # two keys: two places, not one shared
