@@ -227,9 +227,10 @@ class Worker:
         name = signal.Signals(signum).name
         if not self._stop.is_set():
             logger.warning(
-                "%s: no longer consuming; running tasks have %.0f s to finish (SIGINT again interrupts them)",
+                "%s: no longer consuming; running tasks have %.0f s to finish (%s interrupts them now)",
                 name,
                 self.grace,
+                "Ctrl-C again" if signum == signal.SIGINT else "SIGINT (Ctrl-C)",  # SIGTERM never does
             )
             self._stop.set()
         elif signum == signal.SIGINT:

@@ -80,3 +80,21 @@ def test_a_signal_during_the_wait_for_outcomes_does_not_stretch_it(worker: Worke
         late_outcome.cancel()
     # The wait ended on its own timeout: the task's outcome had not come, so nothing was settled.
     assert (worker._in_flight, session.acked) == (1, [])
+
+
+@pytest.mark.parametrize(
+    ("signum", "hint"),
+    [
+        (signal.SIGTERM, "SIGINT (Ctrl-C) interrupts them now"),
+        (signal.SIGINT, "Ctrl-C again interrupts them now"),
+    ],
+)
+def test_the_first_stop_signal_names_what_interrupts_running_tasks(
+    worker: Worker, caplog: pytest.LogCaptureFixture, signum: int, hint: str
+) -> None:
+    """After a SIGTERM the line said "SIGINT again", as if a SIGINT had come before."""
+    with caplog.at_level("WARNING", logger="decortask.worker"):
+        worker._on_signal(signum, None)
+    (line,) = [r.getMessage() for r in caplog.records if "no longer consuming" in r.getMessage()]
+    assert line.startswith(f"{signal.Signals(signum).name}: no longer consuming") and hint in line, line
+    assert "again" not in line or signum == signal.SIGINT
