@@ -331,7 +331,7 @@ def test_rate_limit_becomes_the_cluster_wide_limit(monkeypatch: pytest.MonkeyPat
     ("options", "named"),
     [
         ({"task_id": "abc"}, "option task_id= is not supported"),
-        ({"link": None}, "option link= is not supported: callbacks are canvas"),
+        ({"link": print}, "link=<built-in function print> is not supported: link= takes signatures"),
         ({"routing_key": "x"}, "option routing_key= is not supported: route with queue="),
         ({"retry_policy": {}}, "unknown option(s) retry_policy"),
     ],
@@ -354,9 +354,11 @@ def test_retry_refuses_new_arguments_and_throw_false() -> None:
         changes_args("throw")
 
 
-def test_canvas_says_it_is_not_available_yet() -> None:
-    for make in (tasks.add.signature, tasks.add.map, tasks.add.starmap, tasks.add.chunks):
-        with pytest.raises(UnsupportedCeleryFeature, match=re.escape("not available yet (issue 13)")):
+def test_canvas_hands_over_to_decortask_signatures_and_names_what_to_use_for_the_rest() -> None:
+    """The canvas itself is tested in tests/test_compat_celery_canvas.py."""
+    assert tasks.add.signature((1, 2)) == tasks.add.native.s(1, 2)
+    for make in (tasks.add.map, tasks.add.starmap, tasks.add.chunks):
+        with pytest.raises(UnsupportedCeleryFeature, match=re.escape("use group(")):
             make((1, 2))
 
 

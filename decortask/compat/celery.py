@@ -20,10 +20,21 @@ from datetime import datetime, timezone
 from typing import Any, NoReturn
 
 from ..app import Decortask
+from ..canvas import Signature
 from ..context import TaskContext, current_task_context
 from ..errors import ConfigurationError, DecortaskError, Retry, TaskDefinitionError
 from ..task import Task as NativeTask
 from ..task import task as native_task
+from .celery_canvas import (
+    UnsupportedCeleryFeature,
+    call_signature,
+    chain,
+    chord,
+    group,
+    linked,
+    maybe_signature,
+    signature,
+)
 from .celery_result import CELERY_STATES, AsyncResult
 from .celery_result import AsyncResult as Result  # the name inside classes that define an AsyncResult method
 
@@ -77,8 +88,6 @@ REFUSED_TASK_OPTIONS = {
 #: apply_async() options with a reason they cannot be honoured.
 REFUSED_CALL_OPTIONS = {
     "task_id": "decortask chooses the id: read it from the returned result's .id",
-    "link": "callbacks are canvas, which is not available here yet (issue 13)",
-    "link_error": "error callbacks are canvas, which is not available here yet (issue 13)",
     "routing_key": "route with queue=",
     "exchange": "route with queue=",
     "headers": "pass what the task needs as arguments, or tags= (strings stored with the task)",
@@ -86,10 +95,6 @@ REFUSED_CALL_OPTIONS = {
 }
 
 _RETRY_KWARGS = frozenset({"countdown", "max_retries"})
-
-
-class UnsupportedCeleryFeature(DecortaskError, NotImplementedError):
-    """A Celery feature that `decortask.compat.celery` does not provide (the message says what to use)."""
 
 
 class MaxRetriesExceededError(DecortaskError):
@@ -191,13 +196,6 @@ def _exception_classes(where: str, option: str, value: Any) -> tuple[type[BaseEx
 def _utc(when: datetime) -> datetime:
     """Celery reads a naive datetime as UTC (its default `enable_utc`); decortask wants an aware one."""
     return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
-
-
-def _canvas_unavailable(what: str) -> UnsupportedCeleryFeature:
-    return UnsupportedCeleryFeature(
-        f"{what}: canvas (signatures, chain, group, chord) is not available yet (issue 13); call the tasks "
-        "one after another with .delay() and .get() meanwhile"
-    )
 
 
 class Task:
@@ -410,12 +408,16 @@ class Task:
         queue: str | None = None,
         serializer: str | None = None,
         ignore_result: bool | None = None,
+        link: Any = None,
+        link_error: Any = None,
         **options: Any,
     ) -> Result:
         """Enqueue with per-call options, as Celery's `apply_async`; returns an `AsyncResult`.
 
         decortask's own call options (`idempotency_key=`, `tags=`, `confirm=`) are accepted too. A naive
-        `eta`/`expires` datetime is read as UTC, as Celery does.
+        `eta`/`expires` datetime is read as UTC, as Celery does. `link=` signatures are sent with the result
+        first in their arguments once the task succeeded, `link_error=` ones with the failed task's id
+        (Celery's `errback(task_id)` form) once it did not (docs/workflows.md#link-and-link_error).
         """
         del ignore_result  # every outcome is stored; reading it is up to the caller
         where = f"{self.name}.apply_async()"
@@ -439,6 +441,8 @@ class Task:
             priority=priority,
             queue=queue,
             app=self._app,
+            link=linked(where, "link", link),
+            link_error=linked(where, "link_error", link_error),
             **options,
         )
         return Result(handle.id, handle.app, handle=handle)
@@ -447,31 +451,47 @@ class Task:
         """The result of an earlier call of this task, by id."""
         return Result(task_id, self._app)
 
-    def s(self, *args: Any, **kwargs: Any) -> Any:
-        """A signature of this call, when decortask has them (issue 13); else `UnsupportedCeleryFeature`."""
-        make = getattr(self.native, "s", None)
-        if make is None:
-            raise _canvas_unavailable(f"{self.name}.s()")
-        return make(*args, **kwargs)
+    def s(self, *args: Any, **kwargs: Any) -> Signature[Any]:
+        """A signature of this call (decortask's, of `.native`): in a chain the previous result comes first."""
+        return self.native.s(*args, **kwargs)
 
-    def si(self, *args: Any, **kwargs: Any) -> Any:
-        """An immutable signature, when decortask has them (issue 13); else `UnsupportedCeleryFeature`."""
-        make = getattr(self.native, "si", None)
-        if make is None:
-            raise _canvas_unavailable(f"{self.name}.si()")
-        return make(*args, **kwargs)
+    def si(self, *args: Any, **kwargs: Any) -> Signature[Any]:
+        """An immutable signature: in a chain it ignores the previous step's result."""
+        return self.native.si(*args, **kwargs)
 
-    def signature(self, *args: Any, **kwargs: Any) -> Any:
-        raise _canvas_unavailable(f"{self.name}.signature()")
+    def signature(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        **extra: Any,
+    ) -> Signature[Any]:
+        """Celery's `task.signature(args, kwargs, countdown=..., immutable=...)`: a decortask signature with
+        call options `countdown`, `queue`, `priority`, `expires`; others raise, named."""
+        return call_signature(self.name, args, kwargs, options, **extra)
 
-    def map(self, *args: Any, **kwargs: Any) -> Any:
-        raise _canvas_unavailable(f"{self.name}.map() (for many calls at once see {self.name}.native.map)")
+    subtask = signature
 
-    def starmap(self, *args: Any, **kwargs: Any) -> Any:
-        raise _canvas_unavailable(f"{self.name}.starmap()")
+    def map(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise UnsupportedCeleryFeature(
+            f"{self.name}.map(): Celery's map (one task looping over the items) has no decortask equivalent; "
+            f"use group({self.name.rsplit('.', 1)[-1]}.s(item) for item in items) to run one task per item "
+            "in parallel, or .native.map(items) to enqueue them"
+        )
 
-    def chunks(self, *args: Any, **kwargs: Any) -> Any:
-        raise _canvas_unavailable(f"{self.name}.chunks()")
+    def starmap(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise UnsupportedCeleryFeature(
+            f"{self.name}.starmap(): Celery's starmap has no decortask equivalent; use "
+            f"group({self.name.rsplit('.', 1)[-1]}.s(*item) for item in items) to run one task per item "
+            "in parallel"
+        )
+
+    def chunks(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise UnsupportedCeleryFeature(
+            f"{self.name}.chunks(): Celery's chunks has no decortask equivalent; write a task that takes a "
+            "list of items and loops over it, and use group(that.s(items[i:i + n]) for i in "
+            "range(0, len(items), n))"
+        )
 
     def __repr__(self) -> str:
         return f"<@task: {self.name}>"
@@ -527,5 +547,10 @@ __all__ = [
     "Request",
     "Task",
     "UnsupportedCeleryFeature",
+    "chain",
+    "chord",
+    "group",
+    "maybe_signature",
     "shared_task",
+    "signature",
 ]
