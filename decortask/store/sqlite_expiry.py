@@ -30,7 +30,7 @@ _TERMINAL_VALUES = tuple(sorted(s.value for s in TERMINAL))
 # INDEXED BY: without statistics the planner may prefer the (status, created_at) index, and would then
 # walk every terminal record, expired or not, in every batch.
 _EXPIRED_IDS = (
-    "SELECT id FROM decortask_tasks INDEXED BY decortask_tasks_expires "
+    "SELECT id FROM decortask_tasks INDEXED BY decortask_tasks_expiring "
     f"WHERE expires_at <= ? AND status IN ({', '.join('?' * len(_TERMINAL_VALUES))}) LIMIT ?"
 )
 #: `PRAGMA auto_vacuum` of a file created with incremental auto-vacuum.

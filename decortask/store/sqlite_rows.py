@@ -39,7 +39,12 @@ SCHEMA = (
     # name or queue that matches rarely in a very large store costs a scan. Files from before drop them.
     "DROP INDEX IF EXISTS decortask_tasks_name",
     "DROP INDEX IF EXISTS decortask_tasks_queue",
-    "CREATE INDEX IF NOT EXISTS decortask_tasks_expires ON decortask_tasks (expires_at)",
+    # The purge's (sqlite_expiry.py): only ended records have an expiry time, so the others are left out, and
+    # neither an enqueue nor a claim writes to it (one page fewer each). Replaces the full index of older
+    # files.
+    "CREATE INDEX IF NOT EXISTS decortask_tasks_expiring ON decortask_tasks (expires_at)"
+    " WHERE expires_at IS NOT NULL",
+    "DROP INDEX IF EXISTS decortask_tasks_expires",
     # Log lines in order of seq: a new rowid is always above every existing one.
     "CREATE TABLE IF NOT EXISTS decortask_logs (seq INTEGER PRIMARY KEY, task_id TEXT NOT NULL,"
     " line TEXT NOT NULL)",
