@@ -47,6 +47,18 @@ def test_the_late_results_example_merges_hot_and_wakes_the_follow_up(tmp_path: P
     assert "late result: restock: SUCCESS -> south restocked" in out
 
 
+def test_the_celery_canvas_example_runs_the_celery_guides_workflows_with_one_changed_import(
+    tmp_path: Path,
+) -> None:
+    out = run_example("examples.celery_canvas", tmp_path)
+    assert "chain: 16, 640" in out
+    assert "group: [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]" in out
+    assert "chord: 90, 90" in out
+    assert "bound step: 3 (by examples.celery_canvas.stamp)" in out
+    assert "link: 20" in out
+    assert "link_error: builtins.ValueError: 7 is not welcome" in out
+
+
 def run_example(module: str, cwd: Path) -> str:
     """Run `python -m module` in `cwd` with no DECORTASK_ settings; its output, once it exited with 0."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DECORTASK_")}
