@@ -53,13 +53,23 @@ def mask_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return _USERINFO_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", url)
+    # libpq and redis-py also take the password as a query parameter (`?password=...`, `sslpassword=`).
+    query = "&".join(
+        f"{field.split('=', 1)[0]}={MASK}"
+        if "=" in field and is_secret_name(field.split("=", 1)[0])
+        else field
+        for field in parts.query.split("&")
+    )
     if parts.password is None:
-        return url
+        if query == parts.query:
+            return url
+        # Not urlunsplit: it turns an empty host's `postgresql:///db` into `postgresql:/db`.
+        return f"{url.partition('?')[0]}?{query}" + (f"#{parts.fragment}" if parts.fragment else "")
     host = parts.hostname or ""
     if parts.port is not None:
         host = f"{host}:{parts.port}"
     netloc = f"{parts.username or ''}:{MASK}@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def is_secret_name(name: str) -> bool:

@@ -116,6 +116,40 @@ def test_a_store_error_masks_the_password(tmp_path: Path) -> None:
     assert SENTINEL not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        (
+            "postgresql://app@db:5432/app?password=PW&schema=x",
+            "postgresql://app@db:5432/app?password=****&schema=x",
+        ),
+        ("postgresql:///app?host=/run/pg&password=PW", "postgresql:///app?host=/run/pg&password=****"),
+        ("redis://127.0.0.1:6379/1?password=PW", "redis://127.0.0.1:6379/1?password=****"),
+        ("postgresql://app:PW@db/app?sslpassword=PW", "postgresql://app:****@db/app?sslpassword=****"),
+        ("redis://127.0.0.1:6379/1?namespace=n", "redis://127.0.0.1:6379/1?namespace=n"),
+    ],
+)
+def test_a_password_given_as_a_url_query_parameter_is_masked_too(url: str, masked: str) -> None:
+    """libpq and redis-py take `?password=`; `decortask tasks` printed it in its 'reading the store' line."""
+    from decortask.security import mask_url
+
+    assert mask_url(url) == masked
+
+
+def test_decortask_tasks_masks_a_query_parameter_password_in_what_it_says_it_reads(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:1/0?password={SENTINEL}"
+    shown = subprocess.run(
+        [sys.executable, "-m", "decortask", "tasks", "--store-url", url],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert SENTINEL not in shown.stdout + shown.stderr
+    assert "password=****" in shown.stdout + shown.stderr
+
+
 # -- issue 10 item 3: the sanitizer masks values, never the words of decortask's own advice -------------------
 
 
