@@ -42,3 +42,15 @@ def error_handler(uuid):
     result = AsyncResult(uuid)
     exc = result.get(propagate=False)
     return f"Task {uuid} raised exception: {exc.error_type}: {exc.error_message}"
+
+
+@shared_task(name="celery_canvas.log_error")
+def log_error(request, exc, traceback):
+    """An errback as Celery's Canvas guide writes them: the failed task's request, exception and traceback."""
+    return {
+        "id": request.id,
+        "task": request.task,
+        "args": list(request.args),
+        "exc": f"{exc.error_type}: {exc.error_message}",
+        "traceback": traceback.strip().splitlines()[-1],
+    }

@@ -27,8 +27,10 @@ from decortask.compat.celery import (
     chord,
     group,
     maybe_signature,
+    shared_task,
     signature,
 )
+from decortask.compat.celery_errback import ERRBACK_TASK, takes_request
 
 # -- the Celery guide's examples under a real worker ---------------------------------------------------------
 
@@ -118,6 +120,20 @@ def test_link_calls_back_with_the_result_and_link_error_with_the_failed_tasks_id
     assert canvas_worker.store.get(derived_id(bad.id, "link:0")) is None
 
 
+def test_an_errback_taking_request_exc_and_traceback_gets_the_failed_tasks(canvas_worker: Decortask) -> None:
+    bad = tasks.fails.apply_async((7,), link_error=tasks.log_error.s())
+
+    errback = TaskHandle(canvas_worker, derived_id(bad.id, "link_error:0"), ERRBACK_TASK)
+    poll_until(lambda: canvas_worker.store.get(errback.id), 60, "the errback to be sent")
+    assert errback.get(timeout=60) == {
+        "id": bad.id,
+        "task": "celery_canvas.fails",
+        "args": [7],
+        "exc": "builtins.ValueError: 7 is not welcome",
+        "traceback": "ValueError: 7 is not welcome",
+    }
+
+
 def test_a_chain_stops_at_a_failing_celery_style_step(canvas_worker: Decortask) -> None:
     result = (tasks.add.s(1, 1) | tasks.fails.s() | tasks.add.s(1)).apply_async()
 
@@ -202,3 +218,28 @@ def test_link_that_is_not_a_signature_is_refused_saying_what_to_pass(
 ) -> None:
     with pytest.raises(UnsupportedCeleryFeature, match=re.escape("link= takes signatures (task.s(...)")):
         tasks.add.apply_async((1, 2), link=link)
+
+
+def test_errbacks_are_called_as_celery_decides_by_their_arity() -> None:
+    def by_id(uuid: str) -> None: ...
+    def by_request(request: Any, exc: Any, traceback: Any) -> None: ...
+    def by_args(*args: Any) -> None: ...
+    def bound(self: Any, uuid: str) -> None: ...
+
+    assert (takes_request(by_id, False), takes_request(by_request, False), takes_request(by_args, False)) == (
+        False,
+        True,
+        True,
+    )
+    assert takes_request(bound, True) is False  # a bind=True errback gets the id, as in Celery
+
+
+def test_a_request_style_errback_with_its_own_arguments_runs_eagerly(decortask_eager: Decortask) -> None:
+    @shared_task(name="compat.canvas.notify")
+    def notify(request: Any, exc: Any, traceback: Any, channel: str) -> str:
+        return f"{channel}: {request.task}{list(request.args)} {exc.error_message}"
+
+    bad = tasks.fails.apply_async((3,), link_error=notify.s("ops"))
+
+    errback = TaskHandle(decortask_eager, derived_id(bad.id, "link_error:0"), ERRBACK_TASK)
+    assert errback.get(timeout=5) == "ops: celery_canvas.fails[3] 3 is not welcome"

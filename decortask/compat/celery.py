@@ -14,8 +14,6 @@ import inspect
 import random
 import sys
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, NoReturn
 
@@ -35,6 +33,8 @@ from .celery_canvas import (
     maybe_signature,
     signature,
 )
+from .celery_errback import errback_signatures, remember_errback
+from .celery_request import Request, current_request
 from .celery_result import CELERY_STATES, AsyncResult
 from .celery_result import AsyncResult as Result  # the name inside classes that define an AsyncResult method
 
@@ -99,38 +99,6 @@ _RETRY_KWARGS = frozenset({"countdown", "max_retries"})
 
 class MaxRetriesExceededError(DecortaskError):
     """`self.retry()` was called with no retries left and no `exc` to raise instead (as in Celery)."""
-
-
-@dataclass(frozen=True)
-class Request:
-    """What a running task knows of its call: Celery's `self.request`.
-
-    Attributes:
-        id: the task id; None in a direct call (`task(...)` run here), as in Celery.
-        retries: how many times this task has been retried so far (0 on the first attempt).
-        args: the positional arguments of this run (after a defaulted parameter, arguments come by keyword).
-        kwargs: the keyword arguments of this run.
-        task: the registered task name.
-        hostname: the worker running it (decortask's worker id, `host:pid:random`), None when called directly.
-        delivery_info: `{"routing_key": queue, "queue": queue}`; empty when called directly.
-        called_directly: True when the function runs in a plain call, not on a worker.
-    """
-
-    id: str | None = None
-    retries: int = 0
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    task: str | None = None
-    hostname: str | None = None
-    delivery_info: dict[str, Any] = field(default_factory=dict)
-    called_directly: bool = True
-
-    @property
-    def is_eager(self) -> bool:
-        return False
-
-
-_current_request: ContextVar[Request | None] = ContextVar("decortask_celery_request", default=None)
 
 
 def _checked_options(fn: Callable[..., Any], options: Mapping[str, Any]) -> dict[str, Any]:
@@ -232,6 +200,7 @@ class Task:
         self._app = app
         self.native: NativeTask[..., Any] = native_task(**self._native_options(checked))(self._runner(where))
         self.name = self.native.name
+        remember_errback(self.name, fn, self.bind, self.native.options.queue)
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", self.name)
         self.__qualname__ = getattr(fn, "__qualname__", self.name)
@@ -295,7 +264,7 @@ class Task:
 
     def _invoke(self, request: Request, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
         """Run the function with `request` current, turning an `autoretry_for` exception into `retry()`."""
-        token = _current_request.set(request)
+        token = current_request.set(request)
         try:
             return self.run(*((self, *args) if self.bind else args), **kwargs)
         except Retry:
@@ -308,7 +277,7 @@ class Task:
                 retry_kwargs["countdown"] = self.backoff_countdown(request.retries)
             self.retry(exc=exc, **retry_kwargs)
         finally:
-            _current_request.reset(token)
+            current_request.reset(token)
 
     def backoff_countdown(self, retries: int) -> float:
         """Celery's `retry_backoff` delay before retry number `retries + 1`: `retry_backoff * 2**retries`
@@ -322,7 +291,7 @@ class Task:
     @property
     def request(self) -> Request:
         """The running call's request (`self.request.id`, `.retries`...); an empty one outside a task."""
-        return _current_request.get() or Request(task=self.name)
+        return current_request.get() or Request(task=self.name)
 
     def retry(
         self,
@@ -416,8 +385,9 @@ class Task:
 
         decortask's own call options (`idempotency_key=`, `tags=`, `confirm=`) are accepted too. A naive
         `eta`/`expires` datetime is read as UTC, as Celery does. `link=` signatures are sent with the result
-        first in their arguments once the task succeeded, `link_error=` ones with the failed task's id
-        (Celery's `errback(task_id)` form) once it did not (docs/workflows.md#link-and-link_error).
+        first in their arguments once the task succeeded, `link_error=` ones once it did not: with the failed
+        task's id, or as Celery does with `(request, exc, traceback)` for an errback taking more than one
+        positional argument (`celery_errback`).
         """
         del ignore_result  # every outcome is stored; reading it is up to the caller
         where = f"{self.name}.apply_async()"
@@ -442,7 +412,7 @@ class Task:
             queue=queue,
             app=self._app,
             link=linked(where, "link", link),
-            link_error=linked(where, "link_error", link_error),
+            link_error=errback_signatures(linked(where, "link_error", link_error)),
             **options,
         )
         return Result(handle.id, handle.app, handle=handle)
