@@ -215,3 +215,34 @@ def test_buffered_deliveries_reach_the_consumer_whole_without_py_amqps_frame_han
     finally:
         session.close()
     assert transport.queue_size(queue) == 0
+
+
+def test_a_delivery_arriving_into_an_empty_buffer_is_read_whole_and_taken_whole(
+    transport: BrokerTransport, queue: str
+) -> None:
+    _publish(transport, queue, 5)
+    session = transport.open_consumer([queue], prefetch=1)  # one at a time: each lands in an empty buffer
+    raw = session._conn._connection  # type: ignore[union-attr]
+    frames = 0
+    on_frame = raw.on_inbound_frame
+
+    def counted(frame: tuple[int, int, bytes]) -> object:
+        nonlocal frames
+        frames += 1
+        return on_frame(frame)
+
+    raw.on_inbound_frame = counted
+    try:
+        bodies = []
+        for _ in range(5):
+            (delivery,) = receive(session, 1)
+            bodies.append(delivery.body)
+            session.ack(delivery)
+            session.send_acks()
+        assert bodies == [b"0", b"1", b"2", b"3", b"4"]
+        # 15 frames; the socket is read before the buffer is looked at, so each delivery is taken whole
+        # (one split by the network, rare on a local broker, would send its frames py-amqp's way).
+        assert frames <= 6, f"{frames} frames went through py-amqp's frame handler"
+    finally:
+        session.close()
+    assert transport.queue_size(queue) == 0

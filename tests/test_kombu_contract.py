@@ -324,6 +324,13 @@ RELIED: list[Relied] = [
         "buffered_frame reads the header as read_frame does",
         AMQP,
     ),
+    _uses("amqp.transport._UNAVAIL", "fill() keeps the transport connected on them, as read_frame", by=AMQP),
+    _call(
+        "amqp.transport._AbstractTransport.having_timeout",
+        "(self, timeout)",
+        "fill() reads under the caller's timeout, as read_frame",
+        by=AMQP,
+    ),
     _call(
         "amqp.Channel._on_basic_deliver",
         "(self, consumer_tag, delivery_tag, redelivered, exchange, routing_key, msg)",

@@ -9,7 +9,8 @@ that times out part-way keeps its bytes (`read_frame` puts them back in `_read_b
 unchanged; tests/test_kombu_contract.py checks the method this replaces.
 
 One recv brings a whole prefetch window of deliveries, so most frames are in the buffer already: for those
-`BufferedConnection.blocking_read` cuts the frame out of the buffer itself (`buffered_frame`), skipping
+`BufferedConnection.blocking_read` cuts the frame out of the buffer itself (`buffered_frame`; with an empty
+buffer it first reads what the socket holds, `fill`), skipping
 py-amqp's per-frame socket-timeout context (two `settimeout` calls and a generator) and its three reads.
 A delivery whose three frames (basic.deliver, content header, one body frame) are all buffered goes
 straight to the channel's `_on_basic_deliver`, as py-amqp's frame handler and `dispatch_method` would hand
@@ -22,13 +23,14 @@ from __future__ import annotations
 
 import errno
 import select
+import socket
 import struct
 from collections.abc import Callable
 from typing import Any
 
 from amqp.basic_message import Message
 from amqp.serialization import loads
-from amqp.transport import TCPTransport
+from amqp.transport import _UNAVAIL, TCPTransport
 from kombu.transport import pyamqp
 
 #: Most bytes one `recv` takes. The broker sends at most the prefetch window of deliveries ahead, so the
@@ -76,6 +78,27 @@ class BufferedTCPTransport(TCPTransport):  # type: ignore[misc]  # py-amqp is un
                 raise
         result, self._read_buffer = rbuf[:n], rbuf[n:]
         return result
+
+    def frame_buffered(self) -> bool:
+        """Whether the buffer holds at least one whole frame (header, payload and end octet)."""
+        rbuf = self._read_buffer
+        return len(rbuf) >= 8 and len(rbuf) > 7 + _FRAME_HEADER.unpack_from(rbuf)[2]
+
+    def fill(self) -> None:
+        """Add what the socket holds (at least one byte, waiting up to the socket's timeout) to the buffer.
+
+        Raises as py-amqp's `read_frame` does: `socket.timeout` with the buffer kept, and an `OSError` that
+        marks the transport disconnected unless the socket was only unavailable for now.
+        """
+        try:
+            got = self._read(len(self._read_buffer) + 1, True)
+        except socket.timeout:
+            raise
+        except OSError as exc:
+            if exc.errno not in _UNAVAIL:
+                self.connected = False
+            raise
+        self._read_buffer = got + self._read_buffer
 
     def buffered_frame(self) -> tuple[int, int, bytes] | None:
         """The next frame as `read_frame` returns it, if the buffer holds all of it; else None, and the
@@ -153,6 +176,9 @@ class BufferedConnection(pyamqp.Connection):  # type: ignore[misc]
         """py-amqp's `blocking_read`, without touching the socket when the next frame is buffered whole."""
         transport = self._transport
         if isinstance(transport, BufferedTCPTransport):
+            if not transport.frame_buffered():  # read first, so a delivery that arrives whole is taken whole
+                with transport.having_timeout(timeout):
+                    transport.fill()
             delivery = transport.buffered_delivery()
             if delivery is not None and self._deliver(transport, delivery):
                 return True
