@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import errno
 import select
-import socket
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -92,7 +91,7 @@ class BufferedTCPTransport(TCPTransport):  # type: ignore[misc]  # py-amqp is un
         """
         try:
             got = self._read(len(self._read_buffer) + 1, True)
-        except socket.timeout:
+        except TimeoutError:  # socket.timeout: the caller's wait ran out, the buffer is kept
             raise
         except OSError as exc:
             if exc.errno not in _UNAVAIL:
