@@ -93,6 +93,17 @@ class BrokerTransport:
 
     def connection(self) -> kombu.Connection:
         """A new, not yet connected kombu connection for this broker."""
+        try:
+            return self._connection()
+        except TypeError as exc:  # kombu turns each ?name=value of the URL into a keyword argument
+            if "unexpected keyword argument" not in str(exc):
+                raise
+            raise ConfigurationError(
+                f"broker URL {self.url_masked!r}: an option in its query string is not one kombu knows ({exc}); "
+                "remove it (namespace= and schema= are options of the store URL, not the broker's)"
+            ) from None
+
+    def _connection(self) -> kombu.Connection:
         if self.scheme == "sqlite":
             from .transports.sqlite import SQLiteTransport
 

@@ -36,7 +36,7 @@ from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import ConfigurationError, IllegalTransition, StoreError
-from ..security import mask_url
+from ..security import mask_text, mask_url
 from ..states import ALLOWED, HOLDS_IDEMPOTENCY_KEY, TERMINAL, TaskStatus, check_transition
 from . import redis_events, redis_wait
 from . import redis_scripts as scripts
@@ -86,8 +86,15 @@ class RedisStore(
             self._client: Any = redis.Redis.from_url(
                 client_url, decode_responses=True, socket_connect_timeout=5
             )
-        except (ValueError, RedisError) as exc:
-            raise ConfigurationError(f"invalid Redis store URL {self._masked!r}: {exc}") from exc
+            pool = self._client.connection_pool
+            pool.connection_class(
+                **pool.connection_kwargs
+            )  # refuses an unknown ?option now; connects nothing
+        except (ValueError, TypeError, RedisError) as exc:
+            raise ConfigurationError(
+                f"invalid Redis store URL {self._masked!r}: {mask_text(str(exc))}; the query string takes "
+                "namespace= and the options of redis-py's Redis.from_url"
+            ) from exc
         ns = self.namespace
         self._created = f"{ns}:index:created"
         self._expires = f"{ns}:index:expires"
