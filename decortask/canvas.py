@@ -257,6 +257,10 @@ class Chain(Generic[R]):
         """`apply_async()`."""
         return self.apply_async()
 
+    def __call__(self) -> WorkflowHandle[R]:
+        """`apply_async()`: calling a workflow sends it, as Celery's `chain(...)()` does."""
+        return self.apply_async()
+
 
 class Group:
     """Parts run in parallel; the handle's `get()` returns their results in order."""
@@ -284,6 +288,10 @@ class Group:
 
     def delay(self) -> GroupHandle:
         """`apply_async()`."""
+        return self.apply_async()
+
+    def __call__(self) -> GroupHandle:
+        """`apply_async()`: calling a workflow sends it, as Celery's `chain(...)()` does."""
         return self.apply_async()
 
 
@@ -320,6 +328,10 @@ class Chord(Generic[R]):
 
     def delay(self) -> WorkflowHandle[R]:
         """`apply_async()`."""
+        return self.apply_async()
+
+    def __call__(self) -> WorkflowHandle[R]:
+        """`apply_async()`: calling a workflow sends it, as Celery's `chain(...)()` does."""
         return self.apply_async()
 
 

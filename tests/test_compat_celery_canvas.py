@@ -68,7 +68,7 @@ def canvas_worker(
 
 
 def test_a_chain_of_celery_style_signatures_feeds_each_result_to_the_next(canvas_worker: Decortask) -> None:
-    piped = (tasks.add.s(2, 2) | tasks.add.s(4) | tasks.add.s(8)).apply_async()
+    piped = (tasks.add.s(2, 2) | tasks.add.s(4) | tasks.add.s(8))()
     chained = chain(tasks.add.s(4, 4), tasks.mul.s(8), tasks.mul.s(10)).apply_async()
 
     assert piped.get(timeout=60) == 16
@@ -76,18 +76,20 @@ def test_a_chain_of_celery_style_signatures_feeds_each_result_to_the_next(canvas
 
 
 def test_a_group_returns_its_members_results_in_order(canvas_worker: Decortask) -> None:
-    result = group(tasks.add.s(i, i) for i in range(10)).apply_async()
+    result = group(tasks.add.s(i, i) for i in range(10))()
 
     assert result.get(timeout=60) == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]
 
 
-def test_a_chord_calls_its_callback_with_the_headers_results_both_ways_celery_writes_it(
+def test_a_chord_calls_its_callback_with_the_headers_results_every_way_celery_writes_it(
     canvas_worker: Decortask,
 ) -> None:
     written_whole = chord((tasks.add.s(i, i) for i in range(10)), tasks.xsum.s()).apply_async()
+    called = chord((tasks.add.s(i, i) for i in range(10)), tasks.xsum.s())()
     header_then_callback = chord(tasks.add.s(i, i) for i in range(10))(tasks.xsum.s())
 
     assert written_whole.get(timeout=60) == 90
+    assert called.get(timeout=60) == 90
     assert header_then_callback.get(timeout=60) == 90
 
 

@@ -396,6 +396,13 @@ def test_link_refuses_what_is_not_a_signature(app: Decortask) -> None:
         wt.add.apply_async((1, 1), link=[wt.mul])  # type: ignore[list-item]
 
 
+def test_calling_a_chain_a_group_or_a_chord_sends_it_as_celery_does() -> None:
+    with isolated_app() as app, eager(app):
+        assert (wt.add.s(2, 2) | wt.add.s(4) | wt.add.s(8))().get(timeout=0) == 16
+        assert group(wt.add.s(i, i) for i in range(3))().get(timeout=0) == [0, 2, 4]
+        assert chord([wt.add.s(i, i) for i in range(3)], wt.tsum.s())().get(timeout=0) == 6
+
+
 def test_eager_mode_runs_a_whole_workflow_before_apply_async_returns() -> None:
     with isolated_app() as app, eager(app):
         steps = chain(wt.add.s(1, 1), wt.mul.s(10), wt.add.s(1)).apply_async()
