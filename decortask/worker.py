@@ -277,7 +277,7 @@ class Worker:
             self._holder.stop(clean=True)
             raise
         logger.info(
-            "worker %s ready: broker %s, store %s, queues %s, %d %s, %d tasks registered",
+            "worker %s ready: broker %s, store %s, queues %s, %d %s, %d tasks registered, events %s",
             self.id,
             self.app.broker_url_masked,
             self.app.store_url_masked,
@@ -285,6 +285,7 @@ class Worker:
             self.concurrency,
             self.pool_kind,
             len(self.app.registry),
+            "on" if self.app.settings.events else "off (decortask events shows nothing from this worker)",
         )
         if not self.periodic.enabled:
             logger.info("periodic schedules: off for this worker (--no-periodic or DECORTASK_PERIODIC=0)")

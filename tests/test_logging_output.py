@@ -54,6 +54,18 @@ def test_logfile_receives_the_worker_log_and_stderr_stays_empty(
     assert f"task out.quiet[{handle.id}] succeeded in " in text
 
 
+@pytest.mark.parametrize(
+    ("args", "said"), [((), "events off (decortask events shows nothing"), (("--events",), "events on")]
+)
+def test_the_ready_line_says_whether_the_worker_writes_events(
+    sqlite_app: Decortask, tmp_path: Path, args: tuple[str, ...], said: str
+) -> None:
+    out.quiet.delay()
+    stderr = run_worker(sqlite_app, tmp_path, *args)
+    [ready] = [line for line in stderr.splitlines() if " ready: " in line]
+    assert f"tasks registered, {said}" in ready, ready
+
+
 def test_json_log_format_writes_one_masked_object_per_line_with_worker_and_task_fields(
     sqlite_app: Decortask, tmp_path: Path
 ) -> None:
