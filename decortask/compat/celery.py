@@ -5,7 +5,9 @@
 `@shared_task` (and `Celery(...).task`) accepts Celery's task options and maps each one onto decortask
 (`bind=True` with `self.request` and `self.retry()`, `autoretry_for` with `retry_backoff`, `max_retries`,
 `acks_late`, `time_limit`...); an option it cannot honour raises `TaskDefinitionError` naming it, never
-silently ignored. docs/migrating-from-celery.md lists every idiom and what behaves differently.
+silently ignored. Tasks compose as in Celery: `.s()`, `.si()`, `.signature()`, `chain`, `group`, `chord`,
+`link=` and `link_error=` are decortask's canvas underneath (`celery_canvas`, `celery_errback`).
+docs/migrating-from-celery.md lists every idiom and what behaves differently.
 """
 
 from __future__ import annotations

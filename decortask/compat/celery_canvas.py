@@ -187,8 +187,8 @@ def linked(where: str, keyword: str, given: Any) -> tuple[Signature[Any], ...] |
         if not isinstance(sig, Signature):
             raise UnsupportedCeleryFeature(
                 f"{where}: {keyword}={item!r} is not supported: {keyword}= takes signatures "
-                "(task.s(...) or a list of them); for more than one step after the task, use a chain "
-                "(task.s(...) | next.s())"
+                "(task.s(...) or a list of them); to run several steps one after another after it, send a "
+                "chain instead of linking: (task.s(...) | next.s() | last.s()).apply_async()"
             )
         sigs.append(sig)
     return tuple(sigs)
