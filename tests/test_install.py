@@ -234,3 +234,62 @@ def test_the_readmes_editable_install_is_typed_for_mypy(readme_editable_venv: Pa
     reported = {int(m.group(1)) for m in re.finditer(r"delay_arguments\.py:(\d+): error", result.stdout)}
     assert "import-not-found" not in result.stdout and "import-untyped" not in result.stdout, result.stdout
     assert reported == expected, result.stdout
+
+
+#: Where a module of decortask needs an extra: (module prefix, extra, a distribution of that extra). Any
+#: other module must import with the plain install; pytest_plugin is loaded by pytest, which has pytest.
+EXTRA_MODULES = (
+    ("decortask.contrib.django", "django", "django"),
+    ("decortask.contrib.flask", "flask", "flask"),
+    ("decortask.contrib.prometheus", "metrics", "prometheus-client"),
+    ("decortask.contrib.sentry", "sentry", "sentry-sdk"),
+    ("decortask.contrib.pytest_plugin", "(pytest)", "pytest"),
+    ("decortask.dashboard", "dashboard", "starlette"),
+    ("decortask.store.postgres", "postgres", "psycopg"),
+    ("decortask.store.redis", "redis", "redis"),
+    ("decortask.transports.redis", "redis", "redis"),
+)
+
+IMPORT_ALL = """
+import importlib, json, pkgutil, decortask
+failed = {}
+for found in pkgutil.walk_packages(decortask.__path__, "decortask.", onerror=lambda name: None):
+    if found.name.endswith("__main__"):
+        continue
+    try:
+        importlib.import_module(found.name)
+    except Exception as exc:
+        failed[found.name] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(failed))
+"""
+
+
+@pytest.mark.parametrize("venv", ["readme_editable_venv", "redis_extra_venv"])
+def test_every_module_imports_unless_it_belongs_to_an_extra_the_install_lacks(
+    venv: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A module that imports something no extra of its own brings fails here, in an install that has only
+    what its install line gives (the dev environment has every extra and cannot see it)."""
+    bin_dir: Path = request.getfixturevalue(venv)
+    result = subprocess.run(
+        [str(bin_dir / "python"), "-c", IMPORT_ALL],
+        cwd=tmp_path,
+        env=isolated_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    failed: dict[str, str] = json.loads(result.stdout.strip().splitlines()[-1])
+    installed = installed_names(bin_dir)
+    allowed = {
+        prefix
+        for prefix, _extra, distribution in EXTRA_MODULES
+        if distribution not in installed  # an extra this venv has must import
+    }
+    unexpected = {
+        name: why
+        for name, why in failed.items()
+        if not any(name == prefix or name.startswith(prefix) for prefix in allowed)
+    }
+    assert not unexpected, f"modules that fail to import with {venv}'s install alone: {unexpected}"
