@@ -93,7 +93,14 @@ def main() -> None:
 
 @main.command()
 @click.option("-A", "--app", "app_target", help="Module defining your tasks (pkg.tasks or pkg.tasks:app).")
-@click.option("-c", "--concurrency", default=4, show_default=True, type=click.IntRange(1, 1024))
+@click.option(
+    "-c",
+    "--concurrency",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="How many tasks run at once: threads, or child processes with --pool processes.",
+)
 @click.option("-Q", "--queues", default=None, help="Comma-separated queues (default: the default queue).")
 @click.option(
     "--pool",
