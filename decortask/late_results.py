@@ -49,16 +49,13 @@ logger = logging.getLogger("decortask.worker")
 _POLL_MAX = 0.2
 #: Open mailboxes one sweep looks at.
 SWEEP_BATCH = 200
-#: Seconds between two sweeps of one worker (a recovery path: the reaper loop runs every second).
-SWEEP_INTERVAL = 5.0
 
 #: The app of each attempt running in this process (by task id), and the tasks that spawned during it.
 _apps: dict[str, Decortask] = {}
 _spawned: set[str] = set()
 _lock = threading.Lock()
-#: Where the next sweep starts in the list of unsettled mailboxes, and when this process may sweep next.
+#: Where the next sweep starts in the list of unsettled mailboxes.
 _sweep_from = 0
-_next_sweep = 0.0
 
 
 @dataclass(frozen=True)
@@ -233,21 +230,10 @@ def deliver_late(app: Decortask, child: TaskRecord, spec: dict[str, Any], write:
     create(app, sig, lineage, write)
 
 
-def maybe_sweep(app: Decortask) -> int:
-    """`sweep`, at most every `SWEEP_INTERVAL` seconds in this process: what the worker's reaper loop calls."""
-    global _next_sweep
-    now = time.monotonic()
-    with _lock:
-        if now < _next_sweep:
-            return 0
-        _next_sweep = now + SWEEP_INTERVAL
-    return sweep(app)
-
-
 def sweep(app: Decortask) -> int:
     """Close the mailboxes of parents that ended but were never closed (their worker died right after the
     outcome) and deliver late results left undelivered (a worker died before delivering them); what every
-    worker's reaper loop runs. Returns how many mailboxes it settled."""
+    worker's reaper loop runs (`sweeps.py`). Returns how many mailboxes it settled."""
     store = app.store
     if not isinstance(store, SpawnStore):
         return 0

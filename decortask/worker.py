@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from . import capture, clock, late_results, recovery
+from . import capture, clock, recovery, sweeps
 from .deadletters import log_dead_letter
 from .delivery import process_delivery
 from .errors import BrokerUnavailable
@@ -491,9 +491,8 @@ class Worker:
     def _reap(self) -> None:
         try:
             settled = recovery.reap(self.app, self.owner_alive, self.executor.is_orphan)
-            late_results.maybe_sweep(
-                self.app
-            )  # mailboxes of spawning tasks whose worker died after the outcome
+            # What a worker that died right after an outcome left undone: late results, workflows.
+            sweeps.maybe_sweep(self.app, self.owner_alive)
         except Exception as exc:
             logger.warning("reaper pass failed (%s); will retry", mask_text(str(exc)))
             return

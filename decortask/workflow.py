@@ -12,7 +12,9 @@ Every piece of a workflow's state is in the broker's messages and in the store, 
   `store/workflow_state.py`) counts every member (`canvas_launch.settle`, with a `WorkerSender`). What follows has an id derived from the workflow's id
   (`canvas.derived_id`), so a second creation fails in the store and runs nothing twice.
 - A worker killed between writing the outcome and creating what follows has not acked the message: its
-  redelivery finds the record terminal (a duplicate, not run again) and creates the missing continuation.
+  redelivery finds the record terminal (a duplicate, not run again) and creates the missing continuation;
+  so does the sweep of `followups.py` in every worker's reaper loop, a few seconds after the worker died
+  (the outcome marked the task "continuation pending"), without waiting for the broker's redelivery.
 - A failed step (FAILED, CANCELLED, INTERRUPTED) ends the chain: its last step's record is written FAILED
   (reason `workflow_failed`) naming the step, and the steps between never run. A failed chord member does
   the same to the callback, unless the chord passes failures to it.
@@ -33,6 +35,7 @@ from .graph_run import node_ended
 from .producer import Lineage
 from .states import TaskStatus
 from .store.base import TaskRecord
+from .store.follow_state import FollowStore
 from .store.workflow_state import WorkflowStore
 
 if TYPE_CHECKING:
@@ -66,6 +69,7 @@ def continue_workflow(app: Decortask, task_id: str, spec: dict[str, Any], write:
         logger.error(
             "task %s: its message's workflow field is malformed (%s); nothing follows it", record.id, exc
         )
+    _followed(app, task_id, write)
 
 
 class WorkerSender:
@@ -114,6 +118,13 @@ class WorkerSender:
     def records(self, task_ids: list[str]) -> list[TaskRecord | None]:
         store = self.app.store
         return cast("list[TaskRecord | None]", self.write(lambda: [store.get(one) for one in task_ids]))
+
+
+def _followed(app: Decortask, task_id: str, write: Write) -> None:
+    """Clear the task's "continuation pending" mark: what follows it exists (`followups.py`)."""
+    store = app.store
+    if isinstance(store, FollowStore):
+        write(lambda: store.follow_done(task_id))
 
 
 def _follow_links(app: Decortask, record: TaskRecord, spec: dict[str, Any], write: Write) -> None:

@@ -93,12 +93,13 @@ def test_a_store_at_an_older_version_is_migrated_forward_and_keeps_its_records(t
     store.create(_record("step", root_id="wf-1"))
     store.close()
     # As decortask left it at version 1: the workflow joins of version 2, the event feed of version 3, the
-    # flow-control tables of version 4, the late results' mailboxes of version 5 and the root_id column of
-    # version 6 did not exist yet.
+    # flow-control tables of version 4, the late results' mailboxes of version 5, the root_id column of
+    # version 6 and the continuations pending of version 7 did not exist yet.
     _sql(
         token,
         "DROP TABLE {s}.decortask_joins, {s}.decortask_events, {s}.decortask_event_counter,"
-        " {s}.decortask_rates, {s}.decortask_slots, {s}.decortask_spawn_boxes, {s}.decortask_spawn_children",
+        " {s}.decortask_rates, {s}.decortask_slots, {s}.decortask_spawn_boxes, {s}.decortask_spawn_children,"
+        " {s}.decortask_follow",
     )
     _sql(token, "ALTER TABLE {s}.decortask_tasks DROP COLUMN root_id")
     _sql(
@@ -115,6 +116,7 @@ def test_a_store_at_an_older_version_is_migrated_forward_and_keeps_its_records(t
         store.spawn_open("p")  # type: ignore[attr-defined]
         assert store.spawn_post("p", "c")  # type: ignore[attr-defined]
         assert [r.id for r in store.list_tasks(TaskQuery(root_id="wf-1"))] == ["step"]  # filled in
+        assert store.follow_pending(0.0, 10) == []  # type: ignore[attr-defined]
     finally:
         store.close()
 

@@ -23,6 +23,7 @@ from .base import (
     ordered,
     running_at,
 )
+from .follow_state import MemoryFollow
 from .memory_limits import MemoryLimits
 from .memory_spawn import MemorySpawn
 from .outbox_state import OutboxEntry, OutboxItem, OutboxStore, item_of
@@ -31,7 +32,9 @@ from .periodic_state import PeriodicStateStore, ScheduleState
 from .workflow_state import WorkflowStore, join_ids
 
 
-class MemoryStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore, MemoryLimits, MemorySpawn):
+class MemoryStore(
+    TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore, MemoryLimits, MemorySpawn, MemoryFollow
+):
     """A dict behind one lock. Records are deep-copied in and out so callers never share state."""
 
     def __init__(self, url: str = "memory://") -> None:
@@ -89,7 +92,8 @@ class MemoryStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore, Mem
             current = self._records.get(step.task_id)
             if current is None:
                 return None
-            updated = apply_transition(current, step, time.time())
+            now = time.time()
+            updated = apply_transition(current, step, now)
             if step.log_lines:  # appended whether or not the compare-and-set holds (TransitionStep)
                 current.logs = [*current.logs, *copy.deepcopy(step.log_lines)]
             if updated is None:
@@ -98,6 +102,7 @@ class MemoryStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore, Mem
                 updated.logs = current.logs
             # Stored as a copy: `changes` (a result, say) are the caller's objects.
             self._records[step.task_id] = _copy(updated)
+            self._follow_mark(updated, now)  # with the outcome: follow_state.py
             schedule = step.schedule
             if schedule is not None:
                 self._schedule[schedule.id] = schedule

@@ -38,6 +38,7 @@ from .postgres_queries import POSTGRES
 from .postgres_rows import COLUMNS, Rows, decode, one_statement
 from .postgres_spawn import PostgresSpawn
 from .postgres_wait import NotifyListener
+from .sql_follow import PostgresFollow
 from .sql_listing import queue_filter
 from .workflow_state import WorkflowStore, join_ids
 
@@ -51,7 +52,9 @@ _TERMINAL = sorted(s.value for s in TERMINAL)
 _OWN_OPTIONS = ("schema", "pool_min", "pool_max", "pool_timeout")
 
 
-class PostgresStore(TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore, PostgresLimits, PostgresSpawn):
+class PostgresStore(
+    TaskStore, PeriodicStateStore, OutboxStore, WorkflowStore, PostgresLimits, PostgresSpawn, PostgresFollow
+):
     """A `TaskStore` in a PostgreSQL database, shared by every process and host that reaches it."""
 
     def __init__(self, url: str, *, events: int = 0, create: bool = True) -> None:

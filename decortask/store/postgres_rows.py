@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import StoreError
 from ..states import ALLOWED, HOLDS_IDEMPOTENCY_KEY
 from .base import MUTABLE_FIELDS, LogLine, TaskRecord, TransitionStep, apply_transition
+from .follow_state import marks
 
 #: The columns a record is read from, in the order `decode` takes them.
 COLUMNS = "record, payload, result, output"
@@ -254,9 +255,16 @@ class Rows:
             f"UPDATE {self.s}.decortask_tasks SET {', '.join(sets)} WHERE {' AND '.join(where)} "
             f"RETURNING {COLUMNS}"
         )
-        if step.status.terminal:  # the notice rides in the same statement, sent at commit
-            sql = f"WITH u AS ({update}) SELECT {COLUMNS}, pg_notify(%s, %s) FROM u"
-            params.extend([self.channel, step.task_id])
+        if step.status.terminal:
+            # The notice rides in the same statement, sent at commit; so does a workflow's mark of its
+            # continuation pending (follow_state.py).
+            sql = (
+                f"WITH u AS ({update}, id, jsonb_typeof(record->'workflow') = 'object' AS follow), "
+                f"f AS (INSERT INTO {self.s}.decortask_follow (task_id, since) SELECT id, %s FROM u "
+                "WHERE follow ON CONFLICT (task_id) DO UPDATE SET since = excluded.since) "
+                f"SELECT {COLUMNS}, pg_notify(%s, %s) FROM u"
+            )
+            params.extend([now, self.channel, step.task_id])
         else:
             sql = update
         row = conn.execute(sql, params).fetchone()
@@ -276,6 +284,12 @@ class Rows:
         )
         if updated.status.terminal:
             conn.execute("SELECT pg_notify(%s, %s)", (self.channel, step.task_id))
+        if marks(updated):
+            conn.execute(
+                f"INSERT INTO {self.s}.decortask_follow (task_id, since) VALUES (%s, %s) "
+                "ON CONFLICT (task_id) DO UPDATE SET since = excluded.since",
+                (step.task_id, now),
+            )
         return updated
 
     def set_fields(

@@ -17,10 +17,10 @@ import re
 from typing import Any
 
 from ..errors import ConfigurationError, StoreError
-from . import postgres_events, postgres_limits, postgres_spawn
+from . import postgres_events, postgres_limits, postgres_spawn, sql_follow
 
 #: The version of the tables this decortask writes; a store at a newer one is refused.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -82,6 +82,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX decortask_tasks_root ON {s}.decortask_tasks (root_id, created_at, seq)"
         " WHERE root_id IS NOT NULL",
     ),
+    # Workflows' continuations pending (issue 13, `follow_state.py`): the tasks whose worker may have died
+    # between the outcome and what follows it.
+    7: sql_follow.MIGRATION,
 }
 
 

@@ -55,7 +55,7 @@ from .redis_liveness import RedisLiveness
 from .redis_outbox import RedisOutbox, RedisOutboxMethods
 from .redis_queries import RedisQueries, record_with_logs
 from .redis_spawn import RedisSpawn
-from .redis_workflow import RedisWorkflowJoins
+from .redis_workflow import RedisFollow, RedisWorkflowJoins
 
 T = TypeVar("T")
 
@@ -74,6 +74,7 @@ class RedisStore(
     RedisWorkflowJoins,
     RedisLimits,
     RedisSpawn,
+    RedisFollow,
 ):
     """A `TaskStore` in Redis, safe across threads, processes and hosts."""
 
@@ -100,6 +101,7 @@ class RedisStore(
         self._expires = f"{ns}:index:expires"
         self._sched = [f"{ns}:schedule:{part}" for part in ("due", "body", "claims", "owner")]
         self._queue_prefix = f"{ns}:schedule:queue:"
+        self._follow = f"{ns}:follow"  # continuations pending (follow_state.py), by when they were marked
         lua = redis_events.prelude(ns, events)  # events > 0: writes append to the event feed
         self._create_script = self._client.register_script(lua + scripts.CREATE)
         self._outbox = RedisOutbox(self._client, ns, self._errors, lua)
@@ -256,7 +258,7 @@ class RedisStore(
         if not sent:
             return outcomes
         with self._errors():
-            replies = self._transition_script(keys=[self._expires, *self._sched], args=args)
+            replies = self._transition_script(keys=[self._expires, *self._sched, self._follow], args=args)
         for index, reply in zip(sent, replies, strict=True):
             if reply[0] == "ok":
                 outcomes[index] = record_with_logs(reply[1], reply[2:])

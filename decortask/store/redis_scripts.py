@@ -191,7 +191,8 @@ return replies
 )
 
 # The compare-and-sets of `TaskStore.transition` / `transition_many`, in order, with index moves and schedule
-# entries. KEYS: expires index, then the schedule's due, body, claims and owner keys.
+# entries. KEYS: expires index, then the schedule's due, body, claims and owner keys, then the sorted set of
+# continuations pending (`follow_state.py`: a terminal record with a workflow is added, by its updated_at).
 # ARGV: 1 task key prefix, 2 logs key prefix, 3 status index prefix, 4 schedule queue prefix, 5 terminal
 #       statuses (comma separated), then per step: task id, new status, expected statuses ('*' for any),
 #       expected attempt or '', statuses the new one may follow, max deliveries or '' (a claim: count one
@@ -250,7 +251,12 @@ while at <= #ARGV do
       if EVENTS and (old_status ~= new_status or values['attempt'] ~= old_attempt) then
         emit_event('state', values)
       end
-      if listed(ARGV[5], new_status) then redis.call('PUBLISH', OUTCOME_CHANNEL, id) end
+      if listed(ARGV[5], new_status) then
+        redis.call('PUBLISH', OUTCOME_CHANNEL, id)
+        if string.sub(values['workflow'] or 'null', 1, 1) == '{' then
+          redis.call('ZADD', KEYS[6], values['updated_at'], id)
+        end
+      end
     end
     if reply[1] ~= 'illegal' and lines_end > last + 1 then
       redis.call('RPUSH', ARGV[2] .. id, unpack(ARGV, last + 2, lines_end))

@@ -23,6 +23,7 @@ from .. import sqlitelocks
 from ..config import sqlite_path
 from ..errors import ConfigurationError, StoreError
 from . import (
+    sql_follow,
     sql_workers,
     sqlite_events,
     sqlite_expiry,
@@ -38,6 +39,7 @@ from . import (
 from .base import LogLine, ScheduleEntry, TaskQuery, TaskRecord, TaskStore, TransitionStep, running_at
 from .outbox_state import OutboxEntry, OutboxItem, OutboxStore
 from .periodic_state import PeriodicStateStore, ScheduleState
+from .sql_follow import SQLiteFollow
 from .sql_listing import queue_filter
 from .sqlite_limits import SQLiteLimits
 from .sqlite_queries import SQLITE
@@ -52,7 +54,9 @@ LOCK_RETRIES = 3
 LOCK_BACKOFF = 0.05
 
 
-class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore, SQLiteLimits, sqlite_spawn.SQLiteSpawn):
+class SQLiteStore(
+    TaskStore, PeriodicStateStore, OutboxStore, SQLiteLimits, sqlite_spawn.SQLiteSpawn, SQLiteFollow
+):
     """A `TaskStore` in one SQLite file, shared by every thread and process on the host."""
 
     def __init__(self, url: str, *, read_only: bool = False, events: int = 0) -> None:
@@ -92,6 +96,7 @@ class SQLiteStore(TaskStore, PeriodicStateStore, OutboxStore, SQLiteLimits, sqli
         self._run(sqlite_outbox.create_schema)
         self._run(sqlite_workflow.create_schema)
         self._run(sqlite_spawn.create_schema)
+        self._run(sql_follow.create_sqlite_schema)
         self._run(sqlite_events.create_schema)
         self._run(sqlite_limits.create_schema)
         if events > 0:

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from ..states import ALLOWED
 from .base import MUTABLE_FIELDS, NOT_READ_BACK, TaskRecord, TransitionStep
+from .sql_follow import mark_sqlite
 
 #: Returned when a step must take the general path.
 UNSUPPORTED: Final = object()
@@ -83,9 +84,12 @@ def update(conn: Any, step: TransitionStep, now: float) -> TaskRecord | object |
     # Decoding the returned record was a quarter of a claim's and an outcome's cost; an outcome's caller
     # only asks whether it held (its log lines, when asked for, go onto the returned record).
     read_back = step.read_back or step.logs
+    returning = "record" if read_back else "1"
+    if step.status.terminal:  # a workflow's outcome marks its continuation pending (follow_state.py)
+        returning += ", json_type(record, '$.workflow') = 'object'"
     sql = (
         f"UPDATE decortask_tasks SET {columns}, record = json_set(record, {', '.join(setters)}) "
-        f"WHERE {' AND '.join(where)} RETURNING {'record' if read_back else '1'}"
+        f"WHERE {' AND '.join(where)} RETURNING {returning}"
     )
     try:
         row = conn.execute(sql, (*column_params, *params, *where_params)).fetchone()
@@ -95,4 +99,6 @@ def update(conn: Any, step: TransitionStep, now: float) -> TaskRecord | object |
         raise
     if row is None:
         return None
+    if step.status.terminal and row[1]:
+        mark_sqlite(conn, step.task_id, now)
     return TaskRecord.from_json(row[0]) if read_back else NOT_READ_BACK

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 from . import sqlite_cas, sqlite_rows
 from .base import LogLine, TaskRecord, TransitionStep, apply_transition
+from .follow_state import marks
+from .sql_follow import mark_sqlite
 
 
 class NeedsSavepoints(Exception):
@@ -95,6 +97,8 @@ def transition_in_python(conn: sqlite3.Connection, step: TransitionStep, now: fl
         "UPDATE decortask_tasks SET status = ?, expires_at = ?, record = ? WHERE id = ?",
         (updated.status.value, updated.expires_at, sqlite_rows.blob(updated), step.task_id),
     )
+    if marks(updated):
+        mark_sqlite(conn, step.task_id, now)
     return updated
 
 
