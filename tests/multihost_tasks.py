@@ -43,9 +43,15 @@ def read_runs(path: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+#: How long a re-run (attempt 2 on another host) takes, whatever the first run's `seconds`.
+RERUN_SECONDS = 1.0
+
+
 def _work(ctx: TaskContext, seconds: float) -> dict[str, Any]:
     record_run(ctx, "start")
-    time.sleep(seconds)  # not cooperative: a partitioned host's run goes on to its end, then tries to write
+    time.sleep(
+        seconds if ctx.attempt == 1 else RERUN_SECONDS
+    )  # not cooperative: a partitioned host's run goes on to its end, then tries to write
     mine = {"host": os.environ.get("DECORTASK_TEST_HOST", "?"), "attempt": ctx.attempt}
     ctx.set_output(mine)  # on a cut-off host: waits for the link, then must not change a settled record
     record_run(ctx, "end")

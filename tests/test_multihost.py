@@ -44,8 +44,9 @@ LEASE_TIMEOUT = 5.0
 #: other's heartbeat by comparing clocks would take it for dead while it runs.
 SKEWS = (0.0, 3.0, -3.0)
 CONCURRENCY = 2
-#: The failed host's two tasks (one opted in to requeue, one not) run this long; the ten others, TASK_SECONDS.
-VICTIM_TASK_SECONDS = 8.0
+#: The failed host's two tasks (one opted in to requeue, one not) run this long (long enough to be running
+#: still when the other hosts are up and busy, on a loaded CI machine); the ten others, TASK_SECONDS.
+VICTIM_TASK_SECONDS = 15.0
 TASK_SECONDS = 3.0
 TASKS = 12
 AMQP_PORT = 5672
@@ -184,6 +185,8 @@ def _busy_cluster(cluster: Cluster) -> list[str]:
     cluster.enqueue(TASKS - 2, TASK_SECONDS)
     cluster.wait_running(1, 2)
     cluster.wait_running(2, 2)
+    still = cluster.running_on().get(cluster.network.hosts[0].name, [])
+    assert sorted(still) == sorted(victim_tasks), "host 0's tasks ended before the fault: lengthen them"
     return victim_tasks
 
 
