@@ -29,7 +29,7 @@ from conftest import (
     postgres_store_url,
     require_redis,
 )
-from workers import LEASE_TIMEOUT, Rig, poll_until
+from workers import LEASE_TIMEOUT, Rig, poll_until, short_lease_rig
 
 from decortask import Decortask, Graph, TaskStatus, chain, chord, followups
 from decortask import workflow as workflow_module
@@ -260,3 +260,20 @@ def test_f_follow_sigkill_between_a_graph_nodes_outcome_and_its_dependents(rig: 
     with rig.worker("w2") as second:
         assert handle.get(timeout=BOUND)["doubled"] == 8, second.log_tail()
     assert _runs(rig) == ["double:4", "value:4"]
+
+
+@pytest.mark.broker
+def test_f_follow_a_process_pool_child_killed_between_a_chain_steps_outcome_and_the_next_step(
+    tmp_path: Path,
+) -> None:
+    """A process-pool child dies after writing a chain step's outcome: its worker finds the record ended
+    and acks the message (nothing to settle), so no redelivery ever comes; the same worker's sweep creates
+    the next step once the dead child counts as dead."""
+    with short_lease_rig("sqlite", tmp_path, "follow", ("-A", "tests.followup_tasks")) as rig:
+        marker = rig.tmp / "killed"
+        env = {"FOLLOW_TEST_KILL_AFTER": "fu.value:5", "FOLLOW_TEST_KILL_MARKER": str(marker)}
+        with rig.worker("w1", "--pool", "processes", env=env, concurrency=1) as worker:
+            handle = chain(fu.value.s(5), fu.double.s()).apply_async(app=rig.app)
+            poll_until(marker.exists, 60, "the child to reach the outcome of the first step")
+            assert handle.get(timeout=BOUND) == 10, worker.log_tail()
+        assert _runs(rig) == ["double:5", "value:5"]
