@@ -35,7 +35,7 @@ from decortask import Decortask, Graph, TaskStatus, chain, chord, followups
 from decortask import workflow as workflow_module
 from decortask.app import reset_default_app
 from decortask.store import open_store
-from decortask.store.base import TaskRecord, TransitionStep
+from decortask.store.base import TaskQuery, TaskRecord, TransitionStep
 from decortask.store.follow_state import FollowStore
 from decortask.testing import isolated_app, run_pending
 
@@ -172,6 +172,23 @@ def test_the_sweep_continues_a_task_still_marked_after_stale_seconds_whatever_it
     assert followups.sweep(app, lambda owner: True) == 1
     run_pending(app)
     assert handle.get(timeout=5) == 6
+
+
+def test_the_sweep_sends_the_link_of_a_task_whose_worker_died_before_sending_it(
+    app: Decortask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = workflow_module.continue_workflow
+    with monkeypatch.context() as patch:
+        patch.setattr(workflow_module, "continue_workflow", lambda *args: None)  # died before it
+        handle = fu.value.apply_async((7,), link=fu.double.s())
+        run_pending(app)
+        patch.setattr(workflow_module, "continue_workflow", real)
+    assert handle.get(timeout=5) == 7 and app.store.list_tasks(TaskQuery(name="fu.double")) == []
+    monkeypatch.setattr(followups, "GRACE", 0.0)
+    assert followups.sweep(app, lambda owner: False) == 1
+    run_pending(app)
+    (linked,) = app.store.list_tasks(TaskQuery(name="fu.double"))
+    assert linked.status is TaskStatus.SUCCESS and linked.result == 14
 
 
 def test_the_sweep_waits_grace_seconds_before_looking(
