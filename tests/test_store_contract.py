@@ -489,6 +489,27 @@ def test_list_tasks_filters_by_status_name_queue_and_time(store: TaskStore) -> N
     assert store.count_tasks(TaskQuery(statuses=frozenset({S.PENDING}), limit=2)) == 7
 
 
+def test_list_tasks_pages_several_statuses_in_every_order(store: TaskStore) -> None:
+    # SQLite walks each status's range of its status index up to the page's end and merges them: a page
+    # past the first must still be the same slice of one ordered list.
+    _seed(store)  # r1 RUNNING, r2 SUCCESS, r7 FAILED, the rest PENDING; odd ids job.a, even job.b
+    waiting_or_failed = frozenset({S.PENDING, S.FAILED})
+    cases: list[tuple[TaskQuery, list[str]]] = [
+        (TaskQuery(statuses=waiting_or_failed, limit=3, offset=2), ["r7", "r6", "r5"]),
+        (TaskQuery(statuses=waiting_or_failed, limit=3, offset=3, order="name"), ["r3", "r8", "r6"]),
+        (TaskQuery(statuses=waiting_or_failed, limit=3, offset=0, order="status"), ["r7", "r9", "r8"]),
+        (TaskQuery(statuses=waiting_or_failed, limit=5, offset=6, order="-status"), ["r0", "r7"]),
+        (TaskQuery(statuses=waiting_or_failed, limit=4, offset=5, order="created"), ["r7", "r8", "r9"]),
+        (
+            TaskQuery(statuses=frozenset({S.PENDING, S.RUNNING, S.SUCCESS}), name="job.b", limit=2, offset=2),
+            ["r4", "r2"],
+        ),
+        (TaskQuery(statuses=frozenset({S.RUNNING, S.CANCELLED}), limit=5, offset=1), []),
+    ]
+    for query, expected in cases:
+        assert _ids(store.list_tasks(query)) == expected, query
+
+
 def test_list_tasks_filters_by_workflow_root_and_a_deleted_task_leaves_the_listing(store: TaskStore) -> None:
     """`TaskQuery(root_id=...)` lists one workflow's tasks (what `decortask show` and `cancel` read)."""
     _seed(store)
