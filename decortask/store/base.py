@@ -397,13 +397,22 @@ class TaskStore(Transitions, Protocol):
         step, before it (the running attempt's lines waiting in the worker). With `attempt`, the progress is
         set only while the record is RUNNING at that attempt: an attempt settled elsewhere (its worker was
         cut off) appends its lines and changes nothing else."""
-        ...
+        fields = {"progress": progress, "progress_message": message}
+        self.set_running_fields(task_id, fields, log_lines, attempt)
 
     def set_output(
         self, task_id: str, output: Any, *, log_lines: Sequence[LogLine] = (), attempt: int | None = None
     ) -> None:
         """Replace the task's published partial output (`ctx.set_output`); nothing for an unknown task.
         `log_lines` are appended in the same atomic step, and `attempt` guards it, as with `set_progress`."""
+        self.set_running_fields(task_id, {"output": output}, log_lines, attempt)
+
+    def set_running_fields(
+        self, task_id: str, fields: dict[str, Any], log_lines: Sequence[LogLine], attempt: int | None
+    ) -> None:
+        """What `set_progress` and `set_output` write, in one atomic step: append `log_lines`, then, if
+        `running_at(record, attempt)`, set `fields` (names among `RUNNING_FIELDS`); nothing for an unknown
+        task."""
         ...
 
     def list_tasks(self, query: TaskQuery) -> list[TaskRecord]:
@@ -520,6 +529,10 @@ def apply_transition(record: TaskRecord, step: TransitionStep, now: float) -> Ta
         )
     check_transition(record.id, record.status, step.status)
     return dataclasses.replace(record, status=step.status, updated_at=now, **changes)
+
+
+#: The record fields a running attempt publishes (`TaskStore.set_running_fields`).
+RUNNING_FIELDS = frozenset({"progress", "progress_message", "output"})
 
 
 def running_at(record: TaskRecord, attempt: int | None) -> bool:

@@ -130,32 +130,16 @@ class MemoryStore(
             if record is not None:
                 record.logs.extend(copy.deepcopy(list(lines)))
 
-    def set_output(
-        self, task_id: str, output: Any, *, log_lines: Sequence[LogLine] = (), attempt: int | None = None
+    def set_running_fields(
+        self, task_id: str, fields: dict[str, Any], log_lines: Sequence[LogLine], attempt: int | None
     ) -> None:
         with self._lock:
             record = self._records.get(task_id)
             if record is not None:
                 record.logs.extend(copy.deepcopy(list(log_lines)))
                 if running_at(record, attempt):
-                    record.output = copy.deepcopy(output)  # the caller's object
-
-    def set_progress(
-        self,
-        task_id: str,
-        progress: float,
-        message: str | None = None,
-        *,
-        log_lines: Sequence[LogLine] = (),
-        attempt: int | None = None,
-    ) -> None:
-        with self._lock:
-            record = self._records.get(task_id)
-            if record is not None:
-                record.logs.extend(copy.deepcopy(list(log_lines)))
-                if running_at(record, attempt):
-                    record.progress = progress
-                    record.progress_message = message
+                    for name, value in fields.items():
+                        setattr(record, name, copy.deepcopy(value))  # not the caller's object
 
     def list_tasks(self, query: TaskQuery) -> list[TaskRecord]:
         with self._lock:

@@ -137,21 +137,9 @@ class PostgresStore(
         if lines:
             self._run(lambda conn: self._rows.append_lines(conn, task_id, lines), atomic=False)
 
-    def set_output(
-        self, task_id: str, output: Any, *, log_lines: Sequence[LogLine] = (), attempt: int | None = None
+    def set_running_fields(
+        self, task_id: str, fields: dict[str, Any], log_lines: Sequence[LogLine], attempt: int | None
     ) -> None:
-        self._run(lambda conn: self._rows.set_fields(conn, task_id, {"output": output}, log_lines, attempt))
-
-    def set_progress(
-        self,
-        task_id: str,
-        progress: float,
-        message: str | None = None,
-        *,
-        log_lines: Sequence[LogLine] = (),
-        attempt: int | None = None,
-    ) -> None:
-        fields = {"progress": progress, "progress_message": message}
         self._run(lambda conn: self._rows.set_fields(conn, task_id, fields, log_lines, attempt))
 
     def list_tasks(self, query: TaskQuery) -> list[TaskRecord]:

@@ -281,28 +281,11 @@ class RedisStore(
             with self._errors():
                 self._append_script(keys=[self._task(task_id), self._logs(task_id)], args=texts)
 
-    def set_output(
-        self, task_id: str, output: Any, *, log_lines: Sequence[LogLine] = (), attempt: int | None = None
-    ) -> None:
-        self._set_fields(task_id, ["output", _json(output)], log_lines, attempt)
-
-    def set_progress(
-        self,
-        task_id: str,
-        progress: float,
-        message: str | None = None,
-        *,
-        log_lines: Sequence[LogLine] = (),
-        attempt: int | None = None,
-    ) -> None:
-        self._set_fields(
-            task_id, ["progress", _json(progress), "progress_message", _json(message)], log_lines, attempt
-        )
-
-    def _set_fields(
-        self, task_id: str, pairs: list[Any], log_lines: Sequence[LogLine], attempt: int | None
+    def set_running_fields(
+        self, task_id: str, fields: dict[str, Any], log_lines: Sequence[LogLine], attempt: int | None
     ) -> None:
         guard = "" if attempt is None else str(attempt)
+        pairs = [part for name, value in fields.items() for part in (name, _json(value))]
         args = [guard, len(log_lines), *(_json(line.to_dict()) for line in log_lines), *pairs]
         with self._errors():
             self._set_fields_script(keys=[self._task(task_id), self._logs(task_id)], args=args)

@@ -162,8 +162,8 @@ class SQLiteStore(
                 )
             )
 
-    def set_output(
-        self, task_id: str, output: Any, *, log_lines: Sequence[LogLine] = (), attempt: int | None = None
+    def set_running_fields(
+        self, task_id: str, fields: dict[str, Any], log_lines: Sequence[LogLine], attempt: int | None
     ) -> None:
         def body(conn: sqlite3.Connection) -> None:
             record = sqlite_rows.load(conn, task_id, logs=False)
@@ -171,30 +171,8 @@ class SQLiteStore(
                 sqlite_steps.append_lines(conn, task_id, log_lines)
                 if not running_at(record, attempt):
                     return
-                record.output = output
-                conn.execute(
-                    "UPDATE decortask_tasks SET record = ? WHERE id = ?", (sqlite_rows.blob(record), task_id)
-                )
-
-        self._run(body)
-
-    def set_progress(
-        self,
-        task_id: str,
-        progress: float,
-        message: str | None = None,
-        *,
-        log_lines: Sequence[LogLine] = (),
-        attempt: int | None = None,
-    ) -> None:
-        def body(conn: sqlite3.Connection) -> None:
-            record = sqlite_rows.load(conn, task_id, logs=False)
-            if record is not None:
-                sqlite_steps.append_lines(conn, task_id, log_lines)
-                if not running_at(record, attempt):
-                    return
-                record.progress = progress
-                record.progress_message = message
+                for name, value in fields.items():
+                    setattr(record, name, value)
                 conn.execute(
                     "UPDATE decortask_tasks SET record = ? WHERE id = ?", (sqlite_rows.blob(record), task_id)
                 )
