@@ -14,6 +14,7 @@ import hashlib
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 try:
@@ -61,6 +62,17 @@ def release(path: Path, fd: int) -> None:
 
 def holder_dead(path: Path) -> bool | None:
     """True if `path` exists and no process holds its lock; False if one does; None if there is no file."""
+    return _while_unheld(path, _same_file)
+
+
+def remove_if_dead(path: Path) -> bool:
+    """Remove `path` if its holder is dead (while holding its lock, so no one else takes it meanwhile)."""
+    return _while_unheld(path, _unlink_same_file) is True
+
+
+def _while_unheld(path: Path, then: Callable[[int, Path], bool | None]) -> bool | None:
+    """`then(fd, path)` while holding the lock of `path`; False if a live process holds it, None if there
+    is no file."""
     try:
         fd = os.open(path, os.O_RDWR)
     except FileNotFoundError:
@@ -71,34 +83,27 @@ def holder_dead(path: Path) -> bool | None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
-        # Renamed away or removed since it was opened: a clean release, not a death.
-        try:
-            return os.path.samestat(os.fstat(fd), os.stat(path))
-        except FileNotFoundError:
-            return None
+        return then(fd, path)
     finally:
         os.close(fd)
 
 
-def remove_if_dead(path: Path) -> bool:
-    """Remove `path` if its holder is dead (while holding its lock, so no one else takes it meanwhile)."""
+def _same_file(fd: int, path: Path) -> bool | None:
+    """Whether `path` still names the file open at `fd`; None once it is gone."""
+    # Renamed away or removed since it was opened: a clean release, not a death.
     try:
-        fd = os.open(path, os.O_RDWR)
+        return os.path.samestat(os.fstat(fd), os.stat(path))
     except FileNotFoundError:
-        return False
-    try:
-        assert fcntl is not None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
+        return None
+
+
+def _unlink_same_file(fd: int, path: Path) -> bool:
+    """Remove `path` if it still names the file open at `fd`."""
+    if _same_file(fd, path):
         with contextlib.suppress(FileNotFoundError):
-            if os.path.samestat(os.fstat(fd), os.stat(path)):
-                os.unlink(path)
-                return True
-        return False
-    finally:
-        os.close(fd)
+            os.unlink(path)
+            return True
+    return False
 
 
 def prune(directory: Path, older_than: float) -> None:
