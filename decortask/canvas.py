@@ -225,7 +225,22 @@ def _start(app: Decortask | None, part: Part) -> Any:
 # -- building ------------------------------------------------------------------------------------------------
 
 
-class Chain(Generic[R]):
+class _Sent(Generic[R]):
+    """A chain's or a chord's ways to send it: `delay()` and calling it are both `apply_async()`."""
+
+    def apply_async(self, *, app: Decortask | None = None) -> WorkflowHandle[R]:
+        raise NotImplementedError  # each workflow says what its handle waits for
+
+    def delay(self) -> WorkflowHandle[R]:
+        """`apply_async()`."""
+        return self.apply_async()
+
+    def __call__(self) -> WorkflowHandle[R]:
+        """`apply_async()`: calling a workflow sends it, as Celery's `chain(...)()` does."""
+        return self.apply_async()
+
+
+class Chain(_Sent[R]):
     """Steps run one after another, each result put before the next step's arguments (unless `.si()`);
     a step may be a signature, a group (the next step gets the list of its results) or a chord."""
 
@@ -252,14 +267,6 @@ class Chain(Generic[R]):
         A chain that ends in a group returns a `GroupHandle` of the group's members."""
         handle: WorkflowHandle[R] = _start(app, self)
         return handle
-
-    def delay(self) -> WorkflowHandle[R]:
-        """`apply_async()`."""
-        return self.apply_async()
-
-    def __call__(self) -> WorkflowHandle[R]:
-        """`apply_async()`: calling a workflow sends it, as Celery's `chain(...)()` does."""
-        return self.apply_async()
 
 
 class Group:
@@ -295,7 +302,7 @@ class Group:
         return self.apply_async()
 
 
-class Chord(Generic[R]):
+class Chord(_Sent[R]):
     """A group whose results, once every member ended, are the first argument of `callback` (a signature
     or a chain).
 
@@ -325,14 +332,6 @@ class Chord(Generic[R]):
         """Enqueue the members; the handle waits for the callback."""
         handle: WorkflowHandle[R] = _start(app, self)
         return handle
-
-    def delay(self) -> WorkflowHandle[R]:
-        """`apply_async()`."""
-        return self.apply_async()
-
-    def __call__(self) -> WorkflowHandle[R]:
-        """`apply_async()`: calling a workflow sends it, as Celery's `chain(...)()` does."""
-        return self.apply_async()
 
 
 #: What a workflow is made of: a signature, a chain, a group or a chord.
