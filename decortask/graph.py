@@ -23,12 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 from .canvas import Signature
 from .canvas_handles import CreatedLaterHandle
-from .continuations import write_unrun
 from .errors import GraphError, GraphFailed, TaskNotFound, WaitTimeout
-from .graph_run import node_ended
+from .graph_run import node_ended, write_skipped
 from .graph_spec import GraphNode, GraphSpec, node_id, ordered
 from .handle import TaskHandle
-from .outcomes import Reason
 from .producer import Lineage
 from .states import TaskStatus
 from .store.base import TaskRecord
@@ -283,23 +281,12 @@ class GraphHandle:
             task_id = self.node_ids[node.name]
             if self.app.store.get(task_id) is None:
                 why = f"graph {self.id}: node {node.name} skipped: the graph was cancelled before it started"
-                workflow = self.spec.workflow(node.name)
-                write_unrun(
-                    self.app,
-                    task_id,
-                    node.sig,
-                    why,
-                    None,
-                    self.id,
-                    write,
-                    workflow=workflow,
-                    status=TaskStatus.CANCELLED,
-                    reason=Reason.SKIPPED,
-                )
+                write_skipped(self.app, self.spec, node, why, None, write)
                 written = self.app.store.get(task_id)
                 if written is not None and written.error_message == why:  # not created by a worker meanwhile
                     cancelled += 1
-                    node_ended(self.app, written, workflow["graph"], write)  # no message will report it
+                    graph = self.spec.workflow(node.name)["graph"]
+                    node_ended(self.app, written, graph, write)  # no message will report it
                     continue
             record = self.app.store.get(task_id)  # waiting or running (or just created by a worker): stop it
             if record is not None and not record.status.terminal:

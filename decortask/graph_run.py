@@ -49,6 +49,26 @@ def node_ended(app: Decortask, record: TaskRecord, data: dict[str, Any], write: 
             settle(app, spec, dependent, record, write)
 
 
+def write_skipped(
+    app: Decortask, spec: GraphSpec, node: GraphNode, why: str, cause: TaskRecord | None, write: Write
+) -> None:
+    """Write node `node` CANCELLED (`skipped`) with `why`, unless its record exists: it never runs."""
+    workflow = spec.workflow(node.name)
+    task_id = node_id(spec.id, node.name)
+    write_unrun(
+        app,
+        task_id,
+        node.sig,
+        why,
+        cause,
+        spec.id,
+        write,
+        workflow=workflow,
+        status=TaskStatus.CANCELLED,
+        reason=Reason.SKIPPED,
+    )
+
+
 def settle(app: Decortask, spec: GraphSpec, node: GraphNode, cause: TaskRecord | None, write: Write) -> None:
     """Create node `node` (every dependency ended) or write it skipped; then, if it has ended already
     (skipped now, or earlier by a cancel), report its end."""
@@ -61,18 +81,7 @@ def settle(app: Decortask, spec: GraphSpec, node: GraphNode, cause: TaskRecord |
         dep, got = failed[0], found[failed[0]]
         what = describe(got) if got is not None else f"its record ({ids[dep]}) is gone"
         why = f"graph {spec.id}: node {node.name} skipped: the node {dep} it requires, {what}"
-        write_unrun(
-            app,
-            task_id,
-            node.sig,
-            why,
-            got,
-            spec.id,
-            write,
-            workflow=workflow,
-            status=TaskStatus.CANCELLED,
-            reason=Reason.SKIPPED,
-        )
+        write_skipped(app, spec, node, why, got, write)
     else:
         sig = node.sig
         if not sig.immutable:

@@ -247,13 +247,13 @@ def test_cancel_stops_a_node_a_worker_creates_while_cancel_looks_at_it(
     import decortask.workflow as workflow_module
 
     effects = tmp_path / "effects.jsonl"
-    real_unrun, real_continue = graph_module.write_unrun, workflow_module.continue_workflow
+    real_skip, real_continue = graph_module.write_skipped, workflow_module.continue_workflow
     source_ended: list[tuple[Any, ...]] = []
 
     def a_worker_gets_there_first(*args: Any, **kwargs: Any) -> None:
         if source_ended:  # the worker reports source's end as cancel looks at double: double is created
             real_continue(*source_ended.pop())
-        real_unrun(*args, **kwargs)
+        real_skip(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DECORTASK_TEST_EFFECTS", str(effects))
@@ -261,9 +261,9 @@ def test_cancel_stops_a_node_a_worker_creates_while_cancel_looks_at_it(
         patch.setattr(workflow_module, "continue_workflow", lambda *args: source_ended.append(args))
         run_pending(app)  # source runs; its worker has not reported its end yet
         patch.setattr(workflow_module, "continue_workflow", real_continue)
-        patch.setattr(graph_module, "write_unrun", a_worker_gets_there_first)
+        patch.setattr(graph_module, "write_skipped", a_worker_gets_there_first)
         handle.cancel()
-        patch.setattr(graph_module, "write_unrun", real_unrun)
+        patch.setattr(graph_module, "write_skipped", real_skip)
         run_pending(app)
         assert handle.wait(timeout=5) is GraphStatus.CANCELLED
     assert handle.states()["double"] is TaskStatus.CANCELLED
