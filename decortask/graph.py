@@ -18,7 +18,6 @@ import contextlib
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from .canvas import Signature
@@ -30,6 +29,7 @@ from .handle import TaskHandle
 from .producer import Lineage
 from .states import TaskStatus
 from .store.base import TaskRecord
+from .text_enum import TextEnum
 
 if TYPE_CHECKING:
     from .app import Decortask
@@ -40,7 +40,7 @@ __all__ = ["Graph", "GraphHandle", "GraphStatus", "graph_status"]
 _POLL_MAX = 0.2
 
 
-class GraphStatus(str, Enum):
+class GraphStatus(TextEnum):
     """A graph's status, read from its nodes' records."""
 
     #: Some node has not ended (or has not been created yet).
@@ -51,9 +51,6 @@ class GraphStatus(str, Enum):
     FAILED = "FAILED"
     #: Every node ended, none FAILED or INTERRUPTED, and at least one was cancelled or skipped.
     CANCELLED = "CANCELLED"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 def graph_status(states: Iterable[TaskStatus | None]) -> GraphStatus:

@@ -17,9 +17,10 @@ from typing import Any
 from .errors import TimeLimitExceeded
 from .retry import RetryPolicy
 from .states import TaskStatus
+from .text_enum import TextEnum
 
 
-class Reason(str, Enum):
+class Reason(TextEnum):
     """Why a task ended, a message was refused, or a delivery was settled without running."""
 
     # -- a terminal record's reason ------------------------------------------------------------------------
@@ -75,11 +76,6 @@ class Reason(str, Enum):
     UNEXPECTED_STATE = "unexpected_state"
     #: A process-pool child wrote its attempt's outcome, then died before reporting it.
     SETTLED = "settled"
-
-    def __str__(self) -> str:
-        # The value, as a plain str would print: log lines and f-strings show `worker_lost`, not
-        # `Reason.WORKER_LOST`, on every Python version.
-        return self.value
 
 
 def as_reason(text: str) -> Reason | str:

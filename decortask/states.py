@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from enum import Enum
-
 from .errors import IllegalTransition
+from .text_enum import TextEnum
 
 
-class TaskStatus(str, Enum):
+class TaskStatus(TextEnum):
     """Lifecycle states of a task record (DESIGN §2)."""
 
     PENDING = "PENDING"
@@ -22,9 +21,6 @@ class TaskStatus(str, Enum):
     @property
     def terminal(self) -> bool:
         return self in TERMINAL
-
-    def __str__(self) -> str:
-        return self.value
 
 
 TERMINAL = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.INTERRUPTED})
