@@ -64,6 +64,18 @@ def work(ctx: TaskContext, seconds: float) -> dict[str, Any]:
     return _work(ctx, seconds)
 
 
+@task(name="mh.fails_once", retries=1, delay=2.0)
+def fails_once(ctx: TaskContext) -> dict[str, Any]:
+    """Raises on attempt 1: its retry is due 2 s later by the clock of the host that ran it, and is claimed
+    from the store's schedule by whichever host's clock says it is due first."""
+    record_run(ctx, "start")
+    if ctx.attempt == 1:
+        record_run(ctx, "end")
+        raise ConnectionError("attempt 1 fails on purpose")
+    record_run(ctx, "end")
+    return {"host": os.environ.get("DECORTASK_TEST_HOST", "?"), "attempt": ctx.attempt}
+
+
 @task(name="mh.work_not_opted_in")
 def work_not_opted_in(ctx: TaskContext, seconds: float) -> dict[str, Any]:
     """Not opted in: an attempt whose worker is lost ends INTERRUPTED (worker_lost)."""

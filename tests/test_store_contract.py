@@ -572,6 +572,23 @@ def test_rewriting_an_entry_replaces_it_and_forgets_its_claim(store: TaskStore) 
     assert store.claim_due(T0 + 5, 10, "w", 30) == [entry("e", T0 + 5, queue="other")]
 
 
+def test_a_claimer_removes_only_the_entries_its_claim_still_holds(store: TaskStore) -> None:
+    """The scheduler publishes what it claimed, then removes it; a receiver whose clock puts the message's eta
+    still ahead parks it again under the same id meanwhile: that rewritten entry must stay."""
+    store.add_schedule(entry("parked", T0))
+    store.add_schedule(entry("sent", T0))
+    assert len(store.claim_due(T0, 10, "w1", 30)) == 2
+    store.add_schedule(entry("parked", T0 + 5))  # parked again: its claim is forgotten
+
+    store.remove_schedule(["parked", "sent"], claimed_by="w1")
+
+    assert [e.id for e in store.claim_due(T0 + 5, 10, "w2", 30)] == ["parked"]
+    store.remove_schedule(["parked"], claimed_by="w1")  # w2's claim now: w1 removes nothing
+    assert store.count_schedule() == 1
+    store.remove_schedule(["parked"])
+    assert store.count_schedule() == 0
+
+
 def test_remove_schedule_deletes_entries(store: TaskStore) -> None:
     for e in [entry("a", T0), entry("b", T0 + 1), entry("c", T0 + 2)]:
         store.add_schedule(e)

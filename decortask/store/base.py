@@ -435,8 +435,12 @@ class TaskStore(Transitions, Protocol):
         """
         ...
 
-    def remove_schedule(self, entry_ids: Sequence[str]) -> None:
-        """Delete schedule entries (after their messages were published)."""
+    def remove_schedule(self, entry_ids: Sequence[str], *, claimed_by: str | None = None) -> None:
+        """Delete schedule entries (after their messages were published).
+
+        With `claimed_by`, only the entries that owner's claim still holds: an entry rewritten meanwhile
+        (`add_schedule` forgets its claim: a receiver parked the published message again) is kept.
+        """
         ...
 
     def count_schedule(self, queues: Iterable[str] | None = None) -> int:

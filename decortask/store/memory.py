@@ -44,6 +44,7 @@ class MemoryStore(
         self._keys: dict[str, str] = {}
         self._schedule: dict[str, ScheduleEntry] = {}
         self._claims: dict[str, float] = {}
+        self._claimers: dict[str, str] = {}  # entry id -> the owner of its claim
         self._heartbeats: dict[str, float] = {}
         self._stopped_workers: dict[str, float] = {}
         self._leases: dict[str, tuple[str, float]] = {}
@@ -154,6 +155,7 @@ class MemoryStore(
         with self._lock:
             self._schedule[entry.id] = entry
             self._claims.pop(entry.id, None)
+            self._claimers.pop(entry.id, None)
 
     def claim_due(self, now: float, limit: int, owner: str, lease: float) -> list[ScheduleEntry]:
         with self._lock:
@@ -167,13 +169,17 @@ class MemoryStore(
             )[:limit]
             for entry in due:
                 self._claims[entry.id] = now + lease
+                self._claimers[entry.id] = owner
             return due
 
-    def remove_schedule(self, entry_ids: Sequence[str]) -> None:
+    def remove_schedule(self, entry_ids: Sequence[str], *, claimed_by: str | None = None) -> None:
         with self._lock:
             for entry_id in entry_ids:
+                if claimed_by is not None and self._claimers.get(entry_id) != claimed_by:
+                    continue
                 self._schedule.pop(entry_id, None)
                 self._claims.pop(entry_id, None)
+                self._claimers.pop(entry_id, None)
 
     def count_schedule(self, queues: Iterable[str] | None = None) -> int:
         wanted = set(queues) if queues is not None else None

@@ -209,10 +209,14 @@ class PostgresStore(
         rows.sort(key=lambda row: (row[3], row[6]))
         return [ScheduleEntry(*row[:6]) for row in rows]
 
-    def remove_schedule(self, entry_ids: Sequence[str]) -> None:
+    def remove_schedule(self, entry_ids: Sequence[str], *, claimed_by: str | None = None) -> None:
         if entry_ids:
             sql = f"DELETE FROM {self.s}.decortask_schedule WHERE id = ANY(%s)"
-            self._run(lambda conn: conn.execute(sql, (list(entry_ids),)), atomic=False)
+            params: list[Any] = [list(entry_ids)]
+            if claimed_by is not None:
+                sql += " AND claimed_by = %s"
+                params.append(claimed_by)
+            self._run(lambda conn: conn.execute(sql, params), atomic=False)
 
     def count_schedule(self, queues: Iterable[str] | None = None) -> int:
         where, params = queue_filter(queues, POSTGRES)

@@ -317,11 +317,13 @@ class RedisStore(
             )
         return [ScheduleEntry(**json.loads(body)) for body in bodies if body]
 
-    def remove_schedule(self, entry_ids: Sequence[str]) -> None:
+    def remove_schedule(self, entry_ids: Sequence[str], *, claimed_by: str | None = None) -> None:
         ids = list(entry_ids)
+        owner = claimed_by or ""
         with self._errors():
             for start in range(0, len(ids), BATCH):
-                self._remove_script(keys=self._sched, args=[self._queue_prefix, *ids[start : start + BATCH]])
+                args = [self._queue_prefix, owner, *ids[start : start + BATCH]]
+                self._remove_script(keys=self._sched, args=args)
 
     def count_schedule(self, queues: Iterable[str] | None = None) -> int:
         with self._errors():

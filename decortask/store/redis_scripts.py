@@ -332,16 +332,19 @@ end
 """
 )
 
-# KEYS: due, body, claims, owner. ARGV: queue key prefix, then entry ids.
+# KEYS: due, body, claims, owner. ARGV: queue key prefix, the claim's owner ('' for any), then entry ids.
+# With an owner, an entry is removed only while that owner's claim holds it (not rewritten since).
 SCHEDULE_REMOVE = """
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   local id = ARGV[i]
-  local old = redis.call('HGET', KEYS[2], id)
-  if old then redis.call('ZREM', ARGV[1] .. cjson.decode(old)['queue'], id) end
-  redis.call('HDEL', KEYS[2], id)
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('ZREM', KEYS[3], id)
-  redis.call('HDEL', KEYS[4], id)
+  if ARGV[2] == '' or redis.call('HGET', KEYS[4], id) == ARGV[2] then
+    local old = redis.call('HGET', KEYS[2], id)
+    if old then redis.call('ZREM', ARGV[1] .. cjson.decode(old)['queue'], id) end
+    redis.call('HDEL', KEYS[2], id)
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZREM', KEYS[3], id)
+    redis.call('HDEL', KEYS[4], id)
+  end
 end
 """
 

@@ -234,15 +234,17 @@ class SQLiteStore(
 
         return self._run(body)
 
-    def remove_schedule(self, entry_ids: Sequence[str]) -> None:
+    def remove_schedule(self, entry_ids: Sequence[str], *, claimed_by: str | None = None) -> None:
         ids = list(entry_ids)
         if not ids:
             return
+        owner = "" if claimed_by is None else " AND claimed_by = ?"
 
         def body(conn: sqlite3.Connection) -> None:
             for chunk in sqlite_rows.chunks(ids):
                 marks = ", ".join("?" * len(chunk))
-                conn.execute(f"DELETE FROM decortask_schedule WHERE id IN ({marks})", chunk)
+                params = [*chunk, claimed_by] if claimed_by is not None else chunk
+                conn.execute(f"DELETE FROM decortask_schedule WHERE id IN ({marks}){owner}", params)
 
         self._run(body)
 
