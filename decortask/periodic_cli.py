@@ -92,20 +92,23 @@ def list_schedules(app_target: str | None, store_url: str | None, as_json: bool)
         )
 
 
-@schedules.command("pause")
-@click.argument("name")
-@_APP
-@_STORE
+def _one_schedule(verb: str) -> Callable[[Callable[..., None]], click.Command]:
+    """Declare `decortask schedules <verb> NAME [-A ...] [--store-url ...]`."""
+
+    def declare(command: Callable[..., None]) -> click.Command:
+        return schedules.command(verb)(click.argument("name")(_APP(_STORE(command))))
+
+    return declare
+
+
+@_one_schedule("pause")
 def pause(name: str, app_target: str | None, store_url: str | None) -> None:
     """Pause a schedule: its slots are skipped (never run later) until it is resumed. Kept in the store."""
     pause_schedule(_known(name, app_target, store_url), name)
     click.echo(f"schedule {name}: paused; its slots are skipped until `decortask schedules resume {name}`")
 
 
-@schedules.command("resume")
-@click.argument("name")
-@_APP
-@_STORE
+@_one_schedule("resume")
 def resume(name: str, app_target: str | None, store_url: str | None) -> None:
     """Resume a paused schedule from its next slot; slots that fell while it was paused are not run."""
     resume_schedule(_known(name, app_target, store_url), name)
