@@ -299,12 +299,9 @@ def results(ctx: TaskContext, timeout: float | None) -> Iterator[ChildResult]:
     wait = _Pauses(timeout)
     while children.outstanding() and not ctx.should_stop():
         took, result = children.take_one()
-        if took:
-            wait.reset()
-            if result is not None:
-                yield result
-            continue
-        pause = wait.next()
+        if result is not None:
+            yield result
+        pause = wait.after(took)
         if pause is None:
             return
         ctx._stop.wait(pause)  # a cancel or shutdown wakes it
@@ -318,12 +315,9 @@ async def aresults(ctx: TaskContext, timeout: float | None) -> AsyncIterator[Chi
     wait = _Pauses(timeout)
     while children.outstanding() and not ctx.should_stop():
         took, result = await asyncio.to_thread(children.take_one)
-        if took:
-            wait.reset()
-            if result is not None:
-                yield result
-            continue
-        pause = wait.next()
+        if result is not None:
+            yield result
+        pause = wait.after(took)
         if pause is None:
             return
         await asyncio.sleep(pause)
@@ -336,10 +330,14 @@ class _Pauses:
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.pause = 0.01
 
-    def reset(self) -> None:
-        self.pause = 0.01
+    def after(self, took: bool) -> float | None:
+        """The pause after a read that `took` a child or not: none after a take (read again at once)."""
+        if took:
+            self.pause = 0.01
+            return 0.0
+        return self._next()
 
-    def next(self) -> float | None:
+    def _next(self) -> float | None:
         left = None if self.deadline is None else self.deadline - time.monotonic()
         if left is not None and left <= 0:
             return None
