@@ -25,7 +25,7 @@ existed (no `then`, no `root`, signatures only) read the same.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -309,33 +309,27 @@ def fail(
 ) -> None:
     """Fail `node` without running it: write its final tasks FAILED with `why`, then settle `then` with
     that failure (again after a crash: what exists is kept, what follows is settled anyway)."""
-    _write_failed(sender, node, node_id, then, root, why, cause)
+    parent = cause.id if cause is not None else None
+    for task, task_id, frame in _final_tasks(node, node_id, then, root):
+        sender.fail(task, why, cause, Lineage(task_id, parent, root, frame))
     settle(sender, then, Outcome(False, None, cause.id if cause else None, cause, why))
 
 
-def _write_failed(
-    sender: Sender,
-    node: Node,
-    node_id: str,
-    then: Frame | None,
-    root: str,
-    why: str,
-    cause: TaskRecord | None,
-) -> None:
+def _final_tasks(
+    node: Node, node_id: str, then: Frame | None, root: str
+) -> Iterator[tuple[Node, str, Frame | None]]:
+    """The tasks whose ends are `node`'s end (its id `node_id`, settling `then`), each with its task id and
+    the frame its end settles: a chain's last step, a chord's callback, a group's members."""
     kind = kind_of(node)
-    parent = cause.id if cause is not None else None
     if kind == "task":
-        sender.fail(node, why, cause, Lineage(node_id, parent, root, then))
+        yield node, node_id, then
     elif kind == "chain":
         steps = node["chain"]
-        _write_failed(
-            sender, steps[-1], derived_id(node_id, f"step:{len(steps) - 1}"), then, root, why, cause
-        )
+        yield from _final_tasks(steps[-1], derived_id(node_id, f"step:{len(steps) - 1}"), then, root)
     elif kind == "chord":
-        callback = node["chord"]["callback"]
-        _write_failed(sender, callback, derived_id(node_id, "callback"), then, root, why, cause)
+        yield from _final_tasks(node["chord"]["callback"], derived_id(node_id, "callback"), then, root)
     else:
         members = node["group"]
         for index, member in enumerate(members):
             frame = join_frame(node_id, index, members, then, root)
-            _write_failed(sender, member, derived_id(node_id, f"member:{index}"), frame, root, why, cause)
+            yield from _final_tasks(member, derived_id(node_id, f"member:{index}"), frame, root)
