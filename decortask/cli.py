@@ -294,7 +294,13 @@ def _reading(
         store.close()
 
 
-def _open_for_reading(app: Decortask) -> TaskStore:
+def _refuse_a_store_with_nothing_to_show(app: Decortask, *, may_create: bool = False) -> None:
+    """A memory store, or a SQLite file that does not exist: a command inspecting it would show nothing (and
+    opening the file would create an empty one), as when run from another directory than the app's.
+
+    `may_create` (the dashboard, which may start before the first worker made the file): say so on stderr
+    and go on.
+    """
     url = app.settings.store_url
     scheme = url.split("://", 1)[0].lower()
     if scheme == "memory":
@@ -302,6 +308,24 @@ def _open_for_reading(app: Decortask) -> TaskStore:
             f"the store is {url}, which lives inside one process: there is nothing to read from here; "
             + _POINT_AT_A_STORE
         )
+    if scheme != "sqlite" or sqlite_path(url).is_file():
+        return
+    where = f"no SQLite store at {sqlite_path(url).resolve()} (store URL {app.store_url_masked})"
+    if not may_create:
+        raise click.ClickException(
+            f"{where}, so there is nothing to read, and none was created; {_POINT_AT_A_STORE}"
+        )
+    click.echo(
+        f"decortask: {where} yet: starting on an empty one, which stays empty unless your workers use this "
+        f"file; if they do not, {_POINT_AT_A_STORE}",
+        err=True,
+    )
+
+
+def _open_for_reading(app: Decortask) -> TaskStore:
+    _refuse_a_store_with_nothing_to_show(app)
+    url = app.settings.store_url
+    scheme = url.split("://", 1)[0].lower()
     if scheme in ("postgresql", "postgres"):
         try:
             from .store.postgres import PostgresStore
@@ -312,12 +336,6 @@ def _open_for_reading(app: Decortask) -> TaskStore:
         return app.store  # a server store: reading it creates nothing
     from .store.sqlite import SQLiteStore
 
-    path = sqlite_path(url)
-    if not path.is_file():
-        raise click.ClickException(
-            f"no SQLite store at {path.resolve()} (store URL {app.store_url_masked}), so there is nothing to "
-            f"read, and none was created; {_POINT_AT_A_STORE}"
-        )
     return SQLiteStore(url, read_only=True)
 
 
@@ -507,6 +525,7 @@ def dashboard(
     try:
         check_exposure(host, token or None)
         app = _override(load_app(app_target), broker_url, store_url)
+        _refuse_a_store_with_nothing_to_show(app, may_create=True)
         names = tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else ()
         where = f"[{host}]" if ":" in host else host
         auth = "token required" if token else "no token (loopback only)"

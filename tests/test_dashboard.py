@@ -716,6 +716,35 @@ def test_refuses_to_start_on_a_public_address_without_a_token(app: Decortask) ->
     assert "DECORTASK_DASHBOARD_TOKEN" in result.output
 
 
+def test_cli_refuses_a_memory_store_which_has_nothing_to_show() -> None:
+    env = {"DECORTASK_BROKER_URL": "memory://", "DECORTASK_STORE_URL": "memory://"}
+    result = CliRunner().invoke(cli_main, ["dashboard", "--port", "1"], env=env)
+    assert result.exit_code != 0 and "lives inside one process" in result.output
+
+
+def test_cli_started_where_there_is_no_sqlite_store_says_it_starts_an_empty_one(tmp_path: Path) -> None:
+    """Run from another directory than the app's, it used to show an empty store it had just created, silently."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DECORTASK_")}
+    env["PYTHONPATH"] = str(REPO)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "decortask", "dashboard", "--port", str(free_port())],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert process.stderr is not None
+        first = process.stderr.readline()
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    assert f"no SQLite store at {tmp_path.resolve() / 'decortask.db'}" in first, first
+    assert "starting on an empty one, which stays empty unless your workers use this file" in first
+
+
 def test_cli_says_which_extra_to_install_when_starlette_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [m for m in sys.modules if m.startswith("decortask.dashboard")]:
         monkeypatch.delitem(sys.modules, name)
