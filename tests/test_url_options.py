@@ -13,7 +13,7 @@ from decortask.store import open_store
     "url",
     [
         "redis://127.0.0.1:6379/1?namespace=mine",  # a store option given to the broker: the likeliest slip
-        "amqp://guest:s3cret@127.0.0.1:5672//?nosuchoption=1",
+        "amqp://guest:s3cret@127.0.0.1:5999/checks?nosuchoption=1",  # refused before any connection
     ],
 )
 def test_a_broker_url_with_an_option_kombu_does_not_know_is_a_configuration_error(url: str) -> None:
