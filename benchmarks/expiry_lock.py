@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -161,9 +162,7 @@ def main() -> None:
     print(f"file before: {before}")
     print(f"file after:  {after}")
     if not options.keep:
-        for path in workdir.iterdir():
-            path.unlink()
-        workdir.rmdir()
+        shutil.rmtree(workdir)  # the database, its WAL and the workers' liveness lock directory
     else:
         print(f"kept {workdir}")
 
