@@ -25,10 +25,8 @@ from conftest import (
     REDIS_URL,
     broker_urls,
     delete_redis_namespace,
-    drop_postgres_schema,
-    postgres_store_url,
-    require_redis,
 )
+from store_helpers import BACKENDS, fresh_store_url
 from workers import LEASE_TIMEOUT, Rig, poll_until, short_lease_rig
 
 from decortask import Decortask, Graph, TaskStatus, chain, chord, followups
@@ -42,21 +40,9 @@ from decortask.testing import isolated_app, run_pending
 # -- the mark, in every store --------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
+@pytest.fixture(params=BACKENDS)
 def follow_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    token = uuid.uuid4().hex[:10]
-    if request.param == "memory":
-        url = "memory://"
-    elif request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/store.db"
-    elif request.param == "redis":
-        require_redis()
-        url = f"{REDIS_URL}?namespace=dt-follow-{token}"
-        request.addfinalizer(lambda: delete_redis_namespace(REDIS_URL, f"dt-follow-{token}"))
-    else:
-        url = postgres_store_url(token)
-        request.addfinalizer(lambda: drop_postgres_schema(token))
-    store = open_store(url)
+    store = open_store(fresh_store_url(request, tmp_path, "dt-follow"))
     assert isinstance(store, FollowStore)
     yield store
     store.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,8 @@ import pytest
 from behaviour_tasks import read_effects
 from conftest import (
     BROKERS,
-    REDIS_URL,
-    delete_redis_namespace,
-    drop_postgres_schema,
-    postgres_store_url,
-    require_redis,
 )
+from store_helpers import BACKENDS, fresh_store_url
 from workers import Rig, poll_until, short_lease_rig
 
 from decortask import ChildResult, Decortask, DecortaskError, TaskContext, TaskHandle, TaskStatus
@@ -40,21 +35,9 @@ from decortask.testing import eager, isolated_app, run_pending
 # -- the mailbox in every store ------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
+@pytest.fixture(params=BACKENDS)
 def mailbox_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SpawnStore]:
-    token = uuid.uuid4().hex[:10]
-    if request.param == "memory":
-        url = "memory://"
-    elif request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/store.db"
-    elif request.param == "redis":
-        require_redis()
-        url = f"{REDIS_URL}?namespace=dt-spawn-{token}"
-        request.addfinalizer(lambda: delete_redis_namespace(REDIS_URL, f"dt-spawn-{token}"))
-    else:
-        url = postgres_store_url(token)
-        request.addfinalizer(lambda: drop_postgres_schema(token))
-    store = open_store(url)
+    store = open_store(fresh_store_url(request, tmp_path, "dt-spawn"))
     assert isinstance(store, SpawnStore)
     yield store
     store.close()  # type: ignore[attr-defined]

@@ -14,7 +14,6 @@ import json
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,8 @@ import workflow_tasks as wt
 from behaviour_tasks import read_effects
 from conftest import (
     BROKERS,
-    REDIS_URL,
-    delete_redis_namespace,
-    drop_postgres_schema,
-    postgres_store_url,
-    require_redis,
 )
+from store_helpers import BACKENDS, fresh_store_url
 from workers import Rig, poll_until, short_lease_rig
 
 from decortask import (
@@ -97,21 +92,9 @@ def test_a_signature_is_sent_with_delay_and_by_name() -> None:
 # -- the chord join in every store -------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
+@pytest.fixture(params=BACKENDS)
 def join_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[WorkflowStore]:
-    token = uuid.uuid4().hex[:10]
-    if request.param == "memory":
-        url = "memory://"
-    elif request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/store.db"
-    elif request.param == "redis":
-        require_redis()
-        url = f"{REDIS_URL}?namespace=dt-join-{token}"
-        request.addfinalizer(lambda: delete_redis_namespace(REDIS_URL, f"dt-join-{token}"))
-    else:
-        url = postgres_store_url(token)
-        request.addfinalizer(lambda: drop_postgres_schema(token))
-    store = open_store(url)
+    store = open_store(fresh_store_url(request, tmp_path, "dt-join"))
     assert isinstance(store, WorkflowStore)
     yield store
     store.close()
