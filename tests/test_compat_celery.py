@@ -7,15 +7,13 @@ embedded SQLite broker and on Redis; the option mapping and the result handle ar
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import celery_style_tasks as tasks
 import pytest
-from conftest import broker_urls, delete_redis_namespace
-from workers import WorkerProcess
+from workers import app_with_worker
 
 from decortask import Decortask, TaskCancelled, TaskFailed, TaskStatus
 from decortask.app import reset_default_app
@@ -41,23 +39,8 @@ CLOCK_SLACK = 0.05
 @pytest.fixture(params=["sqlite", "redis"])
 def celery_worker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Decortask]:
     """A current app on the broker kind, and a `decortask worker -A tests.celery_style_tasks` on its queue."""
-    token = uuid.uuid4().hex[:10]
-    broker_url, store_url = broker_urls(request.param, tmp_path, token)
-    queue = f"celery-compat-{token}"
-    app = Decortask(broker_url, store_url, default_queue=queue)
-    worker = WorkerProcess(broker_url, store_url, queue, tmp_path / "worker.log", concurrency=2)
-    worker.command[worker.command.index("tests.behaviour_tasks")] = "tests.celery_style_tasks"
-    worker.start()
-    try:
+    with app_with_worker(request.param, tmp_path, "tests.celery_style_tasks", "celery-compat") as app:
         yield app
-    finally:
-        code = worker.stop()
-        app.transport.delete_queue(queue)
-        app.close()
-        reset_default_app()
-        if request.param == "redis":
-            delete_redis_namespace(broker_url, f"test-{token}")
-        assert code == 0, worker.log_tail()
 
 
 def printed(logs: list[LogLine]) -> list[LogLine]:

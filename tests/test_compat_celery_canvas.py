@@ -9,17 +9,14 @@ compat layer refuses, and the shapes it builds, are checked in process.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import celery_canvas_tasks as tasks
 import pytest
-from conftest import broker_urls, delete_redis_namespace
-from workers import WorkerProcess, poll_until
+from workers import app_with_worker, poll_until
 
 from decortask import Decortask, Signature, TaskFailed, TaskHandle
-from decortask.app import reset_default_app
 from decortask.canvas import Chain, Chord, Group, derived_id
 from decortask.compat.celery import (
     UnsupportedCeleryFeature,
@@ -48,23 +45,8 @@ def canvas_worker(
 ) -> Iterator[Decortask]:
     """A current app on the broker kind, and a `decortask worker -A tests.celery_canvas_tasks` on its queue."""
     tmp_path = tmp_path_factory.mktemp(f"celery-canvas-{request.param}")
-    token = uuid.uuid4().hex[:10]
-    broker_url, store_url = broker_urls(request.param, tmp_path, token)
-    queue = f"celery-canvas-{token}"
-    app = Decortask(broker_url, store_url, default_queue=queue)
-    worker = WorkerProcess(broker_url, store_url, queue, tmp_path / "worker.log", concurrency=2)
-    worker.command[worker.command.index("tests.behaviour_tasks")] = "tests.celery_canvas_tasks"
-    worker.start()
-    try:
+    with app_with_worker(request.param, tmp_path, "tests.celery_canvas_tasks", "celery-canvas") as app:
         yield app
-    finally:
-        code = worker.stop()
-        app.transport.delete_queue(queue)
-        app.close()
-        reset_default_app()
-        if request.param == "redis":
-            delete_redis_namespace(broker_url, f"test-{token}")
-        assert code == 0, worker.log_tail()
 
 
 def test_a_chain_of_celery_style_signatures_feeds_each_result_to_the_next(canvas_worker: Decortask) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from behaviour_tasks import read_effects
-from conftest import broker_urls, drop_postgres_schema
+from conftest import broker_urls, delete_redis_namespace, drop_postgres_schema
 
 from decortask import Decortask, TaskHandle
 from decortask.app import reset_default_app
@@ -192,6 +192,31 @@ class Rig:
 #: Short leases so that killed workers are noticed within seconds: the embedded broker's message lease,
 #: and the heartbeat age past which a worker counts as dead.
 LEASE = 3.0
+
+
+@contextmanager
+def app_with_worker(kind: str, tmp_path: Path, tasks_module: str, queue_prefix: str) -> Iterator[Decortask]:
+    """A current app on broker `kind` and a `decortask worker -A <tasks_module>` (2 threads) on its own
+    queue; on exit the worker stops (and must exit 0), the queue and the Redis namespace are removed."""
+    token = uuid.uuid4().hex[:10]
+    broker_url, store_url = broker_urls(kind, tmp_path, token)
+    queue = f"{queue_prefix}-{token}"
+    app = Decortask(broker_url, store_url, default_queue=queue)
+    worker = WorkerProcess(broker_url, store_url, queue, tmp_path / "worker.log", concurrency=2)
+    worker.command[worker.command.index("tests.behaviour_tasks")] = tasks_module
+    worker.start()
+    try:
+        yield app
+    finally:
+        code = worker.stop()
+        app.transport.delete_queue(queue)
+        app.close()
+        reset_default_app()
+        if kind == "redis":
+            delete_redis_namespace(broker_url, f"test-{token}")
+        assert code == 0, worker.log_tail()
+
+
 LEASE_TIMEOUT = 1.5
 
 
