@@ -11,6 +11,7 @@ import socket
 import struct
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from amqp.exceptions import UnexpectedFrame
@@ -132,6 +133,26 @@ def test_a_read_that_times_out_mid_frame_keeps_its_bytes_for_the_next_read() -> 
         broker.close()
 
 
+class HandledFrames:
+    """How many inbound frames went through py-amqp's own frame handler (`count_handled_frames`)."""
+
+    count = 0
+
+
+def count_handled_frames(session: Any) -> HandledFrames:
+    """Count the frames the session's py-amqp connection hands to its frame handler from now on."""
+    raw = session._conn._connection  # the py-amqp connection
+    handled = HandledFrames()
+    on_frame = raw.on_inbound_frame
+
+    def counted(frame: tuple[int, int, bytes]) -> object:
+        handled.count += 1
+        return on_frame(frame)
+
+    raw.on_inbound_frame = counted
+    return handled
+
+
 def test_frames_already_buffered_are_read_without_touching_the_socket(
     transport: BrokerTransport, queue: str
 ) -> None:
@@ -188,16 +209,7 @@ def test_buffered_deliveries_reach_the_consumer_whole_without_py_amqps_frame_han
     for body in bodies:
         transport.publish_many([(body, queue, 0, {"x-n": len(body)})])
     session = transport.open_consumer([queue], prefetch=len(bodies))
-    raw = session._conn._connection  # type: ignore[union-attr]  # the py-amqp connection
-    frames = 0
-    on_frame = raw.on_inbound_frame
-
-    def counted(frame: tuple[int, int, bytes]) -> object:
-        nonlocal frames
-        frames += 1
-        return on_frame(frame)
-
-    raw.on_inbound_frame = counted
+    frames = count_handled_frames(session)
     try:
         got = receive(session, len(bodies))
         assert [d.body for d in got] == bodies  # bytes as sent, empty and non-UTF-8 ones too
@@ -206,7 +218,7 @@ def test_buffered_deliveries_reach_the_consumer_whole_without_py_amqps_frame_han
         assert {d.queue for d in got} == {queue} and not any(d.redelivered for d in got)
         # 20 deliveries are 60 frames; a delivery buffered whole goes to its channel in one step (the
         # empty body, a delivery without a body frame, and any split by the network take py-amqp's path).
-        assert frames <= 30, f"{frames} frames went through py-amqp's frame handler"
+        assert frames.count <= 30, f"{frames.count} frames went through py-amqp's frame handler"
         session.requeue(got[3])
         (again,) = receive(session, 1)
         assert again.body == bodies[3] and again.redelivered
@@ -222,16 +234,7 @@ def test_a_delivery_arriving_into_an_empty_buffer_is_read_whole_and_taken_whole(
 ) -> None:
     _publish(transport, queue, 5)
     session = transport.open_consumer([queue], prefetch=1)  # one at a time: each lands in an empty buffer
-    raw = session._conn._connection  # type: ignore[union-attr]
-    frames = 0
-    on_frame = raw.on_inbound_frame
-
-    def counted(frame: tuple[int, int, bytes]) -> object:
-        nonlocal frames
-        frames += 1
-        return on_frame(frame)
-
-    raw.on_inbound_frame = counted
+    frames = count_handled_frames(session)
     try:
         bodies = []
         for _ in range(5):
@@ -242,7 +245,7 @@ def test_a_delivery_arriving_into_an_empty_buffer_is_read_whole_and_taken_whole(
         assert bodies == [b"0", b"1", b"2", b"3", b"4"]
         # 15 frames; the socket is read before the buffer is looked at, so each delivery is taken whole
         # (one split by the network, rare on a local broker, would send its frames py-amqp's way).
-        assert frames <= 6, f"{frames} frames went through py-amqp's frame handler"
+        assert frames.count <= 6, f"{frames.count} frames went through py-amqp's frame handler"
     finally:
         session.close()
     assert transport.queue_size(queue) == 0
